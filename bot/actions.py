@@ -1,0 +1,193 @@
+"""What a person can do to tasks, whatever the front end (terminal or Slack).
+
+Each action validates, writes in one transaction, and returns an `Outcome` whose message is
+shown to the person; a refusal raises `ActionError` with a message saying what to do instead,
+and nothing is written. Running and merging are the executor's work: here we only record
+the intent (a cancel request, an approval, a nudge) where the executor will find it."""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+from sqlalchemy import update
+from sqlmodel import Session, col
+
+from storage.defaults import MAX_PROMPT_CHARS
+from storage.lifecycle import CLOSED, WAITING, WORKING, State
+from storage.models import Priority, Task, utcnow
+from storage.tasks import add_nudge, create_task, get_task, record, transition
+
+
+class ActionError(Exception):
+    """A refused action; the message is for the person who asked."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    task: Task
+    message: str
+
+
+def clean_text(text: str, *, what: str, max_chars: int = MAX_PROMPT_CHARS) -> str:
+    """Strip control characters (keeping newlines and tabs) and surrounding blanks."""
+    kept = "".join(
+        ch for ch in text if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cs")
+    ).strip()
+    if not kept:
+        raise ActionError(f"the {what} is empty; say what the agent should do")
+    if len(kept) > max_chars:
+        raise ActionError(f"the {what} is {len(kept):,} characters; the limit is {max_chars:,}")
+    return kept
+
+
+def add(
+    session: Session,
+    *,
+    repo: str,
+    prompt: str,
+    requester: str,
+    priority: Priority = Priority.NORMAL,
+    source: str = "cli",
+    channel: str | None = None,
+    thread_ts: str | None = None,
+) -> Outcome:
+    text = clean_text(prompt, what="prompt")
+    task = create_task(
+        session,
+        repo=repo,
+        prompt=text,
+        requester=requester,
+        priority=priority,
+        source=source,
+        channel=channel,
+        thread_ts=thread_ts,
+    )
+    return Outcome(task, f"queued task {task.id} on {repo} (branch {task.branch})")
+
+
+def cancel(session: Session, task_id: int, *, actor: str) -> Outcome:
+    task = get_task(session, task_id)
+    state = State(task.state)
+    if state in CLOSED or state is State.FAILED:
+        raise ActionError(f"task {task_id} is {state}; nothing to cancel")
+    if state is State.MERGING:
+        raise ActionError(f"task {task_id} is merging; too late to cancel")
+    if state in WORKING:
+        return _request_cancel(session, task, actor)
+    task = transition(
+        session, task_id, State.CANCELLED, reason=f"cancelled by {actor}", actor=actor
+    )
+    return Outcome(task, f"cancelled task {task_id}")
+
+
+def _request_cancel(session: Session, task: Task, actor: str) -> Outcome:
+    """A worker holds the task: flag it; the worker stops at its next step (and the reaper
+    honours the flag if the worker is gone)."""
+    assert task.id is not None
+    if task.cancel_requested_at is not None:
+        raise ActionError(f"task {task.id}: cancel already requested by {task.cancel_requested_by}")
+    stmt = (
+        update(Task)
+        .where(col(Task.id) == task.id, col(Task.state).in_(list(WORKING)))
+        .values(cancel_requested_at=utcnow(), cancel_requested_by=actor)
+    )
+    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+        session.expire_all()
+        return cancel(session, task.id, actor=actor)  # it left the working states meanwhile
+    record(session, task.id, "cancel_requested", {"by": actor})
+    task = get_task(session, task.id)
+    return Outcome(task, f"cancelling task {task.id}; its agent stops at the next step")
+
+
+def retry(session: Session, task_id: int, *, actor: str) -> Outcome:
+    task = get_task(session, task_id)
+    state = State(task.state)
+    if state not in (State.FAILED, State.CANCELLED, State.NEEDS_INPUT):
+        raise ActionError(
+            f"task {task_id} is {state}; only failed, cancelled or needs-input tasks can be retried"
+        )
+    task = transition(
+        session,
+        task_id,
+        State.QUEUED,
+        reason=f"retried by {actor}",
+        actor=actor,
+        attempts=0,
+        cancel_requested_at=None,
+        cancel_requested_by=None,
+        finished_at=None,
+    )
+    return Outcome(task, f"re-queued task {task_id}")
+
+
+def approve(session: Session, task_id: int, *, actor: str) -> Outcome:
+    task = get_task(session, task_id)
+    state = State(task.state)
+    if state in (State.MERGING, State.MERGED):
+        raise ActionError(f"task {task_id} is {state}; it was approved by {task.approved_by}")
+    if state is not State.AWAITING_APPROVAL:
+        raise ActionError(
+            f"task {task_id} is {state}; only tasks awaiting approval can be approved"
+        )
+    task = transition(
+        session,
+        task_id,
+        State.MERGING,
+        reason=f"approved by {actor}",
+        actor=actor,
+        approved_by=actor,
+        approved_at=utcnow(),
+    )
+    return Outcome(task, f"approved task {task_id}; it merges into {task.repo} next")
+
+
+def reject(session: Session, task_id: int, *, actor: str) -> Outcome:
+    task = get_task(session, task_id)
+    state = State(task.state)
+    if state not in WAITING:
+        raise ActionError(
+            f"task {task_id} is {state}; only tasks awaiting approval or input can be rejected"
+        )
+    task = transition(session, task_id, State.REJECTED, reason=f"rejected by {actor}", actor=actor)
+    return Outcome(task, f"rejected task {task_id}; its branch {task.branch} is left unmerged")
+
+
+def nudge(
+    session: Session,
+    task_id: int,
+    text: str,
+    *,
+    actor: str,
+    source: str = "cli",
+    slack_ts: str | None = None,
+) -> Outcome:
+    """Steer a task. Working or queued: the agent reads it at its next turn. Waiting or
+    failed: it starts a revision round (the task is queued again, with the nudge)."""
+    text = clean_text(text, what="nudge")
+    task = get_task(session, task_id)
+    state = State(task.state)
+    if state in CLOSED:
+        raise ActionError(f"task {task_id} is {state}; nudges only reach open tasks")
+    if state is State.MERGING:
+        raise ActionError(f"task {task_id} is merging; too late to steer it")
+    add_nudge(session, task_id, text=text, author=actor, source=source, slack_ts=slack_ts)
+    if state in WAITING or state is State.FAILED:
+        task = transition(
+            session,
+            task_id,
+            State.QUEUED,
+            reason=f"revision requested by {actor}",
+            actor=actor,
+            finished_at=None,
+        )
+        return Outcome(task, f"task {task_id} goes back to work with your note")
+    return Outcome(task, f"task {task_id} gets your note at its agent's next turn")
+
+
+def parse_task_id(text: str) -> int:
+    """`7`, `#7` or ` 7 ` -> 7; anything else is a clear error."""
+    cleaned = text.strip().removeprefix("#")
+    if not cleaned.isascii() or not cleaned.isdigit() or int(cleaned) <= 0:
+        raise ActionError(f"{text.strip()!r} is not a task id; ids are numbers like 7")
+    return int(cleaned)

@@ -1,0 +1,272 @@
+"""The `nightcrew` command: the terminal front end and the composition root."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+from sqlalchemy import Engine, func
+from sqlmodel import select
+
+from bot import actions, terminal
+from bot.actions import ActionError, Outcome
+from executor.config import Config, ConfigError, current_branch, git_root, load_config, repo_name
+from executor.config_template import ENV_EXAMPLE, render_config
+from executor.settings import Settings
+from storage.db import make_engine, transaction
+from storage.errors import StorageError
+from storage.lifecycle import WORKING, IllegalTransition, State
+from storage.models import Priority, Task
+from storage.tasks import events, get_task, list_tasks, nudges
+
+app = typer.Typer(
+    name="nightcrew",
+    help="Run a fleet of AI coding agents in Docker sandboxes; steer them from Slack or here.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+T = TypeVar("T")
+
+
+def main() -> None:
+    app()
+
+
+# --- composition -------------------------------------------------------------------------
+
+
+@cache
+def settings() -> Settings:
+    return Settings()
+
+
+@cache
+def engine() -> Engine:
+    return make_engine(settings().db_url)
+
+
+@cache
+def config() -> Config:
+    return load_config(settings().config_path)
+
+
+def local_user() -> str:
+    """The CLI acts as the local user."""
+    return f"local:{getpass.getuser()}"
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a person can cause into one line on stderr and a non-zero exit."""
+    try:
+        yield
+    except ConfigError as exc:
+        err.print(f"[red]config error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except (ActionError, StorageError, IllegalTransition) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+def act(action: Callable[..., Outcome], task_id: str, *args: str) -> None:
+    with user_errors():
+        tid = actions.parse_task_id(task_id)
+        with transaction(engine()) as session:
+            outcome = action(session, tid, *args, actor=local_user())
+        out.print(outcome.message)
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+@app.command()
+def up() -> None:
+    """Run nightcrew: executor, Slack bot and notifier in one process."""
+    with user_errors():
+        cfg = config()
+        with transaction(engine()) as session:
+            counts = dict(session.exec(select(Task.state, func.count()).group_by(Task.state)).all())
+    out.print(f"database: {settings().db_url}")
+    out.print(f"repos: {', '.join(cfg.repos)}")
+    queued = counts.get(State.QUEUED, 0)
+    out.print(f"tasks: {queued} queued, {sum(counts.values())} in all")
+    err.print(
+        "[yellow]not yet available in this release:[/yellow] the executor (running tasks in "
+        "Docker sandboxes) and the Slack bot. Tasks you add are stored and wait in the queue."
+    )
+
+
+@app.command()
+def init(force: bool = typer.Option(False, "--force", help="Overwrite existing files.")) -> None:
+    """Write a commented nightcrew.yaml for the current git repo, and a .env.example."""
+    root = git_root(Path.cwd())
+    if root is None:
+        err.print("[red]error:[/red] not inside a git repository; run `nightcrew init` in one")
+        raise typer.Exit(1)
+    target = settings().config_path
+    files = {
+        target: render_config(name=repo_name(root), path=".", base=current_branch(root)),
+        target.parent / ".env.example": ENV_EXAMPLE,
+    }
+    existing = [str(p) for p in files if p.exists()]
+    if existing and not force:
+        err.print(
+            f"[red]error:[/red] {', '.join(existing)} already exists; use --force to overwrite"
+        )
+        raise typer.Exit(1)
+    for path, text in files.items():
+        path.write_text(text, encoding="utf-8")
+        out.print(f"wrote {path}")
+    if _ignore(root / ".gitignore", [".nightcrew/", ".env"]):
+        out.print(f"added .nightcrew/ and .env to {root / '.gitignore'}")
+    out.print('next: edit nightcrew.yaml, then `nightcrew add "<what to do>"`')
+
+
+def _ignore(gitignore: Path, patterns: list[str]) -> bool:
+    """Make sure git ignores nightcrew's state and secrets; True if the file changed."""
+    text = gitignore.read_text(encoding="utf-8") if gitignore.exists() else ""
+    missing = [p for p in patterns if p not in text.splitlines()]
+    if missing:
+        sep = "" if not text or text.endswith("\n") else "\n"
+        gitignore.write_text(text + sep + "\n".join(missing) + "\n", encoding="utf-8")
+    return bool(missing)
+
+
+@app.command()
+def add(
+    prompt: str = typer.Argument(..., help="What the agent should do."),
+    repo: str | None = typer.Option(None, "--repo", "-r", help="Repo name from nightcrew.yaml."),
+    priority: str = typer.Option("normal", "--priority", "-p", help="high, normal or low."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the new task's id."),
+) -> None:
+    """Queue a task."""
+    with user_errors():
+        try:
+            prio = Priority[priority.upper()]
+        except KeyError:
+            raise ActionError(f"priority {priority!r} is not one of high, normal, low") from None
+        repo_name_ = config().repo_for(repo)
+        with transaction(engine()) as session:
+            outcome = actions.add(
+                session, repo=repo_name_, prompt=prompt, requester=local_user(), priority=prio
+            )
+    out.print(outcome.task.id if quiet else outcome.message)
+
+
+@app.command("ls")
+def ls(
+    state: list[str] = typer.Option([], "--state", "-s", help="Only these states (repeatable)."),
+    all_: bool = typer.Option(False, "--all", "-a", help="Include merged, cancelled, rejected."),
+    repo: str | None = typer.Option(None, "--repo", "-r", help="Only this repo."),
+    limit: int = typer.Option(50, "--limit", "-n", help="At most this many, newest first."),
+) -> None:
+    """List tasks (open ones unless --all or --state)."""
+    with user_errors():
+        states = [_state(s) for s in state] or None
+        with transaction(engine()) as session:
+            tasks = list_tasks(session, states=states, include_closed=all_, repo=repo, limit=limit)
+    if not tasks:
+        out.print("no tasks" + ("" if all_ or states else " open (use --all to see closed ones)"))
+        return
+    out.print(terminal.task_table(tasks))
+
+
+def _state(text: str) -> State:
+    try:
+        return State(text.strip().lower().replace("-", "_"))
+    except ValueError:
+        names = ", ".join(s.value for s in State)
+        raise ActionError(f"unknown state {text!r}; states are: {names}") from None
+
+
+@app.command()
+def show(task_id: str = typer.Argument(..., help="Task id.")) -> None:
+    """Show one task: state, accounting, git refs, nudges and recent events."""
+    with user_errors():
+        tid = actions.parse_task_id(task_id)
+        with transaction(engine()) as session:
+            task = get_task(session, tid)
+            detail = terminal.task_detail(task, nudges(session, tid), events(session, tid)[-10:])
+    out.print(detail)
+
+
+@app.command()
+def log(
+    task_id: str = typer.Argument(..., help="Task id."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events."),
+) -> None:
+    """Print a task's event log; --follow waits for more until the task stops working."""
+    with user_errors():
+        tid = actions.parse_task_id(task_id)
+        last = 0
+        while True:
+            with transaction(engine()) as session:
+                batch = events(session, tid, after_id=last)
+                state = State(get_task(session, tid).state)
+            for event in batch:
+                out.print(terminal.event_line(event))
+                last = event.id or last
+            if not follow or (state not in WORKING and state is not State.QUEUED):
+                break
+            try:
+                time.sleep(1.0)
+            except KeyboardInterrupt:
+                break
+
+
+@app.command()
+def nudge(
+    task_id: str = typer.Argument(..., help="Task id."),
+    text: str = typer.Argument(..., help="What to tell the agent."),
+) -> None:
+    """Tell a task's agent something; a waiting task goes back to work with it."""
+    act(actions.nudge, task_id, text)
+
+
+@app.command()
+def cancel(task_id: str = typer.Argument(..., help="Task id.")) -> None:
+    """Cancel a task (a working agent stops at its next step)."""
+    act(actions.cancel, task_id)
+
+
+@app.command()
+def retry(task_id: str = typer.Argument(..., help="Task id.")) -> None:
+    """Queue a failed, cancelled or stuck task again."""
+    act(actions.retry, task_id)
+
+
+@app.command()
+def approve(task_id: str = typer.Argument(..., help="Task id.")) -> None:
+    """Approve a task awaiting approval; it is merged next."""
+    act(actions.approve, task_id)
+
+
+@app.command()
+def reject(task_id: str = typer.Argument(..., help="Task id.")) -> None:
+    """Reject a task; its branch is never merged."""
+    act(actions.reject, task_id)
+
+
+@app.command()
+def repos() -> None:
+    """List the configured repos."""
+    with user_errors():
+        cfg = config()
+    out.print(terminal.repos_table(cfg))
+    if cfg.source is None:
+        out.print("(no nightcrew.yaml: using the current git repo; `nightcrew init` writes one)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Rich renderings of tasks for the terminal. Pure: values in, renderables out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from executor.config import Config
+from storage.lifecycle import State
+from storage.models import Nudge, Priority, Task, TaskEvent, utcnow
+
+STATE_STYLE = {
+    State.QUEUED: "cyan",
+    State.NEEDS_INPUT: "bold yellow",
+    State.AWAITING_APPROVAL: "bold magenta",
+    State.MERGED: "green",
+    State.FAILED: "bold red",
+    State.CANCELLED: "dim",
+    State.REJECTED: "dim",
+}
+
+
+def ago(when: datetime | None, now: datetime | None = None) -> str:
+    if when is None:
+        return "-"
+    seconds = int(((now or utcnow()) - when).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{max(seconds, 0)}s ago"
+
+
+def state_text(state: State) -> Text:
+    return Text(state.value, style=STATE_STYLE.get(state, "blue"))
+
+
+def one_line(text: str, width: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def task_table(tasks: Sequence[Task], now: datetime | None = None) -> Table:
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "STATE", "REPO", "PROMPT", "BY", "CREATED", "COST"):
+        table.add_column(column, justify="right" if column in ("ID", "COST") else "left")
+    for task in tasks:
+        table.add_row(
+            str(task.id),
+            state_text(State(task.state)),
+            task.repo,
+            one_line(task.prompt),
+            task.requester,
+            ago(task.created_at, now),
+            f"${task.cost_usd:.2f}",
+        )
+    return table
+
+
+def task_detail(
+    task: Task, nudges: Sequence[Nudge], events: Sequence[TaskEvent], now: datetime | None = None
+) -> Group:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    rows: list[tuple[str, str | Text]] = [
+        ("task", f"{task.id}"),
+        ("state", state_text(State(task.state))),
+        ("why", task.reason or ""),
+        ("repo", task.repo),
+        ("branch", task.branch or ""),
+        ("priority", Priority(task.priority).name.lower()),
+        ("requested by", f"{task.requester} via {task.source}"),
+        ("created", ago(task.created_at, now)),
+        ("started", ago(task.started_at, now)),
+        ("finished", ago(task.finished_at, now)),
+        ("attempts", str(task.attempts)),
+        ("worker", task.worker_id or ""),
+        ("cancel requested", task.cancel_requested_by or ""),
+        ("approved by", task.approved_by or ""),
+        ("turns", str(task.turns)),
+        ("tokens", f"{task.tokens_in:,} in / {task.tokens_out:,} out"),
+        ("cost", f"${task.cost_usd:.4f}"),
+        ("base / head", " / ".join(c[:12] for c in (task.base_commit, task.head_commit) if c)),
+        ("merge commit", task.merge_commit or ""),
+        ("error", task.error or ""),
+        ("summary", task.summary or ""),
+    ]
+    for label, value in rows:
+        if value and value != "-":
+            grid.add_row(label, value)
+    parts: list[Table | Text] = [grid, Text("\nprompt", style="bold"), Text(task.prompt)]
+    if nudges:
+        parts.append(Text("\nnudges", style="bold"))
+        for n in nudges:
+            status = "taken" if n.consumed_at else "pending"
+            parts.append(Text(f"  [{status}] {n.author}: {n.text}"))
+    if events:
+        parts.append(Text("\nrecent events (nightcrew log for all)", style="bold"))
+        parts.extend(event_line(e) for e in events)
+    return Group(*parts)
+
+
+def event_line(event: TaskEvent) -> Text:
+    p = event.payload
+    when = event.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    if event.kind == "state":
+        body = f"{p.get('from')} → {p.get('to')}"
+        if p.get("by"):
+            body += f" (by {p['by']})"
+        if p.get("reason"):
+            body += f": {p['reason']}"
+    elif event.kind == "created":
+        body = f"created by {p.get('by')} on {p.get('repo')}"
+    elif event.kind == "nudge":
+        body = f"nudge from {p.get('by')}: {one_line(str(p.get('text', '')), 200)}"
+    elif event.kind == "cancel_requested":
+        body = f"cancel requested by {p.get('by')}"
+    else:
+        body = one_line(json.dumps(p, ensure_ascii=False, default=str), 300)
+    return Text.assemble((when, "dim"), " ", (f"{event.kind:<16}", "bold"), " ", body)
+
+
+def repos_table(config: Config) -> Table:
+    table = Table(box=None, header_style="bold")
+    for column in ("REPO", "SOURCE", "BASE", "IMAGE", "CHECKS", "CHANNELS"):
+        table.add_column(column)
+    channels_of: dict[str, list[str]] = {}
+    for channel, repo in config.channels.items():
+        channels_of.setdefault(repo, []).append(channel)
+    for name, repo in config.repos.items():
+        default = name == config.default_repo
+        table.add_row(
+            f"{name} (default)" if default else name,
+            str(repo.path or repo.url),
+            repo.base_branch,
+            repo.image,
+            "; ".join(repo.checks) or "-",
+            ", ".join(channels_of.get(name, [])) or "-",
+        )
+    return table

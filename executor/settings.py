@@ -1,0 +1,27 @@
+"""Process settings from the environment (and a `.env` file in the working directory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from storage.db import sqlite_url
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    home: Path = Field(Path(".nightcrew"), validation_alias="NIGHTCREW_HOME")
+    database_url: str | None = Field(None, validation_alias="NIGHTCREW_DATABASE_URL")
+    config_path: Path = Field(Path("nightcrew.yaml"), validation_alias="NIGHTCREW_CONFIG")
+    openai_base_url: str = Field(
+        "https://api.openai.com/v1", validation_alias=AliasChoices("OPENAI_BASE_URL")
+    )
+    openai_api_key: str | None = Field(None, validation_alias="OPENAI_API_KEY")
+    model: str | None = Field(None, validation_alias="NIGHTCREW_MODEL")
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or sqlite_url(self.home)

@@ -1,0 +1,17 @@
+"""Storage tunables, each with the reason for its value."""
+
+from __future__ import annotations
+
+# Writers wait this long for SQLite's lock instead of failing with "database is locked";
+# long enough for a burst of workers and a CLI, short enough to surface a stuck writer.
+SQLITE_BUSY_TIMEOUT_S = 15.0
+
+# A worker heartbeats about every 10 s; three missed beats mean it is gone.
+HEARTBEAT_TIMEOUT_S = 30.0
+
+# A task re-queued this many times after its worker died is failed instead: something in the
+# task itself (a memory hog, a fork bomb) is likely killing workers.
+MAX_ATTEMPTS = 3
+
+# Longest prompt accepted from any front end; Slack's own message limit is 40,000 chars.
+MAX_PROMPT_CHARS = 20_000

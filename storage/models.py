@@ -1,0 +1,137 @@
+"""The tables: Task, its event log, the nudges people send it, and the Slack outbox."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, Text, TypeDecorator
+from sqlalchemy import Enum as SAEnum
+from sqlmodel import Field, SQLModel
+
+from storage.lifecycle import State
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, on SQLite (which has no time zones) as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime; use storage.models.utcnow()")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _ts(nullable: bool = True, **kw: Any) -> Any:
+    default = {} if nullable else {"default_factory": utcnow}
+    return Field(sa_type=UTCDateTime, nullable=nullable, **default, **kw)
+
+
+# Stored as its value ("needs_input") in a plain string column, read back as State.
+_STATE_TYPE = SAEnum(
+    State, native_enum=False, length=32, values_callable=lambda e: [m.value for m in e]
+)
+
+
+class Priority(IntEnum):
+    """Lower value is claimed first."""
+
+    HIGH = 0
+    NORMAL = 1
+    LOW = 2
+
+
+class Task(SQLModel, table=True):
+    __table_args__ = (Index("ix_task_claim", "state", "priority", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    repo: str
+    prompt: str = Field(sa_type=Text)
+    state: State = Field(default=State.QUEUED, sa_type=_STATE_TYPE)
+    priority: int = Field(default=Priority.NORMAL)
+    branch: str | None = None
+    # Who asked and where the conversation lives (Slack channel + thread root ts).
+    requester: str
+    source: str = "cli"
+    channel: str | None = None
+    thread_ts: str | None = None
+    # Why the task is in its current state (question, limit hit, failure), shown to people.
+    reason: str | None = Field(default=None, sa_type=Text)
+    error: str | None = Field(default=None, sa_type=Text)
+    summary: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime = _ts(nullable=False)
+    updated_at: datetime = _ts(nullable=False)
+    started_at: datetime | None = _ts()
+    finished_at: datetime | None = _ts()
+    # Worker ownership: claim sets worker_id + heartbeat_at; the reaper clears them.
+    worker_id: str | None = None
+    heartbeat_at: datetime | None = _ts()
+    attempts: int = 0
+    cancel_requested_at: datetime | None = _ts()
+    cancel_requested_by: str | None = None
+    approved_by: str | None = None
+    approved_at: datetime | None = _ts()
+    # Accounting.
+    turns: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    # Git.
+    base_commit: str | None = None
+    head_commit: str | None = None
+    merge_commit: str | None = None
+
+
+class TaskEvent(SQLModel, table=True):
+    """One line of a task's story: a state change, an agent turn, a nudge, a note."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="task.id", index=True)
+    kind: str
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _ts(nullable=False)
+
+
+class Nudge(SQLModel, table=True):
+    """Steering text for a task; the agent consumes unconsumed nudges at its next turn."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="task.id", index=True)
+    text: str = Field(sa_type=Text)
+    author: str
+    source: str = "cli"
+    slack_ts: str | None = None  # the reply's ts, so the bot can react to it
+    created_at: datetime = _ts(nullable=False)
+    consumed_at: datetime | None = _ts()
+
+
+class Outbox(SQLModel, table=True):
+    """Something that must reach Slack. Written in the same transaction as the change it
+    reports; a notifier delivers it later and marks it delivered, so nothing is lost."""
+
+    __table_args__ = (Index("ix_outbox_pending", "delivered_at", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int | None = Field(default=None, foreign_key="task.id", index=True)
+    kind: str
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _ts(nullable=False)
+    next_attempt_at: datetime | None = _ts()
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_type=Text)
+    delivered_at: datetime | None = _ts()

@@ -1,0 +1,134 @@
+"""The work queue on the task table: atomic claim, heartbeat, and the reaper that takes
+tasks back from workers that stopped heartbeating."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, update
+from sqlmodel import Session, col, select
+
+from storage.defaults import HEARTBEAT_TIMEOUT_S, MAX_ATTEMPTS
+from storage.errors import Conflict
+from storage.lifecycle import WORKING, State, check_transition
+from storage.models import Task, utcnow
+from storage.tasks import notify, record, transition
+
+
+def claim_next(session: Session, worker_id: str) -> Task | None:
+    """Atomically take the most urgent, oldest queued task for `worker_id`, or None.
+
+    One statement: on SQLite the write lock (BEGIN IMMEDIATE) serialises claimers; on
+    PostgreSQL `FOR UPDATE SKIP LOCKED` lets claimers pass each other's locked rows."""
+    check_transition(State.QUEUED, State.PREPARING)
+    now = utcnow()
+    pick = (
+        select(Task.id)
+        .where(Task.state == State.QUEUED)
+        .order_by(col(Task.priority), col(Task.id))
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    stmt = (
+        update(Task)
+        .where(col(Task.id) == pick, col(Task.state) == State.QUEUED)
+        .values(
+            state=State.PREPARING,
+            worker_id=worker_id,
+            heartbeat_at=now,
+            attempts=col(Task.attempts) + 1,
+            started_at=func.coalesce(col(Task.started_at), now),
+            updated_at=now,
+            reason=None,
+        )
+        .returning(Task)
+    )
+    task = session.execute(stmt, execution_options={"populate_existing": True}).scalar()
+    if task is None:
+        return None
+    assert task.id is not None
+    payload = {"from": "queued", "to": "preparing", "by": worker_id, "attempt": task.attempts}
+    record(session, task.id, "state", payload)
+    notify(session, task, "state", payload)
+    return task
+
+
+def heartbeat(session: Session, task_id: int, worker_id: str) -> Task | None:
+    """Refresh the worker's hold on the task. None means the worker no longer owns it
+    (reaped, or cancelled) and must stop working on it."""
+    stmt = (
+        update(Task)
+        .where(
+            col(Task.id) == task_id,
+            col(Task.worker_id) == worker_id,
+            col(Task.state).in_(list(WORKING)),
+        )
+        .values(heartbeat_at=utcnow())
+        .returning(Task)
+    )
+    return session.execute(stmt, execution_options={"populate_existing": True}).scalar()
+
+
+@dataclass(frozen=True)
+class Reaped:
+    task_id: int
+    worker_id: str | None
+    outcome: State  # where the task went: QUEUED, FAILED, CANCELLED; MERGING = released
+
+
+def reap_stale(
+    session: Session,
+    *,
+    timeout_s: float = HEARTBEAT_TIMEOUT_S,
+    max_attempts: int = MAX_ATTEMPTS,
+    now: datetime | None = None,
+) -> list[Reaped]:
+    """Take back every task whose worker has not heartbeated for `timeout_s`.
+
+    Re-queued while attempts remain, else failed with the reason; a task whose cancel was
+    requested is cancelled. A merge is released (not re-queued) so another worker finishes
+    it: merging must be resumed, never restarted from scratch."""
+    cutoff = (now or utcnow()) - timedelta(seconds=timeout_s)
+    stale = session.exec(
+        select(Task).where(col(Task.state).in_(list(WORKING)), col(Task.heartbeat_at) < cutoff)
+    ).all()
+    reaped: list[Reaped] = []
+    for task in stale:
+        assert task.id is not None
+        task_id, worker = task.id, task.worker_id  # `task` is refreshed by the update below
+        # Still the same claim we judged stale: a late heartbeat wins over the reaper.
+        same_claim = [
+            col(Task.worker_id) == task.worker_id,
+            col(Task.heartbeat_at) == task.heartbeat_at,
+        ]
+        gone = f"worker {worker} stopped heartbeating"
+        try:
+            if task.state is State.MERGING:
+                if _release(session, task, same_claim):
+                    record(session, task_id, "released", {"reason": gone})
+                    reaped.append(Reaped(task_id, worker, State.MERGING))
+                continue
+            if task.cancel_requested_at is not None:
+                outcome, reason = State.CANCELLED, f"{gone}; cancel was requested"
+            elif task.attempts >= max_attempts:
+                outcome = State.FAILED
+                reason = f"{gone} on attempt {task.attempts} of {max_attempts}; giving up"
+            else:
+                outcome = State.QUEUED
+                reason = f"{gone}; re-queued after attempt {task.attempts} of {max_attempts}"
+            transition(session, task_id, outcome, reason=reason, actor="reaper", where=same_claim)
+            reaped.append(Reaped(task_id, worker, outcome))
+        except Conflict:
+            continue  # it moved on by itself in the meantime
+    return reaped
+
+
+def _release(session: Session, task: Task, same_claim: list) -> bool:
+    stmt = (
+        update(Task)
+        .where(col(Task.id) == task.id, col(Task.state) == task.state, *same_claim)
+        .values(worker_id=None, heartbeat_at=None, updated_at=utcnow())
+    )
+    return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]

@@ -1,0 +1,177 @@
+"""Task operations that need care: create, read, state changes (with their event and outbox
+rows in the same transaction), the event log and nudges."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, update
+from sqlmodel import Session, col, select
+
+from storage.errors import Conflict, TaskNotFound
+from storage.lifecycle import CLOSED, WORKING, State, check_transition
+from storage.models import Nudge, Outbox, Priority, Task, TaskEvent, utcnow
+
+
+def slugify(text: str, max_len: int = 40) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:max_len].rstrip("-") or "task"
+
+
+def create_task(
+    session: Session,
+    *,
+    repo: str,
+    prompt: str,
+    requester: str,
+    priority: Priority = Priority.NORMAL,
+    source: str = "cli",
+    channel: str | None = None,
+    thread_ts: str | None = None,
+) -> Task:
+    task = Task(
+        repo=repo,
+        prompt=prompt,
+        requester=requester,
+        priority=int(priority),
+        source=source,
+        channel=channel,
+        thread_ts=thread_ts,
+    )
+    session.add(task)
+    session.flush()  # assigns the id the branch name needs
+    assert task.id is not None
+    task.branch = f"nightcrew/{task.id}-{slugify(prompt)}"
+    record(session, task.id, "created", {"by": requester, "repo": repo, "source": source})
+    notify(session, task, "card", {})
+    return task
+
+
+def get_task(session: Session, task_id: int) -> Task:
+    task = session.get(Task, task_id, populate_existing=True)
+    if task is None:
+        raise TaskNotFound(task_id)
+    return task
+
+
+def list_tasks(
+    session: Session,
+    *,
+    states: Iterable[State] | None = None,
+    include_closed: bool = False,
+    repo: str | None = None,
+    requester: str | None = None,
+    limit: int | None = None,
+) -> Sequence[Task]:
+    query = select(Task).order_by(col(Task.id).desc())
+    if states is not None:
+        query = query.where(col(Task.state).in_(list(states)))
+    elif not include_closed:
+        query = query.where(col(Task.state).not_in(list(CLOSED)))
+    if repo is not None:
+        query = query.where(Task.repo == repo)
+    if requester is not None:
+        query = query.where(Task.requester == requester)
+    if limit is not None:
+        query = query.limit(limit)
+    return session.exec(query).all()
+
+
+def transition(
+    session: Session,
+    task_id: int,
+    to: State,
+    *,
+    reason: str | None = None,
+    actor: str | None = None,
+    where: Sequence[ColumnElement[bool]] = (),
+    **fields: Any,
+) -> Task:
+    """Move a task to `to`, or raise (IllegalTransition, Conflict, TaskNotFound) and write
+    nothing. The UPDATE is conditional on the state we read, so two racing writers cannot
+    both win; `where` adds conditions (e.g. the worker still owns the task)."""
+    task = get_task(session, task_id)
+    src = State(task.state)
+    check_transition(src, to)
+    now = utcnow()
+    values: dict[str, Any] = {"state": to, "reason": reason, "updated_at": now}
+    if to not in WORKING:
+        values |= {"worker_id": None, "heartbeat_at": None}
+    if to in CLOSED or to is State.FAILED:
+        values["finished_at"] = now
+    if to is State.FAILED:
+        values["error"] = reason
+    values |= fields
+    stmt = (
+        update(Task)
+        .where(col(Task.id) == task_id, col(Task.state) == src, *where)
+        .values(**values)
+        .returning(Task)
+    )
+    updated = session.execute(stmt, execution_options={"populate_existing": True}).scalar()
+    if updated is None:
+        raise Conflict(f"task {task_id} changed while it was being updated; try again")
+    payload = {"from": src.value, "to": to.value, "reason": reason, "by": actor}
+    record(session, task_id, "state", payload)
+    notify(session, updated, "state", payload)
+    return updated
+
+
+def record(session: Session, task_id: int, kind: str, payload: dict[str, Any]) -> TaskEvent:
+    """Append one line to the task's event log."""
+    event = TaskEvent(task_id=task_id, kind=kind, payload=payload)
+    session.add(event)
+    return event
+
+
+def notify(session: Session, task: Task, kind: str, payload: dict[str, Any]) -> None:
+    """Queue a Slack delivery about `task`, if it lives in Slack. `card` means "make the card
+    show the task as it is now", so any number of pending card rows collapse into one edit."""
+    if task.channel:
+        session.add(Outbox(task_id=task.id, kind=kind, payload=payload))
+
+
+def events(session: Session, task_id: int, *, after_id: int = 0) -> Sequence[TaskEvent]:
+    query = (
+        select(TaskEvent)
+        .where(TaskEvent.task_id == task_id, col(TaskEvent.id) > after_id)
+        .order_by(col(TaskEvent.id))
+    )
+    return session.exec(query).all()
+
+
+def add_nudge(
+    session: Session,
+    task_id: int,
+    *,
+    text: str,
+    author: str,
+    source: str = "cli",
+    slack_ts: str | None = None,
+) -> Nudge:
+    nudge = Nudge(task_id=task_id, text=text, author=author, source=source, slack_ts=slack_ts)
+    session.add(nudge)
+    session.flush()
+    record(session, task_id, "nudge", {"id": nudge.id, "by": author, "text": text})
+    return nudge
+
+
+def nudges(session: Session, task_id: int, *, pending_only: bool = False) -> Sequence[Nudge]:
+    query = select(Nudge).where(Nudge.task_id == task_id).order_by(col(Nudge.id))
+    if pending_only:
+        query = query.where(col(Nudge.consumed_at).is_(None))
+    return session.exec(query).all()
+
+
+def take_nudges(session: Session, task_id: int) -> list[Nudge]:
+    """The task's unconsumed nudges, marked consumed (the agent has now been told)."""
+    pending = list(nudges(session, task_id, pending_only=True))
+    now = utcnow()
+    for nudge in pending:
+        nudge.consumed_at = now
+        session.add(nudge)
+    if pending:
+        record(session, task_id, "nudges_taken", {"ids": [n.id for n in pending]})
+    return pending

@@ -1,0 +1,97 @@
+"""Shared fixtures: real SQLite files and a real PostgreSQL server, real git repos."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlmodel import SQLModel
+
+from storage.db import make_engine, normalize_url
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PG_ADMIN_URL = os.environ.get(
+    "NIGHTCREW_TEST_PG_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
+)
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
+}
+
+
+def need(what: str, why: str) -> None:
+    """Skip on a laptop without `what`; in CI a missing engine fails the run."""
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI but unavailable: {why}")
+    pytest.skip(f"{what} unavailable: {why}")
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session; dropped afterwards."""
+    admin_url = normalize_url(PG_ADMIN_URL)
+    try:
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:  # any connection failure means "no server here"
+        need("PostgreSQL", f"{PG_ADMIN_URL}: {exc.__class__.__name__}: {exc}".splitlines()[0])
+    name = f"nightcrew_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'nightcrew.db'}"
+    url: str = request.getfixturevalue("pg_database")
+    engine = make_engine(url)
+    with engine.begin() as conn:  # every test starts from empty tables
+        tables = ", ".join(t.name for t in SQLModel.metadata.sorted_tables)
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+def git(cwd: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **GIT_ENV},
+    )
+    return result.stdout.strip()
+
+
+@pytest.fixture
+def git_repo(tmp_path: Path) -> Path:
+    """A real git repo with one commit on `main`."""
+    repo = tmp_path / "app"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "README.md").write_text("# app\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "initial")
+    return repo
