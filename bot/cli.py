@@ -156,7 +156,11 @@ def add(
             prio = Priority[priority.upper()]
         except KeyError:
             raise ActionError(f"priority {priority!r} is not one of high, normal, low") from None
-        repo_name_ = config().repo_for(repo)
+        cfg = config()
+        try:
+            repo_name_ = cfg.repo_for(repo)
+        except ConfigError as exc:  # an unknown --repo is the user's slip, not a broken file
+            raise ActionError(str(exc)) from None
         with transaction(engine()) as session:
             outcome = actions.add(
                 session, repo=repo_name_, prompt=prompt, requester=local_user(), priority=prio

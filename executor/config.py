@@ -110,7 +110,7 @@ class Budgets(_Strict):
 
 
 class Config(_Strict):
-    repos: dict[str, RepoConfig] = Field(min_length=1)
+    repos: dict[str, RepoConfig]
     default_repo: str | None = None
     channels: dict[str, str] = {}  # Slack channel id -> repo name
     users: list[str] = []  # Slack users who may add tasks; empty = everyone in the channel
@@ -118,6 +118,13 @@ class Config(_Strict):
     digest: Digest = Digest()
     budgets: Budgets = Budgets()
     source: Path | None = Field(default=None, exclude=True)  # the file it came from
+
+    @field_validator("repos")
+    @classmethod
+    def _some_repos(cls, repos: dict[str, RepoConfig]) -> dict[str, RepoConfig]:
+        if not repos:
+            raise ValueError("no repos; add at least one (a name with a path or url)")
+        return repos
 
     @_model_validator(mode="after")
     def _references(self) -> Config:

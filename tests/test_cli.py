@@ -1,0 +1,235 @@
+"""The `nightcrew` command in a real git repo: in-process through typer's runner (same code,
+same database, fast), and as a real process for the fresh-clone flow."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func
+from sqlmodel import select
+from typer.testing import CliRunner
+
+from bot import cli as cli_module
+from storage.db import make_engine, sqlite_url, transaction
+from storage.models import Nudge, Outbox, Task, TaskEvent
+
+NIGHTCREW = str(Path(sys.executable).with_name("nightcrew"))
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _fresh_composition() -> None:
+    """The CLI caches settings, config and engine per process; each call here is a new
+    'process' as far as they are concerned."""
+    if cli_module.engine.cache_info().currsize:
+        cli_module.engine().dispose()
+    for cached in (cli_module.settings, cli_module.config, cli_module.engine):
+        cached.cache_clear()
+
+
+@dataclass
+class Cli:
+    repo: Path
+    home: Path
+    monkeypatch: pytest.MonkeyPatch
+
+    def __call__(self, *args: str, cwd: Path | None = None) -> Result:
+        self.monkeypatch.chdir(cwd or self.repo)
+        self.monkeypatch.setenv("NIGHTCREW_HOME", str(self.home))
+        self.monkeypatch.setenv("COLUMNS", "200")
+        self.monkeypatch.delenv("NIGHTCREW_CONFIG", raising=False)
+        self.monkeypatch.delenv("NIGHTCREW_DATABASE_URL", raising=False)
+        _fresh_composition()
+        result = CliRunner().invoke(cli_module.app, list(args))
+        if result.exception and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return Result(result.exit_code, result.stdout, result.stderr)
+
+    def ok(self, *args: str) -> str:
+        result = self(*args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def fails(self, *args: str, code: int = 1) -> str:
+        """Run a command that must be refused, and check it wrote nothing."""
+        before = self.snapshot()
+        result = self(*args)
+        assert result.returncode == code, (result.stdout, result.stderr)
+        assert self.snapshot() == before, "a refused command wrote to the database"
+        return result.stderr
+
+    def snapshot(self) -> tuple:
+        engine = make_engine(sqlite_url(self.home))
+        with transaction(engine) as s:
+            tasks = [t.model_dump() for t in s.exec(select(Task).order_by(Task.id)).all()]
+            counts = [
+                s.exec(select(func.count()).select_from(m)).one()
+                for m in (TaskEvent, Nudge, Outbox)
+            ]
+        engine.dispose()
+        return tasks, counts
+
+
+@pytest.fixture
+def cli(git_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
+    yield Cli(git_repo, tmp_path / "home", monkeypatch)
+    _fresh_composition()
+
+
+def run_process(repo: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NIGHTCREW_HOME": str(home)}
+    for name in ("NIGHTCREW_CONFIG", "NIGHTCREW_DATABASE_URL"):
+        env.pop(name, None)
+    return subprocess.run(
+        [NIGHTCREW, *args], cwd=repo, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_a_fresh_repo_works_with_no_configuration(git_repo: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    added = run_process(git_repo, home, "add", "fix the readme")
+    assert added.returncode == 0, added.stderr
+    listed = run_process(git_repo, home, "ls")
+    assert listed.returncode == 0, listed.stderr
+    assert "fix the readme" in listed.stdout and "queued" in listed.stdout
+    missing = run_process(git_repo, home, "cancel", "42")
+    assert (missing.returncode, missing.stderr.strip()) == (1, "error: no task 42")
+
+
+def test_add_then_ls_in_a_plain_git_repo(cli: Cli) -> None:
+    assert cli.ok("add", "fix the readme").strip() == (
+        "queued task 1 on app (branch nightcrew/1-fix-the-readme)"
+    )
+    assert cli.ok("add", "-q", "--priority", "high", "second").strip() == "2"
+    listing = cli.ok("ls")
+    assert "fix the readme" in listing and "second" in listing and "queued" in listing
+    assert (cli.home / "nightcrew.db").exists()
+
+
+def test_show_and_log_tell_the_story(cli: Cli) -> None:
+    cli.ok("add", "fix the readme")
+    cli.ok("nudge", "1", "mind the changelog")
+    cli.ok("cancel", "1")
+    shown = cli.ok("show", "1")
+    for expected in ("cancelled", "nightcrew/1-fix-the-readme", "mind the changelog", "pending"):
+        assert expected in shown
+    log = cli.ok("log", "1")
+    assert "created by local:" in log
+    assert "nudge from local:" in log and "mind the changelog" in log
+    assert "queued → cancelled" in log
+    follow = cli("log", "--follow", "1")  # a closed task: prints and returns at once
+    assert follow.returncode == 0 and "queued → cancelled" in follow.stdout
+
+
+def test_ls_filters(cli: Cli) -> None:
+    cli.ok("add", "one")
+    cli.ok("add", "two")
+    cli.ok("cancel", "2")
+    assert "two" not in cli.ok("ls")
+    assert "two" in cli.ok("ls", "--all")
+    assert "one" not in cli.ok("ls", "--state", "cancelled")
+    assert "no tasks" in cli.ok("ls", "--state", "merged")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["show", "99"],
+        ["log", "99"],
+        ["cancel", "99"],
+        ["retry", "99"],
+        ["approve", "99"],
+        ["reject", "99"],
+        ["nudge", "99", "hello"],
+    ],
+)
+def test_unknown_ids_exit_nonzero_and_write_nothing(cli: Cli, args: list[str]) -> None:
+    cli.ok("add", "something")
+    assert "error: no task 99" in cli.fails(*args)
+
+
+@pytest.mark.parametrize("bad_id", ["abc", "1.5", "#x"])
+def test_malformed_ids_are_refused(cli: Cli, bad_id: str) -> None:
+    cli.ok("add", "something")
+    assert "is not a task id" in cli.fails("cancel", bad_id)
+
+
+def test_wrong_states_exit_nonzero_and_write_nothing(cli: Cli) -> None:
+    cli.ok("add", "something")
+    assert "task 1 is queued; only tasks awaiting approval can be approved" in cli.fails(
+        "approve", "1"
+    )
+    assert "task 1 is queued; only failed, cancelled" in cli.fails("retry", "1")
+    cli.ok("cancel", "1")
+    assert "task 1 is cancelled; nothing to cancel" in cli.fails("cancel", "1")
+    assert "task 1 is cancelled; nudges only reach open tasks" in cli.fails("nudge", "1", "hi")
+    assert "re-queued task 1" in cli.ok("retry", "1")
+
+
+def test_bad_input_to_add_is_refused(cli: Cli) -> None:
+    cli.ok("ls")  # creates the database so the snapshots compare
+    assert "the prompt is empty" in cli.fails("add", "   ")
+    assert "priority 'urgent' is not one of high, normal, low" in cli.fails(
+        "add", "x", "--priority", "urgent"
+    )
+    assert "unknown repo 'nope'; known repos: app" in cli.fails("add", "x", "--repo", "nope")
+    assert "unknown state 'bogus'" in cli.fails("ls", "--state", "bogus")
+    assert "the nudge is empty" in cli.fails("nudge", "1", " ")
+
+
+def test_outside_a_git_repo_without_config_says_what_to_do(cli: Cli, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = cli("add", "fix it", cwd=elsewhere)
+    assert result.returncode == 2
+    assert "not inside a git repository; run `nightcrew init`" in result.stderr
+
+
+def test_init_writes_a_config_that_works(cli: Cli) -> None:
+    out = cli.ok("init")
+    assert "wrote nightcrew.yaml" in out and "wrote .env.example" in out
+    assert ".nightcrew/" in (cli.repo / ".gitignore").read_text()
+    assert "already exists; use --force" in cli("init").stderr
+    assert cli("init").returncode == 1
+    assert cli.ok("init", "--force")
+    repos = cli.ok("repos")
+    assert "app" in repos and "main" in repos and "no nightcrew.yaml" not in repos
+    assert "queued task 1 on app" in cli.ok("add", "works with the written config")
+
+
+def test_up_reports_what_runs(cli: Cli) -> None:
+    cli.ok("add", "something")
+    result = cli("up")
+    assert result.returncode == 0
+    assert "tasks: 1 queued, 1 in all" in result.stdout
+    assert "not yet available" in result.stderr
+
+
+def test_help_lists_every_command(cli: Cli) -> None:
+    text = cli.ok("--help")
+    for command in (
+        "up",
+        "init",
+        "add",
+        "ls",
+        "show",
+        "log",
+        "nudge",
+        "cancel",
+        "retry",
+        "approve",
+        "reject",
+        "repos",
+    ):
+        assert command in text
