@@ -91,20 +91,60 @@ def act(action: Callable[..., Outcome], task_id: str, *args: str) -> None:
 
 
 @app.command()
-def up() -> None:
-    """Run nightcrew: executor, Slack bot and notifier in one process."""
+def up(
+    concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Tasks at once."),
+) -> None:
+    """Run nightcrew in one process: today the executor (the Slack bot is not built yet)."""
     with user_errors():
         cfg = config()
         with transaction(engine()) as session:
             counts = dict(session.exec(select(Task.state, func.count()).group_by(Task.state)).all())
-    out.print(f"database: {settings().db_url}")
-    out.print(f"repos: {', '.join(cfg.repos)}")
-    queued = counts.get(State.QUEUED, 0)
-    out.print(f"tasks: {queued} queued, {sum(counts.values())} in all")
-    err.print(
-        "[yellow]not yet available in this release:[/yellow] the executor (running tasks in "
-        "Docker sandboxes) and the Slack bot. Tasks you add are stored and wait in the queue."
-    )
+        out.print(f"database: {settings().db_url}")
+        out.print(f"repos: {', '.join(cfg.repos)}")
+        out.print(f"tasks: {counts.get(State.QUEUED, 0)} queued, {sum(counts.values())} in all")
+        err.print(
+            "[yellow]not yet available in this release:[/yellow] the Slack bot; "
+            "queue tasks with `nightcrew add`."
+        )
+        _run_executor(concurrency, drain=False)
+
+
+@app.command()
+def executor(
+    concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Tasks at once."),
+    drain: bool = typer.Option(False, "--drain", help="Exit when the queue is empty."),
+) -> None:
+    """Run tasks from the queue in Docker sandboxes."""
+    with user_errors():
+        _run_executor(concurrency, drain=drain)
+
+
+def _run_executor(concurrency: int, *, drain: bool) -> None:
+    from executor.llm import LLMClient
+    from executor.pool import run_executor
+    from executor.sandbox import SandboxError
+
+    cfg, env = config(), settings()
+    model = env.model or cfg.model
+    if not model:
+        raise ConfigError("no model: set NIGHTCREW_MODEL, or `model:` in nightcrew.yaml")
+
+    def make_llm() -> LLMClient:
+        return LLMClient(base_url=env.openai_base_url, api_key=env.openai_api_key, model=model)
+
+    try:
+        done = run_executor(
+            engine=engine(),
+            config=cfg,
+            home=env.home,
+            make_llm=make_llm,
+            concurrency=concurrency,
+            drain=drain,
+            log=out.print,
+        )
+    except SandboxError as exc:
+        raise ActionError(str(exc)) from None
+    out.print(f"performed {done} task(s)")
 
 
 @app.command()

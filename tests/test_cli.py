@@ -208,12 +208,13 @@ def test_init_writes_a_config_that_works(cli: Cli) -> None:
     assert "queued task 1 on app" in cli.ok("add", "works with the written config")
 
 
-def test_up_reports_what_runs(cli: Cli) -> None:
+def test_up_without_a_model_says_how_to_set_one(cli: Cli, monkeypatch) -> None:
+    monkeypatch.delenv("NIGHTCREW_MODEL", raising=False)
     cli.ok("add", "something")
     result = cli("up")
-    assert result.returncode == 0
+    assert result.returncode == 2
     assert "tasks: 1 queued, 1 in all" in result.stdout
-    assert "not yet available" in result.stderr
+    assert "no model: set NIGHTCREW_MODEL" in result.stderr
 
 
 def test_help_lists_every_command(cli: Cli) -> None:

@@ -1,0 +1,65 @@
+"""External agents (`agent: command`): a command such as Claude Code, Codex CLI or aider in
+headless mode runs inside the sandbox; its output streams into the task log. Its own limits
+are the wall time and cancellation: nightcrew cannot see its turns or tokens."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable
+from string import Template
+from typing import Any
+
+from executor.agent import NeedsHuman
+from executor.config import Limits
+from executor.defaults import WATCH_INTERVAL_S
+from executor.sandbox import Sandbox
+from storage.models import Task
+
+LOG, EXIT = "/tmp/nightcrew-agent.log", "/tmp/nightcrew-agent.exit"
+MARK = "\n--nightcrew-exit:"
+Record = Callable[[int, str, dict[str, Any]], None]
+
+
+def run_command_agent(
+    sandbox: Sandbox,
+    template: str,
+    task: Task,
+    limits: Limits,
+    check: Callable[[], None],
+    record: Record,
+) -> str:
+    """Run the repo's agent command for `task`; return the tail of its output as summary.
+    `$prompt`, `$task_id` and `$branch` in the template are replaced (shell-quoted)."""
+    assert task.id is not None
+    command = Template(template).safe_substitute(
+        prompt=shlex.quote(task.prompt), task_id=task.id, branch=shlex.quote(task.branch or "")
+    )
+    script = f"({command}) > {LOG} 2>&1; echo $? > {EXIT}"
+    started = sandbox.exec(
+        f"rm -f {LOG} {EXIT}; nohup sh -c {shlex.quote(script)} >/dev/null 2>&1 &"
+    )
+    if not started.ok:
+        raise NeedsHuman(f"the agent command did not start: {started.output.strip()}")
+    record(task.id, "agent_command", {"command": command})
+    offset, tail = 0, ""
+    deadline = time.monotonic() + limits.max_wall_minutes * 60
+    while True:
+        check()  # raises Cancelled
+        poll = sandbox.exec(
+            f"tail -c +{offset + 1} {LOG} 2>/dev/null; echo; cat {EXIT} 2>/dev/null"
+        )
+        chunk, _, status = poll.output.rpartition("\n")
+        chunk = chunk.removesuffix("\n")
+        if chunk:
+            offset += len(chunk.encode())
+            tail = (tail + chunk)[-4000:]
+            record(task.id, "agent_output", {"text": chunk[-4000:]})
+        if status.strip():
+            code = int(status.strip())
+            if code != 0:
+                raise NeedsHuman(f"the agent command exited with code {code}")
+            return tail.strip()[-2000:] or "the agent command finished without output"
+        if time.monotonic() > deadline:
+            raise NeedsHuman(f"time limit reached ({limits.max_wall_minutes:g} minutes)")
+        time.sleep(WATCH_INTERVAL_S / 2)

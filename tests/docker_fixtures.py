@@ -1,0 +1,90 @@
+"""Fixtures for tests that need the real Docker engine and the sandbox image.
+
+Use with `pytest_plugins = ["tests.docker_fixtures"]` in a test module. Without an engine or
+image the tests skip on a laptop and fail in CI (see `need`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from docker.errors import DockerException, ImageNotFound
+
+from executor.config import DEFAULT_IMAGE
+from executor.sandbox import Sandbox, SandboxError, remove_orphans
+from executor.sandbox_image import SANDBOX_DIR, ensure_image
+from tests.conftest import need
+
+# Every container the tests start carries this executor id, so a session cleans up only its
+# own leftovers and never a real executor's sandboxes on the same engine.
+TEST_EXECUTOR = f"pytest-{uuid.uuid4().hex[:8]}"
+
+MakeSandbox = Callable[..., Sandbox]
+
+
+@pytest.fixture(scope="session")
+def test_executor() -> str:
+    return TEST_EXECUTOR
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except DockerException as exc:
+        need("Docker engine", f"{exc.__class__.__name__}: {exc}".splitlines()[0])
+    yield client
+    remove_orphans(client, executor_id=TEST_EXECUTOR)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def sandbox_image(docker_client: docker.DockerClient) -> str:
+    """The default sandbox image, built registry-free by sandbox/build-image.sh if missing
+    (about a minute, once per machine), else from the Dockerfile where a registry is up."""
+    try:
+        docker_client.images.get(DEFAULT_IMAGE)
+        return DEFAULT_IMAGE
+    except ImageNotFound:
+        pass
+    if os.geteuid() == 0 and shutil.which("debootstrap"):
+        script = SANDBOX_DIR / "build-image.sh"
+        result = subprocess.run([script], capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:
+            need("sandbox image", f"{script} failed: {result.stderr.strip()[-500:]}")
+        return DEFAULT_IMAGE
+    try:
+        ensure_image(docker_client, DEFAULT_IMAGE)
+    except SandboxError as exc:
+        need("sandbox image", str(exc))
+    return DEFAULT_IMAGE
+
+
+@pytest.fixture
+def make_sandbox(
+    docker_client: docker.DockerClient, sandbox_image: str, tmp_path: Path
+) -> Iterator[MakeSandbox]:
+    """Start sandboxes (removed after the test); the workspace defaults to an empty folder."""
+    started: list[Sandbox] = []
+
+    def make(**options: Any) -> Sandbox:
+        if "workspace" not in options:
+            options["workspace"] = tmp_path / f"ws{len(started)}"
+            options["workspace"].mkdir()
+        options.setdefault("task_id", f"t{len(started)}")
+        options.setdefault("image", sandbox_image)
+        sandbox = Sandbox.start(docker_client, executor_id=TEST_EXECUTOR, **options)
+        started.append(sandbox)
+        return sandbox
+
+    yield make
+    for sandbox in started:
+        sandbox.remove()

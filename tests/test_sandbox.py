@@ -1,0 +1,310 @@
+"""The Docker sandbox against the real engine: what a command sees and cannot do, and that
+timeouts, fork bombs, memory hogs and cancellation are contained and reported."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from executor.config import Limits
+from executor.sandbox import (
+    HOST_GRACE_S,
+    LABEL,
+    LABEL_EXECUTOR,
+    ExecResult,
+    Sandbox,
+    SandboxError,
+)
+from executor.sandbox import remove_orphans as remove_orphans_of
+from executor.sandbox_exec import parse_counters
+from executor.sandbox_image import build_image, ensure_image
+from tests.conftest import git
+
+pytest_plugins = ["tests.docker_fixtures"]
+MakeSandbox = Callable[..., Sandbox]
+
+
+@pytest.fixture(scope="module")
+def shared(
+    docker_client: docker.DockerClient,
+    sandbox_image: str,
+    test_executor: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Sandbox]:
+    """One sandbox for the checks that leave nothing behind."""
+    workspace = tmp_path_factory.mktemp("shared")
+    with Sandbox.start(
+        docker_client,
+        task_id="shared",
+        executor_id=test_executor,
+        workspace=workspace,
+        image=sandbox_image,
+        limits=Limits(memory="256m", pids=128),
+    ) as sandbox:
+        yield sandbox
+
+
+def run(sandbox: Sandbox, command: str, timeout_s: float = 20) -> ExecResult:
+    return sandbox.exec(command, timeout_s=timeout_s)
+
+
+def test_output_and_exit_codes(shared: Sandbox) -> None:
+    result = run(shared, "echo out; echo err >&2; exit 3")
+    assert (result.exit_code, result.timed_out, result.killed_reason) == (3, False, None)
+    assert sorted(result.output.splitlines()) == ["err", "out"]
+    assert run(shared, "pwd").output == "/workspace\n"
+    assert shared.exec("pwd", timeout_s=5, workdir="/tmp").output == "/tmp\n"
+    assert run(shared, "[[ -n bash ]] && printf '%s' \"$0\"").output == "bash"
+    assert run(shared, "true").ok
+
+
+def test_output_is_capped_head_and_tail(shared: Sandbox) -> None:
+    result = run(shared, "echo first; yes | head -c 5000000; echo; echo last")
+    assert result.exit_code == 0
+    assert len(result.output) < 1_100_000
+    assert result.output.startswith("first\n")
+    assert result.output.endswith("last\n")
+    assert "bytes of output cut" in result.output
+
+
+def test_timeout_returns_within_seconds_and_kills_the_tree(shared: Sandbox) -> None:
+    result = run(shared, "sleep 300 & sleep 301", timeout_s=1)
+    assert result.timed_out
+    assert result.duration_s < 4
+    assert result.killed_reason == "timed out after 1 s"
+    assert "sleep 30" not in run(shared, "ps -eo args").output
+
+
+def test_background_processes_do_not_outlive_their_command(shared: Sandbox) -> None:
+    assert run(shared, "sleep 302 & echo started").output == "started\n"
+    assert "sleep 302" not in run(shared, "ps -eo args").output
+
+
+def test_network_is_unreachable(shared: Sandbox) -> None:
+    assert run(shared, "ls /sys/class/net").output.split() == ["lo"]
+    connect = "import socket; socket.create_connection(('1.1.1.1', 53), timeout=3)"
+    result = run(shared, f'python3 -c "{connect}"')
+    assert result.exit_code != 0
+    assert "Network is unreachable" in result.output
+    assert run(shared, "getent hosts deb.debian.org").exit_code != 0
+
+
+def test_network_when_the_repo_opts_in(make_sandbox: MakeSandbox) -> None:
+    sandbox = make_sandbox(network=True)
+    assert "eth0" in run(sandbox, "ls /sys/class/net").output.split()
+
+
+def test_no_host_secret_in_the_environment(
+    make_sandbox: MakeSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-host-key")
+    sandbox = make_sandbox(env={"TASK_HINT": "given"})
+    seen = run(sandbox, "env; cat /proc/1/environ | tr '\\0' '\\n'").output
+    assert "sk-secret-host-key" not in seen
+    assert "OPENAI_API_KEY" not in seen
+    assert "TASK_HINT=given" in seen
+
+
+def test_unprivileged_without_capabilities(shared: Sandbox) -> None:
+    assert run(shared, "id -u").output.strip() != "0"
+    status = dict(
+        line.split(":\t", 1) for line in run(shared, "cat /proc/self/status").output.splitlines()
+    )
+    assert status["CapEff"].strip() == status["CapBnd"].strip() == "0" * 16
+    assert status["NoNewPrivs"].strip() == "1"
+    assert run(shared, "chown $(id -u) /etc/hostname").exit_code != 0
+    assert "must be superuser" in run(shared, "mount -t tmpfs none /tmp").output
+
+
+def test_writes_only_to_workspace_tmp_and_home(shared: Sandbox) -> None:
+    for path in ["/etc/x", "/usr/x", "/x", "/var/tmp/x"]:
+        result = run(shared, f"touch {path}")
+        assert result.exit_code != 0, path
+        assert "Read-only file system" in result.output, path
+    for path in ["/tmp/x", "/workspace/x", "$HOME/x"]:
+        assert run(shared, f"touch {path} && rm {path}").ok, path
+
+
+def test_read_only_root_can_be_turned_off(make_sandbox: MakeSandbox) -> None:
+    sandbox = make_sandbox(read_only_root=False)
+    assert run(sandbox, "touch /var/tmp/x && touch $HOME/x").ok
+    assert "Permission denied" in run(sandbox, "touch /etc/x").output  # still not root
+
+
+def test_host_reads_and_commits_what_the_sandbox_writes(
+    make_sandbox: MakeSandbox, git_repo: Path
+) -> None:
+    sandbox = make_sandbox(workspace=git_repo)
+    write = run(sandbox, "mkdir -p src && echo 'print(1)' > src/new.py && git status --short")
+    assert write.ok, write.output
+    assert write.output == "?? src/\n"
+    assert (git_repo / "src" / "new.py").read_text() == "print(1)\n"
+    # As root the host hands the tree to the sandbox user, and git then wants to be told.
+    trust = ["-c", f"safe.directory={git_repo}"] if os.geteuid() == 0 else []
+    git(git_repo, *trust, "add", ".")
+    git(git_repo, *trust, "commit", "-q", "-m", "from the sandbox")
+    assert git(git_repo, *trust, "show", "--stat", "--format=%s") == (
+        "from the sandbox\n\n src/new.py | 1 +\n 1 file changed, 1 insertion(+)"
+    )
+    assert run(sandbox, "git log --format=%s -1").output == "from the sandbox\n"
+
+
+def test_fork_bomb_is_contained_and_reported(make_sandbox: MakeSandbox) -> None:
+    sandbox = make_sandbox(limits=Limits(pids=64, memory="256m"))
+    result = run(sandbox, ":(){ :|:& };: ; sleep 30", timeout_s=3)
+    assert result.killed_reason is not None
+    assert "process limit reached (pids 64)" in result.killed_reason
+    assert result.duration_s < 8
+    after = run(sandbox, "echo alive; ps -e --no-headers | wc -l")
+    assert after.ok
+    assert after.output.split()[0] == "alive"
+    assert int(after.output.split()[1]) < 10
+    started = time.monotonic()
+    sandbox.remove()
+    assert time.monotonic() - started < 5
+
+
+def test_memory_hog_is_killed_and_reported(make_sandbox: MakeSandbox) -> None:
+    sandbox = make_sandbox(limits=Limits(memory="128m"))
+    result = run(sandbox, "python3 -c 'b = bytearray(1 << 30); print(len(b))'")
+    assert result.exit_code == 137
+    assert not result.timed_out
+    assert result.killed_reason == "out of memory (limit 128m)"
+    assert run(sandbox, "echo alive").output == "alive\n"
+    assert run(sandbox, "exit 1").killed_reason is None  # reported once, not forever
+
+
+def test_without_timeout_in_the_image_the_host_enforces_the_deadline(
+    make_sandbox: MakeSandbox, docker_client: docker.DockerClient, sandbox_image: str
+) -> None:
+    builder = docker_client.containers.run(
+        sandbox_image, ["rm", "/usr/bin/timeout"], user="0", detach=True
+    )
+    builder.wait()
+    image = builder.commit("nightcrew-sandbox-test", "no-timeout")
+    builder.remove()
+    try:
+        sandbox = make_sandbox(image=image.id)
+        result = run(sandbox, "sleep 100", timeout_s=1)
+        assert result.timed_out
+        assert result.killed_reason == "timed out after 1 s; the sandbox was restarted to stop it"
+        assert result.duration_s < 1 + HOST_GRACE_S + 3
+        assert run(sandbox, "echo alive").output == "alive\n"
+    finally:
+        for sandbox_container in docker_client.containers.list(
+            all=True, filters={"ancestor": image.id}
+        ):
+            sandbox_container.remove(force=True)
+        docker_client.images.remove(image.id, force=True)
+
+
+def test_the_agent_cannot_stop_its_sandbox(make_sandbox: MakeSandbox) -> None:
+    sandbox = make_sandbox()
+    sandbox.container.reload()
+    started_at = sandbox.container.attrs["State"]["StartedAt"]
+    run(sandbox, "kill -9 -1; pkill sleep")
+    assert "sleep infinity" in run(sandbox, "ps -eo args").output
+    sandbox.container.reload()
+    assert sandbox.container.attrs["State"]["StartedAt"] == started_at  # never restarted
+
+
+def test_a_stopped_sandbox_is_reported_and_started_again(make_sandbox: MakeSandbox) -> None:
+    sandbox = make_sandbox()
+    run(sandbox, "echo kept > /workspace/f; echo lost > /tmp/f")
+    results: list[ExecResult] = []
+    worker = threading.Thread(target=lambda: results.append(run(sandbox, "sleep 30")))
+    worker.start()
+    time.sleep(0.5)
+    sandbox.container.kill()  # as the OOM killer taking PID 1 would, not a cancellation
+    worker.join(10)
+    assert results[0].killed_reason is not None
+    assert results[0].killed_reason.startswith("sandbox stopped")
+    after = run(sandbox, "cat /workspace/f; ls /tmp")
+    assert (after.exit_code, after.output) == (0, "kept\n")
+
+
+def test_kill_during_a_long_command(make_sandbox: MakeSandbox) -> None:
+    sandbox = make_sandbox()
+    results: list[ExecResult] = []
+    worker = threading.Thread(target=lambda: results.append(run(sandbox, "sleep 600", 700)))
+    worker.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    sandbox.kill()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert time.monotonic() - started < 5
+    assert results[0].killed_reason == "sandbox killed"
+    sandbox.container.reload()
+    assert sandbox.container.status != "running"
+    assert run(sandbox, "true").killed_reason == "sandbox killed"
+
+
+def test_remove_orphans_removes_only_the_executors_sandboxes(
+    docker_client: docker.DockerClient, sandbox_image: str, test_executor: str, tmp_path: Path
+) -> None:
+    def start(executor_id: str, task_id: str) -> Sandbox:
+        return Sandbox.start(
+            docker_client,
+            task_id=task_id,
+            executor_id=executor_id,
+            workspace=tmp_path,
+            image=sandbox_image,
+        )
+
+    crashed, other = f"{test_executor}-crashed", f"{test_executor}-other"
+    left = [start(crashed, "1"), start(crashed, "2")]
+    kept = start(other, "3")
+    stranger = docker_client.containers.create(sandbox_image, ["sleep", "1"], labels={"x": "y"})
+    try:
+        assert sorted(remove_orphans_of(docker_client, executor_id=crashed)) == sorted(
+            s.name for s in left
+        )
+        mine = docker_client.containers.list(all=True, filters={"label": LABEL})
+        assert kept.name in [c.name for c in mine]
+        assert not [c for c in mine if c.labels.get(LABEL_EXECUTOR) == crashed]
+        stranger.reload()  # still there
+    finally:
+        kept.remove()
+        stranger.remove(force=True)
+
+
+def test_missing_image_is_a_clear_error(
+    docker_client: docker.DockerClient, test_executor: str, tmp_path: Path
+) -> None:
+    with pytest.raises(SandboxError, match=r"build-image\.sh"):
+        Sandbox.start(
+            docker_client,
+            task_id="x",
+            executor_id=test_executor,
+            workspace=tmp_path,
+            image="nightcrew-missing:never",
+        )
+    with pytest.raises(SandboxError, match="cannot pull"):
+        ensure_image(docker_client, "nightcrew-test.invalid/missing:never")
+    (tmp_path / "Dockerfile").write_text("FROM nightcrew-test.invalid/base:never\n")
+    with pytest.raises(SandboxError, match=r"build-image\.sh"):
+        build_image(docker_client, "nightcrew-test:never", context=tmp_path)
+
+
+def test_ensure_image_keeps_an_existing_image(
+    docker_client: docker.DockerClient, sandbox_image: str
+) -> None:
+    before = docker_client.images.get(sandbox_image).id
+    ensure_image(docker_client, sandbox_image)
+    assert docker_client.images.get(sandbox_image).id == before
+
+
+def test_counters_are_read_from_cgroup_v1_and_v2() -> None:
+    v1 = "counters\nmemory.oom_control under_oom 0\nmemory.oom_control oom_kill 2\n"
+    v2 = "counters\nmemory.events max 9\nmemory.events oom_kill 1\npids.events max 3\n"
+    assert parse_counters(v1 + "pids.events max 5\n") == {"oom": 2, "pids": 5}
+    assert parse_counters(v2) == {"oom": 1, "pids": 3}  # memory's "max" is not the PID limit
+    assert parse_counters("counters\n") == {"oom": 0, "pids": 0}  # no such cgroup files
+    assert parse_counters("OCI runtime exec failed: resource temporarily unavailable") is None

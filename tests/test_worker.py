@@ -1,0 +1,327 @@
+"""A worker runs real tasks: real Docker sandbox, real git, a scripted model over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+from sqlalchemy import Engine
+
+from bot import actions
+from executor.config import Config, Limits, RepoConfig
+from executor.llm import LLMClient
+from executor.worker import Worker
+from storage.db import make_engine, transaction
+from storage.lifecycle import State
+from storage.models import Task
+from storage.tasks import events, get_task
+from tests.conftest import git
+from tests.llm_server import ScriptedLLM, error, reply, tool_call
+
+pytest_plugins = ["tests.docker_fixtures"]
+
+BUGGY = "def add(a, b):\n    return a - b\n"
+TESTS = (
+    "import unittest\nfrom calc import add\n\n"
+    "class T(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n"
+)
+
+
+@pytest.fixture
+def project(git_repo: Path) -> Path:
+    (git_repo / "calc.py").write_text(BUGGY)
+    (git_repo / "test_calc.py").write_text(TESTS)
+    (git_repo / "AGENTS.md").write_text("Run tests with: python3 -m unittest\n")
+    git(git_repo, "add", ".")
+    git(git_repo, "commit", "-q", "-m", "calc with a bug")
+    return git_repo
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'nightcrew.db'}")
+    yield engine
+    engine.dispose()
+
+
+RunWorker = Callable[..., Worker]
+
+
+@pytest.fixture
+def make_worker(
+    engine: Engine,
+    project: Path,
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    sandbox_image: str,
+    test_executor: str,
+) -> Iterator[RunWorker]:
+    clients: list[LLMClient] = []
+
+    def make(llm: ScriptedLLM, **limits: float) -> Worker:
+        repo = RepoConfig(path=project, base_branch="main", limits=Limits(**limits))
+        client = LLMClient(
+            base_url=llm.base_url,
+            api_key=None,
+            model="scripted-model",
+            backoff=0.01,
+            max_attempts=2,
+        )
+        clients.append(client)
+        return Worker(
+            engine=engine,
+            config=Config(repos={"app": repo}),
+            home=tmp_path / "home",
+            docker=docker_client,
+            llm=client,
+            worker_id=f"{test_executor}/0",
+            executor_id=test_executor,
+        )
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def add_task(engine: Engine, prompt: str = "fix add() in calc.py") -> int:
+    with transaction(engine) as s:
+        task = actions.add(s, repo="app", prompt=prompt, requester="U1", channel="C1").task
+        assert task.id is not None
+        return task.id
+
+
+def task(engine: Engine, task_id: int) -> Task:
+    with transaction(engine) as s:
+        return get_task(s, task_id)
+
+
+def containers_of(client: docker.DockerClient, executor_id: str) -> list:
+    return client.containers.list(all=True, filters={"label": f"nightcrew.executor={executor_id}"})
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def test_a_task_reads_edits_tests_and_finishes_on_its_branch(
+    engine: Engine,
+    make_worker: RunWorker,
+    project: Path,
+    docker_client: docker.DockerClient,
+    test_executor: str,
+) -> None:
+    task_id = add_task(engine)
+    script = [
+        reply(tool_call("read_file", {"path": "calc.py"}), usage=(100, 10)),
+        reply(
+            tool_call("edit_file", {"path": "calc.py", "old_text": "a - b", "new_text": "a + b"}),
+            usage=(200, 20),
+        ),
+        reply(tool_call("bash", {"command": "python3 -m unittest -q 2>&1"}), usage=(300, 30)),
+        reply(tool_call("finish", {"summary": "add() now adds; unittest passes"}), usage=(400, 40)),
+    ]
+    with ScriptedLLM(script) as llm:
+        assert make_worker(llm).work(drain=True) == 1
+    done = task(engine, task_id)
+    assert llm.remaining == 0, done.reason
+
+    assert done.state is State.AWAITING_APPROVAL, done.reason
+    assert done.summary and done.summary.startswith("add() now adds; unittest passes")
+    assert "calc.py | 2 +-" in done.summary  # the diff stat
+    assert (done.turns, done.tokens_in, done.tokens_out) == (4, 1000, 100)
+    # The branch in the user's repo has the fix, on top of the base.
+    assert git(project, "show", f"{done.branch}:calc.py") == "def add(a, b):\n    return a + b"
+    assert git(project, "rev-parse", done.branch) == done.head_commit
+    assert git(project, "rev-parse", "main") == done.base_commit
+    assert git(project, "show", "main:calc.py").endswith("a - b")  # base untouched
+    # What the model saw: the repo's AGENTS.md, the file, the test run.
+    assert "python3 -m unittest" in llm.requests[0]["messages"][0]["content"]
+    tool_results = [m["content"] for m in llm.requests[3]["messages"] if m["role"] == "tool"]
+    assert "return a - b" in tool_results[0]
+    assert tool_results[1] == "edited calc.py"
+    assert tool_results[2].startswith("exit code 0") and "OK" in tool_results[2]
+    # Every turn is in the log; the container is gone.
+    with transaction(engine) as s:
+        turns = [e.payload for e in events(s, task_id) if e.kind == "turn"]
+    assert [t["calls"][0]["tool"] for t in turns] == ["read_file", "edit_file", "bash", "finish"]
+    assert containers_of(docker_client, test_executor) == []
+
+
+def test_a_nudge_sent_mid_task_reaches_the_model_at_its_next_turn(
+    engine: Engine, make_worker: RunWorker
+) -> None:
+    task_id = add_task(engine)
+    script = [
+        reply(tool_call("bash", {"command": "sleep 3"})),
+        reply(tool_call("finish", {"summary": "done"})),
+    ]
+    with ScriptedLLM(script) as llm:
+        worker = make_worker(llm)
+        thread = threading.Thread(target=worker.work, kwargs={"drain": True})
+        thread.start()
+        wait_for(lambda: len(llm.requests) == 1)
+        with transaction(engine) as s:
+            actions.nudge(s, task_id, "use the operator module", actor="U2")
+        thread.join(60)
+    last_user = [m["content"] for m in llm.requests[1]["messages"] if m["role"] == "user"][-1]
+    assert "Message from U2" in last_user and "use the operator module" in last_user
+    assert task(engine, task_id).state is State.AWAITING_APPROVAL
+
+
+def test_cancel_during_a_long_command_stops_it_within_seconds(
+    engine: Engine, make_worker: RunWorker, docker_client: docker.DockerClient, test_executor: str
+) -> None:
+    task_id = add_task(engine)
+    with ScriptedLLM([reply(tool_call("bash", {"command": "sleep 600"}))]) as llm:
+        worker = make_worker(llm)
+        thread = threading.Thread(target=worker.work, kwargs={"drain": True})
+        thread.start()
+        wait_for(lambda: len(llm.requests) == 1)
+        time.sleep(0.5)  # the command is running now
+        with transaction(engine) as s:
+            actions.cancel(s, task_id, actor="U1")
+        cancelled_at = time.monotonic()
+        thread.join(60)
+        took = time.monotonic() - cancelled_at
+    cancelled = task(engine, task_id)
+    assert cancelled.state is State.CANCELLED
+    assert cancelled.reason == "cancelled by U1"
+    assert took < 15, f"cancel took {took:.1f} s"
+    assert containers_of(docker_client, test_executor) == []
+
+
+def test_a_question_parks_the_task_and_a_reply_resumes_it(
+    engine: Engine, make_worker: RunWorker, project: Path
+) -> None:
+    task_id = add_task(engine)
+    script = [
+        reply(tool_call("write_file", {"path": "notes.txt", "content": "first pass\n"})),
+        reply(tool_call("ask_human", {"question": "keep the old API?"})),
+    ]
+    with ScriptedLLM(script) as llm:
+        make_worker(llm).work(drain=True)
+    parked = task(engine, task_id)
+    assert parked.state is State.NEEDS_INPUT
+    assert parked.reason == "the agent asks: keep the old API?"
+    assert git(project, "show", f"{parked.branch}:notes.txt") == "first pass"  # work kept
+
+    with transaction(engine) as s:
+        actions.nudge(s, task_id, "yes, keep it", actor="U1")
+    script = [reply(tool_call("finish", {"summary": "kept the old API"}))]
+    with ScriptedLLM(script) as llm:
+        make_worker(llm).work(drain=True)
+    resumed = task(engine, task_id)
+    assert resumed.state is State.AWAITING_APPROVAL
+    contents = [m["content"] for m in llm.requests[0]["messages"] if m["role"] == "user"]
+    assert any("You worked on this task before" in c for c in contents)
+    assert any("yes, keep it" in c for c in contents)
+    assert git(project, "show", f"{resumed.branch}:notes.txt") == "first pass"
+
+
+def test_the_same_call_three_times_is_a_loop_warned_once_then_stopped(
+    engine: Engine, make_worker: RunWorker
+) -> None:
+    task_id = add_task(engine)
+    same = [reply(tool_call("bash", {"command": "ls"})) for _ in range(4)]
+    with ScriptedLLM(same) as llm:
+        make_worker(llm).work(drain=True)
+    stopped = task(engine, task_id)
+    assert stopped.state is State.NEEDS_INPUT
+    assert stopped.reason is not None and "stopped a loop" in stopped.reason
+    warning = llm.requests[3]["messages"][-1]
+    assert warning["role"] == "user" and "same call 3 times" in warning["content"]
+
+
+@pytest.mark.parametrize(
+    ("limits", "reason"),
+    [
+        ({"max_turns": 2}, "turn limit reached (2 turns)"),
+        ({"max_tokens": 100}, "token limit reached (150 of 100)"),
+    ],
+)
+def test_limits_park_the_task_with_what_happened(
+    engine: Engine, make_worker: RunWorker, limits: dict, reason: str
+) -> None:
+    task_id = add_task(engine)
+    script = [reply(tool_call("bash", {"command": f"echo {i}"}), usage=(50, 25)) for i in range(3)]
+    with ScriptedLLM(script) as llm:
+        make_worker(llm, **limits).work(drain=True)
+    parked = task(engine, task_id)
+    assert (parked.state, parked.reason) == (State.NEEDS_INPUT, reason)
+
+
+def test_a_dead_model_fails_the_task_with_the_reason_and_keeps_the_work(
+    engine: Engine, make_worker: RunWorker, project: Path
+) -> None:
+    task_id = add_task(engine)
+    script = [
+        reply(tool_call("write_file", {"path": "partial.txt", "content": "half done\n"})),
+        error(500, "model server on fire"),
+        error(500, "model server on fire"),
+    ]
+    with ScriptedLLM(script) as llm:
+        make_worker(llm).work(drain=True)
+    failed = task(engine, task_id)
+    assert failed.state is State.FAILED
+    assert failed.error and "LLMUnavailable" in failed.error and "on fire" in failed.error
+    assert git(project, "show", f"{failed.branch}:partial.txt") == "half done"
+
+
+def test_malformed_tool_calls_are_told_to_the_model_not_a_crash(
+    engine: Engine, make_worker: RunWorker
+) -> None:
+    task_id = add_task(engine)
+    script = [
+        reply(tool_call("bash", '{"command": "ls')),  # cut-off JSON
+        reply(tool_call("teleport", {"where": "prod"})),  # no such tool
+        reply(tool_call("bash", {"cmd": "ls"})),  # wrong argument name
+        reply(content="I think I'm done"),  # no tool call at all
+        reply(tool_call("finish", {"summary": "done"})),
+    ]
+    with ScriptedLLM(script) as llm:
+        make_worker(llm).work(drain=True)
+    assert task(engine, task_id).state is State.AWAITING_APPROVAL
+    told = [m["content"] for m in llm.requests[4]["messages"] if m["role"] in ("tool", "user")]
+    assert any("not valid JSON" in t for t in told)
+    assert any("unknown tool 'teleport'" in t for t in told)
+    assert any("unexpected keyword argument 'cmd'" in t for t in told)
+    assert any("Your reply had no tool call" in t for t in told)
+
+
+def test_the_executor_command_drains_the_queue(
+    project: Path, tmp_path: Path, docker_client: docker.DockerClient, sandbox_image: str
+) -> None:
+    home = tmp_path / "cli-home"
+    env = {**os.environ, "NIGHTCREW_HOME": str(home), "NIGHTCREW_MODEL": "scripted-model"}
+    env.pop("NIGHTCREW_CONFIG", None)
+    env.pop("NIGHTCREW_DATABASE_URL", None)
+    nightcrew = str(Path(sys.executable).with_name("nightcrew"))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [nightcrew, *args], cwd=project, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    assert run("add", "-q", "write hello.txt").stdout.strip() == "1"
+    script = [
+        reply(tool_call("write_file", {"path": "hello.txt", "content": "hello\n"})),
+        reply(tool_call("finish", {"summary": "wrote hello.txt"})),
+    ]
+    with ScriptedLLM(script) as llm:
+        env["OPENAI_BASE_URL"] = llm.base_url
+        result = run("executor", "--drain")
+    assert result.returncode == 0, result.stderr
+    assert "performed 1 task(s)" in result.stdout
+    shown = run("show", "1").stdout
+    assert "awaiting_approval" in shown and "wrote hello.txt" in shown
+    assert git(project, "show", "nightcrew/1-write-hello-txt:hello.txt") == "hello"
