@@ -120,9 +120,26 @@ def event_line(event: TaskEvent) -> Text:
         body = f"nudge from {p.get('by')}: {one_line(str(p.get('text', '')), 200)}"
     elif event.kind == "cancel_requested":
         body = f"cancel requested by {p.get('by')}"
+    elif event.kind == "turn":
+        body = _turn_text(p)
+    elif event.kind == "setup":
+        body = f"setup `{p.get('command')}`: {one_line(str(p.get('output', '')), 200)}"
+    elif event.kind in ("agent_output", "agent_command"):
+        body = str(p.get("text") or p.get("command") or "").rstrip()
     else:
         body = one_line(json.dumps(p, ensure_ascii=False, default=str), 300)
     return Text.assemble((when, "dim"), " ", (f"{event.kind:<16}", "bold"), " ", body)
+
+
+def _turn_text(p: dict) -> str:
+    """`turn 3 (1,200 in / 80 out): bash `pytest -q` → exit code 0 …`"""
+    head = f"turn {p.get('turn')} ({p.get('tokens_in', 0):,} in / {p.get('tokens_out', 0):,} out)"
+    parts = [one_line(p["content"], 200)] if p.get("content") else []
+    for call in p.get("calls", []):
+        arguments = one_line(str(call.get("arguments", "")), 120)
+        output = one_line(str(call.get("output", "")), 160)
+        parts.append(f"{call.get('tool')} {arguments} → {output}")
+    return f"{head}: " + " | ".join(parts or ["(no tool call)"])
 
 
 def repos_table(config: Config) -> Table:

@@ -16,7 +16,7 @@ from executor.defaults import WATCH_INTERVAL_S
 from executor.sandbox import Sandbox
 from storage.models import Task
 
-LOG, EXIT = "/tmp/nightcrew-agent.log", "/tmp/nightcrew-agent.exit"
+LOG, EXIT, PID = (f"/tmp/nightcrew-agent.{ext}" for ext in ("log", "exit", "pid"))
 MARK = "\n--nightcrew-exit:"
 Record = Callable[[int, str, dict[str, Any]], None]
 
@@ -35,9 +35,11 @@ def run_command_agent(
     command = Template(template).safe_substitute(
         prompt=shlex.quote(task.prompt), task_id=task.id, branch=shlex.quote(task.branch or "")
     )
-    script = f"({command}) > {LOG} 2>&1; echo $? > {EXIT}"
+    script = f"echo $$ > {PID}; ({command}) > {LOG} 2>&1; echo $? > {EXIT}"
+    # setsid: the sandbox ends a command's process group when the command returns.
     started = sandbox.exec(
-        f"rm -f {LOG} {EXIT}; nohup sh -c {shlex.quote(script)} >/dev/null 2>&1 &"
+        f"rm -f {LOG} {EXIT} {PID}; setsid sh -c {shlex.quote(script)} "
+        f"</dev/null >/dev/null 2>&1 & sleep 0.1"
     )
     if not started.ok:
         raise NeedsHuman(f"the agent command did not start: {started.output.strip()}")
@@ -47,18 +49,20 @@ def run_command_agent(
     while True:
         check()  # raises Cancelled
         poll = sandbox.exec(
-            f"tail -c +{offset + 1} {LOG} 2>/dev/null; echo; cat {EXIT} 2>/dev/null"
+            f"tail -c +{offset + 1} {LOG} 2>/dev/null; printf %s '{MARK}'; cat {EXIT} 2>/dev/null"
+            f" || {{ kill -0 $(cat {PID}) 2>/dev/null && echo running; }} || echo gone"
         )
-        chunk, _, status = poll.output.rpartition("\n")
-        chunk = chunk.removesuffix("\n")
+        chunk, _, status = poll.output.rpartition(MARK)
+        status = status.strip()
         if chunk:
             offset += len(chunk.encode())
             tail = (tail + chunk)[-4000:]
             record(task.id, "agent_output", {"text": chunk[-4000:]})
-        if status.strip():
-            code = int(status.strip())
-            if code != 0:
-                raise NeedsHuman(f"the agent command exited with code {code}")
+        if status == "gone":
+            raise NeedsHuman("the agent command died without an exit status")
+        if status.isdigit():
+            if status != "0":
+                raise NeedsHuman(f"the agent command exited with code {status}")
             return tail.strip()[-2000:] or "the agent command finished without output"
         if time.monotonic() > deadline:
             raise NeedsHuman(f"time limit reached ({limits.max_wall_minutes:g} minutes)")

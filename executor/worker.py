@@ -15,6 +15,7 @@ from typing import Any
 
 import docker
 from sqlalchemy import Engine
+from sqlmodel import col, select
 
 from executor import workspace
 from executor.agent import Agent, Cancelled, Finished, NeedsHuman, Turn, render
@@ -30,7 +31,7 @@ from executor.workspace import Workspace, WorkspaceError
 from storage.db import transaction
 from storage.defaults import HEARTBEAT_TIMEOUT_S
 from storage.errors import Conflict
-from storage.lifecycle import State
+from storage.lifecycle import CLOSED, State
 from storage.models import Task
 from storage.queue import claim_next, heartbeat, reap_stale
 from storage.tasks import get_task, record, take_nudges, transition
@@ -80,6 +81,24 @@ class Worker:
         self._next_maintenance = time.monotonic() + HEARTBEAT_TIMEOUT_S / 3
         with transaction(self.engine) as s:
             reap_stale(s)
+        self.prune_workspaces()
+
+    def prune_workspaces(self) -> None:
+        """Remove checkouts of tasks closed since (rejected or cancelled while waiting, or
+        merged): their branches stay in the canonical repo."""
+        root = self.home / "workspaces"
+        if not root.is_dir():
+            return
+        ids = {int(p.name[5:]): p for p in root.iterdir() if p.name[5:].isdigit()}
+        if not ids:
+            return
+        with transaction(self.engine) as s:
+            closed = s.exec(
+                select(Task.id).where(col(Task.id).in_(ids), col(Task.state).in_(list(CLOSED)))
+            ).all()
+        for task_id in closed:
+            with contextlib.suppress(WorkspaceError, OSError):
+                workspace.remove(ids[task_id])
 
     def claim(self) -> Task | None:
         with transaction(self.engine) as s:

@@ -180,9 +180,10 @@ def diff_text(ws: Workspace, head_commit: str) -> str:
     return git("diff", *DIFF_SAFE, ws.base_commit, head_commit, cwd=ws.canonical)
 
 
-def remove(ws: Workspace) -> None:
-    """Delete the task's checkout; its branch stays in the canonical repo."""
-    _remove_tree(ws.path)
+def remove(ws: Workspace | Path) -> None:
+    """Delete a task's checkout (a Workspace or its path); its branch stays in the canonical
+    repo."""
+    _remove_tree(ws.path if isinstance(ws, Workspace) else ws)
 
 
 def read_workspace_file(workspace: Path, relpath: str, max_bytes: int = 64 * 1024) -> str | None:

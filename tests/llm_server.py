@@ -228,6 +228,7 @@ class ScriptedLLM:
         self.model = model
         self.requests: list[dict[str, Any]] = []  # every request body, in order
         self.headers: list[dict[str, str]] = []  # their headers (lower-case names)
+        self.received_at: list[float] = []  # their arrival times (time.time())
         self.stopping = threading.Event()
         self._script: deque[Step] = deque(script)
         self._lock = threading.Lock()
@@ -272,6 +273,7 @@ class ScriptedLLM:
         with self._lock:
             self.requests.append(body)
             self.headers.append(headers)
+            self.received_at.append(time.time())
             return self._script.popleft() if self._script else None
 
 

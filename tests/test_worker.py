@@ -23,7 +23,7 @@ from storage.lifecycle import State
 from storage.models import Task
 from storage.tasks import events, get_task
 from tests.conftest import git
-from tests.llm_server import ScriptedLLM, error, reply, tool_call
+from tests.llm_server import ScriptedLLM, drop, error, hang, rate_limited, reply, tool_call
 
 pytest_plugins = ["tests.docker_fixtures"]
 
@@ -65,14 +65,24 @@ def make_worker(
 ) -> Iterator[RunWorker]:
     clients: list[LLMClient] = []
 
-    def make(llm: ScriptedLLM, **limits: float) -> Worker:
-        repo = RepoConfig(path=project, base_branch="main", limits=Limits(**limits))
+    def make(
+        llm: ScriptedLLM,
+        *,
+        model: str = "scripted-model",
+        timeout: float = 30,
+        repo_options: dict | None = None,
+        **limits: float,
+    ) -> Worker:
+        repo = RepoConfig(
+            path=project, base_branch="main", limits=Limits(**limits), **(repo_options or {})
+        )
         client = LLMClient(
             base_url=llm.base_url,
             api_key=None,
-            model="scripted-model",
+            model=model,
             backoff=0.01,
             max_attempts=2,
+            timeout=timeout,
         )
         clients.append(client)
         return Worker(
@@ -247,13 +257,22 @@ def test_the_same_call_three_times_is_a_loop_warned_once_then_stopped(
     [
         ({"max_turns": 2}, "turn limit reached (2 turns)"),
         ({"max_tokens": 100}, "token limit reached (150 of 100)"),
+        # gpt-4.1 costs $2 / $8 per million tokens: 2 turns of 50k + 25k tokens = $0.60.
+        ({"model": "gpt-4.1", "max_cost_usd": 0.5}, "cost limit reached ($0.60 of $0.50)"),
+        ({"max_wall_minutes": 0.01}, "time limit reached (0.01 minutes)"),
     ],
 )
 def test_limits_park_the_task_with_what_happened(
     engine: Engine, make_worker: RunWorker, limits: dict, reason: str
 ) -> None:
     task_id = add_task(engine)
-    script = [reply(tool_call("bash", {"command": f"echo {i}"}), usage=(50, 25)) for i in range(3)]
+    scale = 1000 if "model" in limits else 1
+    script = [
+        reply(
+            tool_call("bash", {"command": f"sleep 0.4; echo {i}"}), usage=(50 * scale, 25 * scale)
+        )
+        for i in range(3)
+    ]
     with ScriptedLLM(script) as llm:
         make_worker(llm, **limits).work(drain=True)
     parked = task(engine, task_id)
@@ -324,4 +343,75 @@ def test_the_executor_command_drains_the_queue(
     assert "performed 1 task(s)" in result.stdout
     shown = run("show", "1").stdout
     assert "awaiting_approval" in shown and "wrote hello.txt" in shown
+    log = run("log", "1").stdout
+    assert "turn 1 (10 in / 5 out): write_file" in log and "wrote 6 bytes to hello.txt" in log
+    assert "turn 2 (10 in / 5 out): finish" in log
+    assert "running → awaiting_approval" in log
     assert git(project, "show", "nightcrew/1-write-hello-txt:hello.txt") == "hello"
+
+
+def test_transient_model_faults_mid_task_recover(engine: Engine, make_worker: RunWorker) -> None:
+    task_id = add_task(engine)
+    script = [
+        rate_limited("1"),
+        reply(tool_call("write_file", {"path": "a.txt", "content": "a\n"})),
+        hang(5),  # longer than the client's timeout
+        reply(tool_call("bash", {"command": "cat a.txt"})),
+        drop(midway=True),
+        reply(tool_call("finish", {"summary": "survived"})),
+    ]
+    with ScriptedLLM(script) as llm:
+        make_worker(llm, timeout=1).work(drain=True)
+    done = task(engine, task_id)
+    assert (done.state, done.turns) == (State.AWAITING_APPROVAL, 3)
+    assert llm.received_at[1] - llm.received_at[0] >= 0.9  # Retry-After: 1 was honoured
+
+
+def test_an_external_agent_command_streams_its_output_into_the_log(
+    engine: Engine, make_worker: RunWorker, project: Path
+) -> None:
+    task_id = add_task(engine, "say hello")
+    command = (
+        "echo starting; echo $prompt > prompt.txt; sleep 1.5; "
+        "git add prompt.txt && git commit -qm 'external agent' && echo all done"
+    )
+    repo_options = {"agent": "command", "agent_command": command}
+    with ScriptedLLM([]) as llm:  # an external agent brings its own model
+        make_worker(llm, repo_options=repo_options).work(drain=True)
+    done = task(engine, task_id)
+    assert done.state is State.AWAITING_APPROVAL, done.reason
+    assert done.summary and done.summary.startswith("starting\nall done")
+    assert git(project, "show", f"{done.branch}:prompt.txt") == "say hello"
+    with transaction(engine) as s:
+        chunks = [e.payload["text"] for e in events(s, task_id) if e.kind == "agent_output"]
+    assert "".join(chunks).split() == ["starting", "all", "done"]
+    assert len(chunks) >= 2, "output arrived while the command ran, not only at its end"
+
+
+def test_a_failing_external_agent_parks_the_task(engine: Engine, make_worker: RunWorker) -> None:
+    task_id = add_task(engine)
+    repo_options = {"agent": "command", "agent_command": "echo no credentials >&2; exit 3"}
+    with ScriptedLLM([]) as llm:
+        make_worker(llm, repo_options=repo_options).work(drain=True)
+    parked = task(engine, task_id)
+    assert (parked.state, parked.reason) == (
+        State.NEEDS_INPUT,
+        "the agent command exited with code 3",
+    )
+
+
+def test_checkouts_of_closed_tasks_are_pruned(
+    engine: Engine, make_worker: RunWorker, tmp_path: Path
+) -> None:
+    task_id = add_task(engine)
+    with ScriptedLLM([reply(tool_call("finish", {"summary": "done"}))]) as llm:
+        worker = make_worker(llm)
+        worker.work(drain=True)
+    checkout = tmp_path / "home" / "workspaces" / f"task-{task_id}"
+    assert checkout.is_dir()  # kept while the task waits for approval
+    worker.prune_workspaces()
+    assert checkout.is_dir()
+    with transaction(engine) as s:
+        actions.reject(s, task_id, actor="U1")
+    worker.prune_workspaces()
+    assert not checkout.exists()
