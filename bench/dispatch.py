@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from executor.config import Config, RepoConfig
+from executor.fleet import connect_docker, new_executor_id
 from executor.llm import LLMClient
-from executor.pool import connect_docker, new_executor_id
 from executor.sandbox_image import ensure_image
 from executor.worker import Worker
 from storage.db import make_engine, transaction

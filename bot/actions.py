@@ -138,6 +138,7 @@ def approve(session: Session, task_id: int, *, actor: str) -> Outcome:
         actor=actor,
         approved_by=actor,
         approved_at=utcnow(),
+        attempts=0,  # merge attempts count from here
     )
     return Outcome(task, f"approved task {task_id}; it merges into {task.repo} next")
 

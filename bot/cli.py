@@ -241,7 +241,9 @@ def show(task_id: str = typer.Argument(..., help="Task id.")) -> None:
         tid = actions.parse_task_id(task_id)
         with transaction(engine()) as session:
             task = get_task(session, tid)
-            detail = terminal.task_detail(task, nudges(session, tid), events(session, tid)[-10:])
+            log = events(session, tid)
+            proof = next((e.payload for e in reversed(log) if e.kind == "proof"), None)
+            detail = terminal.task_detail(task, nudges(session, tid), log[-10:], proof=proof)
     out.print(detail)
 
 

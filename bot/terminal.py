@@ -62,7 +62,11 @@ def task_table(tasks: Sequence[Task], now: datetime | None = None) -> Table:
 
 
 def task_detail(
-    task: Task, nudges: Sequence[Nudge], events: Sequence[TaskEvent], now: datetime | None = None
+    task: Task,
+    nudges: Sequence[Nudge],
+    events: Sequence[TaskEvent],
+    now: datetime | None = None,
+    proof: dict | None = None,
 ) -> Group:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -85,6 +89,7 @@ def task_detail(
         ("turns", str(task.turns)),
         ("tokens", f"{task.tokens_in:,} in / {task.tokens_out:,} out"),
         ("cost", f"${task.cost_usd:.4f}"),
+        ("wall time", _wall(task)),
         ("base / head", " / ".join(c[:12] for c in (task.base_commit, task.head_commit) if c)),
         ("merge commit", task.merge_commit or ""),
         ("error", task.error or ""),
@@ -94,6 +99,8 @@ def task_detail(
         if value and value != "-":
             grid.add_row(label, value)
     parts: list[Table | Text] = [grid, Text("\nprompt", style="bold"), Text(task.prompt)]
+    if proof:
+        parts += proof_lines(proof)
     if nudges:
         parts.append(Text("\nnudges", style="bold"))
         for n in nudges:
@@ -103,6 +110,54 @@ def task_detail(
         parts.append(Text("\nrecent events (nightcrew log for all)", style="bold"))
         parts.extend(event_line(e) for e in events)
     return Group(*parts)
+
+
+def proof_lines(proof: dict) -> list[Text]:
+    """The proof pack: what a reviewer on the go needs to decide."""
+    risk = proof.get("risk") or {}
+    lines = [Text("\nproof", style="bold")]
+    reasons = "; ".join(risk.get("reasons", []))
+    lines.append(Text(f"  risk: {risk.get('level', '?')}" + (f" ({reasons})" if reasons else "")))
+    files, ins, dels = (
+        len(proof.get("files", [])),
+        proof.get("insertions", 0),
+        proof.get("deletions", 0),
+    )
+    lines.append(Text(f"  diff: {files} file(s), +{ins} -{dels}"))
+    lines += [Text(f"    {line}") for line in (proof.get("diff_stat") or "").splitlines()]
+    checks = proof.get("checks") or []
+    if not checks:
+        lines.append(Text("  checks: none configured"))
+    for check in checks:
+        mark, style = ("✓", "green") if check.get("passed") else ("✗", "red")
+        detail = f"{check.get('duration_s', 0):.1f} s"
+        if not check.get("passed"):
+            detail += f", exit {check.get('exit_code')}"
+        lines.append(Text.assemble("  ", (mark, style), f" {check.get('command')} ({detail})"))
+    review = proof.get("review")
+    if review is None:
+        lines.append(Text("  review: not reviewed"))
+    else:
+        verdict = review.get("verdict", "?").replace("_", " ")
+        lines.append(
+            Text(
+                f"  review: {verdict}" + (f": {review['summary']}" if review.get("summary") else "")
+            )
+        )
+        for n, f in enumerate(review.get("findings", []), 1):
+            where = f"{f.get('file')}:{f.get('line')}" if f.get("line") else f.get("file") or ""
+            lines.append(Text(f"    {n}. {where} {f.get('message')}".rstrip()))
+    if proof.get("rounds"):
+        lines.append(Text(f"  revision rounds: {proof['rounds']}"))
+    return lines
+
+
+def _wall(task: Task) -> str:
+    if task.started_at is None:
+        return ""
+    end = task.finished_at or task.updated_at
+    seconds = int((end - task.started_at).total_seconds())
+    return f"{seconds // 60}m {seconds % 60}s"
 
 
 def event_line(event: TaskEvent) -> Text:

@@ -112,6 +112,11 @@ class Agent:
                 raise NeedsHuman(f"the agent asks: {ask.question}") from None
             except Finish as done:
                 record["output"] = done.summary
+                # Answer the call: a revision round continues this conversation, and
+                # OpenAI-style APIs reject a tool call left without its result.
+                self.messages.append(
+                    {"role": "tool", "tool_call_id": call.id, "content": "submitted for checks"}
+                )
                 raise Finished(done.summary) from None
             except (TypeError, ValueError) as exc:  # wrong or missing arguments
                 output = f"error: {exc}; check the tool's parameters and try again"

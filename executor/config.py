@@ -76,6 +76,9 @@ class RepoConfig(_Strict):
     read_only_root: bool = True
     agent: Literal["builtin", "command"] = "builtin"
     agent_command: str | None = None
+    # Host environment variables passed into the sandbox for `agent: command` only (an
+    # external agent's own API key); nothing else from the host ever enters a sandbox.
+    agent_env: list[str] = []
 
     @_model_validator(mode="after")
     def _source(self) -> RepoConfig:

@@ -10,18 +10,26 @@ OUTPUT_TAIL_CHARS = 5_000
 # What one task event keeps of a tool output: the log is for people, the model sees more.
 EVENT_OUTPUT_CHARS = 2_000
 
-# write_file content travels base64 on a command line; well under the kernel's ARG_MAX.
-MAX_FILE_WRITE_BYTES = 512 * 1024
+# write_file content travels base64 in command-line chunks: one argument may hold at most
+# 128 KiB (MAX_ARG_STRLEN), so chunks stay well below it; the whole file is capped.
+MAX_FILE_WRITE_BYTES = 2 * 1024 * 1024
+WRITE_CHUNK_BYTES = 64 * 1024
 
 # The same tool call this many times in a row is a loop: warn once, then stop.
 LOOP_REPEATS = 3
 
-# How often a worker renews its claim and looks for a cancel request; a cancel stops a
-# running command within about this long.
+# How often a worker renews its claim (one small UPDATE) and looks for a cancel request; a
+# cancel stops a running command within about this long.
 WATCH_INTERVAL_S = 2.0
-
-# Heartbeats are written at most this often (the watch runs more often, to see cancels).
-HEARTBEAT_EVERY_S = 10.0
 
 # An idle worker looks for work this often.
 IDLE_POLL_S = 1.0
+
+# What a check's proof keeps of its output: the tail carries the verdict and the failures.
+CHECK_OUTPUT_TAIL_CHARS = 4_000
+
+# How much of a diff the reviewer reads; a bigger diff is cut in the middle with a note.
+REVIEW_DIFF_CHARS = 60_000
+
+# Scope and check failures send the agent back at most this many times before a human decides.
+MAX_REVISION_ROUNDS = 3

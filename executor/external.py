@@ -28,12 +28,16 @@ def run_command_agent(
     limits: Limits,
     check: Callable[[], None],
     record: Record,
+    prompt: str | None = None,
 ) -> str:
     """Run the repo's agent command for `task`; return the tail of its output as summary.
-    `$prompt`, `$task_id` and `$branch` in the template are replaced (shell-quoted)."""
+    `$prompt` (the task's, or `prompt` for a revision round), `$task_id` and `$branch` in the
+    template are replaced, shell-quoted."""
     assert task.id is not None
     command = Template(template).safe_substitute(
-        prompt=shlex.quote(task.prompt), task_id=task.id, branch=shlex.quote(task.branch or "")
+        prompt=shlex.quote(prompt or task.prompt),
+        task_id=task.id,
+        branch=shlex.quote(task.branch or ""),
     )
     script = f"echo $$ > {PID}; ({command}) > {LOG} 2>&1; echo $? > {EXIT}"
     # setsid: the sandbox ends a command's process group when the command returns.
@@ -43,21 +47,27 @@ def run_command_agent(
     )
     if not started.ok:
         raise NeedsHuman(f"the agent command did not start: {started.output.strip()}")
-    record(task.id, "agent_command", {"command": command})
+    record(task.id, "agent_command", {"command": template})  # not the filled-in secrets
     offset, tail = 0, ""
     deadline = time.monotonic() + limits.max_wall_minutes * 60
     while True:
         check()  # raises Cancelled
+        # The log's size, as the sandbox sees it, is the offset's authority: the text we get
+        # back may be decoded with replacements or cut, the byte count is not.
         poll = sandbox.exec(
-            f"tail -c +{offset + 1} {LOG} 2>/dev/null; printf %s '{MARK}'; cat {EXIT} 2>/dev/null"
+            f"size=$(wc -c < {LOG} 2>/dev/null || echo {offset}); "
+            f"tail -c +{offset + 1} {LOG} 2>/dev/null | head -c $((size - {offset})); "
+            f"printf %s '{MARK}'; echo $size; cat {EXIT} 2>/dev/null"
             f" || {{ kill -0 $(cat {PID}) 2>/dev/null && echo running; }} || echo gone"
         )
-        chunk, _, status = poll.output.rpartition(MARK)
+        chunk, _, trailer = poll.output.rpartition(MARK)
+        size, _, status = trailer.strip().partition("\n")
         status = status.strip()
         if chunk:
-            offset += len(chunk.encode())
             tail = (tail + chunk)[-4000:]
             record(task.id, "agent_output", {"text": chunk[-4000:]})
+        if size.strip().isdigit():
+            offset = int(size)
         if status == "gone":
             raise NeedsHuman("the agent command died without an exit status")
         if status.isdigit():

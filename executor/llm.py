@@ -184,6 +184,9 @@ class LLMClient:
             raise _Transient("connection error", f"{type(exc).__name__}: {exc}") from exc
         except BadReply as exc:
             raise _Transient("bad reply", str(exc)) from exc
+        except (AttributeError, TypeError, KeyError, ValueError) as exc:
+            # A body of the wrong shape (e.g. `"function": "bash"`): as unusable as garbage.
+            raise _Transient("bad reply", f"unexpected reply shape: {exc}") from exc
 
     def _check(self, response: httpx.Response) -> None:
         if response.is_success:

@@ -11,7 +11,12 @@ import base64
 import shlex
 from typing import Any, Protocol
 
-from executor.defaults import MAX_FILE_WRITE_BYTES, OUTPUT_HEAD_CHARS, OUTPUT_TAIL_CHARS
+from executor.defaults import (
+    MAX_FILE_WRITE_BYTES,
+    OUTPUT_HEAD_CHARS,
+    OUTPUT_TAIL_CHARS,
+    WRITE_CHUNK_BYTES,
+)
 from executor.sandbox import ExecResult
 
 
@@ -120,27 +125,46 @@ def _read_file(env: Environment, path: str) -> str:
 
 def _write_file(env: Environment, path: str, content: str) -> str:
     _str_args(path=path, content=content)
-    data = content.encode()
+    return _write_bytes(env, path, content.encode())
+
+
+def _write_bytes(env: Environment, path: str, data: bytes) -> str:
     if len(data) > MAX_FILE_WRITE_BYTES:
         return f"refused: {len(data):,} bytes is over the {MAX_FILE_WRITE_BYTES:,}-byte limit"
-    encoded = base64.b64encode(data).decode()
     q = shlex.quote(path)
-    result = env.exec(f'mkdir -p -- "$(dirname -- {q})" && printf %s {encoded} | base64 -d > {q}')
-    if not result.ok:
-        return f"cannot write {path}: {result.output.strip() or result.killed_reason}"
+    staging = "/tmp/.nightcrew-write"
+    encoded = base64.b64encode(data).decode()
+    chunks = [encoded[i : i + WRITE_CHUNK_BYTES] for i in range(0, len(encoded), WRITE_CHUNK_BYTES)]
+    steps = [f": > {staging}"] + [f"printf %s {chunk} >> {staging}" for chunk in chunks]
+    steps.append(
+        f'mkdir -p -- "$(dirname -- {q})" && base64 -d {staging} > {q}; s=$?; '
+        f"rm -f {staging}; exit $s"
+    )
+    for step in steps:
+        result = env.exec(step)
+        if not result.ok:
+            return f"cannot write {path}: {result.output.strip() or result.killed_reason}"
     return f"wrote {len(data):,} bytes to {path}"
 
 
 def _edit_file(env: Environment, path: str, old_text: str, new_text: str) -> str:
     _str_args(path=path, old_text=old_text, new_text=new_text)
-    result = env.exec(f"cat -- {shlex.quote(path)}")
+    q, limit = shlex.quote(path), MAX_FILE_WRITE_BYTES
+    size = env.exec(f"stat -c %s -- {q}")
+    if size.ok and size.output.strip().isdigit() and int(size.output) > limit:
+        return f"{path} is over {limit:,} bytes; edit it with bash (sed, python3) instead"
+    result = env.exec(f"base64 -w0 -- {q}")  # exact bytes, not text decoded with losses
     if not result.ok:
         return f"cannot read {path}: {result.output.strip() or result.killed_reason}"
-    count = result.output.count(old_text) if old_text else 0
+    try:
+        text = base64.b64decode(result.output.strip()).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return f"{path} is not UTF-8 text; edit it with bash (sed, python3) instead"
+    count = text.count(old_text) if old_text else 0
     if count != 1:
         found = "not found" if count == 0 else f"found {count} times"
         return f"old_text {found} in {path}; it must occur exactly once (include more context)"
-    written = _write_file(env, path, result.output.replace(old_text, new_text, 1))
+    written = _write_bytes(env, path, text.replace(old_text, new_text, 1).encode())
     return f"edited {path}" if written.startswith("wrote") else written
 
 

@@ -58,6 +58,7 @@ __all__ = [
     "GitError",
     "Workspace",
     "WorkspaceError",
+    "canonical_repo",
     "collect",
     "commit_leftovers",
     "diff_text",
@@ -107,7 +108,7 @@ def prepare(home: Path, repo_name: str, repo: RepoConfig, task_id: int, branch: 
     if not _BRANCH.fullmatch(branch) or ".." in branch:
         raise WorkspaceError(f"task {task_id}: unusable branch name {branch!r}")
     home = home.resolve()
-    canonical = _canonical_repo(home, repo_name, repo)
+    canonical = canonical_repo(home, repo_name, repo)
     base = repo.base_branch
     if not _has_ref(canonical, f"refs/heads/{base}"):
         raise WorkspaceError(f"repo {repo_name}: no branch {base!r} in {canonical}")
@@ -198,7 +199,9 @@ def read_workspace_file(workspace: Path, relpath: str, max_bytes: int = 64 * 102
         return handle.read(max_bytes).decode("utf-8", errors="replace")
 
 
-def _canonical_repo(home: Path, name: str, repo: RepoConfig) -> Path:
+def canonical_repo(home: Path, name: str, repo: RepoConfig) -> Path:
+    """The host-owned repo that keeps the truth: the user's `path:` repo, or our bare clone of
+    a `url:` repo, freshly fetched."""
     if repo.path is not None:
         return repo.path.resolve()
     assert repo.url is not None  # RepoConfig guarantees one of the two

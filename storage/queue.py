@@ -3,10 +3,11 @@ tasks back from workers that stopped heartbeating."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, update
+from sqlalchemy import and_, case, func, null, or_, update
 from sqlmodel import Session, col, select
 
 from storage.defaults import HEARTBEAT_TIMEOUT_S, MAX_ATTEMPTS
@@ -16,32 +17,38 @@ from storage.models import Task, utcnow
 from storage.tasks import notify, record, transition
 
 
-def claim_next(session: Session, worker_id: str) -> Task | None:
-    """Atomically take the most urgent, oldest queued task for `worker_id`, or None.
+def claim_next(
+    session: Session, worker_id: str, *, exclude_repos: Sequence[str] = ()
+) -> Task | None:
+    """Atomically take the next task for `worker_id`, or None: an approved merge waiting for
+    a worker first (merges unblock other work), else the most urgent, oldest queued task.
+    `exclude_repos` skips repos at their concurrency cap.
 
     One statement: on SQLite the write lock (BEGIN IMMEDIATE) serialises claimers; on
     PostgreSQL `FOR UPDATE SKIP LOCKED` lets claimers pass each other's locked rows."""
     check_transition(State.QUEUED, State.PREPARING)
     now = utcnow()
+    waiting_merge = and_(col(Task.state) == State.MERGING, col(Task.worker_id).is_(None))
+    claimable = or_(col(Task.state) == State.QUEUED, waiting_merge)
     pick = (
         select(Task.id)
-        .where(Task.state == State.QUEUED)
-        .order_by(col(Task.priority), col(Task.id))
+        .where(claimable, col(Task.repo).not_in(list(exclude_repos)))
+        .order_by(case((waiting_merge, 0), else_=1), col(Task.priority), col(Task.id))
         .limit(1)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
     stmt = (
         update(Task)
-        .where(col(Task.id) == pick, col(Task.state) == State.QUEUED)
+        .where(col(Task.id) == pick, claimable)
         .values(
-            state=State.PREPARING,
+            state=case((col(Task.state) == State.QUEUED, State.PREPARING), else_=col(Task.state)),
             worker_id=worker_id,
             heartbeat_at=now,
             attempts=col(Task.attempts) + 1,
             started_at=func.coalesce(col(Task.started_at), now),
             updated_at=now,
-            reason=None,
+            reason=case((col(Task.state) == State.QUEUED, null()), else_=col(Task.reason)),
         )
         .returning(Task)
     )
@@ -49,6 +56,9 @@ def claim_next(session: Session, worker_id: str) -> Task | None:
     if task is None:
         return None
     assert task.id is not None
+    if task.state is State.MERGING:
+        record(session, task.id, "merge_claimed", {"by": worker_id, "attempt": task.attempts})
+        return task
     payload = {"from": "queued", "to": "preparing", "by": worker_id, "attempt": task.attempts}
     record(session, task.id, "state", payload)
     notify(session, task, "state", payload)
@@ -105,6 +115,18 @@ def reap_stale(
         ]
         gone = f"worker {worker} stopped heartbeating"
         try:
+            if task.state is State.MERGING and task.attempts >= max_attempts:
+                reason = f"{gone} during the merge, attempt {task.attempts} of {max_attempts}"
+                transition(
+                    session,
+                    task_id,
+                    State.NEEDS_INPUT,
+                    reason=reason,
+                    actor="reaper",
+                    where=same_claim,
+                )
+                reaped.append(Reaped(task_id, worker, State.NEEDS_INPUT))
+                continue
             if task.state is State.MERGING:
                 if _release(session, task, same_claim):
                     record(session, task_id, "released", {"reason": gone})

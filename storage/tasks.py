@@ -99,6 +99,8 @@ def transition(
     values: dict[str, Any] = {"state": to, "reason": reason, "updated_at": now}
     if to not in WORKING:
         values |= {"worker_id": None, "heartbeat_at": None}
+        if to is not State.CANCELLED:  # a cancel request is for one stint of work only
+            values |= {"cancel_requested_at": None, "cancel_requested_by": None}
     if to in CLOSED or to is State.FAILED:
         values["finished_at"] = now
     if to is State.FAILED:
@@ -120,10 +122,24 @@ def transition(
 
 
 def record(session: Session, task_id: int, kind: str, payload: dict[str, Any]) -> TaskEvent:
-    """Append one line to the task's event log."""
-    event = TaskEvent(task_id=task_id, kind=kind, payload=payload)
+    """Append one line to the task's event log. Control characters (terminal escapes an agent
+    might print to fake or erase log lines) are dropped; newlines and tabs stay."""
+    event = TaskEvent(task_id=task_id, kind=kind, payload=_printable(payload))
     session.add(event)
     return event
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, str):
+        return _CONTROL.sub("", value)
+    if isinstance(value, dict):
+        return {k: _printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(v) for v in value]
+    return value
 
 
 def notify(session: Session, task: Task, kind: str, payload: dict[str, Any]) -> None:

@@ -145,6 +145,18 @@ class Hang:
 
 
 @dataclass(frozen=True)
+class Slow:
+    """Answer with `step` after `seconds`: a model that takes its time."""
+
+    seconds: float
+    step: Step
+
+    def serve(self, h: _Handler, request: dict[str, Any]) -> None:
+        h.llm.stopping.wait(self.seconds)
+        self.step.serve(h, request)
+
+
+@dataclass(frozen=True)
 class Drop:
     """Hang up: before answering at all, or `midway` through the body (or the stream)."""
 
@@ -213,6 +225,10 @@ def rate_limited(retry_after: str | float | None = None) -> Fault:
 
 def hang(seconds: float) -> Hang:
     return Hang(seconds)
+
+
+def slow(seconds: float, step: Step) -> Slow:
+    return Slow(seconds, step)
 
 
 def drop(*, midway: bool = True) -> Drop:

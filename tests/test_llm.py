@@ -335,3 +335,16 @@ def test_client_errors_are_rejected_without_retry(connect: Connect, status: int)
     assert f"HTTP {status}" in str(caught.value)
     assert ("API key" in str(caught.value)) == (status == 401)
     assert len(llm.requests) == 1
+
+
+def test_a_reply_of_the_wrong_shape_is_retried_not_a_crash(connect: Connect) -> None:
+    wrong = {
+        "choices": [
+            {"message": {"role": "assistant", "tool_calls": [{"id": "c1", "function": "bash"}]}}
+        ]
+    }
+    with ScriptedLLM([Fault(200, body=json.dumps(wrong)), reply(content="ok")]) as llm:
+        assert connect(llm).complete(USER).content == "ok"
+    unusable = pytest.raises(LLMUnavailable, match="unexpected reply shape")
+    with ScriptedLLM([Fault(200, body=json.dumps(wrong))] * 2) as llm, unusable:
+        connect(llm, max_attempts=2).complete(USER)

@@ -8,7 +8,7 @@ import docker
 import pytest
 from sqlalchemy import Engine
 
-from executor.pool import installation_id, remove_dead_sandboxes
+from executor.fleet import installation_id, remove_dead_sandboxes
 from executor.sandbox import Sandbox
 from storage.db import make_engine, transaction
 from storage.queue import claim_next

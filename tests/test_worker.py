@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
@@ -15,112 +14,24 @@ import pytest
 from sqlalchemy import Engine
 
 from bot import actions
-from executor.config import Config, Limits, RepoConfig
-from executor.llm import LLMClient
-from executor.worker import Worker
-from storage.db import make_engine, transaction
+from storage.db import transaction
 from storage.lifecycle import State
-from storage.models import Task
-from storage.tasks import events, get_task
+from storage.tasks import events
 from tests.conftest import git
-from tests.llm_server import ScriptedLLM, drop, error, hang, rate_limited, reply, tool_call
-
-pytest_plugins = ["tests.docker_fixtures"]
-
-BUGGY = "def add(a, b):\n    return a - b\n"
-TESTS = (
-    "import unittest\nfrom calc import add\n\n"
-    "class T(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n"
+from tests.llm_server import (
+    Fault,
+    ScriptedLLM,
+    drop,
+    error,
+    hang,
+    rate_limited,
+    reply,
+    slow,
+    tool_call,
 )
+from tests.worker_fixtures import RunWorker, add_task, containers_of, task, wait_for
 
-
-@pytest.fixture
-def project(git_repo: Path) -> Path:
-    (git_repo / "calc.py").write_text(BUGGY)
-    (git_repo / "test_calc.py").write_text(TESTS)
-    (git_repo / "AGENTS.md").write_text("Run tests with: python3 -m unittest\n")
-    git(git_repo, "add", ".")
-    git(git_repo, "commit", "-q", "-m", "calc with a bug")
-    return git_repo
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'nightcrew.db'}")
-    yield engine
-    engine.dispose()
-
-
-RunWorker = Callable[..., Worker]
-
-
-@pytest.fixture
-def make_worker(
-    engine: Engine,
-    project: Path,
-    tmp_path: Path,
-    docker_client: docker.DockerClient,
-    sandbox_image: str,
-    test_executor: str,
-) -> Iterator[RunWorker]:
-    clients: list[LLMClient] = []
-
-    def make(
-        llm: ScriptedLLM,
-        *,
-        model: str = "scripted-model",
-        timeout: float = 30,
-        repo_options: dict | None = None,
-        **limits: float,
-    ) -> Worker:
-        repo = RepoConfig(
-            path=project, base_branch="main", limits=Limits(**limits), **(repo_options or {})
-        )
-        client = LLMClient(
-            base_url=llm.base_url,
-            api_key=None,
-            model=model,
-            backoff=0.01,
-            max_attempts=2,
-            timeout=timeout,
-        )
-        clients.append(client)
-        return Worker(
-            engine=engine,
-            config=Config(repos={"app": repo}),
-            home=tmp_path / "home",
-            docker=docker_client,
-            llm=client,
-            worker_id=f"{test_executor}/0",
-            executor_id=test_executor,
-        )
-
-    yield make
-    for client in clients:
-        client.close()
-
-
-def add_task(engine: Engine, prompt: str = "fix add() in calc.py") -> int:
-    with transaction(engine) as s:
-        task = actions.add(s, repo="app", prompt=prompt, requester="U1", channel="C1").task
-        assert task.id is not None
-        return task.id
-
-
-def task(engine: Engine, task_id: int) -> Task:
-    with transaction(engine) as s:
-        return get_task(s, task_id)
-
-
-def containers_of(client: docker.DockerClient, executor_id: str) -> list:
-    return client.containers.list(all=True, filters={"label": f"nightcrew.executor={executor_id}"})
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
+pytest_plugins = ["tests.docker_fixtures", "tests.worker_fixtures"]
 
 
 def test_a_task_reads_edits_tests_and_finishes_on_its_branch(
@@ -335,6 +246,7 @@ def test_the_executor_command_drains_the_queue(
     script = [
         reply(tool_call("write_file", {"path": "hello.txt", "content": "hello\n"})),
         reply(tool_call("finish", {"summary": "wrote hello.txt"})),
+        reply(tool_call("submit_review", {"verdict": "approve", "summary": "ok", "findings": []})),
     ]
     with ScriptedLLM(script) as llm:
         env["OPENAI_BASE_URL"] = llm.base_url
@@ -346,7 +258,7 @@ def test_the_executor_command_drains_the_queue(
     log = run("log", "1").stdout
     assert "turn 1 (10 in / 5 out): write_file" in log and "wrote 6 bytes to hello.txt" in log
     assert "turn 2 (10 in / 5 out): finish" in log
-    assert "running → awaiting_approval" in log
+    assert "running → checking" in log and "reviewing → awaiting_approval" in log
     assert git(project, "show", "nightcrew/1-write-hello-txt:hello.txt") == "hello"
 
 
@@ -415,3 +327,98 @@ def test_checkouts_of_closed_tasks_are_pruned(
         actions.reject(s, task_id, actor="U1")
     worker.prune_workspaces()
     assert not checkout.exists()
+
+
+def run_in_thread(worker) -> threading.Thread:
+    thread = threading.Thread(target=worker.work, kwargs={"drain": True})
+    thread.start()
+    return thread
+
+
+def test_a_cancel_during_the_last_model_call_wins_over_finish(
+    engine: Engine, make_worker: RunWorker
+) -> None:
+    task_id = add_task(engine)
+    with ScriptedLLM([slow(3, reply(tool_call("finish", {"summary": "done"})))]) as llm:
+        thread = run_in_thread(make_worker(llm))
+        wait_for(lambda: len(llm.requests) == 1)
+        with transaction(engine) as s:
+            actions.cancel(s, task_id, actor="U1")
+        thread.join(60)
+    cancelled = task(engine, task_id)
+    assert (cancelled.state, cancelled.reason) == (State.CANCELLED, "cancelled by U1")
+
+
+def test_a_cancel_during_setup_is_a_cancel_not_a_failure(
+    engine: Engine, make_worker: RunWorker, docker_client: docker.DockerClient, test_executor: str
+) -> None:
+    task_id = add_task(engine)
+    with ScriptedLLM([]) as llm:
+        worker = make_worker(llm, repo_options={"setup": ["sleep 60"]})
+        thread = run_in_thread(worker)
+        wait_for(lambda: task(engine, task_id).state is State.RUNNING)
+        time.sleep(0.5)
+        with transaction(engine) as s:
+            actions.cancel(s, task_id, actor="U1")
+        thread.join(60)
+    assert task(engine, task_id).state is State.CANCELLED
+    assert containers_of(docker_client, test_executor) == []
+
+
+def test_an_executor_shutdown_requeues_the_task_with_its_work_saved(
+    engine: Engine, make_worker: RunWorker, project: Path
+) -> None:
+    task_id = add_task(engine)
+    script = [
+        reply(tool_call("write_file", {"path": "wip.txt", "content": "half\n"})),
+        reply(tool_call("bash", {"command": "sleep 60"})),
+    ]
+    with ScriptedLLM(script) as llm:
+        worker = make_worker(llm)
+        thread = run_in_thread(worker)
+        wait_for(lambda: len(llm.requests) == 2)
+        time.sleep(0.5)
+        worker.stop.set()  # what SIGTERM does
+        thread.join(30)
+    requeued = task(engine, task_id)
+    assert requeued.state is State.QUEUED
+    assert requeued.reason == "re-queued: the executor is shutting down"
+    assert git(project, "show", f"{requeued.branch}:wip.txt") == "half"
+
+
+def test_a_reply_of_the_wrong_shape_fails_the_task_cleanly(
+    engine: Engine, make_worker: RunWorker, docker_client: docker.DockerClient, test_executor: str
+) -> None:
+    task_id = add_task(engine)
+    wrong = '{"choices": [{"message": {"tool_calls": [{"id": "c1", "function": "bash"}]}}]}'
+    with ScriptedLLM([Fault(200, body=wrong)] * 2) as llm:
+        make_worker(llm).work(drain=True)
+    failed = task(engine, task_id)
+    assert failed.state is State.FAILED and failed.worker_id is None
+    assert failed.error and "unexpected reply shape" in failed.error
+    assert containers_of(docker_client, test_executor) == []
+
+
+def test_big_and_binary_files_through_the_file_tools(
+    engine: Engine, make_worker: RunWorker, project: Path
+) -> None:
+    (project / "latin1.txt").write_bytes(b"caf\xe9 ok\n")
+    git(project, "add", ".")
+    git(project, "commit", "-qm", "latin-1 file")
+    task_id = add_task(engine)
+    big = "x" * 299 + "\n"
+    script = [
+        reply(tool_call("write_file", {"path": "big.txt", "content": big * 1000})),
+        reply(tool_call("edit_file", {"path": "big.txt", "old_text": "x\nx", "new_text": "y"})),
+        reply(tool_call("edit_file", {"path": "latin1.txt", "old_text": "ok", "new_text": "no"})),
+        reply(tool_call("finish", {"summary": "done"})),
+    ]
+    with ScriptedLLM(script) as llm:
+        make_worker(llm).work(drain=True)
+    told = [m["content"] for m in llm.requests[3]["messages"] if m["role"] == "tool"]
+    assert told[0] == "wrote 300,000 bytes to big.txt"
+    assert told[1].startswith("old_text found 999 times")
+    assert told[2] == "latin1.txt is not UTF-8 text; edit it with bash (sed, python3) instead"
+    done = task(engine, task_id)
+    assert git(project, "show", f"{done.branch}:big.txt") == (big * 1000).strip()
+    assert (project / "latin1.txt").read_bytes() == b"caf\xe9 ok\n"

@@ -1,0 +1,328 @@
+"""One task's work on one worker: the agent and the pipeline, revising until the work passes
+or a person must decide; plus the helpers every step uses (record, move, sandbox, hand-back).
+
+Stops are data: every path returns an `Outcome`; the worker records it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+from sqlalchemy import Engine
+
+from executor import pipeline, workspace
+from executor.agent import Agent, Cancelled, Finished, NeedsHuman, Turn, render
+from executor.config import RepoConfig
+from executor.defaults import MAX_REVISION_ROUNDS
+from executor.external import PID as EXTERNAL_PID
+from executor.external import run_command_agent
+from executor.llm import LLMClient
+from executor.llm_reply import Usage
+from executor.pricing import cost_usd
+from executor.sandbox import Sandbox
+from executor.tools import describe
+from executor.watch import Watch
+from executor.workspace import Collected, Workspace
+from storage.db import transaction
+from storage.lifecycle import State
+from storage.models import Task
+from storage.tasks import get_task, record, take_nudges, transition
+
+# Bytecode caches are build litter that the leftover commit would otherwise sweep up.
+SANDBOX_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
+STOP_EXTERNAL_AGENT = f"kill -KILL -- -$(cat {EXTERNAL_PID} 2>/dev/null) 2>/dev/null; true"
+
+
+@dataclass
+class Outcome:
+    state: State
+    reason: str | None = None
+    summary: str | None = None
+
+
+@dataclass
+class TaskJob:
+    engine: Engine
+    docker: docker.DockerClient
+    llm: LLMClient
+    home: Path
+    worker_id: str
+    executor_id: str
+    task: Task
+    repo: RepoConfig
+    watch: Watch
+
+    @property
+    def task_id(self) -> int:
+        assert self.task.id is not None
+        return self.task.id
+
+    # --- running a task ----------------------------------------------------------------
+
+    def run(self, ws: Workspace, sandbox: Sandbox) -> Outcome:
+        """Setup, then the agent and the pipeline: scope, checks, review; revise until the
+        work passes or a person must decide."""
+        self.move(State.RUNNING)
+        for command in self.repo.setup:
+            self.watch.check()
+            result = sandbox.exec(command)
+            self.record("setup", {"command": command, "output": describe(result)})
+            if not result.ok:
+                self.watch.check()  # a cancel kills the command: report the cancel
+                return Outcome(State.FAILED, f"setup command failed: {command}")
+        work = self._agent_runner(ws, sandbox)
+        feedback: str | None = None
+        fixes = reviews = 0
+        while True:
+            try:
+                summary = work(feedback)
+                self.watch.check()  # a cancel that came during the last model call
+            except NeedsHuman as stop:
+                return Outcome(State.NEEDS_INPUT, str(stop))
+            self.move(State.CHECKING)
+            collected = self.checkpoint(ws, sandbox)
+            checks: list[pipeline.CheckResult] = []
+            outside = pipeline.out_of_scope(collected.files_changed, self.repo.allowed_paths)
+            if outside:
+                self.record("scope", {"outside": outside})
+                feedback = render(
+                    "scope",
+                    allowed=", ".join(self.repo.allowed_paths),
+                    files="\n".join(f"- {f}" for f in outside),
+                    base_commit=ws.base_commit,
+                )
+                why = f"changed files outside allowed_paths: {', '.join(outside[:5])}"
+            else:
+                checks = pipeline.run_checks(sandbox, self.repo.checks)
+                self.watch.check()
+                self.record("checks", {"results": [asdict(c) for c in checks]})
+                failed = [c.command for c in checks if not c.passed]
+                feedback = pipeline.checks_feedback(checks) if failed else None
+                why = f"checks failed: {', '.join(failed)}"
+            if feedback:
+                fixes += 1
+                if fixes > MAX_REVISION_ROUNDS:
+                    return Outcome(State.NEEDS_INPUT, f"{why} (after {MAX_REVISION_ROUNDS} rounds)")
+                self.move(State.REVISING, reason=why)
+                continue
+            verdict = None
+            if self.repo.review.enabled:
+                self.move(State.REVIEWING)
+                diff = workspace.diff_text(ws, collected.head_commit)
+                verdict, usage = pipeline.review(
+                    self.llm, prompt=self.task.prompt, diff=diff, checks=checks
+                )
+                self.account(usage)
+                self.record("review", verdict.model_dump())
+                self.watch.check()
+                if verdict.verdict == "changes_requested" and reviews < self.repo.review.max_rounds:
+                    reviews += 1
+                    feedback = pipeline.review_feedback(verdict)
+                    self.move(State.REVISING, reason="the review requested changes")
+                    continue
+            return self._park_for_approval(collected, checks, verdict, summary, fixes + reviews)
+
+    def _park_for_approval(
+        self,
+        collected: Collected,
+        checks: list[pipeline.CheckResult],
+        verdict: pipeline.Verdict | None,
+        summary: str,
+        rounds: int,
+    ) -> Outcome:
+        proof = pipeline.proof_pack(
+            diff_stat=collected.diff_stat,
+            files=collected.files_changed,
+            insertions=collected.insertions,
+            deletions=collected.deletions,
+            checks=checks,
+            verdict=verdict,
+            rounds=rounds,
+        )
+        self.record("proof", proof)
+        reason = f"risk {proof['risk']['level']}"
+        if verdict is not None and verdict.verdict != "approve":
+            reason += f"; review: {verdict.verdict.replace('_', ' ')} (open findings)"
+        return Outcome(State.AWAITING_APPROVAL, reason, summary)
+
+    def _agent_runner(self, ws: Workspace, sandbox: Sandbox) -> Callable[[str | None], str]:
+        """Runs (or continues) the agent with optional feedback; returns its summary or
+        raises NeedsHuman / Cancelled."""
+        if self.repo.agent == "command":
+            assert self.repo.agent_command is not None
+            command = self.repo.agent_command
+
+            def run_command(feedback: str | None) -> str:
+                prompt = f"{self.task.prompt}\n\n{feedback}" if feedback else None
+                return run_command_agent(
+                    sandbox,
+                    command,
+                    self.task,
+                    self.repo.limits,
+                    self.watch.check,
+                    self._record_for,
+                    prompt,
+                )
+
+            return run_command
+        agent = self.agent(ws, sandbox)
+
+        def run_builtin(feedback: str | None) -> str:
+            if feedback:
+                agent.messages.append({"role": "user", "content": feedback})
+            try:
+                agent.run()
+            except Finished as done:
+                return str(done)
+            raise AssertionError("the agent loop only ends by raising")
+
+        return run_builtin
+
+    def agent(self, ws: Workspace, sandbox: Sandbox, *, instruction: str | None = None) -> Agent:
+        task = self.task
+        messages = [
+            {"role": "system", "content": render("system", repo_instructions=_instructions(ws))},
+            {
+                "role": "user",
+                "content": render(
+                    "task", task_id=task.id, repo=task.repo, branch=task.branch, prompt=task.prompt
+                ),
+            },
+        ]
+        if instruction is not None:
+            messages.append({"role": "user", "content": instruction})
+        elif task.attempts > 1 or task.head_commit:  # earlier work is on the branch
+            resumed = render(
+                "resumed", reason=task.reason or "interrupted", base_commit=ws.base_commit
+            )
+            messages.append({"role": "user", "content": resumed})
+        model = self.llm.model
+
+        def between_turns() -> list[str]:
+            self.watch.check()
+            with transaction(self.engine) as s:
+                pending = take_nudges(s, self.task_id)
+                return [render("nudge", author=n.author, text=n.text) for n in pending]
+
+        def on_turn(turn: Turn) -> None:
+            with transaction(self.engine) as s:
+                current = get_task(s, self.task_id)
+                current.turns += 1
+                s.add(current)
+                record(s, self.task_id, "turn", _turn_payload(turn))
+            self.account(turn.usage)
+
+        return Agent(
+            llm=self.llm,
+            env=sandbox,
+            limits=self.repo.limits,
+            messages=messages,
+            between_turns=between_turns,
+            on_turn=on_turn,
+            cost=lambda usage: cost_usd(model, usage),
+        )
+
+    # --- sandbox and hand-back -----------------------------------------------------------
+
+    def start_sandbox(self, ws: Workspace) -> Sandbox:
+        env = dict(SANDBOX_ENV)
+        if self.repo.agent == "command":  # an external agent brings its own model access
+            env |= {name: os.environ[name] for name in self.repo.agent_env if name in os.environ}
+        sandbox = Sandbox.start(
+            self.docker,
+            task_id=str(self.task_id),
+            executor_id=self.executor_id,
+            workspace=ws.path,
+            image=self.repo.image,
+            limits=self.repo.limits,
+            network=self.repo.network,
+            read_only_root=self.repo.read_only_root,
+            env=env,
+        )
+        self.watch.attach(sandbox)
+        return sandbox
+
+    def checkpoint(self, ws: Workspace, sandbox: Sandbox) -> Collected:
+        """Bring the work so far into the canonical repo, with the sandbox frozen so nothing
+        in it races the copy."""
+        workspace.commit_leftovers(exec_in(sandbox), ws, "nightcrew: work in progress")
+        sandbox.container.pause()
+        try:
+            return workspace.collect(ws)
+        finally:
+            sandbox.container.unpause()
+
+    def hand_back(self, ws: Workspace, sandbox: Sandbox) -> Collected:
+        """Whatever happened: commit what is left and bring the branch home. The sandbox is
+        removed before the workspace is read."""
+        self.watch.attach(None)  # a late cancel must not interrupt saving the work
+        with contextlib.suppress(docker.errors.APIError):
+            sandbox.container.start()  # a cancel killed it; the hand-back needs it running
+        sandbox.exec(STOP_EXTERNAL_AGENT)  # one still running after its time limit
+        workspace.commit_leftovers(exec_in(sandbox), ws, f"nightcrew: work on task {self.task_id}")
+        sandbox.remove()
+        return workspace.collect(ws)
+
+    # --- records -------------------------------------------------------------------------
+
+    def move(self, to: State, **fields: Any) -> None:
+        with transaction(self.engine) as s:
+            transition(
+                s,
+                self.task_id,
+                to,
+                actor=self.worker_id,
+                where=[Task.worker_id == self.worker_id],
+                **fields,
+            )
+
+    def record(self, kind: str, payload: dict[str, Any]) -> None:
+        with transaction(self.engine) as s:
+            record(s, self.task_id, kind, payload)
+
+    def _record_for(self, task_id: int, kind: str, payload: dict[str, Any]) -> None:
+        self.record(kind, payload)
+
+    def account(self, usage: Usage | None) -> None:
+        if usage is None:
+            return
+        with transaction(self.engine) as s:
+            current = get_task(s, self.task_id)
+            current.tokens_in += usage.prompt_tokens
+            current.tokens_out += usage.completion_tokens
+            current.cost_usd += cost_usd(self.llm.model, usage) or 0.0
+            s.add(current)
+
+
+def exec_in(sandbox: Sandbox) -> workspace.Exec:
+    def exec_(command: str) -> tuple[int, str]:
+        result = sandbox.exec(command, timeout_s=120)
+        return result.exit_code, result.output
+
+    return exec_
+
+
+def _instructions(ws: Workspace) -> str:
+    for name in ("AGENTS.md", "CLAUDE.md"):
+        text = workspace.read_workspace_file(ws.path, name)
+        if text:
+            return render("repo_instructions", file=name, text=text)
+    return ""
+
+
+def _turn_payload(turn: Turn) -> dict[str, Any]:
+    return {
+        "turn": turn.number,
+        "content": (turn.content or "")[:2000],
+        "calls": turn.calls,
+        "tokens_in": turn.usage.prompt_tokens,
+        "tokens_out": turn.usage.completion_tokens,
+    }
+
+
+__all__ = ["Cancelled", "Outcome", "TaskJob", "exec_in"]

@@ -1,0 +1,112 @@
+"""Fixtures for tests that run tasks through a real Worker: a small Python project in a real
+git repo, and workers wired to a scripted model and the real Docker engine. The database is
+conftest's `engine`: every such test runs on SQLite and on PostgreSQL.
+
+Use with `pytest_plugins = ["tests.docker_fixtures", "tests.worker_fixtures"]`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+from sqlalchemy import Engine
+
+from bot import actions
+from executor.config import Config, Limits, RepoConfig
+from executor.llm import LLMClient
+from executor.worker import Worker
+from storage.db import transaction
+from storage.models import Task
+from storage.tasks import get_task
+from tests.conftest import git
+from tests.llm_server import ScriptedLLM
+
+BUGGY = "def add(a, b):\n    return a - b\n"
+TESTS = (
+    "import unittest\nfrom calc import add\n\n"
+    "class T(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n"
+)
+
+
+@pytest.fixture
+def project(git_repo: Path) -> Path:
+    (git_repo / "calc.py").write_text(BUGGY)
+    (git_repo / "test_calc.py").write_text(TESTS)
+    (git_repo / "AGENTS.md").write_text("Run tests with: python3 -m unittest\n")
+    git(git_repo, "add", ".")
+    git(git_repo, "commit", "-q", "-m", "calc with a bug")
+    return git_repo
+
+
+RunWorker = Callable[..., Worker]
+
+
+@pytest.fixture
+def make_worker(
+    engine: Engine,
+    project: Path,
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    sandbox_image: str,
+    test_executor: str,
+) -> Iterator[RunWorker]:
+    clients: list[LLMClient] = []
+
+    def make(
+        llm: ScriptedLLM,
+        *,
+        model: str = "scripted-model",
+        timeout: float = 30,
+        repo_options: dict | None = None,
+        **limits: float,
+    ) -> Worker:
+        options = {"review": {"enabled": False}} | (repo_options or {})
+        repo = RepoConfig(path=project, base_branch="main", limits=Limits(**limits), **options)
+        client = LLMClient(
+            base_url=llm.base_url,
+            api_key=None,
+            model=model,
+            backoff=0.01,
+            max_attempts=2,
+            timeout=timeout,
+        )
+        clients.append(client)
+        return Worker(
+            engine=engine,
+            config=Config(repos={"app": repo}),
+            home=tmp_path / "home",
+            docker=docker_client,
+            llm=client,
+            worker_id=f"{test_executor}/0",
+            executor_id=test_executor,
+        )
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def add_task(engine: Engine, prompt: str = "fix add() in calc.py") -> int:
+    with transaction(engine) as s:
+        task = actions.add(s, repo="app", prompt=prompt, requester="U1", channel="C1").task
+        assert task.id is not None
+        return task.id
+
+
+def task(engine: Engine, task_id: int) -> Task:
+    with transaction(engine) as s:
+        return get_task(s, task_id)
+
+
+def containers_of(client: docker.DockerClient, executor_id: str) -> list:
+    return client.containers.list(all=True, filters={"label": f"nightcrew.executor={executor_id}"})
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
