@@ -8,6 +8,7 @@ the intent (a cancel request, an approval, a nudge) where the executor will find
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy import update
@@ -66,8 +67,21 @@ def add(
     return Outcome(task, f"queued task {task.id} on {repo} (branch {task.branch})")
 
 
-def cancel(session: Session, task_id: int, *, actor: str) -> Outcome:
+def check_may_decide(task: Task, actor: str, approvers: Collection[str], verb: str) -> None:
+    """Only the task's requester or one of its repo's approvers may approve, reject, merge or
+    cancel it."""
+    if actor != task.requester and actor not in approvers:
+        who = "the requester" + (" or an approver" if approvers else "")
+        raise ActionError(
+            f"only {who} of task {task.id} may {verb} it (requested by {task.requester})"
+        )
+
+
+def cancel(
+    session: Session, task_id: int, *, actor: str, approvers: Collection[str] = ()
+) -> Outcome:
     task = get_task(session, task_id)
+    check_may_decide(task, actor, approvers, "cancel")
     state = State(task.state)
     if state in CLOSED or state is State.FAILED:
         raise ActionError(f"task {task_id} is {state}; nothing to cancel")
@@ -94,7 +108,7 @@ def _request_cancel(session: Session, task: Task, actor: str) -> Outcome:
     )
     if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
         session.expire_all()
-        return cancel(session, task.id, actor=actor)  # it left the working states meanwhile
+        return cancel(session, task.id, actor=actor, approvers=[actor])  # it moved on meanwhile
     record(session, task.id, "cancel_requested", {"by": actor})
     task = get_task(session, task.id)
     return Outcome(task, f"cancelling task {task.id}; its agent stops at the next step")
@@ -121,8 +135,11 @@ def retry(session: Session, task_id: int, *, actor: str) -> Outcome:
     return Outcome(task, f"re-queued task {task_id}")
 
 
-def approve(session: Session, task_id: int, *, actor: str) -> Outcome:
+def approve(
+    session: Session, task_id: int, *, actor: str, approvers: Collection[str] = ()
+) -> Outcome:
     task = get_task(session, task_id)
+    check_may_decide(task, actor, approvers, "approve")
     state = State(task.state)
     if state in (State.MERGING, State.MERGED):
         raise ActionError(f"task {task_id} is {state}; it was approved by {task.approved_by}")
@@ -143,8 +160,11 @@ def approve(session: Session, task_id: int, *, actor: str) -> Outcome:
     return Outcome(task, f"approved task {task_id}; it merges into {task.repo} next")
 
 
-def reject(session: Session, task_id: int, *, actor: str) -> Outcome:
+def reject(
+    session: Session, task_id: int, *, actor: str, approvers: Collection[str] = ()
+) -> Outcome:
     task = get_task(session, task_id)
+    check_may_decide(task, actor, approvers, "reject")
     state = State(task.state)
     if state not in WAITING:
         raise ActionError(

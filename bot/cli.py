@@ -79,11 +79,17 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def act(action: Callable[..., Outcome], task_id: str, *args: str) -> None:
+def act(action: Callable[..., Outcome], task_id: str, *args: str, decides: bool = False) -> None:
+    """Run a user action as the local user; `decides`: it needs the requester or an
+    approver of the task's repo."""
     with user_errors():
         tid = actions.parse_task_id(task_id)
         with transaction(engine()) as session:
-            outcome = action(session, tid, *args, actor=local_user())
+            extra = {}
+            if decides:
+                repo = config().repos.get(get_task(session, tid).repo)
+                extra["approvers"] = repo.approvers if repo else []
+            outcome = action(session, tid, *args, actor=local_user(), **extra)
         out.print(outcome.message)
 
 
@@ -283,7 +289,7 @@ def nudge(
 @app.command()
 def cancel(task_id: str = typer.Argument(..., help="Task id.")) -> None:
     """Cancel a task (a working agent stops at its next step)."""
-    act(actions.cancel, task_id)
+    act(actions.cancel, task_id, decides=True)
 
 
 @app.command()
@@ -295,13 +301,13 @@ def retry(task_id: str = typer.Argument(..., help="Task id.")) -> None:
 @app.command()
 def approve(task_id: str = typer.Argument(..., help="Task id.")) -> None:
     """Approve a task awaiting approval; it is merged next."""
-    act(actions.approve, task_id)
+    act(actions.approve, task_id, decides=True)
 
 
 @app.command()
 def reject(task_id: str = typer.Argument(..., help="Task id.")) -> None:
     """Reject a task; its branch is never merged."""
-    act(actions.reject, task_id)
+    act(actions.reject, task_id, decides=True)
 
 
 @app.command()

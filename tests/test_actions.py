@@ -48,9 +48,9 @@ def snapshot(engine: Engine) -> tuple:
     return tasks, counts
 
 
-def run(engine: Engine, action, task_id: int, *args: str, actor: str = "U1"):
+def run(engine: Engine, action, task_id: int, *args: str, actor: str = "U1", **options):
     with transaction(engine) as s:
-        return action(s, task_id, *args, actor=actor)
+        return action(s, task_id, *args, actor=actor, **options)
 
 
 @pytest.mark.parametrize(
@@ -86,14 +86,14 @@ def test_nudges_on_closed_or_merging_tasks_are_refused(engine: Engine, state: St
 
 def test_cancel_of_a_waiting_task_is_immediate(engine: Engine) -> None:
     task_id = new_task(engine, State.AWAITING_APPROVAL)
-    outcome = run(engine, actions.cancel, task_id, actor="U9")
+    outcome = run(engine, actions.cancel, task_id, actor="U9", approvers=["U9"])
     assert outcome.task.state is State.CANCELLED
     assert outcome.task.reason == "cancelled by U9"
 
 
 def test_cancel_of_a_working_task_is_a_request_for_the_worker(engine: Engine) -> None:
     task_id = new_task(engine, State.RUNNING)
-    outcome = run(engine, actions.cancel, task_id, actor="U9")
+    outcome = run(engine, actions.cancel, task_id, actor="U9", approvers=["U9"])
     assert "stops at the next step" in outcome.message
     with transaction(engine) as s:
         task = get_task(s, task_id)
@@ -105,12 +105,12 @@ def test_cancel_of_a_working_task_is_a_request_for_the_worker(engine: Engine) ->
 
 def test_approve_records_who_and_moves_to_merging_once(engine: Engine) -> None:
     task_id = new_task(engine, State.AWAITING_APPROVAL)
-    outcome = run(engine, actions.approve, task_id, actor="U2")
+    outcome = run(engine, actions.approve, task_id, actor="U2", approvers=["U2", "U3"])
     assert outcome.task.state is State.MERGING
     assert outcome.task.approved_by == "U2" and outcome.task.worker_id is None
     before = snapshot(engine)
     with pytest.raises(ActionError, match=f"task {task_id} is merging; it was approved by U2"):
-        run(engine, actions.approve, task_id, actor="U3")
+        run(engine, actions.approve, task_id, actor="U3", approvers=["U2", "U3"])
     assert snapshot(engine) == before
 
 
@@ -145,7 +145,7 @@ def test_retry_requeues_a_failed_task_with_fresh_attempts(engine: Engine) -> Non
 
 def test_reject_closes_a_task_awaiting_approval(engine: Engine) -> None:
     task_id = new_task(engine, State.AWAITING_APPROVAL)
-    outcome = run(engine, actions.reject, task_id, actor="U2")
+    outcome = run(engine, actions.reject, task_id, actor="U1")
     assert outcome.task.state is State.REJECTED and outcome.task.finished_at is not None
 
 
@@ -177,3 +177,15 @@ def test_task_ids_parse(text: str) -> None:
 def test_bad_task_ids_are_refused(text: str) -> None:
     with pytest.raises(ActionError, match="is not a task id"):
         actions.parse_task_id(text)
+
+
+@pytest.mark.parametrize("action", [actions.approve, actions.reject, actions.cancel])
+def test_only_the_requester_or_an_approver_decides(engine: Engine, action) -> None:
+    task_id = new_task(engine, State.AWAITING_APPROVAL)
+    before = snapshot(engine)
+    with pytest.raises(ActionError, match="only the requester or an approver of task"):
+        run(engine, action, task_id, actor="U7", approvers=["U8"])
+    with pytest.raises(ActionError, match=r"only the requester of task \d+ may"):
+        run(engine, action, task_id, actor="U7")
+    assert snapshot(engine) == before
+    assert run(engine, action, task_id, actor="U8", approvers=["U8"]).task.state is not None
