@@ -1,0 +1,300 @@
+"""The pipeline the system enforces, and merging: real Docker, real git, a scripted model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from bot import actions
+from executor import merge, pipeline
+from storage.db import transaction
+from storage.lifecycle import State
+from storage.tasks import events
+from tests.conftest import git
+from tests.llm_server import ScriptedLLM, reply, tool_call
+from tests.worker_fixtures import RunWorker, add_task, task
+
+pytest_plugins = ["tests.docker_fixtures", "tests.worker_fixtures"]
+
+CHECK = "python3 -m unittest -q 2>&1"
+CONTINUE = "git add calc.py && GIT_EDITOR=true git rebase --continue 2>&1"
+
+
+def finish(summary: str = "done"):
+    return reply(tool_call("finish", {"summary": summary}))
+
+
+def verdict(kind: str, *findings: tuple[str, int, str], summary: str = ""):
+    found = [{"file": f, "line": n, "message": m} for f, n, m in findings]
+    args = {"verdict": kind, "summary": summary, "findings": found}
+    return reply(tool_call("submit_review", args))
+
+
+def edit(old: str, new: str, path: str = "calc.py"):
+    return reply(tool_call("edit_file", {"path": path, "old_text": old, "new_text": new}))
+
+
+def approve(engine: Engine, task_id: int) -> None:
+    with transaction(engine) as s:
+        actions.approve(s, task_id, actor="U1")
+
+
+def states(engine: Engine, task_id: int) -> list[str]:
+    with transaction(engine) as s:
+        return [e.payload["to"] for e in events(s, task_id) if e.kind == "state"]
+
+
+# --- pure ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("files", "allowed", "outside"),
+    [
+        (["src/a.py", "src/x/b.py"], ["src/**"], []),
+        (["src/a.py", "setup.py"], ["src/**"], ["setup.py"]),
+        (["a.py", "docs/x.md"], ["*.py"], ["docs/x.md"]),
+        (
+            ["tests/test_a.py", "tests/deep/test_b.py"],
+            ["tests/test_*.py"],
+            ["tests/deep/test_b.py"],
+        ),
+        (["x/y/z.txt"], ["**/*.txt"], []),
+        (["anything"], ["**"], []),
+    ],
+)
+def test_out_of_scope(files: list[str], allowed: list[str], outside: list[str]) -> None:
+    assert pipeline.out_of_scope(files, allowed) == outside
+
+
+def test_risk_rises_with_size_sensitivity_missing_proof_and_doubts() -> None:
+    ok = pipeline.CheckResult("pytest", 0, 1.0, "")
+    bad = pipeline.CheckResult("pytest", 1, 1.0, "")
+    approve_ = pipeline.Verdict(verdict="approve")
+    small = {"files": ["src/a.py"], "lines_changed": 10}
+    assert pipeline.assess_risk(**small, checks=[ok], verdict=approve_).level == "low"
+    risky = pipeline.assess_risk(
+        files=[".github/workflows/ci.yml"], lines_changed=500, checks=[bad], verdict=None
+    )
+    assert risky.level == "high"
+    assert risky.reasons == [
+        "500 lines changed",
+        "touches .github/workflows/ci.yml",
+        "checks failing",
+        "not reviewed",
+    ]
+    doubts = pipeline.Verdict(verdict="changes_requested")
+    assert pipeline.assess_risk(**small, checks=[], verdict=doubts).level == "high"
+
+
+# --- the pipeline ---------------------------------------------------------------------------
+
+
+def test_checks_send_it_back_review_requests_a_change_then_it_parks_with_proof(
+    engine: Engine, make_worker: RunWorker, project: Path, db_url: str, tmp_path: Path
+) -> None:
+    task_id = add_task(engine)
+    script = [
+        finish("first try"),  # the bug is still there: the checks fail
+        edit("a - b", "a + b"),
+        finish("fixed add()"),
+        verdict("changes_requested", ("calc.py", 1, "add a docstring to add()")),
+        edit("def add(a, b):\n", 'def add(a, b):\n    """Return a + b."""\n'),
+        finish("fixed add(), with a docstring"),
+        verdict("approve", summary="correct and tested"),
+    ]
+    options = {"checks": [CHECK], "review": {"enabled": True, "max_rounds": 2}}
+    with ScriptedLLM(script) as llm:
+        make_worker(llm, repo_options=options).work(drain=True)
+    assert llm.remaining == 0
+    parked = task(engine, task_id)
+    assert parked.state is State.AWAITING_APPROVAL, parked.reason
+    assert states(engine, task_id) == [
+        "preparing",
+        "running",
+        "checking",
+        "revising",
+        "checking",
+        "reviewing",
+        "revising",
+        "checking",
+        "reviewing",
+        "awaiting_approval",
+    ]
+    # What the agent was told each time it was sent back.
+    after_checks = llm.requests[1]["messages"][-1]["content"]
+    assert (
+        "checks ran on your work and 1 failed" in after_checks and "AssertionError" in after_checks
+    )
+    after_review = llm.requests[4]["messages"][-1]["content"]
+    assert "1. calc.py:1: add a docstring to add()" in after_review
+    # The review saw the diff and the checks.
+    review_request = llm.requests[6]["messages"][1]["content"]
+    assert "+    return a + b" in review_request and "passed" in review_request
+    # The proof pack, as `nightcrew show` prints it.
+    env = {**os.environ, "NIGHTCREW_DATABASE_URL": db_url, "COLUMNS": "200"}
+    shown = subprocess.run(
+        [str(Path(sys.executable).with_name("nightcrew")), "show", str(task_id)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for expected in (
+        "proof",
+        "risk: low",
+        "diff: 1 file(s), +2 -1",
+        f"✓ {CHECK}",
+        "review: approve: correct and tested",
+        "revision rounds: 2",
+        "wall time",
+    ):
+        assert expected in shown, shown
+
+    approve(engine, task_id)
+    with ScriptedLLM([]) as llm:
+        make_worker(llm, repo_options=options).work(drain=True)
+    merged = task(engine, task_id)
+    assert merged.state is State.MERGED, merged.reason
+    assert '"""Return a + b."""' in git(project, "show", "main:calc.py")
+    message = git(project, "log", "-1", "--format=%B", "main")
+    assert "Nightcrew-Task: 1" in message and "Approved-by: U1" in message
+    assert git(project, "rev-parse", "main") == merged.merge_commit
+    assert git(project, "branch", "--list", "nightcrew/*") == ""  # branch deleted
+
+
+def test_three_overlapping_tasks_merge_one_after_another(
+    engine: Engine, make_worker: RunWorker, project: Path
+) -> None:
+    endings = ["one", "two", "three"]
+    ids = [add_task(engine, f"mark add() with {word}") for word in endings]
+    script = []
+    for word in endings:
+        script += [edit("return a - b", f"return a + b  # {word}"), finish(word)]
+    options = {"checks": [CHECK]}
+    with ScriptedLLM(script) as llm:
+        make_worker(llm, repo_options=options).work(drain=True)
+    assert [task(engine, i).state for i in ids] == [State.AWAITING_APPROVAL] * 3
+
+    merged_so_far = "one"
+    for task_id, word in zip(ids, endings, strict=True):
+        approve(engine, task_id)
+        if word == "one":
+            resolve = []  # the first one merges cleanly
+        else:
+            merged_so_far += f", {word}"
+            content = f"def add(a, b):\n    return a + b  # {merged_so_far}\n"
+            resolve = [
+                reply(tool_call("write_file", {"path": "calc.py", "content": content})),
+                reply(
+                    tool_call(
+                        "bash",
+                        {"command": CONTINUE},
+                    )
+                ),
+                finish("resolved"),
+            ]
+        with ScriptedLLM(resolve) as llm:
+            make_worker(llm, repo_options=options).work(drain=True)
+        done = task(engine, task_id)
+        assert done.state is State.MERGED, done.reason
+        if resolve:  # the agent saw the conflict, and the checks ran again after the rebase
+            assert "rebase stopped on conflicts" in llm.requests[0]["messages"][2]["content"]
+            with transaction(engine) as s:
+                kinds = [(e.kind, e.payload.get("after")) for e in events(s, task_id)]
+            assert ("checks", "rebase") in kinds
+    assert git(project, "show", "main:calc.py").endswith("return a + b  # one, two, three")
+    log = git(project, "log", "--format=%s", "main")
+    assert (
+        sum("Nightcrew" in line or line.startswith("mark add()") for line in log.splitlines()) == 3
+    )
+
+
+def test_changes_outside_allowed_paths_never_reach_the_base(
+    engine: Engine, make_worker: RunWorker, project: Path
+) -> None:
+    base_before = git(project, "rev-parse", "main")
+    task_id = add_task(engine)
+    script = [
+        edit("a - b", "a + b"),
+        reply(tool_call("write_file", {"path": "deploy/secret.txt", "content": "x\n"})),
+        *[finish("done") for _ in range(4)],  # it never undoes the stray file
+    ]
+    options = {"allowed_paths": ["calc.py", "test_*.py"]}
+    with ScriptedLLM(script) as llm:
+        make_worker(llm, repo_options=options).work(drain=True)
+    stuck = task(engine, task_id)
+    assert stuck.state is State.NEEDS_INPUT
+    assert stuck.reason == "changed files outside allowed_paths: deploy/secret.txt (after 3 rounds)"
+    assert "outside the paths this repository allows" in llm.requests[3]["messages"][-1]["content"]
+    with pytest.raises(actions.ActionError), transaction(engine) as s:
+        actions.approve(s, task_id, actor="U1")
+    assert git(project, "rev-parse", "main") == base_before
+
+
+def test_the_merge_itself_refuses_out_of_scope_changes(
+    engine: Engine, make_worker: RunWorker, project: Path
+) -> None:
+    base_before = git(project, "rev-parse", "main")
+    task_id = add_task(engine)
+    script = [reply(tool_call("write_file", {"path": "ci.yml", "content": "x\n"})), finish()]
+    with ScriptedLLM(script) as llm:
+        make_worker(llm).work(drain=True)  # allowed everywhere when it ran
+    approve(engine, task_id)
+    with ScriptedLLM([]) as llm:  # the repo's rules were tightened before the merge
+        make_worker(llm, repo_options={"allowed_paths": ["src/**"]}).work(drain=True)
+    refused = task(engine, task_id)
+    assert refused.state is State.NEEDS_INPUT
+    assert refused.reason == "refusing to merge: changes outside allowed_paths: ci.yml"
+    assert git(project, "rev-parse", "main") == base_before
+
+
+@pytest.mark.parametrize(("policy", "parents"), [("merge", 2), ("squash", 1), ("ff", 1)])
+def test_merge_policies(
+    engine: Engine, make_worker: RunWorker, project: Path, policy: str, parents: int
+) -> None:
+    base_before = git(project, "rev-parse", "main")
+    task_id = add_task(engine)
+    with ScriptedLLM([edit("a - b", "a + b"), finish()]) as llm:
+        make_worker(llm).work(drain=True)
+    approve(engine, task_id)
+    with ScriptedLLM([]) as llm:
+        make_worker(llm, repo_options={"merge": {"policy": policy}}).work(drain=True)
+    merged = task(engine, task_id)
+    assert merged.state is State.MERGED, merged.reason
+    tip = git(project, "rev-parse", "main")
+    assert len(git(project, "rev-list", "--parents", "-n1", tip).split()) - 1 == parents
+    assert git(project, "rev-parse", "main^") == base_before or policy == "ff"
+    if policy == "ff":
+        assert tip == merged.head_commit
+    else:
+        assert "Nightcrew-Task: 1" in git(project, "log", "-1", "--format=%B", tip)
+    assert git(project, "show", "main:calc.py").endswith("a + b")
+
+
+def test_a_merge_that_died_after_moving_the_base_is_not_done_twice(
+    engine: Engine, make_worker: RunWorker, project: Path
+) -> None:
+    task_id = add_task(engine)
+    with ScriptedLLM([edit("a - b", "a + b"), finish()]) as llm:
+        make_worker(llm).work(drain=True)
+    approve(engine, task_id)
+    # What a worker killed right after moving the base left behind: the merge commit on main,
+    # nothing recorded in the database.
+    parked = task(engine, task_id)
+    base_tip = git(project, "rev-parse", "main")
+    text = merge.message(task_id=task_id, prompt=parked.prompt, summary=None, approved_by="U1")
+    new = merge.make_commit(
+        project, base_tip=base_tip, head=parked.head_commit or "", policy="merge", text=text
+    )
+    merge.advance_base(project, base="main", new=new, old=base_tip)
+    with ScriptedLLM([]) as llm:
+        make_worker(llm).work(drain=True)
+    merged = task(engine, task_id)
+    assert (merged.state, merged.merge_commit) == (State.MERGED, new)
+    assert git(project, "rev-parse", "main") == new  # no second merge commit
