@@ -146,6 +146,7 @@ def _run_executor(concurrency: int, *, drain: bool) -> None:
             make_llm=make_llm,
             concurrency=concurrency,
             drain=drain,
+            heartbeat_timeout_s=env.heartbeat_timeout_s,
             log=out.print,
         )
     except SandboxError as exc:

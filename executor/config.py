@@ -72,6 +72,7 @@ class RepoConfig(_Strict):
     limits: Limits = Limits()
     merge: Merge = Merge()
     approvers: list[str] = []
+    max_concurrent: Annotated[int, Field(gt=0)] | None = None  # tasks of this repo at once
     network: bool = False  # the sandbox has no network unless the repo opts in
     read_only_root: bool = True
     agent: Literal["builtin", "command"] = "builtin"

@@ -14,6 +14,7 @@ from executor.fleet import connect_docker, new_executor_id, remove_dead_sandboxe
 from executor.llm import LLMClient
 from executor.sandbox_image import ensure_image
 from executor.worker import Worker
+from storage.defaults import HEARTBEAT_TIMEOUT_S
 
 
 def run_executor(
@@ -25,6 +26,7 @@ def run_executor(
     concurrency: int = 1,
     drain: bool = False,
     stop: threading.Event | None = None,
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
     log: Callable[[str], None] = print,
 ) -> int:
     """Run workers until stopped (SIGINT/SIGTERM) or, with `drain`, until the queue is empty.
@@ -32,7 +34,7 @@ def run_executor(
     stop = stop or threading.Event()
     client = connect_docker()
     executor_id = new_executor_id(engine)
-    for name in remove_dead_sandboxes(client, engine):
+    for name in remove_dead_sandboxes(client, engine, timeout_s=heartbeat_timeout_s):
         log(f"removed leftover sandbox {name}")
     for image in sorted({repo.image for repo in config.repos.values()}):
         ensure_image(client, image)
@@ -50,6 +52,7 @@ def run_executor(
             worker_id=f"{executor_id}/{n}",
             executor_id=executor_id,
             stop=stop,
+            heartbeat_timeout_s=heartbeat_timeout_s,
         )
         for n in range(concurrency)
     ]

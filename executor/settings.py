@@ -8,6 +8,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.db import sqlite_url
+from storage.defaults import HEARTBEAT_TIMEOUT_S
 
 
 class Settings(BaseSettings):
@@ -21,6 +22,10 @@ class Settings(BaseSettings):
     )
     openai_api_key: str | None = Field(None, validation_alias="OPENAI_API_KEY")
     model: str | None = Field(None, validation_alias="NIGHTCREW_MODEL")
+    # How long a silent worker keeps its tasks before others take them over.
+    heartbeat_timeout_s: float = Field(
+        HEARTBEAT_TIMEOUT_S, gt=0, validation_alias="NIGHTCREW_HEARTBEAT_TIMEOUT_S"
+    )
 
     @property
     def db_url(self) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
 from executor import workspace
@@ -32,7 +32,7 @@ from executor.workspace import Workspace, WorkspaceError
 from storage.db import transaction
 from storage.defaults import HEARTBEAT_TIMEOUT_S, MAX_ATTEMPTS
 from storage.errors import Conflict
-from storage.lifecycle import CLOSED, State
+from storage.lifecycle import CLOSED, WORKING, State
 from storage.models import Task
 from storage.queue import claim_next, reap_stale
 from storage.tasks import transition
@@ -103,8 +103,20 @@ class Worker:
                 workspace.remove(ids[task_id])
 
     def claim(self) -> Task | None:
+        """The next task, skipping repos at their `max_concurrent` cap. On SQLite the count
+        and the claim share one write transaction, so the cap is exact; on PostgreSQL two
+        executors claiming at the same instant may overshoot it by one."""
+        capped = {n: r.max_concurrent for n, r in self.config.repos.items() if r.max_concurrent}
         with transaction(self.engine) as s:
-            return claim_next(s, self.worker_id)
+            full: list[str] = []
+            if capped:
+                busy = s.exec(
+                    select(Task.repo, func.count())
+                    .where(col(Task.repo).in_(list(capped)), col(Task.state).in_(list(WORKING)))
+                    .group_by(Task.repo)
+                ).all()
+                full = [repo for repo, n in busy if n >= capped[repo]]
+            return claim_next(s, self.worker_id, exclude_repos=full)
 
     def perform(self, task: Task) -> None:
         assert task.id is not None

@@ -1,0 +1,180 @@
+"""kill -9 of the executor at several points of a task's life: after each restart the task
+carries on from its last durable point, no sandbox is left behind, nothing merges twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+from sqlalchemy import Engine
+
+from bot import actions
+from executor.fleet import installation_id
+from executor.sandbox import LABEL_EXECUTOR
+from storage.db import transaction
+from storage.lifecycle import State
+from storage.tasks import events
+from tests.conftest import git
+from tests.llm_server import ScriptedLLM, reply, tool_call
+from tests.worker_fixtures import add_task, task
+
+pytest_plugins = ["tests.docker_fixtures", "tests.worker_fixtures"]
+
+HEARTBEAT_TIMEOUT_S = 2.0
+SLOW_CHECK = "sleep 4 && python3 -m unittest -q 2>&1"
+
+
+class Executor:
+    """`nightcrew executor` as a real process, killed the hard way."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.env, self.cwd = env, cwd
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        nightcrew = str(Path(sys.executable).with_name("nightcrew"))
+        self.proc = subprocess.Popen(
+            [nightcrew, "executor"],
+            cwd=self.cwd,
+            env=self.env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        time.sleep(HEARTBEAT_TIMEOUT_S + 0.5)  # its heartbeats are now stale
+
+    def stop(self) -> str:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=60)
+        return out
+
+
+@pytest.fixture
+def executor(
+    project: Path, tmp_path: Path, db_url: str, sandbox_image: str
+) -> Iterator[Callable[[str], Executor]]:
+    config = tmp_path / "nightcrew.yaml"
+    config.write_text(
+        f"repos:\n  app:\n    path: {project}\n    base_branch: main\n"
+        f"    checks: ['{SLOW_CHECK}']\n    review: {{enabled: false}}\n"
+    )
+    started: list[Executor] = []
+
+    def make(base_url: str) -> Executor:
+        env = {
+            **os.environ,
+            "NIGHTCREW_DATABASE_URL": db_url,
+            "NIGHTCREW_HOME": str(tmp_path / "home"),
+            "NIGHTCREW_CONFIG": str(config),
+            "NIGHTCREW_MODEL": "scripted-model",
+            "OPENAI_BASE_URL": base_url,
+            "NIGHTCREW_HEARTBEAT_TIMEOUT_S": str(HEARTBEAT_TIMEOUT_S),
+        }
+        ex = Executor(env, project)
+        ex.start()
+        started.append(ex)
+        return ex
+
+    yield make
+    for ex in started:
+        if ex.proc and ex.proc.poll() is None:
+            ex.proc.kill()
+
+
+def wait_for(what: str, condition: Callable[[], object], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def our_sandboxes(client: docker.DockerClient, engine: Engine) -> list:
+    prefix = installation_id(engine) + "."
+    return [
+        c
+        for c in client.containers.list(all=True)
+        if c.labels.get(LABEL_EXECUTOR, "").startswith(prefix)
+    ]
+
+
+def test_sigkill_at_several_points_loses_nothing_and_merges_once(
+    engine: Engine,
+    executor: Callable[[str], Executor],
+    project: Path,
+    docker_client: docker.DockerClient,
+) -> None:
+    task_id = add_task(engine)
+    fix = reply(
+        tool_call("edit_file", {"path": "calc.py", "old_text": "a - b", "new_text": "a + b"})
+    )
+    finish = reply(tool_call("finish", {"summary": "fixed add()"}))
+    script = [
+        reply(tool_call("bash", {"command": "sleep 120"})),  # 1st run: killed in here
+        fix,
+        finish,  # 2nd run: killed while the checks run
+        finish,  # 3rd run: the fix is on the branch; checks pass
+    ]
+    with ScriptedLLM(script) as llm:
+        # 1. Killed while the agent's command runs: its sandbox is left behind.
+        ex = executor(llm.base_url)
+        wait_for("the long command", lambda: len(llm.requests) == 1)
+        time.sleep(1.0)
+        ex.kill()
+        assert our_sandboxes(docker_client, engine), "a kill -9 leaves its sandbox behind"
+
+        # 2. Restarted: the leftover is removed, the task resumes; killed during the checks.
+        ex = executor(llm.base_url)
+        wait_for("the checks", lambda: task(engine, task_id).state is State.CHECKING)
+        time.sleep(1.0)
+        ex.kill()
+
+        # 3. Restarted: it resumes from the branch and parks for approval.
+        ex = executor(llm.base_url)
+        wait_for("approval", lambda: task(engine, task_id).state is State.AWAITING_APPROVAL)
+        resumed = [
+            r
+            for r in llm.requests
+            if any("You worked on this task before" in str(m.get("content")) for m in r["messages"])
+        ]
+        assert resumed, "a restarted task is told its earlier work is on the branch"
+
+        # 4. Approved while the base moved on: killed during the checks after the rebase.
+        (project / "NOTES.md").write_text("unrelated\n")
+        git(project, "add", "NOTES.md")
+        git(project, "commit", "-qm", "meanwhile on main")
+        with transaction(engine) as s:
+            actions.approve(s, task_id, actor="U1")
+
+        def rebased() -> bool:
+            with transaction(engine) as s:
+                return any(e.kind == "rebase" for e in events(s, task_id))
+
+        wait_for("the rebase", rebased)
+        time.sleep(1.5)
+        ex.kill()
+
+        # 5. Restarted: the merge is taken over and done once.
+        ex = executor(llm.base_url)
+        wait_for("the merge", lambda: task(engine, task_id).state is State.MERGED)
+        ex.stop()
+    merged = task(engine, task_id)
+    assert git(project, "show", "main:calc.py").endswith("return a + b")
+    assert git(project, "show", "main:NOTES.md") == "unrelated"
+    log = git(project, "log", "--format=%B", "main")
+    assert log.count(f"Nightcrew-Task: {task_id}") == 1
+    assert git(project, "rev-parse", "main") == merged.merge_commit
+    assert our_sandboxes(docker_client, engine) == []
