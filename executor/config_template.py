@@ -14,7 +14,8 @@ repos:                          # required: at least one repo
     # url: git@github.com:you/$name.git   # ... or a clone URL instead of path
     base_branch: $base          # tasks branch off this and merge back into it
     # image: nightcrew-sandbox:latest     # sandbox image the agent's commands run in
-    # setup: ["pip install -e ."]         # run once in the sandbox before the agent starts
+    # setup: ["make deps"]                # run in the sandbox before the agent (network: true
+    #                                     # if it downloads; the image has python3, git, gcc)
     checks: []                  # commands that must pass before approval, e.g. ["pytest -q"]
     # review: {enabled: true, max_rounds: 2}   # automated review of each diff
     # allowed_paths: ["src/**", "tests/**"]    # changes elsewhere are sent back, never merged
