@@ -119,6 +119,8 @@ class Config(_Strict):
     channels: dict[str, str] = {}  # Slack channel id -> repo name
     users: list[str] = []  # Slack users who may add tasks; empty = everyone in the channel
     model: str | None = None
+    base_url: str | None = None  # the OpenAI-compatible endpoint (OPENAI_BASE_URL wins)
+    stream: bool = False  # stream completions (some gateways answer faster, or only so)
     digest: Digest = Digest()
     budgets: Budgets = Budgets()
     source: Path | None = Field(default=None, exclude=True)  # the file it came from

@@ -17,9 +17,7 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".nightcrew"), validation_alias="NIGHTCREW_HOME")
     database_url: str | None = Field(None, validation_alias="NIGHTCREW_DATABASE_URL")
     config_path: Path = Field(Path("nightcrew.yaml"), validation_alias="NIGHTCREW_CONFIG")
-    openai_base_url: str = Field(
-        "https://api.openai.com/v1", validation_alias=AliasChoices("OPENAI_BASE_URL")
-    )
+    openai_base_url: str | None = Field(None, validation_alias=AliasChoices("OPENAI_BASE_URL"))
     openai_api_key: str | None = Field(None, validation_alias="OPENAI_API_KEY")
     model: str | None = Field(None, validation_alias="NIGHTCREW_MODEL")
     # How long a silent worker keeps its tasks before others take them over.

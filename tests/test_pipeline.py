@@ -298,3 +298,62 @@ def test_a_merge_that_died_after_moving_the_base_is_not_done_twice(
     merged = task(engine, task_id)
     assert (merged.state, merged.merge_commit) == (State.MERGED, new)
     assert git(project, "rev-parse", "main") == new  # no second merge commit
+
+
+def test_a_hostile_workspace_gets_nothing_run_or_read_on_the_host(
+    engine: Engine, make_worker: RunWorker, project: Path, tmp_path: Path
+) -> None:
+    """Hooks, git config, filters and symlinks planted by the agent, through a revision
+    round and the merge: nothing they name runs on the host, no host file is read."""
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("TOPSECRET-42\n")
+    marker = tmp_path / "pwned"  # exists only on the host: creating it needs host execution
+    touch = f"touch {marker}"
+    plant = "\n".join(
+        [
+            # Committed content: links to a host secret, attributes naming a hostile filter.
+            f"ln -s {secret} leak",
+            f"rm AGENTS.md && ln -s {secret} AGENTS.md",
+            "echo '* filter=evil diff=evil' > .gitattributes",
+            "git add -A && git commit -qm 'planted' && echo committed",
+            # Then the clone's own hooks and config, as the host-side steps will find them.
+            *[
+                f"printf '#!/bin/sh\\n{touch}-{hook}\\n' > .git/hooks/{hook} && "
+                f"chmod +x .git/hooks/{hook}"
+                for hook in (
+                    "post-checkout",
+                    "post-commit",
+                    "post-merge",
+                    "pre-push",
+                    "reference-transaction",
+                    "post-rewrite",
+                    "pre-auto-gc",
+                )
+            ],
+            f"git config core.fsmonitor '{touch}-fsmonitor'",
+            f"git config filter.evil.clean '{touch}-clean'",
+            f"git config filter.evil.smudge '{touch}-smudge'",
+            f"git config diff.external '{touch}-diff'",
+            f"git config core.sshCommand '{touch}-ssh'",
+            f"git config include.path {secret}",
+        ]
+    )
+    task_id = add_task(engine)
+    with ScriptedLLM([reply(tool_call("bash", {"command": plant})), finish()]) as llm:
+        make_worker(llm).work(drain=True)
+    assert task(engine, task_id).state is State.AWAITING_APPROVAL
+    assert "committed" in llm.requests[1]["messages"][-1]["content"]
+    with transaction(engine) as s:  # a revision round: a new attempt reads AGENTS.md again
+        actions.nudge(s, task_id, "one more look", actor="U1")
+    with ScriptedLLM([finish()]) as second:
+        make_worker(second).work(drain=True)
+    approve(engine, task_id)
+    with ScriptedLLM([]) as third:
+        make_worker(third).work(drain=True)
+    assert task(engine, task_id).state is State.MERGED
+    assert list(tmp_path.glob("pwned*")) == []  # nothing the agent named ran on the host
+    for request in llm.requests + second.requests:
+        assert "TOPSECRET" not in str(request)  # no host file reached the model
+    assert "nightcrew" in second.requests[0]["messages"][0]["content"]  # the prompt was built
+    assert (project / "leak").is_symlink()  # merged as a link, never followed
+    assert git(project, "cat-file", "-p", "main:leak") == str(secret)

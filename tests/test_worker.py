@@ -34,7 +34,9 @@ from tests.worker_fixtures import RunWorker, add_task, containers_of, task, wait
 pytest_plugins = ["tests.docker_fixtures", "tests.worker_fixtures"]
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 def test_a_task_reads_edits_tests_and_finishes_on_its_branch(
+    stream: bool,
     engine: Engine,
     make_worker: RunWorker,
     project: Path,
@@ -52,7 +54,7 @@ def test_a_task_reads_edits_tests_and_finishes_on_its_branch(
         reply(tool_call("finish", {"summary": "add() now adds; unittest passes"}), usage=(400, 40)),
     ]
     with ScriptedLLM(script) as llm:
-        assert make_worker(llm).work(drain=True) == 1
+        assert make_worker(llm, stream=stream).work(drain=True) == 1
     done = task(engine, task_id)
     assert llm.remaining == 0, done.reason
 

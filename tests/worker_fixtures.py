@@ -60,6 +60,7 @@ def make_worker(
         *,
         model: str = "scripted-model",
         timeout: float = 30,
+        stream: bool = False,
         repo_options: dict | None = None,
         **limits: float,
     ) -> Worker:
@@ -72,6 +73,7 @@ def make_worker(
             backoff=0.01,
             max_attempts=2,
             timeout=timeout,
+            stream=stream,
         )
         clients.append(client)
         return Worker(
