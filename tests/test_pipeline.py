@@ -357,3 +357,26 @@ def test_a_hostile_workspace_gets_nothing_run_or_read_on_the_host(
     assert "nightcrew" in second.requests[0]["messages"][0]["content"]  # the prompt was built
     assert (project / "leak").is_symlink()  # merged as a link, never followed
     assert git(project, "cat-file", "-p", "main:leak") == str(secret)
+
+
+@pytest.mark.parametrize("kind", ["url", "path-with-origin"])
+def test_the_merge_is_pushed_to_the_remote(
+    engine: Engine, make_worker: RunWorker, project: Path, tmp_path: Path, kind: str
+) -> None:
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "clone", "-q", "--bare", str(project), str(remote))
+    if kind == "url":
+        options: dict = {"path": None, "url": f"file://{remote}"}
+    else:
+        git(project, "remote", "add", "origin", str(remote))
+        options = {}
+    task_id = add_task(engine)
+    with ScriptedLLM([edit("a - b", "a + b"), finish()]) as llm:
+        make_worker(llm, repo_options=options).work(drain=True)
+    approve(engine, task_id)
+    with ScriptedLLM([]) as llm:
+        make_worker(llm, repo_options=options).work(drain=True)
+    merged = task(engine, task_id)
+    assert merged.state is State.MERGED, merged.reason
+    assert git(remote, "rev-parse", "main") == merged.merge_commit
+    assert git(remote, "show", "main:calc.py").endswith("a + b")

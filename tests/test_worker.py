@@ -424,3 +424,35 @@ def test_big_and_binary_files_through_the_file_tools(
     done = task(engine, task_id)
     assert git(project, "show", f"{done.branch}:big.txt") == (big * 1000).strip()
     assert (project / "latin1.txt").read_bytes() == b"caf\xe9 ok\n"
+
+
+def test_an_executor_with_concurrency_2_runs_two_tasks_at_once(
+    engine: Engine, make_worker: RunWorker, project: Path, tmp_path: Path
+) -> None:
+    from executor.config import Config, RepoConfig
+    from executor.llm import LLMClient
+    from executor.pool import run_executor
+
+    ids = [add_task(engine, f"task {n}") for n in range(2)]
+    sleep = reply(tool_call("bash", {"command": "sleep 2"}))
+    done = reply(tool_call("finish", {"summary": "done"}))
+    config = Config(repos={"app": RepoConfig(path=project, review={"enabled": False})})
+    with ScriptedLLM([sleep, sleep, done, done]) as llm:
+        performed = run_executor(
+            engine=engine,
+            config=config,
+            home=tmp_path / "home",
+            make_llm=lambda: LLMClient(base_url=llm.base_url, api_key=None, model="m"),
+            concurrency=2,
+            drain=True,
+            log=lambda _: None,
+        )
+    assert performed == 2
+    windows = []
+    with transaction(engine) as s:
+        for task_id in ids:
+            times = {e.payload["to"]: e.created_at for e in events(s, task_id) if e.kind == "state"}
+            windows.append((times["running"], times["awaiting_approval"]))
+    (a_start, a_end), (b_start, b_end) = windows
+    assert a_start < b_end and b_start < a_end, "the two tasks ran at the same time"
+    assert [task(engine, i).state for i in ids] == [State.AWAITING_APPROVAL] * 2

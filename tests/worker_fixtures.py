@@ -64,8 +64,8 @@ def make_worker(
         repo_options: dict | None = None,
         **limits: float,
     ) -> Worker:
-        options = {"review": {"enabled": False}} | (repo_options or {})
-        repo = RepoConfig(path=project, base_branch="main", limits=Limits(**limits), **options)
+        options = {"path": project, "base_branch": "main", "review": {"enabled": False}}
+        repo = RepoConfig(**(options | (repo_options or {})), limits=Limits(**limits))
         client = LLMClient(
             base_url=llm.base_url,
             api_key=None,
