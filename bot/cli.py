@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import getpass
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,6 +27,9 @@ from storage.errors import StorageError
 from storage.lifecycle import WORKING, IllegalTransition, State
 from storage.models import Priority, Task
 from storage.tasks import events, get_task, list_tasks, nudges
+
+if TYPE_CHECKING:
+    from bot.slack.app import SlackEnv
 
 app = typer.Typer(
     name="nightcrew",
@@ -100,7 +104,10 @@ def act(action: Callable[..., Outcome], task_id: str, *args: str, decides: bool 
 def up(
     concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Tasks at once."),
 ) -> None:
-    """Run nightcrew in one process: today the executor (the Slack bot is not built yet)."""
+    """Run nightcrew in one process: the executor, plus the Slack bot and its notifier when
+    Slack tokens are set."""
+    from bot.slack.app import SlackEnv
+
     with user_errors():
         cfg = config()
         with transaction(engine()) as session:
@@ -108,11 +115,75 @@ def up(
         out.print(f"database: {settings().db_url}")
         out.print(f"repos: {', '.join(cfg.repos)}")
         out.print(f"tasks: {counts.get(State.QUEUED, 0)} queued, {sum(counts.values())} in all")
-        err.print(
-            "[yellow]not yet available in this release:[/yellow] the Slack bot; "
-            "queue tasks with `nightcrew add`."
-        )
-        _run_executor(concurrency, drain=False)
+        slack = SlackEnv.from_env()
+        if slack is None:
+            err.print(
+                "[yellow]Slack is not connected:[/yellow] set SLACK_BOT_TOKEN and SLACK_APP_TOKEN "
+                "(Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode); see manifest.yml. "
+                "Running the executor only; queue tasks with `nightcrew add`."
+            )
+            _run_executor(concurrency, drain=False)
+            return
+        with _bot_in_background(slack):
+            _run_executor(concurrency, drain=False)
+
+
+@contextmanager
+def _bot_in_background(slack: SlackEnv) -> Iterator[None]:
+    """The Slack bot and notifier in threads beside the executor; they meet in the
+    database, so neither calls the other."""
+    import threading
+
+    from bot.slack.app import run_bot
+
+    stop = threading.Event()
+
+    def serve() -> None:
+        try:
+            run_bot(engine(), config, slack, stop=stop, say=out.print)
+        except Exception as exc:  # say so; the executor keeps running CLI-queued tasks
+            err.print(f"[red]Slack bot stopped:[/red] {exc}")
+
+    thread = threading.Thread(target=serve, name="slack-bot", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+@app.command()
+def bot(
+    http: bool = typer.Option(
+        False,
+        "--http",
+        help="HTTP mode (/slack/events) instead of Socket Mode; needs SLACK_SIGNING_SECRET.",
+    ),
+    port: int = typer.Option(3000, "--port", "-p", help="Port for HTTP mode."),
+) -> None:
+    """Run the Slack bot and its notifier alone (executors run elsewhere on the same DB)."""
+    import threading
+
+    from bot.slack.app import SlackEnv, run_bot
+
+    with user_errors():
+        slack = SlackEnv.from_env()
+        if slack is None:
+            raise ActionError("SLACK_BOT_TOKEN is not set; create the app from manifest.yml")
+        if not http and not slack.app_token:
+            raise ActionError("Socket Mode needs SLACK_APP_TOKEN; or use --http")
+        if http and not slack.signing_secret:
+            raise ActionError("HTTP mode needs SLACK_SIGNING_SECRET")
+        config()  # a broken nightcrew.yaml fails now, not at the first slash command
+        stop = threading.Event()
+        # SIGTERM (docker stop, systemd) stops gracefully: the notifier finishes the message
+        # it is sending and records it, so a restart does not post it again.
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            run_bot(engine(), config, slack, stop=stop, http=http, port=port, say=out.print)
+        except KeyboardInterrupt:
+            stop.set()
 
 
 @app.command()

@@ -1,0 +1,120 @@
+"""Slash-command ack latency in HTTP mode under concurrent clients, and Web API calls per task.
+
+    uv run python bench/ack.py [--clients 50] [--commands 500]
+
+Runs the real Bolt app against the local Slack emulator (real HTTP, signed requests) on a
+fresh SQLite database. Goals: ack p99 under 100 ms; 12 or fewer Web API calls for a
+30-turn task."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bot.slack.app import SlackEnv, build_app
+from executor.config import Config, RepoConfig
+from storage.db import make_engine
+from tests.slack_emulator import SlackEmulator, slash_command
+from tests.test_slack_load import run_whole_task
+
+
+def app_for(slack: SlackEmulator, root: Path):
+    engine = make_engine(f"sqlite:///{root / 'bench.db'}")
+    env = SlackEnv(slack.bot_token, None, slack.signing_secret, slack.api_url)
+    config = Config(repos={"api": RepoConfig(path=root)})
+    return engine, build_app(engine, lambda: config, env)
+
+
+@contextmanager
+def bot_process(slack: SlackEmulator, root: Path) -> Iterator[str]:
+    """`nightcrew bot --http` as its own process, as it runs in production: the clients and
+    the emulator here do not share its interpreter."""
+    subprocess.run(["git", "init", "-q", str(root / "repo")], check=True)
+    (root / "nightcrew.yaml").write_text(f"repos:\n  api: {{path: {root / 'repo'}}}\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        **slack.env(),
+        "NIGHTCREW_HOME": str(root / "home"),
+        "NIGHTCREW_CONFIG": str(root / "nightcrew.yaml"),
+    }
+    nightcrew = str(Path(sys.executable).with_name("nightcrew"))
+    proc = subprocess.Popen(
+        [nightcrew, "bot", "--http", "--port", str(port)],
+        env=env,
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/slack/events"
+    try:
+        for _ in range(200):
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(url, timeout=0.5)
+                break
+            if proc.poll() is not None:
+                raise SystemExit(
+                    f"nightcrew bot exited: {proc.stderr.read() if proc.stderr else ''}"
+                )
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--commands", type=int, default=500)
+    args = parser.parse_args()
+    limits = httpx.Limits(max_connections=args.clients)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        SlackEmulator() as slack,
+        bot_process(slack, Path(tmp)) as url,
+        httpx.Client(limits=limits) as http,
+    ):
+
+        def one(i: int) -> float:
+            answer = slack.post_to_app(url, slash_command(f"add task {i}"), client=http)
+            if answer.status != 200:
+                raise SystemExit(f"command {i}: HTTP {answer.status}: {answer.text}")
+            return answer.elapsed
+
+        with ThreadPoolExecutor(args.clients) as pool:
+            latencies = sorted(pool.map(one, range(args.commands)))
+    p99 = statistics.quantiles(latencies, n=100)[98]
+    print(
+        f"ack latency, {args.commands} slash commands from {args.clients} clients: "
+        f"p50 {statistics.median(latencies) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
+        f"max {latencies[-1] * 1000:.0f} ms (goal: p99 < 100 ms)"
+    )
+    with tempfile.TemporaryDirectory() as tmp, SlackEmulator() as slack:
+        engine, app = app_for(slack, Path(tmp))
+        calls, _ = run_whole_task(slack, engine, app)
+    print(
+        f"Web API calls for one 30-turn task: {len(calls)} (goal: 12 or fewer): " + ", ".join(calls)
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Block Kit rendering, pure: task cards, milestone lines, lists, help, the App Home and the
+modals. Everything stays inside Slack's limits (50 blocks per message, 3,000 characters per
+section text), cutting long text with a note instead of being refused by Slack."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from storage.lifecycle import CLOSED, WORKING, State
+from storage.models import Task, utcnow
+
+Block = dict[str, Any]
+MAX_BLOCKS = 50
+MAX_SECTION = 3000
+MAX_FALLBACK = 3000  # the notification text; Slack truncates far beyond, keep it readable
+
+# Stable action ids: listeners and old cards in Slack depend on them; the value is the task id.
+NUDGE, CANCEL, APPROVE, REJECT = "task_nudge", "task_cancel", "task_approve", "task_reject"
+CHANGES, DIFFSTAT, RETRY = "task_changes", "task_diffstat", "task_retry"
+# The modals: callback ids and the one text box they hold.
+CHANGES_MODAL, NUDGE_MODAL = "changes_modal", "nudge_modal"
+NOTE_BLOCK, NOTE_INPUT = "note", "text"
+
+_EMOJI = {
+    State.QUEUED: ":hourglass:",
+    State.NEEDS_INPUT: ":raising_hand:",
+    State.AWAITING_APPROVAL: ":eyes:",
+    State.MERGED: ":white_check_mark:",
+    State.FAILED: ":x:",
+    State.CANCELLED: ":no_entry_sign:",
+    State.REJECTED: ":wastebasket:",
+}
+# Which state changes deserve a line in the thread; the rest only refresh the card.
+_MILESTONES = {
+    State.RUNNING: "started working",
+    State.NEEDS_INPUT: "needs your input",
+    State.AWAITING_APPROVAL: "is ready for review",
+    State.MERGED: "was merged",
+    State.FAILED: "failed",
+    State.CANCELLED: "was cancelled",
+    State.REJECTED: "was rejected",
+    State.QUEUED: "is queued again",
+}
+
+
+def cut(text: str, limit: int = MAX_SECTION) -> str:
+    """`text` within `limit` characters, with a note saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    note = "\n… ({:,} more characters; see `nightcrew show`)"
+    keep = limit - len(note.format(len(text)))
+    return text[:keep] + note.format(len(text) - keep)
+
+
+def escape(text: str) -> str:
+    """Slack's mrkdwn escaping for text people or agents wrote: an agent's summary must not
+    ping `<!channel>` or forge a link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def section(text: str) -> Block:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": cut(text)}}
+
+
+def context(text: str) -> Block:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": cut(text)}]}
+
+
+def button(label: str, action_id: str, task_id: int, style: str | None = None) -> Block:
+    element: Block = {
+        "type": "button",
+        "text": {"type": "plain_text", "text": label},
+        "action_id": action_id,
+        "value": str(task_id),
+    }
+    if style:
+        element["style"] = style
+    return element
+
+
+def buttons_for(task: Task) -> list[Block]:
+    assert task.id is not None
+    tid, state = task.id, State(task.state)
+    if state is State.AWAITING_APPROVAL:
+        return [
+            button("Approve & merge", APPROVE, tid, "primary"),
+            button("Reject", REJECT, tid, "danger"),
+            button("Request changes", CHANGES, tid),
+            button("Show diff stat", DIFFSTAT, tid),
+        ]
+    if state in (State.FAILED, State.NEEDS_INPUT):
+        return [button("Retry", RETRY, tid), button("Nudge", NUDGE, tid)]
+    if (state in WORKING and state is not State.MERGING) or state is State.QUEUED:
+        return [button("Nudge", NUDGE, tid), button("Cancel", CANCEL, tid, "danger")]
+    return []
+
+
+def elapsed(task: Task, now: datetime | None = None) -> str:
+    start = task.started_at or task.created_at
+    end = task.finished_at or now or utcnow()
+    seconds = max(0, int((end - start).total_seconds()))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def card(task: Task, *, now: datetime | None = None) -> tuple[str, list[Block]]:
+    """The task's card (the root of its thread): fallback text and blocks."""
+    state = State(task.state)
+    emoji = _EMOJI.get(state, ":gear:")
+    title = f"{emoji} *Task {task.id}* · `{task.repo}` · *{state.value.replace('_', ' ')}*"
+    facts = [
+        f"branch `{task.branch}`",
+        f"{task.turns} turns",
+        f"{task.tokens_in + task.tokens_out:,} tokens",
+        f"${task.cost_usd:.2f}",
+        f"{elapsed(task, now)} elapsed",
+        f"last activity {task.updated_at:%H:%M} UTC",
+        f"by <@{task.requester}>" if not task.requester.startswith("local:") else task.requester,
+    ]
+    blocks = [section(title), section(_quote(escape(task.prompt))), context(" · ".join(facts))]
+    if task.reason and state not in (State.QUEUED,):
+        blocks.append(section(f"*Why:* {escape(task.reason)}"))
+    if task.merge_commit:
+        blocks.append(section(f"*Merged* as `{task.merge_commit[:12]}`"))
+    elif task.summary and state in (State.AWAITING_APPROVAL, State.MERGING):
+        blocks.append(section(f"*Summary:* {escape(task.summary)}"))
+    actions = buttons_for(task)
+    if actions:
+        blocks.append({"type": "actions", "block_id": f"task-{task.id}", "elements": actions})
+    text = f"Task {task.id} ({state.value}): {escape(task.prompt)}"
+    return cut(text, MAX_FALLBACK), blocks[:MAX_BLOCKS]
+
+
+def _quote(text: str) -> str:
+    return "\n".join("> " + line for line in text.splitlines() or [""])
+
+
+def milestone(task: Task, payload: dict[str, Any]) -> str | None:
+    """The thread line for a state change, or None when the card update says it all."""
+    try:
+        to = State(payload.get("to", ""))
+    except ValueError:
+        return None
+    what = _MILESTONES.get(to)
+    if what is None or (to is State.QUEUED and payload.get("from") == "queued"):
+        return None
+    line = f"{_EMOJI.get(to, ':gear:')} Task {task.id} {what}"
+    reason = payload.get("reason")
+    if reason and to is not State.RUNNING:
+        line += f": {escape(str(reason))}"
+    if to is State.MERGED and task.merge_commit:
+        line += f" (commit `{task.merge_commit[:12]}`)"
+    return cut(line)
+
+
+def task_list(tasks: Sequence[Task], heading: str) -> list[Block]:
+    if not tasks:
+        return [section(f"{heading}: none")]
+    blocks = [section(f"*{heading}*")]
+    for task in tasks[: MAX_BLOCKS - 2]:
+        line = f"*{task.id}* `{State(task.state).value}` `{task.repo}` {escape(task.prompt[:120])}"
+        blocks.append(section(line))
+    if len(tasks) > MAX_BLOCKS - 2:
+        blocks.append(context(f"… and {len(tasks) - (MAX_BLOCKS - 2)} more"))
+    return blocks
+
+
+def home(groups: Iterable[tuple[str, Sequence[Task]]]) -> Block:
+    """The App Home view: the person's tasks, grouped, each with its buttons."""
+    blocks: list[Block] = [{"type": "header", "text": {"type": "plain_text", "text": "Tasks"}}]
+    for heading, tasks in groups:
+        blocks.append(section(f"*{heading}*" if tasks else f"*{heading}*: none"))
+        for task in tasks:
+            line = (
+                f"*{task.id}* `{State(task.state).value}` `{task.repo}` {escape(task.prompt[:150])}"
+            )
+            blocks.append(section(line))
+            actions = buttons_for(task) if State(task.state) not in CLOSED else []
+            if actions:
+                blocks.append({"type": "actions", "elements": actions})
+    if len(blocks) > MAX_BLOCKS:  # Home allows 100 blocks, we keep one limit everywhere
+        blocks = [*blocks[: MAX_BLOCKS - 1], context("… more in `/agent list all`")]
+    return {"type": "home", "blocks": blocks}
+
+
+def note_modal(callback_id: str, task_id: int, *, title: str, label: str) -> Block:
+    """A modal with one text box; its submission becomes a nudge to task `task_id`."""
+    return {
+        "type": "modal",
+        "callback_id": callback_id,
+        "private_metadata": str(task_id),
+        "title": {"type": "plain_text", "text": title[:24]},
+        "submit": {"type": "plain_text", "text": "Send"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": NOTE_BLOCK,
+                "label": {"type": "plain_text", "text": label[:2000]},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": NOTE_INPUT,
+                    "multiline": True,
+                },
+            }
+        ],
+    }
+
+
+HELP = (
+    "*nightcrew* runs coding agents for you.\n"
+    "• `/agent add [--repo R] [--priority high|normal|low] <what to do>` or just "
+    "`/agent <what to do>`: queue a task; its card appears in this channel\n"
+    "• reply in a task's thread to steer its agent\n"
+    "• `/agent list [mine|channel|all]`, `/agent show ID`, `/agent cancel ID`, "
+    "`/agent retry ID`, `/agent repos`\n"
+    "• approve, reject or request changes with the buttons on the card"
+)
+
+
+def proof(payload: dict[str, Any]) -> list[Block]:
+    """The proof pack under the "ready for review" milestone: checks, review, risk, diff."""
+    lines = []
+    for check in payload.get("checks") or []:
+        mark = ":white_check_mark:" if check.get("passed") else ":x:"
+        lines.append(f"{mark} `{escape(str(check.get('command', '?')))}`")
+    review = payload.get("review") or {}
+    if review:
+        verdict = str(review.get("verdict", "?")).replace("_", " ")
+        lines.append(f"*Review:* {verdict}. {escape(str(review.get('summary', '')))}".rstrip())
+    risk = payload.get("risk") or {}
+    if risk:
+        lines.append(f"*Risk:* {risk.get('level', '?')} ({'; '.join(risk.get('reasons', []))})")
+    changed = f"+{payload.get('insertions', 0)} -{payload.get('deletions', 0)}"
+    lines.append(f"*Diff:* {len(payload.get('files') or [])} files, {changed}")
+    out = [section("\n".join(lines))]
+    if payload.get("diff_stat"):
+        out.append(section(f"```{escape(str(payload['diff_stat']))}```"))
+    return out

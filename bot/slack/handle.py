@@ -1,0 +1,149 @@
+"""What the listeners do in the database, Slack-free: run an `/agent` command, take a reply
+in a task's thread. Each runs in one transaction and returns what to tell the person."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from bot import actions
+from bot.actions import ActionError, Outcome
+from bot.slack import blocks
+from bot.slack.commands import Command, CommandError, parse
+from executor.config import Config, ConfigError
+from storage import outbox
+from storage.db import transaction
+from storage.errors import StorageError
+from storage.lifecycle import IllegalTransition
+from storage.models import Nudge, Task, TaskEvent
+from storage.tasks import get_task, record
+
+# What a person can get wrong; each becomes an ephemeral message and changes nothing.
+USER_ERRORS = (ActionError, CommandError, ConfigError, StorageError, IllegalTransition)
+
+# One writer at a time from this process: SQLite's busy handler makes waiting writers sleep
+# in growing steps (up to 100 ms), so a burst of acks contending for the write lock gets
+# a long tail; a lock in the process queues them without sleeping. PostgreSQL does not
+# need it, and it costs nothing there at the bot's volume.
+_WRITES = threading.Lock()
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Session]:
+    with _WRITES, transaction(engine) as session:
+        yield session
+
+
+def thread_reply(
+    engine: Engine, channel: str, thread_ts: str, ts: str, user: str, text: str
+) -> Outcome | str | None:
+    """A person's reply in a thread: a nudge (Outcome) if it is a task's thread, a hint
+    (str) if that task cannot take one, None if it is not a task's thread or seen before
+    (Slack redelivers events it thinks we missed)."""
+    with writing(engine) as session:
+        task = session.exec(
+            select(Task).where(Task.channel == channel, Task.thread_ts == thread_ts)
+        ).first()
+        if task is None or task.id is None:
+            return None
+        if session.exec(
+            select(Nudge.id).where(Nudge.task_id == task.id, Nudge.slack_ts == ts)
+        ).first():
+            return None
+        try:
+            outcome = actions.nudge(session, task.id, text, actor=user, source="slack", slack_ts=ts)
+        except USER_ERRORS as exc:
+            return f"{exc}. Start a new task with `/agent add …`."
+        nudge_id = session.exec(
+            select(Nudge.id).where(Nudge.task_id == task.id, Nudge.slack_ts == ts)
+        ).one()
+        # 👀 now, ✅ once the agent has it: through the outbox, so a restart loses neither.
+        outbox.queue_reaction(session, task.id, ts, "eyes")
+        outbox.queue_reaction(session, task.id, ts, "white_check_mark", after_nudge=nudge_id)
+        return outcome
+
+
+def run_command(
+    engine: Engine, config: Config, command: dict[str, Any], *, event_ts: str | None = None
+) -> dict[str, Any]:
+    """`/agent …` from `user_id` in `channel_id` -> the ephemeral reply (ack kwargs).
+    `event_ts`: the mention's ts, so an event Slack redelivers adds no second task."""
+    cmd = parse(command.get("text", ""))
+    user, channel = command["user_id"], command["channel_id"]
+    if cmd.verb == "help":
+        return {"text": blocks.HELP}
+    if cmd.verb == "repos":
+        lines = [f"• `{name}` (base `{r.base_branch}`)" for name, r in config.repos.items()]
+        here = config.channels.get(channel)
+        return {"text": "\n".join(lines) + (f"\nthis channel's repo: `{here}`" if here else "")}
+    with writing(engine) as session:
+        if cmd.verb == "add":
+            if event_ts is not None and _seen_mention(session, channel, event_ts):
+                return {}  # answered the first time
+            outcome = _add(session, config, cmd, user, channel)
+            if event_ts is not None:
+                assert outcome.task.id is not None
+                record(
+                    session, outcome.task.id, MENTION_EVENT, {"channel": channel, "ts": event_ts}
+                )
+            return {"text": outcome.message}
+        if cmd.verb == "list":
+            return {"blocks": _list(session, cmd.scope, user, channel), "text": "tasks"}
+        assert cmd.task_id is not None
+        if cmd.verb == "show":
+            text, card = blocks.card(get_task(session, cmd.task_id))
+            return {"text": text, "blocks": card}
+        if cmd.verb == "retry":
+            return {"text": actions.retry(session, cmd.task_id, actor=user).message}
+        repo = config.repos.get(get_task(session, cmd.task_id).repo)
+        approvers = list(repo.approvers) if repo else []
+        outcome = actions.cancel(session, cmd.task_id, actor=user, approvers=approvers)
+        return {"text": outcome.message}
+
+
+MENTION_EVENT = "slack_mention"  # the mention a task came from, to spot redeliveries
+
+
+def _seen_mention(session: Session, channel: str, ts: str) -> bool:
+    """Redeliveries come within minutes, so the last few hundred mentions are enough, and
+    comparing in Python keeps the query the same on SQLite and PostgreSQL (JSON payload)."""
+    recent = session.exec(
+        select(TaskEvent)
+        .where(TaskEvent.kind == MENTION_EVENT)
+        .order_by(col(TaskEvent.id).desc())
+        .limit(500)
+    ).all()
+    return any(e.payload == {"channel": channel, "ts": ts} for e in recent)
+
+
+def _add(session: Session, config: Config, cmd: Command, user: str, channel: str) -> Outcome:
+    if config.users and user not in config.users:
+        raise ActionError(
+            "you are not one of the users who may add tasks; ask an admin to "
+            "add your Slack id to `users:` in nightcrew.yaml"
+        )
+    repo = config.repo_for(cmd.repo, channel=channel)
+    return actions.add(
+        session,
+        repo=repo,
+        prompt=cmd.prompt,
+        requester=user,
+        priority=cmd.priority,
+        source="slack",
+        channel=channel,
+    )
+
+
+def _list(session: Session, scope: str, user: str, channel: str) -> list[blocks.Block]:
+    query = select(Task).order_by(col(Task.id).desc()).limit(blocks.MAX_BLOCKS - 2)
+    if scope == "mine":
+        query = query.where(Task.requester == user)
+    elif scope == "channel":
+        query = query.where(Task.channel == channel)
+    heading = {"mine": "Your tasks", "channel": "Tasks in this channel", "all": "All tasks"}
+    return blocks.task_list(session.exec(query).all(), heading[scope])

@@ -1,0 +1,195 @@
+"""The Bolt listeners, thin: parse -> check permission -> one write -> ack. Nothing calls
+Slack before the ack; replies that need the Web API (modals, ephemerals by response_url)
+come after it, in lazy listeners. The database side is in `handle`; delivery of cards,
+milestones and reactions is the notifier's job."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from slack_bolt import Ack, App, BoltContext, Respond
+from slack_sdk import WebClient
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from bot import actions
+from bot.actions import ActionError
+from bot.slack import blocks
+from bot.slack.handle import USER_ERRORS, run_command, thread_reply, writing
+from executor.config import Config
+from storage.models import TaskEvent
+from storage.tasks import get_task, list_tasks
+
+MENTION = re.compile(r"<@[A-Z0-9]+>\s*")
+DECIDE = {
+    blocks.APPROVE: actions.approve,
+    blocks.REJECT: actions.reject,
+    blocks.CANCEL: actions.cancel,
+}
+
+
+def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
+    """Attach every listener to `app`; `config` is read per request (cheap, cached).
+
+    The app runs with `process_before_response`: each ack function below runs in the request
+    and its ack is the answer (no polling for it); anything that calls Slack afterwards is a
+    lazy function, started once the ack is out. An ack function leaves what its lazy
+    follow-up needs in `context["reply"]` (Bolt copies the context for lazy functions)."""
+
+    def approvers(session: Session, task_id: int) -> list[str]:
+        repo = config().repos.get(get_task(session, task_id).repo)
+        return list(repo.approvers) if repo else []
+
+    def just_ack(ack: Ack) -> None:
+        ack()
+
+    def reply_ephemerally(context: BoltContext, respond: Respond) -> None:
+        if context.get("reply"):
+            respond(text=context["reply"], response_type="ephemeral", replace_original=False)
+
+    @app.command("/agent")
+    def agent(ack: Ack, command: dict[str, Any]) -> None:
+        try:
+            ack(**run_command(engine, config(), command))
+        except USER_ERRORS as exc:
+            ack(text=f":warning: {exc}")
+
+    def decide(
+        ack: Ack, action: dict[str, Any], body: dict[str, Any], context: BoltContext
+    ) -> None:
+        actor = body["user"]["id"]
+        try:
+            task_id = actions.parse_task_id(str(action.get("value", "")))
+            with writing(engine) as session:
+                if action["action_id"] == blocks.RETRY:
+                    outcome = actions.retry(session, task_id, actor=actor)
+                else:
+                    verb = DECIDE[action["action_id"]]
+                    outcome = verb(
+                        session, task_id, actor=actor, approvers=approvers(session, task_id)
+                    )
+            context["reply"] = outcome.message
+        except USER_ERRORS as exc:
+            context["reply"] = f":no_entry: {exc}"
+        ack()
+
+    app.action(re.compile(f"^({'|'.join(DECIDE)}|{blocks.RETRY})$"))(
+        ack=decide, lazy=[reply_ephemerally]
+    )
+
+    def open_note(action: dict[str, Any], body: dict[str, Any], client: WebClient) -> None:
+        try:
+            task_id = actions.parse_task_id(str(action.get("value", "")))
+        except ActionError:
+            return  # not one of our cards' buttons: nothing to open
+        if action["action_id"] == blocks.CHANGES:
+            view = blocks.note_modal(
+                blocks.CHANGES_MODAL,
+                task_id,
+                title="Request changes",
+                label=f"What should change in task {task_id}?",
+            )
+        else:
+            view = blocks.note_modal(
+                blocks.NUDGE_MODAL,
+                task_id,
+                title=f"Nudge task {task_id}",
+                label="What should the agent know?",
+            )
+        client.views_open(trigger_id=body["trigger_id"], view=view)
+
+    app.action(re.compile(f"^({blocks.CHANGES}|{blocks.NUDGE})$"))(ack=just_ack, lazy=[open_note])
+
+    def diffstat(action: dict[str, Any], respond: Respond) -> None:
+        with writing(engine) as session:
+            proof = session.exec(
+                select(TaskEvent)
+                .where(TaskEvent.task_id == int(action["value"]), TaskEvent.kind == "proof")
+                .order_by(col(TaskEvent.id).desc())
+            ).first()
+        stat = (proof.payload.get("diff_stat") if proof else None) or "no diff stat recorded"
+        respond(
+            text=blocks.cut(f"```{blocks.escape(stat)}```"),
+            response_type="ephemeral",
+            replace_original=False,
+        )
+
+    app.action(blocks.DIFFSTAT)(ack=just_ack, lazy=[diffstat])
+
+    @app.view(re.compile(f"^({blocks.CHANGES_MODAL}|{blocks.NUDGE_MODAL})$"))
+    def submit_note(ack: Ack, view: dict[str, Any], body: dict[str, Any]) -> None:
+        text = view["state"]["values"][blocks.NOTE_BLOCK][blocks.NOTE_INPUT].get("value") or ""
+        try:
+            task_id = actions.parse_task_id(view.get("private_metadata", ""))
+            with writing(engine) as session:
+                actions.nudge(session, task_id, text, actor=body["user"]["id"], source="slack")
+        except USER_ERRORS as exc:  # shown under the text box; the modal stays open
+            ack(response_action="errors", errors={blocks.NOTE_BLOCK: str(exc)[:150]})
+            return
+        ack()
+
+    def message(ack: Ack, event: dict[str, Any], context: BoltContext) -> None:
+        ack()  # an event's ack carries nothing; the write below is what matters
+        # People's replies in a task's thread only: not bots, edits, joins or top-level posts.
+        if event.get("subtype") or event.get("bot_id") or not event.get("user"):
+            return
+        thread, ts = event.get("thread_ts"), event.get("ts")
+        if not thread or thread == ts:
+            return
+        text = MENTION.sub("", event.get("text", ""))
+        reply = thread_reply(engine, event["channel"], thread, ts, event["user"], text)
+        if isinstance(reply, str):
+            context["reply"] = reply
+
+    def hint_in_thread(event: dict[str, Any], context: BoltContext, client: WebClient) -> None:
+        if context.get("reply"):
+            client.chat_postEphemeral(
+                channel=event["channel"],
+                user=event["user"],
+                thread_ts=event.get("thread_ts"),
+                text=context["reply"],
+            )
+
+    app.event("message")(ack=message, lazy=[hint_in_thread])
+
+    def mention(ack: Ack, event: dict[str, Any], context: BoltContext) -> None:
+        ack()
+        if event.get("thread_ts"):
+            return  # a reply in a thread: the message listener has it (once)
+        prompt = MENTION.sub("", event.get("text", "")).strip()
+        command = {
+            "text": prompt or "help",
+            "user_id": event["user"],
+            "channel_id": event["channel"],
+        }
+        try:
+            context["reply"] = run_command(engine, config(), command, event_ts=event.get("ts"))
+        except USER_ERRORS as exc:
+            context["reply"] = {"text": f":warning: {exc}"}
+
+    def answer_mention(event: dict[str, Any], context: BoltContext, client: WebClient) -> None:
+        if context.get("reply"):
+            client.chat_postEphemeral(
+                channel=event["channel"], user=event["user"], **context["reply"]
+            )
+
+    app.event("app_mention")(ack=mention, lazy=[answer_mention])
+
+    def home(event: dict[str, Any], client: WebClient) -> None:
+        user = event["user"]
+        with writing(engine) as session:
+            mine = list_tasks(session, requester=user, include_closed=True, limit=30)
+        groups = [
+            ("Running", [t for t in mine if t.state.value not in _DONE + _WAIT]),
+            ("Waiting for you", [t for t in mine if t.state.value in _WAIT]),
+            ("Recent", [t for t in mine if t.state.value in _DONE][:10]),
+        ]
+        client.views_publish(user_id=user, view=blocks.home(groups))
+
+    app.event("app_home_opened")(ack=just_ack, lazy=[home])
+
+
+_WAIT = ("awaiting_approval", "needs_input")
+_DONE = ("merged", "cancelled", "rejected", "failed")

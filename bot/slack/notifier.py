@@ -1,0 +1,265 @@
+"""Delivers the outbox to Slack: posts and edits task cards, posts milestones in threads.
+
+Exactly once per row as far as Slack lets us know: the SDK's own retries are off (a resent
+post whose answer was lost would appear twice); each row is claimed under a lease, sent once
+per attempt, and settled in the transaction that learns the result (a card's `ts` becomes
+the task's thread in that same step). Transient failures (429 with Retry-After, 5xx,
+connection errors) are retried per row with backoff; permanent ones are recorded on the row
+and in the task's log, and never retried."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from sqlalchemy import Engine
+from sqlmodel import col, select
+
+from bot.slack import blocks
+from storage import outbox
+from storage.db import transaction
+from storage.lifecycle import CLOSED, State
+from storage.models import Nudge, Outbox, Task, TaskEvent, utcnow
+from storage.tasks import record
+
+log = logging.getLogger(__name__)
+
+# Errors Slack may answer with HTTP 200 that go away by themselves; any other error is final.
+TRANSIENT_ERRORS = {
+    "ratelimited",
+    "internal_error",
+    "fatal_error",
+    "service_unavailable",
+    "request_timeout",
+}
+
+
+@dataclass
+class Tunables:
+    lease_s: float = 60.0  # longer than any one Web API call (timeout 30 s) can take
+    card_edit_interval_s: float = 3.0  # "at most one edit per task every few seconds"
+    channel_interval_s: float = 1.0  # Slack allows about one post per second per channel
+    backoff_base_s: float = 1.0  # doubled per failed attempt
+    backoff_max_s: float = 300.0
+    max_attempts: int = 10  # then the row is given up and the failure recorded
+    idle_poll_s: float = 0.5  # how soon a new outbox row is noticed
+    reaction_poll_s: float = 2.0  # how soon ✅ follows the agent taking a nudge
+
+
+class _Retry(Exception):
+    def __init__(self, error: str, after_s: float | None = None) -> None:
+        super().__init__(error)
+        self.error, self.after_s = error, after_s
+
+
+class _Permanent(Exception):
+    pass
+
+
+@dataclass
+class Notifier:
+    engine: Engine
+    client: WebClient  # build with retry_handlers=[]: retries are ours, per row
+    tunables: Tunables = field(default_factory=Tunables)
+    _last_edit: dict[int, float] = field(default_factory=dict)
+    _last_post: dict[str, float] = field(default_factory=dict)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                sent = self.deliver_due(stop)
+            except Exception:  # a database hiccup must not end delivery for good
+                log.exception("outbox delivery failed; retrying")
+                sent = 0
+            if not sent:
+                stop.wait(self.tunables.idle_poll_s)
+
+    def deliver_due(self, stop: threading.Event | None = None) -> int:
+        """Claim due rows and deliver each; the number of rows handled. A stop request is
+        honoured between rows, never between a post and its record; rows claimed but not
+        sent come back when their lease runs out."""
+        with transaction(self.engine) as session:
+            rows = outbox.claim_due(session, lease_s=self.tunables.lease_s)
+        for row in rows:
+            if stop is not None and stop.is_set():
+                break
+            self._deliver(row)
+        return len(rows)
+
+    def _deliver(self, row: Outbox) -> None:
+        assert row.id is not None
+        with transaction(self.engine) as session:
+            task = session.get(Task, row.task_id) if row.task_id else None
+            if task is not None:
+                session.expunge(task)
+        if task is None or not task.channel:
+            self._settle(lambda s: outbox.give_up(s, row.id, error="no task or channel"))
+            return
+        try:
+            if row.kind == "card":
+                self._card(row, task)
+            elif row.kind == "state":
+                self._state(row, task)
+            elif row.kind == "react":
+                self._react(row, task)
+            else:
+                self._settle(lambda s: outbox.give_up(s, row.id, error=f"unknown {row.kind}"))
+        except _Retry as exc:
+            self._retry(row, task, exc)
+        except _Permanent as exc:
+            self._fail(row, task, str(exc))
+        except Exception as exc:  # a bug must cost attempts, or the row loops forever
+            log.exception("outbox row %s: unexpected error", row.id)
+            self._retry(row, task, _Retry(f"{type(exc).__name__}: {exc}"))
+
+    def _card(self, row: Outbox, task: Task) -> None:
+        assert row.id is not None and task.id is not None and task.channel
+        text, card = blocks.card(task)
+        if task.thread_ts is None:
+            self._pace_channel(row, task.channel)
+            answer = self._call(
+                self.client.chat_postMessage, channel=task.channel, text=text, blocks=card
+            )
+            ts = str(answer["ts"])
+            self._settle(lambda s: outbox.card_posted(s, row.id, task.id, ts))
+            self._last_edit[task.id] = time.monotonic()
+            return
+        wait = self._last_edit.get(task.id, -1e9) + self.tunables.card_edit_interval_s
+        if time.monotonic() < wait:  # coalesce: the row waits, newer ones replace it
+            self._defer(row, wait - time.monotonic())
+            return
+        self._call(
+            self.client.chat_update, channel=task.channel, ts=task.thread_ts, text=text, blocks=card
+        )
+        self._last_edit[task.id] = time.monotonic()
+        self._settle(lambda s: outbox.mark_delivered(s, row.id))
+
+    def _state(self, row: Outbox, task: Task) -> None:
+        assert row.id is not None and task.id is not None and task.channel
+        if task.thread_ts is None:
+            with transaction(self.engine) as session:
+                waiting = outbox.has_pending_card(session, task.id)
+            if waiting:  # the card (thread root) first; it is due before or with this row
+                self._defer(row, self.tunables.idle_poll_s)
+                return
+            # The card's own failure is already in the log; one line per milestone is noise.
+            self._settle(lambda s: outbox.give_up(s, row.id, error="no card, so no thread"))
+            return
+        line = blocks.milestone(task, row.payload)
+        if line is not None:
+            extra = self._proof_blocks(task) if row.payload.get("to") == "awaiting_approval" else []
+            self._pace_channel(row, task.channel)
+            self._call(
+                self.client.chat_postMessage,
+                channel=task.channel,
+                thread_ts=task.thread_ts,
+                text=line,
+                blocks=[blocks.section(line), *extra] if extra else None,
+            )
+
+        def settle(session: Any) -> None:
+            outbox.mark_delivered(session, row.id)
+            outbox.request_card(session, task.id)  # the card shows the new state too
+
+        self._settle(settle)
+
+    def _proof_blocks(self, task: Task) -> list[blocks.Block]:
+        with transaction(self.engine) as session:
+            event = session.exec(
+                select(TaskEvent)
+                .where(TaskEvent.task_id == task.id, TaskEvent.kind == "proof")
+                .order_by(col(TaskEvent.id).desc())
+            ).first()
+        return blocks.proof(event.payload) if event else []
+
+    def _react(self, row: Outbox, task: Task) -> None:
+        assert row.id is not None and task.channel
+        nudge_id = row.payload.get("after_nudge")
+        if nudge_id is not None:
+            with transaction(self.engine) as session:
+                nudge = session.get(Nudge, nudge_id)
+                taken = nudge is None or nudge.consumed_at is not None
+            if not taken and State(task.state) in CLOSED:  # no agent will read it now
+                self._settle(lambda s: outbox.give_up(s, row.id, error="task closed first"))
+                return
+            if not taken:  # the agent reads nudges between turns; look again shortly
+                self._defer(row, self.tunables.reaction_poll_s)
+                return
+        try:
+            self._call(
+                self.client.reactions_add,
+                channel=task.channel,
+                timestamp=row.payload["ts"],
+                name=row.payload["name"],
+            )
+        except _Permanent as exc:
+            if str(exc) != "already_reacted":  # reactions are idempotent: already done
+                raise
+        self._settle(lambda s: outbox.mark_delivered(s, row.id))
+
+    def _pace_channel(self, row: Outbox, channel: str) -> None:
+        """Keep to about one post per second per channel; sleeping briefly is cheaper than
+        a round trip through the database for such short waits."""
+        wait = self._last_post.get(channel, -1e9) + self.tunables.channel_interval_s
+        if (left := wait - time.monotonic()) > 0:
+            time.sleep(left)
+        self._last_post[channel] = time.monotonic()
+
+    def _call(self, method: Any, **params: Any) -> Any:
+        try:
+            return method(**params)
+        except SlackApiError as exc:
+            response = exc.response
+            error = str(response.get("error") or f"HTTP {response.status_code}")
+            if response.status_code == 429:
+                after = response.headers.get("retry-after") or response.headers.get("Retry-After")
+                raise _Retry("ratelimited", float(after) if after else None) from None
+            if response.status_code >= 500 or error in TRANSIENT_ERRORS:
+                raise _Retry(error) from None
+            raise _Permanent(error) from None
+        except (OSError, TimeoutError) as exc:  # URLError, refused, reset, timed out
+            raise _Retry(f"{type(exc).__name__}: {exc}") from None
+
+    def _retry(self, row: Outbox, task: Task, exc: _Retry) -> None:
+        assert row.id is not None
+        if row.attempts + 1 >= self.tunables.max_attempts:
+            self._fail(row, task, f"{exc.error} (gave up after {row.attempts + 1} attempts)")
+            return
+        t = self.tunables
+        delay = (
+            exc.after_s
+            if exc.after_s is not None
+            else min(t.backoff_max_s, t.backoff_base_s * 2**row.attempts)
+        )
+        at = utcnow() + timedelta(seconds=delay)
+        log.info("outbox row %s: %s; retrying in %.1f s", row.id, exc.error, delay)
+        self._settle(lambda s: outbox.retry_later(s, row.id, error=exc.error, at=at))
+
+    def _fail(self, row: Outbox, task: Task, error: str) -> None:
+        assert row.id is not None and task.id is not None
+        log.warning("outbox row %s for task %s: %s; not retried", row.id, task.id, error)
+
+        def settle(session: Any) -> None:
+            outbox.give_up(session, row.id, error=error)
+            record(
+                session,
+                task.id,
+                "slack_error",
+                {"kind": row.kind, "error": error, "channel": task.channel},
+            )
+
+        self._settle(settle)
+
+    def _defer(self, row: Outbox, seconds: float) -> None:
+        at = utcnow() + timedelta(seconds=max(0.0, seconds))
+        self._settle(lambda s: outbox.defer(s, row.id, at=at))
+
+    def _settle(self, write: Any) -> None:
+        with transaction(self.engine) as session:
+            write(session)

@@ -1,0 +1,171 @@
+"""The outbox queries that need care: claim due rows under a lease (two notifiers never send
+the same row), settle them (delivered, retry later, given up), and coalesce card rows (a card
+row means "show the task as it is now", so only the newest pending one per task matters).
+
+`delivered_at` means settled: delivered, superseded by a newer card row, or given up (then
+`last_error` says why). A row is due when unsettled and its `next_attempt_at` (a retry time
+or another notifier's lease) has passed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import aliased
+from sqlmodel import Session, col
+
+from storage.models import Outbox, Task, utcnow
+
+
+def _due(now: datetime) -> list:
+    return [
+        col(Outbox.delivered_at).is_(None),
+        or_(col(Outbox.next_attempt_at).is_(None), col(Outbox.next_attempt_at) <= now),
+    ]
+
+
+def claim_due(
+    session: Session, *, lease_s: float, limit: int = 20, now: datetime | None = None
+) -> list[Outbox]:
+    """Take up to `limit` due rows, oldest first, leased for `lease_s` seconds: nobody else
+    claims them until the lease runs out (a notifier that dies mid-send gives its rows back
+    that way). Older pending card rows of a task are settled first: the newest one renders
+    the task as it is now, so one edit replaces them all."""
+    now = now or utcnow()
+    newer = aliased(Outbox)
+    has_newer_card = (
+        select(newer.id)
+        .where(
+            newer.task_id == Outbox.task_id,
+            newer.kind == "card",
+            newer.delivered_at.is_(None),
+            newer.id > Outbox.id,
+        )
+        .exists()
+    )
+    session.execute(
+        update(Outbox)
+        .where(col(Outbox.kind) == "card", *_due(now), has_newer_card)
+        .values(delivered_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    ids = (
+        session.execute(select(Outbox.id).where(*_due(now)).order_by(col(Outbox.id)).limit(limit))
+        .scalars()
+        .all()
+    )
+    lease = now + timedelta(seconds=lease_s)
+    claimed: list[Outbox] = []
+    for row_id in ids:
+        # Conditional on still being due: a racing notifier that got it first wins.
+        won = session.execute(
+            update(Outbox)
+            .where(col(Outbox.id) == row_id, *_due(now))
+            .values(next_attempt_at=lease)
+            .returning(Outbox),
+            execution_options={"populate_existing": True},
+        ).scalar()
+        if won is not None:
+            claimed.append(won)
+    return claimed
+
+
+def mark_delivered(session: Session, row_id: int) -> None:
+    session.execute(
+        update(Outbox)
+        .where(col(Outbox.id) == row_id, col(Outbox.delivered_at).is_(None))
+        .values(delivered_at=utcnow(), next_attempt_at=None)
+    )
+
+
+def card_posted(session: Session, row_id: int, task_id: int, ts: str) -> None:
+    """The card is in Slack as message `ts`: it becomes the task's thread, in the same
+    transaction that settles the row, so a restart never posts it again."""
+    session.execute(
+        update(Task)
+        .where(col(Task.id) == task_id, col(Task.thread_ts).is_(None))
+        .values(thread_ts=ts)
+    )
+    mark_delivered(session, row_id)
+
+
+def retry_later(session: Session, row_id: int, *, error: str, at: datetime) -> None:
+    session.execute(
+        update(Outbox)
+        .where(col(Outbox.id) == row_id, col(Outbox.delivered_at).is_(None))
+        .values(attempts=col(Outbox.attempts) + 1, last_error=error, next_attempt_at=at)
+    )
+
+
+def defer(session: Session, row_id: int, *, at: datetime) -> None:
+    """Not yet (waiting for the card, or for the edit interval): no attempt is counted."""
+    session.execute(
+        update(Outbox)
+        .where(col(Outbox.id) == row_id, col(Outbox.delivered_at).is_(None))
+        .values(next_attempt_at=at)
+    )
+
+
+def give_up(session: Session, row_id: int, *, error: str) -> None:
+    session.execute(
+        update(Outbox)
+        .where(col(Outbox.id) == row_id, col(Outbox.delivered_at).is_(None))
+        .values(
+            attempts=col(Outbox.attempts) + 1,
+            last_error=error,
+            delivered_at=utcnow(),
+            next_attempt_at=None,
+        )
+    )
+
+
+def request_card(session: Session, task_id: int) -> None:
+    """Ask for the card to be re-rendered, unless a card row is already pending."""
+    pending = session.execute(
+        select(func.count())
+        .select_from(Outbox)
+        .where(
+            and_(
+                col(Outbox.task_id) == task_id,
+                col(Outbox.kind) == "card",
+                col(Outbox.delivered_at).is_(None),
+            )
+        )
+    ).scalar_one()
+    if not pending:
+        session.add(Outbox(task_id=task_id, kind="card", payload={}))
+
+
+def has_pending_card(session: Session, task_id: int) -> bool:
+    return bool(
+        session.execute(
+            select(Outbox.id).where(
+                col(Outbox.task_id) == task_id,
+                col(Outbox.kind) == "card",
+                col(Outbox.delivered_at).is_(None),
+            )
+        ).first()
+    )
+
+
+def pending(session: Session) -> Sequence[Outbox]:
+    """Unsettled rows, oldest first (for status and tests)."""
+    return (
+        session.execute(
+            select(Outbox).where(col(Outbox.delivered_at).is_(None)).order_by(col(Outbox.id))
+        )
+        .scalars()
+        .all()
+    )
+
+
+def queue_reaction(
+    session: Session, task_id: int, ts: str, name: str, *, after_nudge: int | None = None
+) -> None:
+    """React `name` on message `ts` of the task's channel; with `after_nudge`, only once the
+    agent has taken that nudge (the notifier waits for its `consumed_at`)."""
+    payload: dict[str, object] = {"ts": ts, "name": name}
+    if after_nudge is not None:
+        payload["after_nudge"] = after_nudge
+    session.add(Outbox(task_id=task_id, kind="react", payload=payload))

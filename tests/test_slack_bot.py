@@ -1,0 +1,361 @@
+"""The Slack bot end to end against the local Slack emulator: real HTTP with Slack's
+signatures, a real Socket Mode websocket, the notifier draining the outbox."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from slack_bolt import App
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from bot.slack import blocks
+from bot.slack.app import SlackEnv, build_app, http_mode, notifier_client, socket_mode
+from bot.slack.notifier import Notifier, Tunables
+from executor.config import Config, RepoConfig
+from storage import outbox
+from storage.db import make_engine, transaction
+from storage.lifecycle import State
+from storage.models import Nudge, Task, TaskEvent
+from storage.queue import claim_next
+from storage.tasks import get_task, record, take_nudges, transition
+from tests.slack_emulator import (
+    Message,
+    SlackEmulator,
+    block_action,
+    slash_command,
+    view_submission,
+)
+
+FAST = Tunables(
+    card_edit_interval_s=0.2,
+    channel_interval_s=0.0,
+    backoff_base_s=0.1,
+    idle_poll_s=0.02,
+    lease_s=0.5,
+    reaction_poll_s=0.05,
+)
+REQUESTER, STRANGER, APPROVER = "U111", "U222", "U999"
+
+
+@pytest.fixture
+def slack() -> Iterator[SlackEmulator]:
+    with SlackEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'nightcrew.db'}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def env(slack: SlackEmulator) -> SlackEnv:
+    return SlackEnv(slack.bot_token, slack.app_token, slack.signing_secret, slack.api_url)
+
+
+@pytest.fixture
+def app(engine: Engine, env: SlackEnv, tmp_path: Path) -> App:
+    config = Config(
+        repos={"api": RepoConfig(path=tmp_path, approvers=[APPROVER])}, channels={"C111": "api"}
+    )
+    return build_app(engine, lambda: config, env)
+
+
+@pytest.fixture
+def notifier(engine: Engine, env: SlackEnv) -> Iterator[Notifier]:
+    notifier = Notifier(engine, notifier_client(env), FAST)
+    stop = threading.Event()
+    thread = threading.Thread(target=notifier.run, args=(stop,), daemon=True)
+    thread.start()
+    yield notifier
+    stop.set()
+    thread.join(5)
+
+
+@pytest.fixture
+def url(app: App) -> Iterator[str]:
+    with http_mode(app, host="127.0.0.1", port=0) as url:
+        yield url
+
+
+@pytest.fixture
+def socket(app: App, env: SlackEnv, slack: SlackEmulator) -> Iterator[None]:
+    with socket_mode(app, env) as handler:
+        slack.wait_connected()
+        yield
+        handler.client.auto_reconnect_enabled = False
+        slack.close_connections()
+
+
+def tasks(engine: Engine) -> list[Task]:
+    with transaction(engine) as session:
+        return list(session.exec(select(Task)).all())
+
+
+def card_of(slack: SlackEmulator, engine: Engine, task_id: int = 1) -> Message:
+    def posted() -> str | None:
+        with transaction(engine) as session:
+            return get_task(session, task_id).thread_ts
+
+    ts = slack.wait_until(posted, what="the card's ts stored on the task")
+    return slack.message("C111", ts)
+
+
+def to_awaiting_approval(engine: Engine) -> None:
+    with transaction(engine) as session:
+        claim_next(session, "w1")
+        transition(session, 1, State.RUNNING, actor="w1")
+        proof = {
+            "diff_stat": " app.py | 2 +-",
+            "files": ["app.py"],
+            "insertions": 1,
+            "deletions": 1,
+            "checks": [{"command": "pytest", "passed": True}],
+            "review": {"verdict": "approve", "summary": "small and tested"},
+        }
+        record(session, 1, "proof", proof)
+        transition(
+            session, 1, State.AWAITING_APPROVAL, reason="done", actor="w1", summary="fixed it"
+        )
+
+
+def test_a_signed_slash_command_creates_a_task_and_the_notifier_posts_its_card(
+    slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier
+) -> None:
+    answer = slack.post_to_app(url, slash_command("add fix the tests", user_id=REQUESTER))
+    assert answer.status == 200 and "queued task 1 on api" in answer.text
+    (task,) = tasks(engine)
+    assert (task.channel, task.requester, task.source) == ("C111", REQUESTER, "slack")
+    card = card_of(slack, engine)
+    assert "fix the tests" in card.all_text and card.action_ids == [blocks.NUDGE, blocks.CANCEL]
+    assert slack.calls()[0].method == "auth.test"  # nothing but the card reached the Web API
+    assert [c.method for c in slack.calls()[1:]] == ["chat.postMessage"]
+
+
+def test_forged_stale_and_malformed_requests_write_nothing(
+    slack: SlackEmulator, engine: Engine, url: str
+) -> None:
+    command = slash_command("add fix the tests")
+    assert slack.post_to_app(url, command, forge=True).status == 401
+    assert slack.post_to_app(url, command, stale=True).status == 401
+    broken = slack.post_to_app(url, body="{not json", content_type="application/json")
+    assert broken.status == 400
+    assert slack.post_to_app(url, slash_command("add")).text.startswith(":warning:")
+    assert slack.post_to_app(url, slash_command("lst")).text.count("unknown subcommand") == 1
+    assert tasks(engine) == []
+
+
+def test_socket_mode_acks_at_once_and_the_card_follows(
+    slack: SlackEmulator, engine: Engine, socket: None, notifier: Notifier
+) -> None:
+    envelope = slack.send_envelope("slash_commands", slash_command("fix the login page"))
+    assert envelope.ack is not None and "queued task 1" in envelope.ack.payload["text"]
+    assert envelope.ack_latency is not None and envelope.ack_latency < 3.0  # Slack's deadline
+    assert "fix the login page" in card_of(slack, engine).all_text
+
+
+def test_a_thread_reply_becomes_a_nudge_once_and_gets_eyes(
+    slack: SlackEmulator, engine: Engine, socket: None, notifier: Notifier
+) -> None:
+    slack.send_envelope("slash_commands", slash_command("fix the tests"))
+    card = card_of(slack, engine)
+    (event,) = slack.post_as_user("C111", STRANGER, "use pathlib please", thread_ts=card.ts)
+    slack.send_envelope("events_api", event)
+    slack.send_envelope("events_api", event, retry_attempt=1, retry_reason="timeout")
+    reply_ts = event["event"]["ts"]
+    slack.wait_until(lambda: slack.message("C111", reply_ts).reactions, what="the 👀")
+    assert slack.message("C111", reply_ts).reactions == {"eyes": [slack.bot_user_id]}
+    with transaction(engine) as session:
+        (nudge,) = session.exec(select(Nudge)).all()
+    assert (nudge.text, nudge.author, nudge.slack_ts) == ("use pathlib please", STRANGER, reply_ts)
+    with transaction(engine) as session:  # the agent reads it at its next turn
+        take_nudges(session, 1)
+    slack.wait_until(
+        lambda: "white_check_mark" in slack.message("C111", reply_ts).reactions, what="the ✅"
+    )
+    # The bot's own messages and other threads are not nudges.
+    bot_reply = dict(event, event=dict(event["event"], bot_id="B1", ts="1.000001"))
+    slack.send_envelope("events_api", bot_reply)
+    with transaction(engine) as session:
+        assert len(session.exec(select(Nudge)).all()) == 1
+
+
+def test_approve_by_the_requester_merges_and_by_another_user_is_refused(
+    slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier
+) -> None:
+    slack.post_to_app(url, slash_command("fix the tests", user_id=REQUESTER))
+    card_of(slack, engine)
+    to_awaiting_approval(engine)
+    slack.wait_until(
+        lambda: blocks.APPROVE in card_of(slack, engine).action_ids, what="the card with Approve"
+    )
+    milestone = slack.wait_until(
+        lambda: [m for m in slack.messages("C111") if "ready for review" in m.all_text],
+        what="the proof pack",
+    )[0]
+    assert "pytest" in milestone.all_text and "small and tested" in milestone.all_text
+    message = card_of(slack, engine).to_api()
+    refused = slack.post_to_app(url, block_action(blocks.APPROVE, user=STRANGER, message=message))
+    assert refused.status == 200
+    response = slack.wait_until(slack.responses, what="the refusal")[-1]
+    assert response.ephemeral and "only the requester or an approver" in response.all_text
+    assert tasks(engine)[0].state is State.AWAITING_APPROVAL
+    slack.post_to_app(url, block_action(blocks.APPROVE, user=REQUESTER, message=message))
+    slack.wait_until(lambda: len(slack.responses()) == 2, what="the approval reply")
+    assert tasks(engine)[0].state is State.MERGING and tasks(engine)[0].approved_by == REQUESTER
+    slack.wait_until(lambda: "merging" in card_of(slack, engine).all_text, what="card: merging")
+
+
+def test_request_changes_opens_a_modal_whose_submission_starts_a_revision(
+    slack: SlackEmulator, engine: Engine, socket: None, notifier: Notifier
+) -> None:
+    slack.send_envelope("slash_commands", slash_command("fix the tests"))
+    card_of(slack, engine)
+    to_awaiting_approval(engine)
+    slack.wait_until(lambda: blocks.CHANGES in card_of(slack, engine).action_ids, what="card")
+    click = block_action(blocks.CHANGES, message=card_of(slack, engine).to_api())
+    slack.send_envelope("interactive", click)
+    (view,) = slack.wait_until(slack.opened_views, what="the modal")
+    values = {blocks.NOTE_BLOCK: {blocks.NOTE_INPUT: "also cover the edge case"}}
+    slack.send_envelope("interactive", view_submission(values=values, user=STRANGER, view=view))
+    with transaction(engine) as session:
+        task = get_task(session, 1)
+        (nudge,) = session.exec(select(Nudge)).all()
+    assert task.state is State.QUEUED and nudge.text == "also cover the edge case"
+
+
+def test_429_and_500_still_deliver_every_message_once(
+    slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier
+) -> None:
+    slack.fail("chat.postMessage", status=429, retry_after=1)
+    slack.fail("chat.postMessage", status=500)
+    slack.post_to_app(url, slash_command("fix the tests"))
+    with transaction(engine) as session:
+        claim_next(session, "w1")
+        transition(session, 1, State.RUNNING, actor="w1")
+    card = card_of(slack, engine)
+    slack.wait_until(lambda: len(slack.thread("C111", card.ts)) == 2, what="the milestone")
+    assert [m.text for m in slack.messages("C111")][1:] == [":gear: Task 1 started working"]
+    statuses = [c.status for c in slack.calls("chat.postMessage")]
+    assert statuses == [429, 500, 200, 200]
+
+
+def test_a_notifier_killed_mid_delivery_and_restarted_posts_nothing_twice(
+    slack: SlackEmulator, engine: Engine, env: SlackEnv, url: str
+) -> None:
+    for i in range(3):
+        slack.post_to_app(url, slash_command(f"task number {i}"))
+    first = Notifier(engine, notifier_client(env), FAST)
+    with transaction(engine) as session:  # first claims task 1's card, then "dies"
+        assert len(outbox.claim_due(session, lease_s=FAST.lease_s, limit=1)) == 1
+    first.deliver_due()  # delivers the two others it can still claim
+    assert len(slack.messages("C111")) == 2
+    second = Notifier(engine, notifier_client(env), FAST)
+    assert second.deliver_due() == 0  # task 1's lease still holds
+    time.sleep(FAST.lease_s)
+    assert second.deliver_due() == 1
+    assert sorted(m.text for m in slack.messages("C111")) == [
+        f"Task {i + 1} (queued): task number {i}" for i in range(3)
+    ]
+    assert second.deliver_due() == 0 and first.deliver_due() == 0
+
+
+def test_a_permanent_error_is_recorded_and_not_retried(
+    slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier
+) -> None:
+    slack.channel_error("C404")
+    slack.post_to_app(url, slash_command("--repo api fix", channel_id="C404"))
+
+    def logged() -> list[TaskEvent]:
+        with transaction(engine) as session:
+            return list(session.exec(select(TaskEvent).where(TaskEvent.kind == "slack_error")))
+
+    (event,) = slack.wait_until(logged, what="the slack_error event")
+    assert event.payload["error"] == "channel_not_found"
+    time.sleep(0.3)
+    assert len(slack.calls("chat.postMessage")) == 1
+
+
+def test_a_mention_starts_a_task_and_the_home_tab_lists_it(
+    slack: SlackEmulator, engine: Engine, socket: None, notifier: Notifier
+) -> None:
+    events = slack.post_as_user("C111", REQUESTER, f"<@{slack.bot_user_id}> bump the deps")
+    (mention,) = [e for e in events if e["event"]["type"] == "app_mention"]
+    slack.send_envelope("events_api", mention)
+    ephemeral = slack.wait_until(lambda: slack.ephemerals(REQUESTER), what="the reply")[0]
+    assert "queued task 1" in ephemeral.all_text
+    assert "bump the deps" in card_of(slack, engine).all_text
+    opened = {
+        "type": "event_callback",
+        "event": {"type": "app_home_opened", "user": REQUESTER, "tab": "home"},
+    }
+    slack.send_envelope("events_api", dict(mention, event=opened["event"]))
+    home = slack.wait_until(lambda: slack.home(REQUESTER), what="the home tab")
+    assert "bump the deps" in str(home["blocks"])
+
+
+def test_refusals_are_ephemeral_and_change_nothing(
+    slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier
+) -> None:
+    slack.post_to_app(url, slash_command("fix the tests", user_id=REQUESTER))
+    card = card_of(slack, engine)
+    cancel = slack.post_to_app(url, slash_command("cancel 1", user_id=STRANGER))
+    assert "only the requester or an approver" in cancel.text
+    assert "unknown repo 'web'" in slack.post_to_app(url, slash_command("--repo web fix")).text
+    assert "not a task id" in slack.post_to_app(url, slash_command("show 1x")).text
+    forged = block_action(blocks.CANCEL, "DROP TABLE", user=REQUESTER, message_ts=card.ts)
+    assert slack.post_to_app(url, forged).status == 200
+    slack.wait_until(slack.responses, what="the refusal of a bad button value")
+    assert "not a task id" in slack.responses()[-1].all_text
+    assert [(t.id, t.state) for t in tasks(engine)] == [(1, State.QUEUED)]
+    by_approver = slack.post_to_app(url, slash_command("cancel 1", user_id=APPROVER))
+    assert "cancelled task 1" in by_approver.text
+
+
+def test_a_reply_on_a_closed_task_gets_a_hint_and_a_redelivered_event_counts_once(
+    slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier
+) -> None:
+    slack.post_to_app(url, slash_command("fix the tests", user_id=REQUESTER))
+    card = card_of(slack, engine)
+    (first,) = slack.post_as_user("C111", STRANGER, "try again", thread_ts=card.ts)
+    assert slack.post_to_app(url, first).status == 200
+    assert slack.post_to_app(url, first, retry_num=1).status == 200
+    slack.post_to_app(url, slash_command("cancel 1", user_id=REQUESTER))
+    (late,) = slack.post_as_user("C111", STRANGER, "one more thing", thread_ts=card.ts)
+    slack.post_to_app(url, late)
+    hint = slack.wait_until(lambda: slack.ephemerals(STRANGER), what="the hint")[0]
+    assert "cancelled" in hint.all_text and "/agent add" in hint.all_text
+    with transaction(engine) as session:
+        assert [n.text for n in session.exec(select(Nudge)).all()] == ["try again"]
+
+
+def test_only_configured_users_may_add(
+    slack: SlackEmulator, engine: Engine, env: SlackEnv, tmp_path: Path
+) -> None:
+    config = Config(repos={"api": RepoConfig(path=tmp_path)}, users=[REQUESTER])
+    app = build_app(engine, lambda: config, env)
+    with http_mode(app, host="127.0.0.1", port=0) as url:
+        refused = slack.post_to_app(url, slash_command("fix it", user_id=STRANGER))
+        assert "not one of the users who may add tasks" in refused.text
+        assert "queued task 1" in slack.post_to_app(url, slash_command("fix it")).text
+    assert [t.requester for t in tasks(engine)] == [REQUESTER]
+
+
+def test_a_redelivered_mention_adds_one_task(
+    slack: SlackEmulator, engine: Engine, url: str
+) -> None:
+    events = slack.post_as_user("C111", REQUESTER, f"<@{slack.bot_user_id}> bump the deps")
+    (mention,) = [e for e in events if e["event"]["type"] == "app_mention"]
+    assert slack.post_to_app(url, mention).status == 200
+    assert slack.post_to_app(url, mention, retry_num=1, retry_reason="http_timeout").status == 200
+    slack.wait_until(lambda: slack.ephemerals(REQUESTER), what="the reply")
+    time.sleep(0.2)  # a second reply, if any, would have arrived by now
+    assert [t.prompt for t in tasks(engine)] == ["bump the deps"]
+    assert len(slack.ephemerals(REQUESTER)) == 1

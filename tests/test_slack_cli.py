@@ -1,0 +1,88 @@
+"""`nightcrew bot` as a real process against the emulator, and the manifest matching the app."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from sqlmodel import select
+
+from storage.db import make_engine, transaction
+from storage.models import Task
+from tests.slack_emulator import SlackEmulator, slash_command
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_nightcrew_bot_serves_socket_mode_and_posts_the_card(
+    tmp_path: Path, git_repo: Path
+) -> None:
+    (tmp_path / "nightcrew.yaml").write_text(
+        f"repos:\n  api:\n    path: {git_repo}\nchannels:\n  C111: api\n"
+    )
+    with SlackEmulator() as slack:
+        env = {
+            **os.environ,
+            **slack.env(),
+            "NIGHTCREW_HOME": str(tmp_path / "home"),
+            "NIGHTCREW_CONFIG": str(tmp_path / "nightcrew.yaml"),
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "bot"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            try:
+                slack.wait_connected(timeout=30)  # a cold interpreter on a busy CI box
+            except TimeoutError:
+                proc.terminate()
+                raise AssertionError(proc.communicate(timeout=10)[0]) from None
+            envelope = slack.send_envelope("slash_commands", slash_command("add fix the tests"))
+            assert envelope.ack is not None and "queued task 1" in envelope.ack.payload["text"]
+            card = slack.wait_until(lambda: slack.messages("C111"), what="the card")[0]
+            assert "fix the tests" in card.all_text
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    engine = make_engine(f"sqlite:///{tmp_path / 'home' / 'nightcrew.db'}")
+    with transaction(engine) as session:
+        (task,) = session.exec(select(Task)).all()
+    assert task.thread_ts == card.ts
+    engine.dispose()
+
+
+def test_nightcrew_bot_without_tokens_says_how_to_connect(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "bot"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1 and "SLACK_BOT_TOKEN is not set" in result.stderr
+
+
+def test_the_manifest_declares_what_the_app_listens_to() -> None:
+    manifest = yaml.safe_load((ROOT / "manifest.yml").read_text())
+    assert [c["command"] for c in manifest["features"]["slash_commands"]] == ["/agent"]
+    events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
+    assert {
+        "app_mention",
+        "message.channels",
+        "message.groups",
+        "message.im",
+        "app_home_opened",
+    } <= events
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    assert {"commands", "chat:write", "reactions:write", "app_mentions:read"} <= scopes
+    assert manifest["settings"]["socket_mode_enabled"] is True
+    assert manifest["settings"]["interactivity"]["is_enabled"] is True

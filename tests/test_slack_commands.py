@@ -1,0 +1,132 @@
+"""`/agent` parsing and Block Kit rendering: pure, no Slack."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bot.slack import blocks
+from bot.slack.commands import Command, CommandError, parse
+from storage.lifecycle import State
+from storage.models import Priority, Task
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", Command("help")),
+        ("help", Command("help")),
+        ("add fix the tests", Command("add", prompt="fix the tests")),
+        ("fix the flaky payments test", Command("add", prompt="fix the flaky payments test")),
+        (
+            "add --repo api --priority high fix it",
+            Command("add", prompt="fix it", repo="api", priority=Priority.HIGH),
+        ),
+        (
+            "--repo=api -p low tidy up",
+            Command("add", prompt="tidy up", repo="api", priority=Priority.LOW),
+        ),
+        ("list", Command("list")),
+        ("list mine", Command("list", scope="mine")),
+        ("show #7", Command("show", task_id=7)),
+        ("cancel 3", Command("cancel", task_id=3)),
+        ("RETRY 12", Command("retry", task_id=12)),
+        ("repos", Command("repos")),
+        ("merge the two config loaders", Command("add", prompt="merge the two config loaders")),
+    ],
+)
+def test_commands_parse(text: str, expected: Command) -> None:
+    assert parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("add", "prompt is empty"),
+        ("add --repo", "--repo needs a value"),
+        ("add --priority urgent fix", "not one of high, normal, low"),
+        ("add --colour red fix", "unknown option"),
+        ("show", "needs one task id"),
+        ("cancel seven", "not a task id"),
+        ("lst", "unknown subcommand 'lst'"),
+        ("approve 4", "button on the task's card"),
+        ("list everything", "mine, channel or all"),
+    ],
+)
+def test_mistakes_say_what_to_do(text: str, says: str) -> None:
+    with pytest.raises(CommandError, match=says):
+        parse(text)
+
+
+@given(st.text())
+def test_any_text_is_a_command_or_a_clear_error(text: str) -> None:
+    try:
+        command = parse(text)
+    except CommandError as exc:
+        assert str(exc)
+        return
+    assert command.verb in {"add", "list", "show", "cancel", "retry", "repos", "help"}
+    if command.verb == "add":
+        assert command.prompt.strip()
+    if command.verb in {"show", "cancel", "retry"}:
+        assert command.task_id is not None and command.task_id > 0
+
+
+def _task(state: State, **fields: object) -> Task:
+    return Task(
+        id=7,
+        repo="api",
+        prompt="fix it",
+        requester="U1",
+        state=state,
+        branch="nightcrew/7-fix-it",
+        **fields,
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "buttons"),
+    [
+        (State.RUNNING, [blocks.NUDGE, blocks.CANCEL]),
+        (State.QUEUED, [blocks.NUDGE, blocks.CANCEL]),
+        (State.AWAITING_APPROVAL, [blocks.APPROVE, blocks.REJECT, blocks.CHANGES, blocks.DIFFSTAT]),
+        (State.FAILED, [blocks.RETRY, blocks.NUDGE]),
+        (State.NEEDS_INPUT, [blocks.RETRY, blocks.NUDGE]),
+        (State.MERGING, []),
+        (State.MERGED, []),
+    ],
+)
+def test_card_buttons_fit_the_state(state: State, buttons: list[str]) -> None:
+    text, card = blocks.card(_task(state, turns=3, tokens_in=1000, cost_usd=0.25))
+    ids = [e["action_id"] for b in card if b["type"] == "actions" for e in b["elements"]]
+    assert ids == buttons
+    assert all(e["value"] == "7" for b in card if b["type"] == "actions" for e in b["elements"])
+    shown = str(card)
+    for fact in ("fix it", "`api`", "nightcrew/7-fix-it", "3 turns", "1,000 tokens", "$0.25"):
+        assert fact in shown
+    assert text.startswith("Task 7")
+
+
+def test_long_text_is_cut_with_a_note_within_slacks_limits() -> None:
+    _, card = blocks.card(_task(State.AWAITING_APPROVAL, summary="x" * 10_000))
+    texts = [b["text"]["text"] for b in card if b["type"] == "section"]
+    assert all(len(t) <= blocks.MAX_SECTION for t in texts)
+    assert any("more characters" in t for t in texts)
+    many = [_task(State.RUNNING) for _ in range(200)]
+    assert len(blocks.task_list(many, "All")) <= blocks.MAX_BLOCKS
+    assert len(blocks.home([("Running", many)])["blocks"]) <= blocks.MAX_BLOCKS
+
+
+def test_milestones_only_for_what_people_care_about() -> None:
+    task = _task(State.FAILED)
+    assert blocks.milestone(task, {"from": "queued", "to": "preparing"}) is None
+    line = blocks.milestone(task, {"from": "running", "to": "failed", "reason": "model down"})
+    assert line is not None and "failed: model down" in line
+
+
+def test_text_from_people_and_agents_cannot_ping_or_forge_links() -> None:
+    task = _task(State.AWAITING_APPROVAL, summary="done <!channel> see <https://evil|docs>")
+    shown = str(blocks.card(task)[1])
+    assert "<!channel>" not in shown and "&lt;!channel&gt;" in shown
+    assert "<https://evil" not in shown

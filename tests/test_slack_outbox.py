@@ -1,0 +1,60 @@
+"""The outbox queries behind the notifier, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import Engine
+
+from storage import outbox
+from storage.db import transaction
+from storage.models import utcnow
+from storage.tasks import create_task, get_task, notify
+
+
+def _task_with_cards(engine: Engine, cards: int) -> int:
+    with transaction(engine) as session:
+        task = create_task(session, repo="api", prompt="fix", requester="U1", channel="C1")
+        for _ in range(cards - 1):
+            notify(session, task, "card", {})
+        assert task.id is not None
+        return task.id
+
+
+def test_pending_cards_of_a_task_coalesce_into_the_newest(engine: Engine) -> None:
+    task_id = _task_with_cards(engine, 3)
+    with transaction(engine) as session:
+        claimed = outbox.claim_due(session, lease_s=30)
+    assert len(claimed) == 1 and claimed[0].task_id == task_id
+    with transaction(engine) as session:
+        assert [r.id for r in outbox.pending(session)] == [claimed[0].id]
+
+
+def test_a_leased_row_is_claimed_by_one_notifier_until_the_lease_ends(engine: Engine) -> None:
+    _task_with_cards(engine, 1)
+    with transaction(engine) as session:
+        (row,) = outbox.claim_due(session, lease_s=30)
+    with transaction(engine) as session:
+        assert outbox.claim_due(session, lease_s=30) == []
+        later = utcnow() + timedelta(seconds=31)
+        assert [r.id for r in outbox.claim_due(session, lease_s=30, now=later)] == [row.id]
+
+
+def test_settling_rows(engine: Engine) -> None:
+    task_id = _task_with_cards(engine, 1)
+    with transaction(engine) as session:
+        (row,) = outbox.claim_due(session, lease_s=30)
+        assert row.id is not None
+        outbox.retry_later(session, row.id, error="ratelimited", at=utcnow())
+    with transaction(engine) as session:
+        (again,) = outbox.claim_due(session, lease_s=30)
+        assert (again.attempts, again.last_error) == (1, "ratelimited")
+        outbox.card_posted(session, row.id, task_id, "123.456")
+        outbox.request_card(session, task_id)
+        outbox.request_card(session, task_id)  # one pending card row is enough
+    with transaction(engine) as session:
+        assert get_task(session, task_id).thread_ts == "123.456"
+        (pending,) = outbox.pending(session)
+        assert pending.id is not None
+        outbox.give_up(session, pending.id, error="channel_not_found")
+        assert outbox.pending(session) == []
