@@ -33,3 +33,7 @@ REVIEW_DIFF_CHARS = 60_000
 
 # Scope and check failures send the agent back at most this many times before a human decides.
 MAX_REVISION_ROUNDS = 3
+
+# A working task's Slack card shows its turns, tokens and cost; refreshing it at most this
+# often keeps a long run visible without spending Slack's rate limits on every turn.
+CARD_REFRESH_S = 60.0

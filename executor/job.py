@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from executor import pipeline, workspace
 from executor.agent import Agent, Cancelled, Finished, NeedsHuman, Turn, render
 from executor.config import RepoConfig
-from executor.defaults import MAX_REVISION_ROUNDS
+from executor.defaults import CARD_REFRESH_S, MAX_REVISION_ROUNDS
 from executor.external import PID as EXTERNAL_PID
 from executor.external import run_command_agent
 from executor.llm import LLMClient
@@ -28,6 +28,7 @@ from executor.sandbox import Sandbox
 from executor.tools import describe
 from executor.watch import Watch
 from executor.workspace import Collected, Workspace
+from storage import outbox
 from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import Task
@@ -210,12 +211,13 @@ class TaskJob:
                 return [render("nudge", author=n.author, text=n.text) for n in pending]
 
         def on_turn(turn: Turn) -> None:
+            self.account(turn.usage)
             with transaction(self.engine) as s:
                 current = get_task(s, self.task_id)
                 current.turns += 1
                 s.add(current)
                 record(s, self.task_id, "turn", _turn_payload(turn))
-            self.account(turn.usage)
+                outbox.refresh_card(s, current, every_s=CARD_REFRESH_S)
 
         return Agent(
             llm=self.llm,

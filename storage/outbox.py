@@ -137,6 +137,26 @@ def request_card(session: Session, task_id: int) -> None:
         session.add(Outbox(task_id=task_id, kind="card", payload={}))
 
 
+def refresh_card(session: Session, task: Task, *, every_s: float) -> bool:
+    """Progress (turns, tokens, cost) is worth showing on a long run, but not per turn: ask
+    for a card refresh only if the task lives in Slack and no card row was written in the last
+    `every_s` seconds. True if one was asked for."""
+    if not task.channel or task.id is None:
+        return False
+    since = utcnow() - timedelta(seconds=every_s)
+    recent = session.execute(
+        select(Outbox.id).where(
+            col(Outbox.task_id) == task.id,
+            col(Outbox.kind) == "card",
+            col(Outbox.created_at) >= since,
+        )
+    ).first()
+    if recent:
+        return False
+    request_card(session, task.id)
+    return True
+
+
 def has_pending_card(session: Session, task_id: int) -> bool:
     return bool(
         session.execute(

@@ -58,3 +58,17 @@ def test_settling_rows(engine: Engine) -> None:
         assert pending.id is not None
         outbox.give_up(session, pending.id, error="channel_not_found")
         assert outbox.pending(session) == []
+
+
+def test_progress_refreshes_the_card_at_most_once_per_interval(engine: Engine) -> None:
+    with transaction(engine) as s:
+        in_slack = create_task(s, repo="app", prompt="x", requester="U1", channel="C1")
+        local = create_task(s, repo="app", prompt="y", requester="U1")
+    with transaction(engine) as s:
+        assert not outbox.refresh_card(s, local, every_s=0)  # not in Slack: nothing to refresh
+        assert not outbox.refresh_card(s, in_slack, every_s=60)  # its card row is seconds old
+        before = len(outbox.pending(s))
+    with transaction(engine) as s:
+        assert outbox.refresh_card(s, in_slack, every_s=0)
+    with transaction(engine) as s:
+        assert len(outbox.pending(s)) == before  # a card row is already pending: they coalesce
