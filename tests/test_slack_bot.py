@@ -359,3 +359,25 @@ def test_a_redelivered_mention_adds_one_task(
     time.sleep(0.2)  # a second reply, if any, would have arrived by now
     assert [t.prompt for t in tasks(engine)] == ["bump the deps"]
     assert len(slack.ephemerals(REQUESTER)) == 1
+
+
+def test_a_mention_in_a_thread_takes_the_threads_messages_as_context(
+    slack: SlackEmulator, engine: Engine, socket: None, notifier: Notifier
+) -> None:
+    root = slack.post_as_user("C111", APPROVER, "payments test flakes on Mondays")
+    root_ts = root[0]["event"]["ts"]
+    slack.post_as_user("C111", STRANGER, "timezone bug in the fixture?", thread_ts=root_ts)
+    events = slack.post_as_user(
+        "C111", REQUESTER, f"<@{slack.bot_user_id}> fix this", thread_ts=root_ts
+    )
+    (mention,) = [e for e in events if e["event"]["type"] == "app_mention"]
+    envelope = slack.send_envelope("events_api", mention)
+    assert envelope.ack is not None  # acked before the thread is read
+    ephemeral = slack.wait_until(lambda: slack.ephemerals(REQUESTER), what="the reply")[0]
+    assert "queued task 1" in ephemeral.all_text
+    with transaction(engine) as session:
+        prompt = get_task(session, 1).prompt
+    assert prompt.startswith("fix this\n\nContext: the Slack thread this was asked in:")
+    assert f"<@{APPROVER}>: payments test flakes on Mondays" in prompt
+    assert f"<@{STRANGER}>: timezone bug in the fixture?" in prompt
+    assert "fix this" not in prompt.split("Context:")[1]  # the mention itself is the ask

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Engine
@@ -69,11 +70,19 @@ def thread_reply(
 
 
 def run_command(
-    engine: Engine, config: Config, command: dict[str, Any], *, event_ts: str | None = None
+    engine: Engine,
+    config: Config,
+    command: dict[str, Any],
+    *,
+    event_ts: str | None = None,
+    context: str | None = None,
 ) -> dict[str, Any]:
     """`/agent …` from `user_id` in `channel_id` -> the ephemeral reply (ack kwargs).
-    `event_ts`: the mention's ts, so an event Slack redelivers adds no second task."""
+    `event_ts`: the mention's ts, so an event Slack redelivers adds no second task.
+    `context`: earlier messages of the thread a mention came from, added to a new task."""
     cmd = parse(command.get("text", ""))
+    if context and cmd.verb == "add":
+        cmd = replace(cmd, prompt=f"{cmd.prompt}\n\n{context}")
     user, channel = command["user_id"], command["channel_id"]
     if cmd.verb == "help":
         return {"text": blocks.HELP}
@@ -119,6 +128,28 @@ def _seen_mention(session: Session, channel: str, ts: str) -> bool:
         .limit(500)
     ).all()
     return any(e.payload == {"channel": channel, "ts": ts} for e in recent)
+
+
+def is_task_thread(engine: Engine, channel: str, thread_ts: str) -> bool:
+    with transaction(engine) as session:
+        found = session.exec(
+            select(Task.id).where(Task.channel == channel, Task.thread_ts == thread_ts)
+        ).first()
+    return found is not None
+
+
+def thread_context(messages: list[dict[str, Any]], *, before_ts: str, limit: int = 8000) -> str:
+    """The thread's earlier messages by people, oldest first, as context for a new task;
+    the newest are kept when there is too much."""
+    lines = [
+        f"<@{m.get('user', '?')}>: {m.get('text', '').strip()}"
+        for m in messages
+        if not m.get("bot_id") and m.get("ts", "") < before_ts and m.get("text", "").strip()
+    ]
+    text = "\n".join(lines)
+    if len(text) > limit:
+        text = "…" + text[-limit:]
+    return f"Context: the Slack thread this was asked in:\n{text}" if text else ""
 
 
 def _add(session: Session, config: Config, cmd: Command, user: str, channel: str) -> Outcome:

@@ -17,7 +17,14 @@ from sqlmodel import Session, col, select
 from bot import actions
 from bot.actions import ActionError
 from bot.slack import blocks
-from bot.slack.handle import USER_ERRORS, run_command, thread_reply, writing
+from bot.slack.handle import (
+    USER_ERRORS,
+    is_task_thread,
+    run_command,
+    thread_context,
+    thread_reply,
+    writing,
+)
 from executor.config import Config
 from storage.models import TaskEvent
 from storage.tasks import get_task, list_tasks
@@ -156,8 +163,15 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
 
     def mention(ack: Ack, event: dict[str, Any], context: BoltContext) -> None:
         ack()
-        if event.get("thread_ts"):
-            return  # a reply in a thread: the message listener has it (once)
+        thread = event.get("thread_ts")
+        if thread and is_task_thread(engine, event["channel"], thread):
+            return  # a reply to a task: the message listener has it (once)
+        if thread:  # a new task from a thread: its messages are read after the ack
+            context["from_thread"] = thread
+            return
+        context["reply"] = _mention_command(event, None)
+
+    def _mention_command(event: dict[str, Any], thread_text: str | None) -> dict[str, Any]:
         prompt = MENTION.sub("", event.get("text", "")).strip()
         command = {
             "text": prompt or "help",
@@ -165,11 +179,19 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
             "channel_id": event["channel"],
         }
         try:
-            context["reply"] = run_command(engine, config(), command, event_ts=event.get("ts"))
+            return run_command(
+                engine, config(), command, event_ts=event.get("ts"), context=thread_text
+            )
         except USER_ERRORS as exc:
-            context["reply"] = {"text": f":warning: {exc}"}
+            return {"text": f":warning: {exc}"}
 
     def answer_mention(event: dict[str, Any], context: BoltContext, client: WebClient) -> None:
+        if context.get("from_thread"):
+            replies = client.conversations_replies(
+                channel=event["channel"], ts=context["from_thread"], limit=100
+            )
+            earlier = thread_context(replies.get("messages") or [], before_ts=event["ts"])
+            context["reply"] = _mention_command(event, earlier)
         if context.get("reply"):
             client.chat_postEphemeral(
                 channel=event["channel"], user=event["user"], **context["reply"]
