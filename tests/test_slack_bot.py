@@ -18,7 +18,7 @@ from bot.slack.app import SlackEnv, build_app, http_mode, notifier_client, socke
 from bot.slack.notifier import Notifier, Tunables
 from executor.config import Config, RepoConfig
 from storage import outbox
-from storage.db import make_engine, transaction
+from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import Nudge, Task, TaskEvent
 from storage.queue import claim_next
@@ -41,18 +41,7 @@ FAST = Tunables(
 )
 REQUESTER, STRANGER, APPROVER = "U111", "U222", "U999"
 
-
-@pytest.fixture
-def slack() -> Iterator[SlackEmulator]:
-    with SlackEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'nightcrew.db'}")
-    yield engine
-    engine.dispose()
+pytest_plugins = ["tests.slack_fixtures"]
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from sqlmodel import select
 from bot.slack.app import SlackEnv, build_app, http_mode, notifier_client
 from bot.slack.notifier import Notifier, Tunables
 from executor.config import Config, RepoConfig
-from storage.db import make_engine, transaction
+from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import Task
 from storage.queue import claim_next
@@ -30,18 +29,7 @@ from tests.slack_emulator import SlackEmulator, slash_command
 EDIT_INTERVAL = 0.2
 FAST = Tunables(card_edit_interval_s=EDIT_INTERVAL, channel_interval_s=0.0, idle_poll_s=0.02)
 
-
-@pytest.fixture
-def slack() -> Iterator[SlackEmulator]:
-    with SlackEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'nightcrew.db'}")
-    yield engine
-    engine.dispose()
+pytest_plugins = ["tests.slack_fixtures"]
 
 
 @pytest.fixture
