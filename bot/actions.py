@@ -201,6 +201,7 @@ def nudge(
             reason=f"revision requested by {actor}",
             actor=actor,
             finished_at=None,
+            attempts=0,  # a person's go-ahead: crash retries count from here
         )
         return Outcome(task, f"task {task_id} goes back to work with your note")
     return Outcome(task, f"task {task_id} gets your note at its agent's next turn")

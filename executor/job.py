@@ -105,6 +105,8 @@ class TaskJob:
                 failed = [c.command for c in checks if not c.passed]
                 feedback = pipeline.checks_feedback(checks) if failed else None
                 why = f"checks failed: {', '.join(failed)}"
+                if checks and not failed:  # a merge needs no re-run on exactly this head
+                    self.record("checks_passed", {"head": collected.head_commit})
             if feedback:
                 fixes += 1
                 if fixes > MAX_REVISION_ROUNDS:

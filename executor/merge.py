@@ -42,21 +42,38 @@ def is_ancestor(repo: Path, older: str, newer: str) -> bool:
     return True
 
 
-def changed_files(repo: Path, old: str, new: str) -> list[str]:
-    out = git("diff", "--no-ext-diff", "--no-textconv", "--name-only", "-z", old, new, cwd=repo)
-    return [name for name in out.split("\0") if name]
+def touched_files(repo: Path, old: str, new: str) -> list[str]:
+    """Every path any commit in `old..new` touched, both sides of a rename: with the merge and
+    ff policies each commit lands in the base's history, so a file added and removed again
+    still reaches it."""
+    out = git(
+        "log",
+        "--no-renames",
+        "--no-ext-diff",
+        "--format=",
+        "--name-only",
+        "-z",
+        f"{old}..{new}",
+        cwd=repo,
+    )
+    return sorted({name.strip() for name in out.split("\0") if name.strip()})
 
 
 def already_merged(
     repo: Path, *, base: str, task_id: int, head: str | None, base_commit: str | None
 ) -> str | None:
-    """The commit that merged task `task_id` into `base`, if an earlier attempt got that far."""
+    """The commit that merged task `task_id` into `base`, if an earlier attempt got that far:
+    one of our commits on the base's first-parent line since the task started (an agent's
+    own commit message, or an older installation's, must not count)."""
+    since = f"{base_commit}..refs/heads/{base}" if base_commit else f"refs/heads/{base}"
     found = git(
         "log",
         "-n1",
+        "--first-parent",
         "--format=%H",
         f"--grep=^{TRAILER}: {task_id}$",
-        f"refs/heads/{base}",
+        f"--committer={IDENTITY['user.email']}",
+        since,
         cwd=repo,
     )
     if found:
@@ -94,6 +111,8 @@ def advance_base(repo: Path, *, base: str, new: str, old: str) -> None:
         try:
             git("merge", "--ff-only", "--quiet", new, cwd=repo)
         except GitError as exc:
+            if rev(repo, ref) != old:
+                raise BaseMoved(f"{base} moved while merging") from exc
             raise GitError(
                 f"{base} is checked out in {repo} and could not be fast-forwarded there "
                 f"(commit or stash your local changes, then approve again): {exc}"
@@ -117,8 +136,14 @@ def remote_of(repo: Path) -> str | None:
         return None
 
 
-def delete_branch(repo: Path, branch: str) -> None:
-    git("update-ref", "-d", f"refs/heads/{branch}", cwd=repo)
+def delete_branch(repo: Path, branch: str) -> bool:
+    """Delete the task branch unless someone has it checked out here (they are looking at
+    it); True if deleted."""
+    ref = f"refs/heads/{branch}"
+    if _checked_out(repo, ref):
+        return False
+    git("update-ref", "-d", ref, cwd=repo)
+    return True
 
 
 def _checked_out(repo: Path, ref: str) -> bool:

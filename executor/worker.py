@@ -34,7 +34,7 @@ from storage.defaults import HEARTBEAT_TIMEOUT_S, MAX_ATTEMPTS
 from storage.errors import Conflict
 from storage.lifecycle import CLOSED, WORKING, State
 from storage.models import Task
-from storage.queue import claim_next, reap_stale
+from storage.queue import claim_next, reap_stale, release
 from storage.tasks import transition
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class Worker:
         assert task.id is not None
         repo = self.config.repos.get(task.repo)
         if repo is None:
-            state = State.NEEDS_INPUT if task.state is State.MERGING else State.FAILED
+            state = State.AWAITING_APPROVAL if task.state is State.MERGING else State.FAILED
             self._finish(task.id, Outcome(state, f"repo {task.repo!r} is not configured"))
             return
         watch = Watch(self.engine, self.worker_id, task.id, self.stop)
@@ -147,6 +147,10 @@ class Worker:
             watch.stop()
         if watch.lost:
             return  # the reaper moved the task on; the next attempt starts from the branch
+        if outcome.state is State.MERGING:  # interrupted by a shutdown: give it back
+            with transaction(self.engine) as s:
+                release(s, task.id, self.worker_id, reason=outcome.reason or "released")
+            return
         self._finish(task.id, outcome, **fields)
 
     def _run(self, job: TaskJob) -> tuple[Outcome, dict[str, Any]]:
@@ -165,6 +169,11 @@ class Worker:
             return job.run(ws, sandbox), {}
 
         outcome, _ = self._guarded(run)
+        if job.watch.lost:  # another worker owns the task now: its branch is not ours to write
+            if sandbox is not None:
+                with contextlib.suppress(Exception):
+                    sandbox.remove()
+            return outcome, fields
         if ws is not None and sandbox is not None:
             try:
                 collected = job.hand_back(ws, sandbox)
@@ -194,16 +203,20 @@ class Worker:
             outcome, fields = step()
             return outcome, fields
         except Interrupted as stop:
-            if self.stop.is_set() and not merging:
-                return Outcome(State.QUEUED, f"re-queued: {stop}"), {}
-            return Outcome(State.NEEDS_INPUT if merging else State.QUEUED, str(stop)), {}
+            if merging:  # released for another worker to resume (see perform)
+                return Outcome(State.MERGING, str(stop)), {}
+            return Outcome(State.QUEUED, f"re-queued: {stop}"), {}
         except Cancelled as stop:
-            return Outcome(State.NEEDS_INPUT if merging else State.CANCELLED, str(stop)), {}
+            if merging:  # people cannot cancel a merge; treat it as a stop, not a verdict
+                return Outcome(State.MERGING, str(stop)), {}
+            return Outcome(State.CANCELLED, str(stop)), {}
         except Exception as exc:  # anything at all: the task must not stay claimed forever
             log.exception("task failed")
-            what = "merge failed" if merging else "failed"
-            state = State.NEEDS_INPUT if merging else State.FAILED
-            return Outcome(state, f"{what}: {type(exc).__name__}: {exc}"), {}
+            if merging:  # parked back for approval: approving again retries the merge
+                return Outcome(
+                    State.AWAITING_APPROVAL, f"not merged: {type(exc).__name__}: {exc}"
+                ), {}
+            return Outcome(State.FAILED, f"failed: {type(exc).__name__}: {exc}"), {}
 
     def _finish(self, task_id: int, outcome: Outcome, **fields: Any) -> None:
         if outcome.summary is not None:

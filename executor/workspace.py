@@ -169,8 +169,8 @@ def collect(ws: Workspace) -> Collected:
         )
     head = _rev(ws.canonical, ref)
     between = (ws.base_commit, head)
-    diff_stat = git("diff", *DIFF_SAFE, "--stat=100", *between, cwd=ws.canonical)
-    numstat = git("diff", *DIFF_SAFE, "--numstat", "-z", *between, cwd=ws.canonical)
+    diff_stat = git("diff", *DIFF_SAFE, "--no-renames", "--stat=100", *between, cwd=ws.canonical)
+    numstat = git("diff", *DIFF_SAFE, "--no-renames", "--numstat", "-z", *between, cwd=ws.canonical)
     files, insertions, deletions = _parse_numstat(numstat)
     return Collected(head, diff_stat, files, insertions, deletions)
 

@@ -147,6 +147,23 @@ def reap_stale(
     return reaped
 
 
+def release(session: Session, task_id: int, worker_id: str, *, reason: str) -> bool:
+    """A worker gives a merge back unfinished (it is shutting down): another one resumes it."""
+    stmt = (
+        update(Task)
+        .where(
+            col(Task.id) == task_id,
+            col(Task.worker_id) == worker_id,
+            col(Task.state) == State.MERGING,
+        )
+        .values(worker_id=None, heartbeat_at=None, updated_at=utcnow())
+    )
+    released = session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+    if released:
+        record(session, task_id, "released", {"reason": reason, "by": worker_id})
+    return released
+
+
 def _release(session: Session, task: Task, same_claim: list) -> bool:
     stmt = (
         update(Task)

@@ -172,6 +172,9 @@ def test_sigkill_at_several_points_loses_nothing_and_merges_once(
         wait_for("the merge", lambda: task(engine, task_id).state is State.MERGED)
         ex.stop()
     merged = task(engine, task_id)
+    with transaction(engine) as s:
+        checked = {e.payload["head"] for e in events(s, task_id) if e.kind == "checks_passed"}
+    assert merged.head_commit in checked  # the rebased code that merged was checked
     assert git(project, "show", "main:calc.py").endswith("return a + b")
     assert git(project, "show", "main:NOTES.md") == "unrelated"
     log = git(project, "log", "--format=%B", "main")

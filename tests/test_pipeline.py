@@ -249,9 +249,84 @@ def test_the_merge_itself_refuses_out_of_scope_changes(
     with ScriptedLLM([]) as llm:  # the repo's rules were tightened before the merge
         make_worker(llm, repo_options={"allowed_paths": ["src/**"]}).work(drain=True)
     refused = task(engine, task_id)
-    assert refused.state is State.NEEDS_INPUT
-    assert refused.reason == "refusing to merge: changes outside allowed_paths: ci.yml"
+    assert refused.state is State.AWAITING_APPROVAL  # parked back: a person decides
+    assert refused.reason == "not merged: changes outside allowed_paths: ci.yml"
     assert git(project, "rev-parse", "main") == base_before
+    approve(engine, task_id)  # the rules are loosened again: approving again retries
+    with ScriptedLLM([]) as llm:
+        make_worker(llm).work(drain=True)
+    assert task(engine, task_id).state is State.MERGED
+
+
+def bash(command: str):
+    return reply(tool_call("bash", {"command": command}))
+
+
+def test_a_rename_out_of_a_forbidden_path_is_caught(
+    engine: Engine, make_worker: RunWorker, project: Path
+) -> None:
+    (project / "deploy").mkdir()
+    (project / "deploy" / "key.txt").write_text("secret\n")
+    git(project, "add", ".")
+    git(project, "commit", "-qm", "deploy key")
+    task_id = add_task(engine)
+    move = "mkdir -p src && git mv deploy/key.txt src/key.txt && git commit -qm move"
+    with ScriptedLLM([bash(move), *[finish() for _ in range(4)]]) as llm:
+        make_worker(llm, repo_options={"allowed_paths": ["src/**"]}).work(drain=True)
+    stuck = task(engine, task_id)
+    assert stuck.state is State.NEEDS_INPUT
+    assert stuck.reason is not None and "deploy/key.txt" in stuck.reason
+
+
+def test_a_file_added_and_removed_on_the_branch_never_reaches_the_base(
+    engine: Engine, make_worker: RunWorker, project: Path
+) -> None:
+    base_before = git(project, "rev-parse", "main")
+    task_id = add_task(engine)
+    script = [
+        bash("echo token > leak.txt && git add leak.txt && git commit -qm add"),
+        bash("git rm -q leak.txt && git commit -qm remove"),
+        edit("a - b", "a + b"),
+        finish(),
+    ]
+    options = {"allowed_paths": ["calc.py"]}
+    with ScriptedLLM(script) as llm:
+        make_worker(llm, repo_options=options).work(drain=True)
+    assert task(engine, task_id).state is State.AWAITING_APPROVAL  # the net diff is in scope
+    approve(engine, task_id)
+    with ScriptedLLM([]) as llm:
+        make_worker(llm, repo_options=options).work(drain=True)
+    refused = task(engine, task_id)
+    assert refused.reason == "not merged: changes outside allowed_paths: leak.txt"
+    assert git(project, "rev-parse", "main") == base_before
+
+
+def test_an_agents_own_trailer_does_not_count_as_a_merge(
+    engine: Engine, make_worker: RunWorker, project: Path
+) -> None:
+    ff = {"merge": {"policy": "ff"}}
+    first = add_task(engine, "first")
+    # Task 1's agent writes a commit that claims to be task 2's merge; ff puts it on main.
+    fake = "git commit -qam 'fix' -m 'Nightcrew-Task: 2'"
+    with ScriptedLLM([edit("a - b", "a + b"), bash(fake), finish()]) as llm:
+        make_worker(llm, repo_options=ff).work(drain=True)
+    approve(engine, first)
+    with ScriptedLLM([]) as llm:
+        make_worker(llm, repo_options=ff).work(drain=True)
+    assert task(engine, first).state is State.MERGED
+    assert "Nightcrew-Task: 2" in git(project, "log", "--format=%B", "main")
+    second = add_task(engine, "second")
+    assert second == 2
+    x = "echo x > x.txt && git add x.txt && git commit -qm x"
+    with ScriptedLLM([bash(x), finish()]) as llm:
+        make_worker(llm, repo_options=ff).work(drain=True)
+    before = git(project, "rev-parse", "main")
+    approve(engine, second)
+    with ScriptedLLM([]) as llm:
+        make_worker(llm, repo_options=ff).work(drain=True)
+    merged = task(engine, second)
+    assert merged.state is State.MERGED
+    assert merged.merge_commit != before and git(project, "show", "main:x.txt") == "x"
 
 
 @pytest.mark.parametrize(("policy", "parents"), [("merge", 2), ("squash", 1), ("ff", 1)])
