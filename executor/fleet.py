@@ -57,9 +57,10 @@ def remove_dead_sandboxes(
             )
         ).all()
     live = {w.rsplit("/", 1)[0] for w in holders if w}
+    # Sparse: no inspect per container (a sandbox removed meanwhile is no error), labels only.
     executors = {
-        c.labels.get(LABEL_EXECUTOR)
-        for c in client.containers.list(all=True, filters={"label": LABEL})
+        (c.attrs.get("Labels") or {}).get(LABEL_EXECUTOR)
+        for c in client.containers.list(all=True, sparse=True, filters={"label": LABEL})
     }
     removed: list[str] = []
     for executor_id in executors - live:

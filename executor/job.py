@@ -57,6 +57,7 @@ class TaskJob:
     task: Task
     repo: RepoConfig
     watch: Watch
+    checkpointed: Collected | None = None  # the branch as the pipeline last checked it
 
     @property
     def task_id(self) -> int:
@@ -257,7 +258,8 @@ class TaskJob:
         workspace.commit_leftovers(exec_in(sandbox), ws, "nightcrew: work in progress")
         sandbox.container.pause()
         try:
-            return workspace.collect(ws)
+            self.checkpointed = workspace.collect(ws)
+            return self.checkpointed
         finally:
             sandbox.container.unpause()
 

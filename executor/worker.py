@@ -176,7 +176,12 @@ class Worker:
             return outcome, fields
         if ws is not None and sandbox is not None:
             try:
-                collected = job.hand_back(ws, sandbox)
+                if outcome.state is State.AWAITING_APPROVAL and job.checkpointed is not None:
+                    # Exactly what was checked and reviewed: what the checks left behind in
+                    # the workspace (caches, build output) must not join the branch now.
+                    collected = job.checkpointed
+                else:
+                    collected = job.hand_back(ws, sandbox)
                 fields |= {"head_commit": collected.head_commit}
                 if outcome.state is State.AWAITING_APPROVAL and collected.diff_stat:
                     outcome.summary = f"{outcome.summary or ''}\n\n{collected.diff_stat}".strip()

@@ -455,3 +455,16 @@ def test_the_merge_is_pushed_to_the_remote(
     assert merged.state is State.MERGED, merged.reason
     assert git(remote, "rev-parse", "main") == merged.merge_commit
     assert git(remote, "show", "main:calc.py").endswith("a + b")
+
+
+def test_what_the_checks_leave_behind_does_not_join_the_branch(
+    engine: Engine, make_worker: RunWorker, project: Path
+) -> None:
+    task_id = add_task(engine)
+    options = {"checks": [f"{CHECK} && echo cached > .check-cache"]}
+    with ScriptedLLM([edit("a - b", "a + b"), finish()]) as llm:
+        make_worker(llm, repo_options=options).work(drain=True)
+    parked = task(engine, task_id)
+    assert parked.state is State.AWAITING_APPROVAL, parked.reason
+    files = git(project, "ls-tree", "-r", "--name-only", parked.branch or "")
+    assert ".check-cache" not in files.split()  # the branch is what was checked

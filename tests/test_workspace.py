@@ -165,7 +165,7 @@ def test_no_changes_collects_the_base(git_repo: Path, home: Path, tmp_path: Path
     assert (got.files_changed, got.insertions, got.deletions, got.diff_stat) == ([], 0, 0, "")
 
 
-def test_diff_counts_renames_binaries_and_odd_names(
+def test_diff_counts_both_sides_of_renames_binaries_and_odd_names(
     git_repo: Path, home: Path, tmp_path: Path
 ) -> None:
     ws = prepare(home, "app", RepoConfig(path=git_repo), 5, "nightcrew/5-odd")
@@ -174,9 +174,10 @@ def test_diff_counts_renames_binaries_and_odd_names(
     agent(sandbox(ws, tmp_path), "git mv README.md GUIDE.md")
     commit_leftovers(sandbox(ws, tmp_path), ws, "leftovers")
     got = collect(ws)
-    assert sorted(got.files_changed) == ["GUIDE.md", "blob.bin", "naïve name.txt"]
-    assert (got.insertions, got.deletions) == (2, 0)
-    assert "README.md => GUIDE.md" in got.diff_stat
+    # No rename detection: both paths count, so a scope check sees where a file came from.
+    assert sorted(got.files_changed) == ["GUIDE.md", "README.md", "blob.bin", "naïve name.txt"]
+    assert (got.insertions, got.deletions) == (3, 1)
+    assert "README.md" in got.diff_stat and "GUIDE.md" in got.diff_stat
 
 
 def test_a_retried_task_continues_from_its_branch(

@@ -1,0 +1,117 @@
+"""Fleet throughput: makespan of N tasks at concurrency C against a model with a fixed delay
+per turn, divided by the ideal (total model time / C).
+
+    uv run python bench/fleet.py [--tasks 32] [--concurrency 8] [--turns 3] [--delay 2.0]
+
+Needs a Docker engine and the sandbox image (sandbox/build-image.sh). Each task's agent makes
+`turns` model calls (bash, ..., finish), each answered after `delay` seconds; checks and
+review are off, so what the ratio shows is nightcrew's own overhead per task (claim, clone,
+sandbox, hand-back, records). Goal: 1.15 or less."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from executor.config import Config, RepoConfig
+from executor.llm import LLMClient
+from executor.pool import run_executor
+from storage.db import make_engine, transaction
+from storage.lifecycle import State
+from storage.tasks import create_task, events, list_tasks
+from tests.llm_server import ScriptedLLM, reply, tool_call
+
+
+@dataclass(frozen=True)
+class TurnByTurn:
+    """Answers after `delay` s: bash until the agent's last turn, then finish. Agents run
+    interleaved, so the answer depends on the request (its turn), not on the order."""
+
+    delay: float
+    turns: int
+
+    def serve(self, h: Any, request: dict[str, Any]) -> None:
+        h.llm.stopping.wait(self.delay)
+        done = sum(1 for m in request["messages"] if m["role"] == "assistant")
+        last = done >= self.turns - 1
+        call = (
+            tool_call("finish", {"summary": "ok"})
+            if last
+            else tool_call("bash", {"command": "true"})
+        )
+        reply(call).serve(h, request)
+
+
+def make_repo(root: Path) -> Path:
+    repo = root / "repo"
+    ident = ["-c", "user.name=bench", "-c", "user.email=bench@example.com"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    (repo / "README.md").write_text("bench\n")
+    subprocess.run(["git", "-C", str(repo), "add", "."], check=True)
+    subprocess.run(["git", "-C", str(repo), *ident, "commit", "-qm", "init"], check=True)
+    return repo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--delay", type=float, default=2.0, help="seconds per model turn")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        engine = make_engine(f"sqlite:///{root / 'bench.db'}")
+        repo = RepoConfig(path=make_repo(root), review={"enabled": False})
+        with transaction(engine) as s:
+            for i in range(args.tasks):
+                create_task(s, repo="app", prompt=f"bench {i}", requester="bench")
+        script = [TurnByTurn(args.delay, args.turns)] * (args.tasks * args.turns)
+        with ScriptedLLM(script) as llm:
+            started = time.monotonic()
+            done = run_executor(
+                engine=engine,
+                config=Config(repos={"app": repo}),
+                home=root / "home",
+                make_llm=lambda: LLMClient(base_url=llm.base_url, api_key=None, model="bench"),
+                concurrency=args.concurrency,
+                drain=True,
+                log=lambda _: None,
+            )
+            makespan = time.monotonic() - started
+        with transaction(engine) as s:
+            parked = list_tasks(s, states=[State.AWAITING_APPROVAL])
+            phases = _phases(s, [t.id for t in parked if t.id is not None])
+    ideal = args.tasks * args.turns * args.delay / args.concurrency
+    print(f"tasks: {done} run, {len(parked)} awaiting approval")
+    print(
+        f"makespan {makespan:.1f} s, ideal {ideal:.1f} s "
+        f"({args.tasks} tasks x {args.turns} turns x {args.delay:g} s / {args.concurrency}): "
+        f"ratio {makespan / ideal:.2f} (goal: 1.15 or less)"
+    )
+    print("median per task: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
+
+
+def _phases(session: Any, ids: list[int]) -> dict[str, float]:
+    """Median seconds of each phase: claim to running (workspace, sandbox), running to
+    checking (the agent, model time included), checking to parked (checkpoint, pipeline)."""
+    spans: dict[str, list[float]] = {"prepare": [], "agent": [], "pipeline": []}
+    for task_id in ids:
+        at = {e.payload["to"]: e.created_at for e in events(session, task_id) if e.kind == "state"}
+        spans["prepare"].append((at["running"] - at["preparing"]).total_seconds())
+        spans["agent"].append((at["checking"] - at["running"]).total_seconds())
+        spans["pipeline"].append((at["awaiting_approval"] - at["checking"]).total_seconds())
+    return {k: statistics.median(v) for k, v in spans.items() if v}
+
+
+if __name__ == "__main__":
+    main()
