@@ -468,3 +468,30 @@ def test_what_the_checks_leave_behind_does_not_join_the_branch(
     assert parked.state is State.AWAITING_APPROVAL, parked.reason
     files = git(project, "ls-tree", "-r", "--name-only", parked.branch or "")
     assert ".check-cache" not in files.split()  # the branch is what was checked
+
+
+def test_review_garbage_and_exhausted_rounds_park_for_a_person_with_findings(
+    engine: Engine, make_worker: RunWorker
+) -> None:
+    garbage_id = add_task(engine, "garbage review")
+    garbage = reply(tool_call("submit_review", {"verdict": "lgtm!!"}))
+    script = [edit("a - b", "a + b"), finish(), garbage, reply(content="I approve")]
+    options = {"review": {"enabled": True, "max_rounds": 1}}
+    with ScriptedLLM(script) as llm:
+        make_worker(llm, repo_options=options).work(drain=True)
+    parked = task(engine, garbage_id)
+    assert parked.state is State.AWAITING_APPROVAL
+    assert parked.reason == "risk high; review: needs discussion (open findings)"
+    with transaction(engine) as s:
+        proof = [e.payload for e in events(s, garbage_id) if e.kind == "proof"][-1]
+    assert "unusable verdict" in proof["review"]["findings"][0]["message"]
+    assert "That verdict was unusable" in llm.requests[3]["messages"][-1]["content"]
+
+    rounds_id = add_task(engine, "picky review")
+    picky = verdict("changes_requested", ("calc.py", 2, "rename b to other"))
+    script = [finish(), picky, finish(), picky]  # one revision round, then a person decides
+    with ScriptedLLM(script) as llm:
+        make_worker(llm, repo_options=options).work(drain=True)
+    picked = task(engine, rounds_id)
+    assert picked.state is State.AWAITING_APPROVAL
+    assert picked.reason == "risk high; review: changes requested (open findings)"
