@@ -1,6 +1,6 @@
 """Fixtures for tests that need the real Docker engine and the sandbox image.
 
-Use with `pytest_plugins = ["tests.docker_fixtures"]` in a test module. Without an engine or
+Registered in the root conftest.py. Without an engine or
 image the tests skip on a laptop and fail in CI (see `need`)."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Fixtures for tests of the Slack front end: a running Slack emulator. The database is
 conftest's `engine`: every such test runs on SQLite and on PostgreSQL.
 
-Use with `pytest_plugins = ["tests.slack_fixtures"]`."""
+Registered in the root conftest.py."""
 
 from __future__ import annotations
 

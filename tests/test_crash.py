@@ -25,8 +25,6 @@ from tests.conftest import git
 from tests.llm_server import ScriptedLLM, reply, tool_call
 from tests.worker_fixtures import add_task, task
 
-pytest_plugins = ["tests.docker_fixtures", "tests.worker_fixtures"]
-
 HEARTBEAT_TIMEOUT_S = 2.0
 SLOW_CHECK = "sleep 4 && python3 -m unittest -q 2>&1"
 

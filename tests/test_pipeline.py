@@ -19,8 +19,6 @@ from tests.conftest import git
 from tests.llm_server import ScriptedLLM, reply, tool_call
 from tests.worker_fixtures import RunWorker, add_task, task
 
-pytest_plugins = ["tests.docker_fixtures", "tests.worker_fixtures"]
-
 CHECK = "python3 -m unittest -q 2>&1"
 CONTINUE = "git add calc.py && GIT_EDITOR=true git rebase --continue 2>&1"
 

@@ -14,8 +14,6 @@ from storage.db import make_engine, transaction
 from storage.queue import claim_next
 from storage.tasks import create_task
 
-pytest_plugins = ["tests.docker_fixtures"]
-
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:

@@ -26,7 +26,6 @@ from executor.sandbox_exec import parse_counters
 from executor.sandbox_image import build_image, ensure_image
 from tests.conftest import git
 
-pytest_plugins = ["tests.docker_fixtures"]
 MakeSandbox = Callable[..., Sandbox]
 
 

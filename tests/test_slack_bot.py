@@ -41,7 +41,6 @@ FAST = Tunables(
 )
 REQUESTER, STRANGER, APPROVER = "U111", "U222", "U999"
 
-pytest_plugins = ["tests.slack_fixtures"]
 
 
 @pytest.fixture

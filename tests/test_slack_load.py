@@ -29,7 +29,6 @@ from tests.slack_emulator import SlackEmulator, slash_command
 EDIT_INTERVAL = 0.2
 FAST = Tunables(card_edit_interval_s=EDIT_INTERVAL, channel_interval_s=0.0, idle_poll_s=0.02)
 
-pytest_plugins = ["tests.slack_fixtures"]
 
 
 @pytest.fixture

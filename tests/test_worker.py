@@ -31,8 +31,6 @@ from tests.llm_server import (
 )
 from tests.worker_fixtures import RunWorker, add_task, containers_of, task, wait_for
 
-pytest_plugins = ["tests.docker_fixtures", "tests.worker_fixtures"]
-
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 def test_a_task_reads_edits_tests_and_finishes_on_its_branch(

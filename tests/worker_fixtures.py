@@ -2,7 +2,7 @@
 git repo, and workers wired to a scripted model and the real Docker engine. The database is
 conftest's `engine`: every such test runs on SQLite and on PostgreSQL.
 
-Use with `pytest_plugins = ["tests.docker_fixtures", "tests.worker_fixtures"]`."""
+Registered in the root conftest.py."""
 
 from __future__ import annotations
 
