@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, func, null, or_, update
+from sqlalchemy import ColumnElement, and_, case, func, null, or_, update
 from sqlmodel import Session, col, select
 
 from storage.defaults import HEARTBEAT_TIMEOUT_S, MAX_ATTEMPTS
@@ -128,8 +128,10 @@ def reap_stale(
                 reaped.append(Reaped(task_id, worker, State.NEEDS_INPUT))
                 continue
             if task.state is State.MERGING:
-                if _release(session, task, same_claim):
-                    record(session, task_id, "released", {"reason": gone})
+                stale = [col(Task.heartbeat_at) == task.heartbeat_at]
+                if worker and release(
+                    session, task_id, worker, reason=gone, by="reaper", where=stale
+                ):
                     reaped.append(Reaped(task_id, worker, State.MERGING))
                 continue
             if task.cancel_requested_at is not None:
@@ -147,27 +149,28 @@ def reap_stale(
     return reaped
 
 
-def release(session: Session, task_id: int, worker_id: str, *, reason: str) -> bool:
-    """A worker gives a merge back unfinished (it is shutting down): another one resumes it."""
+def release(
+    session: Session,
+    task_id: int,
+    worker_id: str,
+    *,
+    reason: str,
+    by: str | None = None,
+    where: Sequence[ColumnElement[bool]] = (),
+) -> bool:
+    """Give a merge back unfinished so another worker resumes it: the worker itself when it
+    shuts down, or the reaper (`by`, with `where` pinning the stale heartbeat it judged)."""
     stmt = (
         update(Task)
         .where(
             col(Task.id) == task_id,
             col(Task.worker_id) == worker_id,
             col(Task.state) == State.MERGING,
+            *where,
         )
         .values(worker_id=None, heartbeat_at=None, updated_at=utcnow())
     )
     released = session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
     if released:
-        record(session, task_id, "released", {"reason": reason, "by": worker_id})
+        record(session, task_id, "released", {"reason": reason, "by": by or worker_id})
     return released
-
-
-def _release(session: Session, task: Task, same_claim: list) -> bool:
-    stmt = (
-        update(Task)
-        .where(col(Task.id) == task.id, col(Task.state) == task.state, *same_claim)
-        .values(worker_id=None, heartbeat_at=None, updated_at=utcnow())
-    )
-    return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
