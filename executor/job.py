@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -251,6 +251,20 @@ class TaskJob:
         )
         self.watch.attach(sandbox)
         return sandbox
+
+    @contextlib.contextmanager
+    def fresh_sandbox(self) -> Iterator[tuple[Workspace, Sandbox]]:
+        """A checkout of the task's branch in a new sandbox, both gone afterwards (for the
+        merge's rebase and checks; the work itself is saved by checkpoints)."""
+        assert self.task.branch is not None
+        ws = workspace.prepare(self.home, self.task.repo, self.repo, self.task_id, self.task.branch)
+        sandbox = self.start_sandbox(ws)
+        try:
+            yield ws, sandbox
+        finally:
+            self.watch.attach(None)
+            sandbox.remove()
+            workspace.remove(ws)
 
     def checkpoint(self, ws: Workspace, sandbox: Sandbox) -> Collected:
         """Bring the work so far into the canonical repo, with the sandbox frozen so nothing

@@ -110,16 +110,8 @@ def _checked_heads(job: TaskJob) -> set[str]:
 
 def _check(job: TaskJob, head: str) -> Outcome | None:
     """Run the checks on `head` in a fresh sandbox; None when they pass."""
-    task = job.task
-    assert task.branch is not None
-    ws = workspace.prepare(job.home, task.repo, job.repo, job.task_id, task.branch)
-    sandbox = job.start_sandbox(ws)
-    try:
+    with job.fresh_sandbox() as (_, sandbox):
         return _run_checks(job, sandbox, head, after="merge")
-    finally:
-        job.watch.attach(None)
-        sandbox.remove()
-        workspace.remove(ws)
 
 
 def _run_checks(job: TaskJob, sandbox: Any, head: str, *, after: str) -> Outcome | None:
@@ -136,10 +128,7 @@ def _run_checks(job: TaskJob, sandbox: Any, head: str, *, after: str) -> Outcome
 def _rebase(job: TaskJob, base_tip: str) -> Outcome | None:
     """Rebase the task branch onto `base_tip` in a sandbox and check it; None when done."""
     task, repo = job.task, job.repo
-    assert task.branch is not None
-    ws = workspace.prepare(job.home, task.repo, repo, job.task_id, task.branch)
-    sandbox = job.start_sandbox(ws)
-    try:
+    with job.fresh_sandbox() as (ws, sandbox):
         rebase = sandbox.exec(f"git rebase --quiet {base_tip}")  # exactly the tip we read
         job.record("rebase", {"output": describe(rebase)})
         if not rebase.ok:
@@ -159,10 +148,6 @@ def _rebase(job: TaskJob, base_tip: str) -> Outcome | None:
             )
         _record_head(job, collected.head_commit)  # the rebased branch is now the approved one
         return _run_checks(job, sandbox, collected.head_commit, after="rebase")
-    finally:
-        job.watch.attach(None)
-        sandbox.remove()
-        workspace.remove(ws)
 
 
 def _record_head(job: TaskJob, head: str) -> None:
