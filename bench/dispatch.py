@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.repo import make_repo
 from executor.config import Config, RepoConfig
 from executor.fleet import connect_docker, new_executor_id
 from executor.llm import LLMClient
@@ -26,17 +26,6 @@ from executor.worker import Worker
 from storage.db import make_engine, transaction
 from storage.tasks import create_task, events
 from tests.llm_server import ScriptedLLM, reply, tool_call
-
-
-def make_repo(root: Path) -> Path:
-    repo = root / "repo"
-    repo.mkdir()
-    env = ["-c", "user.name=bench", "-c", "user.email=bench@example.com"]
-    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
-    (repo / "README.md").write_text("bench\n")
-    subprocess.run(["git", "-C", str(repo), "add", "."], check=True)
-    subprocess.run(["git", "-C", str(repo), *env, "commit", "-qm", "init"], check=True)
-    return repo
 
 
 def main() -> None:
@@ -48,7 +37,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         engine = make_engine(f"sqlite:///{root / 'bench.db'}")
-        config = Config(repos={"app": RepoConfig(path=make_repo(root))})
+        config = Config(repos={"app": RepoConfig(path=make_repo(root), review={"enabled": False})})
         with transaction(engine) as s:
             ids = [
                 create_task(s, repo="app", prompt=f"bench {i}", requester="bench").id

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.repo import make_repo
 from executor.config import Config, RepoConfig
 from executor.llm import LLMClient
 from executor.pool import run_executor
@@ -49,16 +49,6 @@ class TurnByTurn:
             else tool_call("bash", {"command": "true"})
         )
         reply(call).serve(h, request)
-
-
-def make_repo(root: Path) -> Path:
-    repo = root / "repo"
-    ident = ["-c", "user.name=bench", "-c", "user.email=bench@example.com"]
-    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
-    (repo / "README.md").write_text("bench\n")
-    subprocess.run(["git", "-C", str(repo), "add", "."], check=True)
-    subprocess.run(["git", "-C", str(repo), *ident, "commit", "-qm", "init"], check=True)
-    return repo
 
 
 def main() -> None:
