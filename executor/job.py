@@ -14,6 +14,7 @@ from typing import Any
 
 import docker
 from sqlalchemy import Engine
+from sqlmodel import Session
 
 from executor import pipeline, workspace
 from executor.agent import Agent, Cancelled, Finished, NeedsHuman, Turn, render
@@ -214,11 +215,9 @@ class TaskJob:
                 return [render("nudge", author=n.author, text=n.text) for n in pending]
 
         def on_turn(turn: Turn) -> None:
-            self.account(turn.usage)
-            with transaction(self.engine) as s:
-                current = get_task(s, self.task_id)
+            with transaction(self.engine) as s:  # one write per turn: count, cost, log, card
+                current = self._charge(s, turn.usage)
                 current.turns += 1
-                s.add(current)
                 record(s, self.task_id, "turn", _turn_payload(turn))
                 outbox.refresh_card(s, current, every_s=CARD_REFRESH_S)
 
@@ -309,14 +308,17 @@ class TaskJob:
         self.record(kind, payload)
 
     def account(self, usage: Usage | None) -> None:
-        if usage is None:
-            return
-        with transaction(self.engine) as s:
-            current = get_task(s, self.task_id)
-            current.tokens_in += usage.prompt_tokens
-            current.tokens_out += usage.completion_tokens
-            current.cost_usd += cost_usd(self.llm.model, usage) or 0.0
-            s.add(current)
+        if usage is not None:
+            with transaction(self.engine) as s:
+                self._charge(s, usage)
+
+    def _charge(self, session: Session, usage: Usage) -> Task:
+        current = get_task(session, self.task_id)
+        current.tokens_in += usage.prompt_tokens
+        current.tokens_out += usage.completion_tokens
+        current.cost_usd += cost_usd(self.llm.model, usage) or 0.0
+        session.add(current)
+        return current
 
 
 def exec_in(sandbox: Sandbox) -> workspace.Exec:
