@@ -386,6 +386,22 @@ def reject(task_id: str = typer.Argument(..., help="Task id.")) -> None:
 
 
 @app.command()
+def budget() -> None:
+    """Show today's spend against the daily budgets (nightcrew.yaml `budgets:`), per repo."""
+    from executor.budget import WAITING, Books
+    from storage.queue import waiting_by_repo
+
+    with user_errors():
+        books = Books.of(config())
+        with transaction(engine()) as session:
+            day, budgets = books.today(session)
+            waiting = waiting_by_repo(session, marker=WAITING)
+    out.print(terminal.budget_table(day, budgets, waiting))
+    if not books.budgets.any:
+        out.print("no budgets set; add `budgets: {daily_usd: 20}` to nightcrew.yaml")
+
+
+@app.command()
 def repos() -> None:
     """List the configured repos."""
     with user_errors():

@@ -10,7 +10,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from executor.budget import ALL, WAITING, Budget, Day
 from executor.config import Config
+from executor.pricing import cost_text, usd
 from storage.lifecycle import State
 from storage.models import Nudge, Priority, Task, TaskEvent, utcnow
 
@@ -49,16 +51,30 @@ def task_table(tasks: Sequence[Task], now: datetime | None = None) -> Table:
     for column in ("ID", "STATE", "REPO", "PROMPT", "BY", "CREATED", "COST"):
         table.add_column(column, justify="right" if column in ("ID", "COST") else "left")
     for task in tasks:
+        state = state_text(State(task.state))
+        if waits_for_budget(task):
+            state.append(" (budget)", style="yellow")
         table.add_row(
             str(task.id),
-            state_text(State(task.state)),
+            state,
             task.repo,
             one_line(task.prompt),
             task.requester,
             ago(task.created_at, now),
-            f"${task.cost_usd:.2f}",
+            cost_cell(task),
         )
     return table
+
+
+def waits_for_budget(task: Task) -> bool:
+    return task.state is State.QUEUED and (task.reason or "").startswith(WAITING)
+
+
+def cost_cell(task: Task) -> str:
+    """Short: `$0.42`, `$0.42+?` with some tokens unpriced, `?` with nothing priced."""
+    if not task.unpriced_tokens:
+        return usd(task.cost_nanos)
+    return f"{usd(task.cost_nanos)}+?" if task.cost_nanos else "?"
 
 
 def task_detail(
@@ -88,7 +104,7 @@ def task_detail(
         ("approved by", task.approved_by or ""),
         ("turns", str(task.turns)),
         ("tokens", f"{task.tokens_in:,} in / {task.tokens_out:,} out"),
-        ("cost", f"${task.cost_usd:.4f}"),
+        ("cost", cost_text(task.cost_nanos, task.unpriced_tokens, places=4)),
         ("wall time", _wall(task)),
         ("base / head", " / ".join(c[:12] for c in (task.base_commit, task.head_commit) if c)),
         ("merge commit", task.merge_commit or ""),
@@ -175,6 +191,8 @@ def event_line(event: TaskEvent) -> Text:
         body = f"nudge from {p.get('by')}: {one_line(str(p.get('text', '')), 200)}"
     elif event.kind == "cancel_requested":
         body = f"cancel requested by {p.get('by')}"
+    elif event.kind in ("waiting", "waiting_over"):
+        body = str(p.get("reason") or "no longer waiting for budget")
     elif event.kind == "turn":
         body = _turn_text(p)
     elif event.kind == "setup":
@@ -215,3 +233,31 @@ def repos_table(config: Config) -> Table:
             ", ".join(channels_of.get(name, [])) or "-",
         )
     return table
+
+
+def budget_table(
+    day: Day, budgets: Sequence[Budget], waiting: dict[str, int], now: datetime | None = None
+) -> Group:
+    """`nightcrew budget`: today's spend against each budget, and the tasks it holds."""
+    table = Table(box=None, header_style="bold")
+    for column in ("BUDGET", "SPENT TODAY", "LIMIT", "LEFT", "WAITING"):
+        table.add_column(column, justify="left" if column == "BUDGET" else "right")
+    for budget in budgets:
+        spent = usd(budget.spent.cost_nanos)
+        if budget.spent.unpriced_tokens:
+            spent += f" + {budget.spent.unpriced_tokens:,} tokens at unknown cost"
+        left = "-" if budget.left_nanos is None else usd(budget.left_nanos)
+        held = sum(waiting.values()) if budget.scope is ALL else waiting.get(budget.scope or "", 0)
+        table.add_row(
+            budget.name,
+            spent,
+            "-" if budget.limit_nanos is None else usd(budget.limit_nanos),
+            Text("reached", style="bold red") if budget.reached else Text(left),
+            str(held) if held else "",
+        )
+    head = Text(f"today: {day.label}, resets in {day.resets_in(now or utcnow())}")
+    note = Text(
+        "tasks start while today's spend is below their budgets; unknown costs do not count",
+        style="dim",
+    )
+    return Group(head, table, note)

@@ -69,6 +69,7 @@ class Agent:
     between_turns: Callable[[], list[str]] = lambda: []
     on_turn: Callable[[Turn], None] = lambda turn: None
     cost: Callable[[Usage], float | None] = lambda usage: None
+    over_budget: Callable[[], str | None] = lambda: None  # a daily budget reached, and how
     usage: Usage = field(default_factory=Usage)
     turns: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -150,6 +151,9 @@ class Agent:
         cost = self.cost(self.usage)
         if cost is not None and cost >= limits.max_cost_usd:
             raise NeedsHuman(f"cost limit reached (${cost:.2f} of ${limits.max_cost_usd:.2f})")
+        budget = self.over_budget()
+        if budget is not None:
+            raise NeedsHuman(budget)
         elapsed = time.monotonic() - self.started
         if elapsed >= limits.max_wall_minutes * 60:
             raise NeedsHuman(f"time limit reached ({limits.max_wall_minutes:g} minutes)")

@@ -7,6 +7,7 @@ With no file and the working directory inside a git repo, that repo is the one r
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -19,6 +20,9 @@ from pydantic import model_validator as _model_validator
 
 DEFAULT_IMAGE = "nightcrew-sandbox:latest"
 Positive = Annotated[float, Field(gt=0)]
+# Money in config is read as Decimal: 0.1 + 0.2 must be 0.3 when budgets are compared.
+Dollars = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+PerMillion = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
 
 
 class ConfigError(Exception):
@@ -109,8 +113,21 @@ class Digest(_Strict):
 
 
 class Budgets(_Strict):
-    daily_usd: Positive | None = None
-    repo_daily_usd: dict[str, Positive] = {}
+    """Daily spending caps; a "day" is a calendar day in `digest.timezone`."""
+
+    daily_usd: Dollars | None = None  # all repos together
+    repo_daily_usd: dict[str, Dollars] = {}
+
+    @property
+    def any(self) -> bool:
+        return self.daily_usd is not None or bool(self.repo_daily_usd)
+
+
+class Price(_Strict):
+    """A model's list price in USD per million tokens."""
+
+    prompt: PerMillion
+    completion: PerMillion
 
 
 class Config(_Strict):
@@ -123,6 +140,7 @@ class Config(_Strict):
     stream: bool = False  # stream completions (some gateways answer faster, or only so)
     digest: Digest = Digest()
     budgets: Budgets = Budgets()
+    prices: dict[str, Price] = {}  # model -> price; adds to and overrides the built-in table
     source: Path | None = Field(default=None, exclude=True)  # the file it came from
 
     @field_validator("repos")

@@ -18,22 +18,23 @@ from sqlmodel import Session
 
 from executor import pipeline, workspace
 from executor.agent import Agent, Cancelled, Finished, NeedsHuman, Turn, render
+from executor.budget import Books, crossed
 from executor.config import RepoConfig
 from executor.defaults import CARD_REFRESH_S, MAX_REVISION_ROUNDS
 from executor.external import PID as EXTERNAL_PID
 from executor.external import run_command_agent
 from executor.llm import LLMClient
 from executor.llm_reply import Usage
-from executor.pricing import cost_usd
+from executor.pricing import cost_nanos, cost_usd, price_of
 from executor.sandbox import Sandbox
 from executor.tools import describe
 from executor.watch import Watch
 from executor.workspace import Collected, Workspace
-from storage import outbox
+from storage import outbox, spend
 from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import Task
-from storage.tasks import get_task, record, take_nudges, transition
+from storage.tasks import record, take_nudges, transition
 
 # Bytecode caches are build litter that the leftover commit would otherwise sweep up.
 SANDBOX_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
@@ -58,7 +59,10 @@ class TaskJob:
     task: Task
     repo: RepoConfig
     watch: Watch
+    books: Books
     checkpointed: Collected | None = None  # the branch as the pipeline last checked it
+    # Set when a charge finds a daily budget reached; the agent stops before its next call.
+    over_budget: str | None = None
 
     @property
     def task_id(self) -> int:
@@ -228,7 +232,8 @@ class TaskJob:
             messages=messages,
             between_turns=between_turns,
             on_turn=on_turn,
-            cost=lambda usage: cost_usd(model, usage),
+            cost=lambda usage: cost_usd(model, usage, self.books.prices),
+            over_budget=lambda: self.over_budget,
         )
 
     # --- sandbox and hand-back -----------------------------------------------------------
@@ -313,11 +318,20 @@ class TaskJob:
                 self._charge(s, usage)
 
     def _charge(self, session: Session, usage: Usage) -> Task:
-        current = get_task(session, self.task_id)
-        current.tokens_in += usage.prompt_tokens
-        current.tokens_out += usage.completion_tokens
-        current.cost_usd += cost_usd(self.llm.model, usage) or 0.0
-        session.add(current)
+        """Charge the task and the day's ledger; then see whether a budget is now reached."""
+        model, books = self.llm.model, self.books
+        current = spend.charge(
+            session,
+            self.task_id,
+            model=model,
+            tokens_in=usage.prompt_tokens,
+            tokens_out=usage.completion_tokens,
+            cost_nanos=cost_nanos(price_of(model, books.prices), usage),
+            at=books.clock(),
+        )
+        if books.budgets.any:
+            _, budgets = books.today(session)
+            self.over_budget = crossed(budgets, current.repo)
         return current
 
 

@@ -10,7 +10,9 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from sqlmodel import col, select
 
 from executor import workspace
 from executor.agent import Cancelled
+from executor.budget import WAITING, Books, held
 from executor.config import Config, RepoConfig
 from executor.defaults import IDLE_POLL_S
 from executor.fleet import remove_dead_sandboxes
@@ -33,8 +36,8 @@ from storage.db import transaction
 from storage.defaults import HEARTBEAT_TIMEOUT_S, MAX_ATTEMPTS
 from storage.errors import Conflict
 from storage.lifecycle import CLOSED, WORKING, State
-from storage.models import Task
-from storage.queue import claim_next, reap_stale, release
+from storage.models import Task, utcnow
+from storage.queue import claim_next, reap_stale, release, show_waiting
 from storage.tasks import transition
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,12 @@ class Worker:
     executor_id: str
     stop: threading.Event = field(default_factory=threading.Event)
     heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
+    clock: Callable[[], datetime] = utcnow  # budgets' "today"; injected in tests
     _next_maintenance: float = 0.0
+
+    @property
+    def books(self) -> Books:
+        return Books.of(self.config, self.clock)
 
     def work(self, *, drain: bool = False) -> int:
         """Run tasks until `stop` is set (or, with `drain`, the queue is empty)."""
@@ -103,9 +111,10 @@ class Worker:
                 workspace.remove(ids[task_id])
 
     def claim(self) -> Task | None:
-        """The next task, skipping repos at their `max_concurrent` cap. On SQLite the count
-        and the claim share one write transaction, so the cap is exact; on PostgreSQL two
-        executors claiming at the same instant may overshoot it by one."""
+        """The next task, skipping repos at their `max_concurrent` cap and holding queued
+        tasks of repos over a daily budget (saying so on them). On SQLite the count and the
+        claim share one write transaction, so the cap is exact; on PostgreSQL two executors
+        claiming at the same instant may overshoot it by one."""
         capped = {n: r.max_concurrent for n, r in self.config.repos.items() if r.max_concurrent}
         with transaction(self.engine) as s:
             full: list[str] = []
@@ -116,7 +125,13 @@ class Worker:
                     .group_by(Task.repo)
                 ).all()
                 full = [repo for repo, n in busy if n >= capped[repo]]
-            return claim_next(s, self.worker_id, exclude_repos=full)
+            waiting: dict[str, str] = {}
+            if self.config.budgets.any:
+                books = self.books
+                day, budgets = books.today(s)
+                waiting = held(budgets, day)
+                show_waiting(s, waiting, marker=WAITING)
+            return claim_next(s, self.worker_id, exclude_repos=full, hold_repos=list(waiting))
 
     def perform(self, task: Task) -> None:
         assert task.id is not None
@@ -128,6 +143,7 @@ class Worker:
         watch = Watch(self.engine, self.worker_id, task.id, self.stop)
         watch.start()
         job = TaskJob(
+            books=self.books,
             engine=self.engine,
             docker=self.docker,
             llm=self.llm,

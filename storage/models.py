@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, Text, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Text, TypeDecorator
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
@@ -86,11 +86,15 @@ class Task(SQLModel, table=True):
     cancel_requested_by: str | None = None
     approved_by: str | None = None
     approved_at: datetime | None = _ts()
-    # Accounting.
+    # Accounting. `cost_nanos` is exact (nano-dollars); `cost_usd` is the same amount as a
+    # float for readers that want dollars. Tokens of models without a price are counted in
+    # `unpriced_tokens`: their cost is unknown, not zero.
     turns: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
+    cost_nanos: int = Field(default=0, sa_type=BigInteger)
+    unpriced_tokens: int = Field(default=0, sa_type=BigInteger)
     # Git.
     base_commit: str | None = None
     head_commit: str | None = None
@@ -118,6 +122,22 @@ class Nudge(SQLModel, table=True):
     slack_ts: str | None = None  # the reply's ts, so the bot can react to it
     created_at: datetime = _ts(nullable=False)
     consumed_at: datetime | None = _ts()
+
+
+class Charge(SQLModel, table=True):
+    """What one model call cost, and when: daily budgets sum these by the clock, so a task
+    that runs across midnight is charged to each day for what it spent on it."""
+
+    __table_args__ = (Index("ix_charge_at", "at", "repo"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="task.id", index=True)
+    repo: str
+    model: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_nanos: int | None = Field(default=None, sa_type=BigInteger)  # None: no price known
+    at: datetime = _ts(nullable=False)
 
 
 class Outbox(SQLModel, table=True):

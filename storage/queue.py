@@ -3,11 +3,11 @@ tasks back from workers that stopped heartbeating."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, case, func, null, or_, update
+from sqlalchemy import ColumnElement, and_, case, false, func, null, or_, update
 from sqlmodel import Session, col, select
 
 from storage.defaults import HEARTBEAT_TIMEOUT_S, MAX_ATTEMPTS
@@ -18,18 +18,24 @@ from storage.tasks import notify, record, transition
 
 
 def claim_next(
-    session: Session, worker_id: str, *, exclude_repos: Sequence[str] = ()
+    session: Session,
+    worker_id: str,
+    *,
+    exclude_repos: Sequence[str] = (),
+    hold_repos: Sequence[str] = (),
 ) -> Task | None:
     """Atomically take the next task for `worker_id`, or None: an approved merge waiting for
     a worker first (merges unblock other work), else the most urgent, oldest queued task.
-    `exclude_repos` skips repos at their concurrency cap.
+    `exclude_repos` skips repos at their concurrency cap; `hold_repos` keeps those repos'
+    queued tasks waiting (a budget) but lets their approved merges through.
 
     One statement: on SQLite the write lock (BEGIN IMMEDIATE) serialises claimers; on
     PostgreSQL `FOR UPDATE SKIP LOCKED` lets claimers pass each other's locked rows."""
     check_transition(State.QUEUED, State.PREPARING)
     now = utcnow()
     waiting_merge = and_(col(Task.state) == State.MERGING, col(Task.worker_id).is_(None))
-    claimable = or_(col(Task.state) == State.QUEUED, waiting_merge)
+    startable = and_(col(Task.state) == State.QUEUED, col(Task.repo).not_in(list(hold_repos)))
+    claimable = or_(startable, waiting_merge)
     pick = (
         select(Task.id)
         .where(claimable, col(Task.repo).not_in(list(exclude_repos)))
@@ -63,6 +69,55 @@ def claim_next(
     record(session, task.id, "state", payload)
     notify(session, task, "state", payload)
     return task
+
+
+def show_waiting(session: Session, reasons: Mapping[str, str], *, marker: str) -> int:
+    """Say on each queued task of a repo in `reasons` why it waits (its `reason`, an event
+    and a card refresh, once: only where the reason changes), and clear reasons starting
+    with `marker` where the repo no longer waits. Returns how many tasks changed."""
+    queued = select(Task).where(col(Task.state) == State.QUEUED)
+    stale = [
+        task
+        for task in session.exec(
+            queued.where(col(Task.repo).in_(list(reasons))) if reasons else queued.where(false())
+        ).all()
+        if task.reason != reasons[task.repo]
+    ]
+    freed = session.exec(
+        queued.where(
+            col(Task.reason).startswith(marker, autoescape=True),
+            col(Task.repo).not_in(list(reasons)),
+        )
+    ).all()
+    changed = 0
+    for task, reason in [*((t, reasons[t.repo]) for t in stale), *((t, None) for t in freed)]:
+        assert task.id is not None
+        stmt = (
+            update(Task)
+            .where(col(Task.id) == task.id, col(Task.state) == State.QUEUED)
+            .values(reason=reason)
+            .returning(Task)
+        )
+        updated = session.execute(stmt, execution_options={"populate_existing": True}).scalar()
+        if updated is None:
+            continue  # claimed or cancelled meanwhile
+        record(session, task.id, "waiting" if reason else "waiting_over", {"reason": reason})
+        notify(session, updated, "card", {})
+        changed += 1
+    return changed
+
+
+def waiting_by_repo(session: Session, *, marker: str) -> dict[str, int]:
+    """How many queued tasks per repo carry a waiting reason starting with `marker`."""
+    rows = session.exec(
+        select(Task.repo, func.count())
+        .where(
+            col(Task.state) == State.QUEUED,
+            col(Task.reason).startswith(marker, autoescape=True),
+        )
+        .group_by(Task.repo)
+    ).all()
+    return dict(rows)
 
 
 def heartbeat(session: Session, task_id: int, worker_id: str) -> Task | None:

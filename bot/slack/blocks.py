@@ -8,6 +8,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from executor.budget import ALL, WAITING, Budget, Day
+from executor.pricing import cost_text, usd
 from storage.lifecycle import CLOSED, WORKING, State
 from storage.models import Task, utcnow
 
@@ -114,13 +116,16 @@ def card(task: Task, *, now: datetime | None = None) -> tuple[str, list[Block]]:
         f"branch `{task.branch}`",
         f"{task.turns} turns",
         f"{task.tokens_in + task.tokens_out:,} tokens",
-        f"${task.cost_usd:.2f}",
+        cost_text(task.cost_nanos, task.unpriced_tokens),
         f"{elapsed(task, now)} elapsed",
         f"last activity {task.updated_at:%H:%M} UTC",
         f"by <@{task.requester}>" if not task.requester.startswith("local:") else task.requester,
     ]
     blocks = [section(title), section(_quote(escape(task.prompt))), context(" · ".join(facts))]
-    if task.reason and state not in (State.QUEUED,):
+    if task.reason and state is State.QUEUED and task.reason.startswith(WAITING):
+        waiting = task.reason.removeprefix(WAITING)
+        blocks.append(section(f"*Waiting for budget:* {escape(waiting)}"))
+    elif task.reason and state is not State.QUEUED:
         blocks.append(section(f"*Why:* {escape(task.reason)}"))
     if task.merge_commit:
         blocks.append(section(f"*Merged* as `{task.merge_commit[:12]}`"))
@@ -215,7 +220,7 @@ HELP = (
     "`/agent <what to do>`: queue a task; its card appears in this channel\n"
     "• reply in a task's thread to steer its agent\n"
     "• `/agent list [mine|channel|all]`, `/agent show ID`, `/agent cancel ID`, "
-    "`/agent retry ID`, `/agent repos`\n"
+    "`/agent retry ID`, `/agent repos`, `/agent budget` (today's spend against the budgets)\n"
     "• approve, reject or request changes with the buttons on the card"
 )
 
@@ -239,3 +244,30 @@ def proof(payload: dict[str, Any]) -> list[Block]:
     if payload.get("diff_stat"):
         out.append(section(f"```{escape(str(payload['diff_stat']))}```"))
     return out
+
+
+def budget_text(
+    day: Day,
+    budgets: Sequence[Budget],
+    waiting: dict[str, int],
+    *,
+    configured: bool = True,
+    now: datetime | None = None,
+) -> str:
+    """`/agent budget`: today's spend against each budget, one line each."""
+    lines = [f"*Spend today*, {day.label}; resets in {day.resets_in(now or utcnow())}"]
+    for budget in budgets:
+        line = f"• {escape(budget.name)}: {usd(budget.spent.cost_nanos)}"
+        if budget.limit_nanos is not None:
+            line += f" of {usd(budget.limit_nanos)}"
+            left = budget.left_nanos or 0
+            line += " — *reached*" if budget.reached else f" ({usd(left)} left)"
+        if budget.spent.unpriced_tokens:
+            line += f" + {budget.spent.unpriced_tokens:,} tokens at unknown cost"
+        held = sum(waiting.values()) if budget.scope is ALL else waiting.get(budget.scope or "", 0)
+        if held:
+            line += f"; {held} task{'s' if held != 1 else ''} waiting"
+        lines.append(line)
+    if not configured:
+        lines.append("No budgets set: add `budgets: {daily_usd: 20}` to nightcrew.yaml.")
+    return cut("\n".join(lines))

@@ -11,12 +11,12 @@ from storage.models import Priority
 USAGE = (
     "`/agent add [--repo R] [--priority high|normal|low] <what to do>` (or just "
     "`/agent <what to do>`), `/agent list [mine|all]`, `/agent show ID`, `/agent cancel ID`, "
-    "`/agent retry ID`, `/agent repos`, `/agent help`"
+    "`/agent retry ID`, `/agent repos`, `/agent budget`, `/agent help`"
 )
 # Words that would be mistaken for a subcommand if a prompt began with them by accident are
 # still prompts: only these exact words are subcommands.
 _WITH_ID = ("show", "cancel", "retry")
-_BARE = ("repos", "help")
+_BARE = ("repos", "budget", "help")
 _LIST_SCOPES = ("mine", "channel", "all")
 # Things people try to type that live on the card's buttons instead.
 _ELSEWHERE = ("approve", "reject", "nudge", "merge", "digest")
@@ -28,7 +28,7 @@ class CommandError(Exception):
 
 @dataclass(frozen=True)
 class Command:
-    verb: str  # add, list, show, cancel, retry, repos, help
+    verb: str  # add, list, show, cancel, retry, repos, budget, help
     prompt: str = ""
     repo: str | None = None
     priority: Priority = Priority.NORMAL

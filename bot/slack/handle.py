@@ -16,12 +16,14 @@ from bot import actions
 from bot.actions import ActionError, Outcome
 from bot.slack import blocks
 from bot.slack.commands import Command, CommandError, parse
+from executor.budget import WAITING, Books
 from executor.config import Config, ConfigError
 from storage import outbox
 from storage.db import transaction
 from storage.errors import StorageError
 from storage.lifecycle import IllegalTransition
 from storage.models import Nudge, Task, TaskEvent
+from storage.queue import waiting_by_repo
 from storage.tasks import get_task, record
 
 # What a person can get wrong; each becomes an ephemeral message and changes nothing.
@@ -90,6 +92,12 @@ def run_command(
         lines = [f"• `{name}` (base `{r.base_branch}`)" for name, r in config.repos.items()]
         here = config.channels.get(channel)
         return {"text": "\n".join(lines) + (f"\nthis channel's repo: `{here}`" if here else "")}
+    if cmd.verb == "budget":
+        books = Books.of(config)
+        with transaction(engine) as session:  # a read: no need to queue for the write lock
+            day, budgets = books.today(session)
+            waiting = waiting_by_repo(session, marker=WAITING)
+        return {"text": blocks.budget_text(day, budgets, waiting, configured=books.budgets.any)}
     with writing(engine) as session:
         if cmd.verb == "add":
             if event_ts is not None and _seen_mention(session, channel, event_ts):
