@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
@@ -51,8 +51,8 @@ def day_of(now: datetime, tz: ZoneInfo) -> Day:
     """The calendar day in `tz` that `now` falls in; a 23- or 25-hour day around a DST
     change is still one day."""
     local = now.astimezone(tz).date()
-    start = datetime.combine(local, time(), tz)
-    end = datetime.combine(local + timedelta(days=1), time(), tz)
+    start = datetime.combine(local, time(), tz).astimezone(UTC)
+    end = datetime.combine(local + timedelta(days=1), time(), tz).astimezone(UTC)
     return Day(start, end, tz)
 
 

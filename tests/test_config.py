@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ default_repo: app
 channels: {C111: lib}
 digest: {cron: "30 7 * * 1-5", timezone: Europe/Berlin, channels: [C111]}
 budgets: {daily_usd: 20, repo_daily_usd: {app: 5}}
+prices: {local-llama: {prompt: 0.1, completion: 0.3}}
 """
 
 
@@ -52,6 +54,8 @@ def test_full_config_loads_with_paths_resolved(git_repo: Path) -> None:
     assert app.path == git_repo.resolve()
     assert (app.limits.max_turns, app.limits.memory, app.merge.policy) == (10, "512m", "squash")
     assert app.limits.pids == 512  # untouched defaults stay
+    assert config.prices["local-llama"].completion == Decimal("0.3")
+    assert config.budgets.repo_daily_usd == {"app": Decimal(5)}
     assert config.repo_for(channel="C111") == "lib"
     assert config.repo_for() == "app"
     assert config.repo_for("lib") == "lib"
@@ -94,6 +98,34 @@ def test_full_config_loads_with_paths_resolved(git_repo: Path) -> None:
             "repos.app.limits.memory: memory must look like 512m or 2g (got 'lots')",
         ),
         ("repos:\n  app: {path: nowhere}\n", "repos.app.path:"),
+        (
+            "repos:\n  app: {path: app}\nbudgets: {daily_usd: -5}\n",
+            "budgets.daily_usd: Input should be greater than 0 (got -5)",
+        ),
+        (
+            "repos:\n  app: {path: app}\nbudgets: {repo_daily_usd: {app: lots}}\n",
+            "budgets.repo_daily_usd.app: Input should be a valid decimal (got 'lots')",
+        ),
+        (
+            "repos:\n  app: {path: app}\nbudgets: {repo_daily_usd: {web: 5}}\n",
+            "(top level): budgets.repo_daily_usd: 'web' is not one of the repos",
+        ),
+        (
+            "repos:\n  app: {path: app}\nbudgets: {weekly_usd: 5}\n",
+            "budgets.weekly_usd: unknown key",
+        ),
+        (
+            "repos:\n  app: {path: app}\nprices: {my-model: {prompt: 1}}\n",
+            "prices.my-model.completion: required key is missing",
+        ),
+        (
+            "repos:\n  app: {path: app}\nprices: {my-model: {prompt: -1, completion: 2}}\n",
+            "prices.my-model.prompt: Input should be greater than or equal to 0 (got -1)",
+        ),
+        (
+            "repos:\n  app: {path: app}\nprices: {my-model: {prompt: 1, completion: 2, cached: 1}}\n",
+            "prices.my-model.cached: unknown key",
+        ),
         ("- just\n- a list\n", "top level must be a mapping"),
         ("repos:\n  app: {path: app\n", "not valid YAML"),
     ],

@@ -66,7 +66,7 @@ def test_any_text_is_a_command_or_a_clear_error(text: str) -> None:
     except CommandError as exc:
         assert str(exc)
         return
-    assert command.verb in {"add", "list", "show", "cancel", "retry", "repos", "help"}
+    assert command.verb in {"add", "list", "show", "cancel", "retry", "repos", "budget", "help"}
     if command.verb == "add":
         assert command.prompt.strip()
     if command.verb in {"show", "cancel", "retry"}:
@@ -98,7 +98,7 @@ def _task(state: State, **fields: object) -> Task:
     ],
 )
 def test_card_buttons_fit_the_state(state: State, buttons: list[str]) -> None:
-    text, card = blocks.card(_task(state, turns=3, tokens_in=1000, cost_usd=0.25))
+    text, card = blocks.card(_task(state, turns=3, tokens_in=1000, cost_nanos=250_000_000))
     ids = [e["action_id"] for b in card if b["type"] == "actions" for e in b["elements"]]
     assert ids == buttons
     assert all(e["value"] == "7" for b in card if b["type"] == "actions" for e in b["elements"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import docker
@@ -62,6 +63,8 @@ def make_worker(
         timeout: float = 30,
         stream: bool = False,
         repo_options: dict | None = None,
+        config_options: dict | None = None,  # budgets, prices, digest (its timezone)
+        clock: Callable[[], datetime] | None = None,
         **limits: float,
     ) -> Worker:
         options = {"path": project, "base_branch": "main", "review": {"enabled": False}}
@@ -78,12 +81,13 @@ def make_worker(
         clients.append(client)
         return Worker(
             engine=engine,
-            config=Config(repos={"app": repo}),
+            config=Config.model_validate({"repos": {"app": repo}, **(config_options or {})}),
             home=tmp_path / "home",
             docker=docker_client,
             llm=client,
             worker_id=f"{test_executor}/0",
             executor_id=test_executor,
+            **({"clock": clock} if clock else {}),
         )
 
     yield make
