@@ -123,8 +123,8 @@ def test_full_config_loads_with_paths_resolved(git_repo: Path) -> None:
             "prices.my-model.prompt: Input should be greater than or equal to 0 (got -1)",
         ),
         (
-            "repos:\n  app: {path: app}\nprices: {my-model: {prompt: 1, completion: 2, cached: 1}}\n",
-            "prices.my-model.cached: unknown key",
+            "repos:\n  app: {path: app}\nprices: {m: {prompt: 1, completion: 2, cached: 1}}\n",
+            "prices.m.cached: unknown key",
         ),
         ("- just\n- a list\n", "top level must be a mapping"),
         ("repos:\n  app: {path: app\n", "not valid YAML"),
