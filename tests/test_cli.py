@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -232,5 +233,42 @@ def test_help_lists_every_command(cli: Cli) -> None:
         "approve",
         "reject",
         "repos",
+        "budget",
     ):
         assert command in text
+
+
+def test_budget_ls_and_show_tell_spend_waiting_and_unknown_costs(cli: Cli) -> None:
+    from executor.budget import WAITING
+    from storage.queue import show_waiting
+    from storage.spend import charge
+
+    (cli.repo / "nightcrew.yaml").write_text(
+        "repos:\n  app: {path: .}\nbudgets: {daily_usd: 1, repo_daily_usd: {app: 0.5}}\n"
+    )
+    assert "$0.00" in cli.ok("budget")
+    cli.ok("add", "spent a lot")
+    cli.ok("add", "waits")
+    engine = make_engine(sqlite_url(cli.home))
+    with transaction(engine) as s:
+        now = datetime.now(UTC)
+        charge(s, 1, model="m", tokens_in=9, tokens_out=1, cost_nanos=600_000_000, at=now)
+        charge(s, 1, model="x", tokens_in=1_000, tokens_out=234, cost_nanos=None, at=now)
+        show_waiting(s, {"app": f"{WAITING}the daily budget for repo app is spent"}, marker=WAITING)
+    engine.dispose()
+
+    lines = [line.strip() for line in cli.ok("budget").splitlines()]
+    overall = next(line for line in lines if line.startswith("all repos"))
+    assert overall.split()[2:4] == ["$0.60", "+"] and "1,234 tokens at unknown cost" in overall
+    assert "$1.00" in overall and "$0.40" in overall  # the limit and what is left
+    app = next(line for line in lines if line.startswith("repo app"))
+    assert "$0.50" in app and "reached" in app and app.rstrip().endswith("2")
+    listing = cli.ok("ls")
+    assert "queued (budget)" in listing and "$0.60+?" in listing
+    shown = cli.ok("show", "2")
+    assert "waiting for budget: the daily budget for repo app is spent" in shown
+    assert "$0.6000 + cost unknown for 1,234 tokens" in cli.ok("show", "1")
+
+
+def test_budget_without_budgets_says_how_to_set_them(cli: Cli) -> None:
+    assert "no budgets set; add `budgets: {daily_usd: 20}`" in cli.ok("budget")
