@@ -30,7 +30,8 @@ repos:                          # required: at least one repo
 # users: []                     # Slack user ids who may add tasks (empty: anyone in the channels)
 # model: gpt-4.1-mini           # the agent's model (or NIGHTCREW_MODEL)
 # digest: {cron: "0 8 * * *", timezone: UTC, channels: []}
-# budgets: {daily_usd: 20, repo_daily_usd: {$name: 10}}
+# budgets: {daily_usd: 20, repo_daily_usd: {$name: 10}}   # per day in digest.timezone
+# prices: {my-model: {prompt: 0.5, completion: 1.5}}     # USD per million tokens
 """)
 
 ENV_EXAMPLE = """\
