@@ -76,13 +76,15 @@ def show_waiting(session: Session, reasons: Mapping[str, str], *, marker: str) -
     and a card refresh, once: only where the reason changes), and clear reasons starting
     with `marker` where the repo no longer waits. Returns how many tasks changed."""
     queued = select(Task).where(col(Task.state) == State.QUEUED)
-    stale = [
-        task
-        for task in session.exec(
-            queued.where(col(Task.repo).in_(list(reasons))) if reasons else queued.where(false())
-        ).all()
-        if task.reason != reasons[task.repo]
+    differs = [
+        and_(
+            col(Task.repo) == repo,
+            or_(col(Task.reason).is_(None), col(Task.reason) != reason),
+        )
+        for repo, reason in reasons.items()
     ]
+    # Only rows whose reason changes come back: a poll with nothing new reads no task.
+    stale = session.exec(queued.where(or_(false(), *differs))).all()
     freed = session.exec(
         queued.where(
             col(Task.reason).startswith(marker, autoescape=True),
