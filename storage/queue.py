@@ -94,15 +94,17 @@ def show_waiting(session: Session, reasons: Mapping[str, str], *, marker: str) -
     changed = 0
     for task, reason in [*((t, reasons[t.repo]) for t in stale), *((t, None) for t in freed)]:
         assert task.id is not None
+        # Still as read: another executor polling at the same time changes it only once.
+        as_read = col(Task.reason).is_(None) if task.reason is None else Task.reason == task.reason
         stmt = (
             update(Task)
-            .where(col(Task.id) == task.id, col(Task.state) == State.QUEUED)
+            .where(col(Task.id) == task.id, col(Task.state) == State.QUEUED, as_read)
             .values(reason=reason)
             .returning(Task)
         )
         updated = session.execute(stmt, execution_options={"populate_existing": True}).scalar()
         if updated is None:
-            continue  # claimed or cancelled meanwhile
+            continue  # claimed, cancelled or already told meanwhile
         record(session, task.id, "waiting" if reason else "waiting_over", {"reason": reason})
         notify(session, updated, "card", {})
         changed += 1
