@@ -102,10 +102,12 @@ def wait_for(what: str, condition: Callable[[], object], timeout: float = 60.0) 
 
 def our_sandboxes(client: docker.DockerClient, engine: Engine) -> list:
     prefix = installation_id(engine) + "."
+    # sparse: one list call, no per-container lookup that races other sessions' removals
+    listed = client.containers.list(all=True, sparse=True, filters={"label": LABEL_EXECUTOR})
     return [
         c
-        for c in client.containers.list(all=True)
-        if c.labels.get(LABEL_EXECUTOR, "").startswith(prefix)
+        for c in listed
+        if (c.attrs.get("Labels") or {}).get(LABEL_EXECUTOR, "").startswith(prefix)
     ]
 
 
