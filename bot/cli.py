@@ -25,7 +25,7 @@ from executor.settings import Settings
 from storage.db import make_engine, transaction
 from storage.errors import StorageError
 from storage.lifecycle import WORKING, IllegalTransition, State
-from storage.models import Priority, Task
+from storage.models import Priority, Task, utcnow
 from storage.tasks import events, get_task, list_tasks, nudges
 
 if TYPE_CHECKING:
@@ -103,8 +103,9 @@ def act(action: Callable[..., Outcome], task_id: str, *args: str, decides: bool 
 def up(
     concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Tasks at once."),
 ) -> None:
-    """Run nightcrew in one process: the executor, plus the Slack bot and its notifier when
-    Slack tokens are set."""
+    """Run nightcrew in one process: the executor and the scheduler, plus the Slack bot, its
+    notifier and the digest when Slack tokens are set."""
+    from bot.scheduler import Scheduler
     from bot.slack.app import SlackEnv
 
     with user_errors():
@@ -121,7 +122,8 @@ def up(
                 "(Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode); see manifest.yml. "
                 "Running the executor only; queue tasks with `nightcrew add`."
             )
-            _run_executor(concurrency, drain=False)
+            with Scheduler(engine(), config, digests=False):  # scheduled tasks still fire
+                _run_executor(concurrency, drain=False)
             return
         with _bot_in_background(slack):
             _run_executor(concurrency, drain=False)
@@ -409,6 +411,106 @@ def repos() -> None:
     out.print(terminal.repos_table(cfg))
     if cfg.source is None:
         out.print("(no nightcrew.yaml: using the current git repo; `nightcrew init` writes one)")
+
+
+@app.command()
+def digest(
+    mine: bool = typer.Option(False, "--mine", help="Only tasks you (the local user) asked for."),
+) -> None:
+    """Print the digest now: since the last scheduled one, what waits for approval (riskiest
+    first), what merged, failed or is still open, and the totals. Sends nothing."""
+    from zoneinfo import ZoneInfo
+
+    from bot import digest as digests
+
+    with user_errors():
+        cfg = config()
+        with transaction(engine()) as session:
+            requester = local_user() if mine else None
+            data, _, _ = digests.on_demand(session, cfg, utcnow(), requester=requester)
+    out.print(terminal.digest(data, ZoneInfo(cfg.digest.timezone)))
+
+
+schedule_app = typer.Typer(
+    help="Recurring tasks: each fire time of a cron expression queues a normal task.",
+    no_args_is_help=True,
+)
+app.add_typer(schedule_app, name="schedule")
+
+
+@schedule_app.command("add")
+def schedule_add(
+    cron: str = typer.Argument(
+        ..., help='Five fields, minute hour day month weekday ("0 9 * * 1"), or @daily, @weekly.'
+    ),
+    prompt: str = typer.Argument(..., help="What the agent should do at each firing."),
+    repo: str | None = typer.Option(None, "--repo", "-r", help="Repo name from nightcrew.yaml."),
+    tz: str | None = typer.Option(
+        None, "--tz", help="Time zone of the cron (default: the digest's, from nightcrew.yaml)."
+    ),
+    channel: str | None = typer.Option(
+        None, "--channel", help="Slack channel id for the tasks' cards (default: none, CLI only)."
+    ),
+) -> None:
+    """Add a schedule; it first fires at its next cron time."""
+    from bot import schedules
+
+    with user_errors(), transaction(engine()) as session:
+        added = schedules.add(
+            session,
+            config(),
+            cron=cron,
+            prompt=prompt,
+            creator=local_user(),
+            repo=repo,
+            channel=channel,
+            timezone=tz,
+        )
+        line = schedules.describe(added, utcnow())
+    out.print(f"added schedule {line}", markup=False)
+
+
+@schedule_app.command("list")
+def schedule_list() -> None:
+    """List the schedules with their next fire time."""
+    from bot import schedules
+    from storage.schedules import list_schedules
+
+    with user_errors(), transaction(engine()) as session:
+        lines = [schedules.describe(s, utcnow()) for s in list_schedules(session)]
+    for line in lines or ["no schedules; add one with `nightcrew schedule add`"]:
+        out.print(line, markup=False)
+
+
+def _change_schedule(schedule_id: int, change: str) -> None:
+    from bot import schedules
+
+    with user_errors(), transaction(engine()) as session:
+        if change == "delete":
+            message = schedules.delete(session, config(), schedule_id, actor=local_user())
+        else:
+            message = schedules.pause(
+                session, config(), schedule_id, actor=local_user(), paused=change == "pause"
+            )
+    out.print(message)
+
+
+@schedule_app.command("pause")
+def schedule_pause(schedule_id: int = typer.Argument(..., min=1, help="Schedule id.")) -> None:
+    """Stop a schedule from firing until it is resumed."""
+    _change_schedule(schedule_id, "pause")
+
+
+@schedule_app.command("resume")
+def schedule_resume(schedule_id: int = typer.Argument(..., min=1, help="Schedule id.")) -> None:
+    """Let a paused schedule fire again (from its next fire time; missed ones are skipped)."""
+    _change_schedule(schedule_id, "resume")
+
+
+@schedule_app.command("delete")
+def schedule_delete(schedule_id: int = typer.Argument(..., min=1, help="Schedule id.")) -> None:
+    """Delete a schedule; the tasks it queued stay."""
+    _change_schedule(schedule_id, "delete")
 
 
 if __name__ == "__main__":

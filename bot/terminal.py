@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from rich.console import Group
 from rich.table import Table
@@ -13,6 +14,7 @@ from rich.text import Text
 from executor.budget import ALL, WAITING, Budget, Day
 from executor.config import Config
 from executor.pricing import cost_text, usd
+from storage.digests import DigestData
 from storage.lifecycle import State
 from storage.models import Nudge, Priority, Task, TaskEvent, utcnow
 
@@ -261,3 +263,45 @@ def budget_table(
         style="dim",
     )
     return Group(head, table, note)
+
+
+def digest(data: DigestData, tz: ZoneInfo) -> Group:
+    """The digest for `nightcrew digest`: the same sections as in Slack, every task listed."""
+    since = f"{data.since.astimezone(tz):%a %d %b %H:%M} ({tz.key})"
+    if data.empty:
+        return Group(Text(f"nothing happened since {since}, and nothing is waiting"))
+    until = f"{data.until.astimezone(tz):%a %d %b %H:%M}"
+    parts: list[Text] = [Text(f"digest since {since}, until {until}", style="bold")]
+    sections = (
+        ("awaiting approval (riskiest first)", data.awaiting, State.AWAITING_APPROVAL),
+        ("merged", data.merged, State.MERGED),
+        ("failed", data.failed, State.FAILED),
+        ("running, queued or waiting for input", data.open, State.QUEUED),
+    )
+    for heading, tasks, state in sections:
+        parts.append(Text(f"\n{heading}: {len(tasks) or 'none'}", style=STATE_STYLE[state]))
+        for task in tasks:
+            line = f"  {task.id:>5}  {task.repo}  {one_line(task.prompt)}"
+            if state is State.QUEUED:  # the open section: say which state
+                line += f"  [{task.state.value}]"
+            if task.proof is not None:
+                line += f"\n         risk {task.risk}; {_digest_proof(task.proof)}"
+            elif task.state is State.FAILED:
+                line += f"\n         {one_line(task.reason or 'no reason recorded', 100)}"
+            parts.append(Text(line))
+    t = data.totals
+    parts.append(
+        Text(
+            f"\ntotals: {t.tasks:,} tasks, {t.turns:,} turns, {t.tokens:,} tokens, "
+            f"{cost_text(t.cost_nanos, t.unpriced_tokens)}"
+        )
+    )
+    return Group(*parts)
+
+
+def _digest_proof(proof: dict) -> str:
+    checks = proof.get("checks") or []
+    passed = sum(1 for c in checks if c.get("passed"))
+    review = (proof.get("review") or {}).get("verdict", "none")
+    diff = f"+{proof.get('insertions', 0)} -{proof.get('deletions', 0)}"
+    return f"checks {passed}/{len(checks)} passed, review {review}, {diff}"

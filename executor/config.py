@@ -10,13 +10,13 @@ import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from apscheduler.triggers.cron import CronTrigger
 from git import InvalidGitRepositoryError, NoSuchPathError, Repo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic import model_validator as _model_validator
+
+from executor import crontime
 
 DEFAULT_IMAGE = "nightcrew-sandbox:latest"
 Positive = Annotated[float, Field(gt=0)]
@@ -102,13 +102,9 @@ class Digest(_Strict):
     @_model_validator(mode="after")
     def _schedule(self) -> Digest:
         try:
-            tz = ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown timezone {self.timezone!r}") from exc
-        try:
-            CronTrigger.from_crontab(self.cron, timezone=tz)
-        except ValueError as exc:
-            raise ValueError(f"bad cron expression {self.cron!r}: {exc}") from exc
+            crontime.trigger(self.cron, self.timezone)
+        except crontime.CronError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
 

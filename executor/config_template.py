@@ -29,7 +29,10 @@ repos:                          # required: at least one repo
 #   C0123456789: $name
 # users: []                     # Slack user ids who may add tasks (empty: anyone in the channels)
 # model: gpt-4.1-mini           # the agent's model (or NIGHTCREW_MODEL)
-# digest: {cron: "0 8 * * *", timezone: UTC, channels: []}
+# digest:                       # the daily digest, posted to these channels (people can also
+#   cron: "0 8 * * *"           # get theirs by DM: /agent digest subscribe); scheduled tasks
+#   timezone: UTC               # use this time zone unless given their own
+#   channels: []
 # budgets: {daily_usd: 20, repo_daily_usd: {$name: 10}}   # per day in digest.timezone
 # prices: {my-model: {prompt: 0.5, completion: 1.5}}     # USD per million tokens
 """)

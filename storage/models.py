@@ -1,4 +1,5 @@
-"""The tables: Task, its event log, the nudges people send it, and the Slack outbox."""
+"""The tables: Task, its event log, the nudges people send it, the Slack outbox, and the
+digest and scheduled-task bookkeeping."""
 
 from __future__ import annotations
 
@@ -6,7 +7,16 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
@@ -155,3 +165,39 @@ class Outbox(SQLModel, table=True):
     attempts: int = 0
     last_error: str | None = Field(default=None, sa_type=Text)
     delivered_at: datetime | None = _ts()
+
+
+class DigestRun(SQLModel, table=True):
+    """A digest sent (queued in the outbox) to one target for one scheduled fire time. The
+    unique key is what makes a digest go out once, however many bot processes run."""
+
+    __table_args__ = (UniqueConstraint("target", "fire_at", name="uq_digestrun_target_fire"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    target: str = Field(index=True)  # a Slack channel id, or a user id for a DM
+    fire_at: datetime = _ts(nullable=False)
+    created_at: datetime = _ts(nullable=False)
+
+
+class DigestSubscriber(SQLModel, table=True):
+    """A person who asked for the digest by DM (`/agent digest subscribe`)."""
+
+    user: str = Field(primary_key=True)
+    created_at: datetime = _ts(nullable=False)
+
+
+class Schedule(SQLModel, table=True):
+    """A recurring task: at each fire time of `cron` (in `timezone`) a normal task is queued.
+    `last_fired_at` is advanced by compare-and-swap, so a fire time queues one task."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    cron: str
+    timezone: str
+    repo: str
+    prompt: str = Field(sa_type=Text)
+    channel: str | None = None  # where it was created; its tasks' cards go there
+    creator: str
+    paused: bool = False
+    created_at: datetime = _ts(nullable=False)
+    last_fired_at: datetime | None = _ts()
+    last_task_id: int | None = None

@@ -34,9 +34,43 @@ from storage.models import Priority, Task
         ("RETRY 12", Command("retry", task_id=12)),
         ("repos", Command("repos")),
         ("merge the two config loaders", Command("add", prompt="merge the two config loaders")),
+        ("digest", Command("digest", action="show")),
+        ("digest Subscribe", Command("digest", action="subscribe")),
+        ("digest the logs", CommandError),
+        (
+            'schedule "0 9 * * 1" --repo api update the dependencies',
+            Command(
+                "schedule",
+                action="add",
+                cron="0 9 * * 1",
+                prompt="update the dependencies",
+                repo="api",
+            ),
+        ),
+        (
+            "schedule \u201c30 7 * * 1-5\u201d --tz Europe/Berlin check the nightly build",
+            Command(
+                "schedule",
+                action="add",
+                cron="30 7 * * 1-5",
+                prompt="check the nightly build",
+                timezone="Europe/Berlin",
+            ),
+        ),
+        (
+            "schedule @weekly bump deps",
+            Command("schedule", action="add", cron="@weekly", prompt="bump deps"),
+        ),
+        ("schedule list", Command("schedule", action="list")),
+        ("schedule pause 3", Command("schedule", action="pause", schedule_id=3)),
+        ("schedule delete 12", Command("schedule", action="delete", schedule_id=12)),
     ],
 )
-def test_commands_parse(text: str, expected: Command) -> None:
+def test_commands_parse(text: str, expected: Command | type[CommandError]) -> None:
+    if expected is CommandError:
+        with pytest.raises(CommandError):
+            parse(text)
+        return
     assert parse(text) == expected
 
 
@@ -52,6 +86,13 @@ def test_commands_parse(text: str, expected: Command) -> None:
         ("lst", "unknown subcommand 'lst'"),
         ("approve 4", "button on the task's card"),
         ("list everything", "mine, channel or all"),
+        ("schedule", "needs more"),
+        ("schedule 0 9 * * 1 bump deps", "put the cron expression in quotes"),
+        ('schedule "0 9 * * 1"', "prompt is empty"),
+        ('schedule "" bump deps', "cron expression is empty"),
+        ('schedule "0 9 * * 1" --colour red bump', "unknown option"),
+        ("schedule pause", "needs a schedule id"),
+        ("schedule delete x", "needs a schedule id"),
     ],
 )
 def test_mistakes_say_what_to_do(text: str, says: str) -> None:

@@ -1,6 +1,6 @@
 """The Bolt app and how it runs: Socket Mode (SLACK_APP_TOKEN; no public URL needed) or HTTP
 mode (Bolt's /slack/events, signatures checked with SLACK_SIGNING_SECRET), plus the notifier
-thread that delivers the outbox."""
+thread that delivers the outbox and the scheduler (digest, scheduled tasks)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry import RateLimitErrorRetryHandler
 from sqlalchemy import Engine
 
+from bot.scheduler import Scheduler
 from bot.slack.listeners import register
 from bot.slack.notifier import Notifier, Tunables
 from executor.config import Config
@@ -164,9 +165,10 @@ def run_bot(
     port: int = 3000,
     say: Callable[[str], None] = print,
 ) -> None:
-    """Run the bot and the notifier until `stop` is set."""
+    """Run the bot, the notifier and the scheduler (digest, scheduled tasks) until `stop`
+    is set."""
     app = build_app(engine, config, env)
-    with notifier_thread(engine, env):
+    with notifier_thread(engine, env), Scheduler(engine, config):
         if http or not env.app_token:
             if not env.signing_secret:
                 raise ValueError("HTTP mode needs SLACK_SIGNING_SECRET")

@@ -221,7 +221,12 @@ HELP = (
     "• reply in a task's thread to steer its agent\n"
     "• `/agent list [mine|channel|all]`, `/agent show ID`, `/agent cancel ID`, "
     "`/agent retry ID`, `/agent repos`, `/agent budget` (today's spend against the budgets)\n"
-    "• approve, reject or request changes with the buttons on the card"
+    "• approve, reject or request changes with the buttons on the card\n"
+    "• `/agent digest`: what finished, failed and waits since the last daily digest "
+    "(`mine`: only your tasks); `/agent digest subscribe|unsubscribe`: get yours by DM\n"
+    '• `/agent schedule "0 9 * * 1" [--repo R] [--tz Europe/Berlin] <what to do>`: queue '
+    "that task at every cron time (here: Mondays 9:00); `/agent schedule list`, "
+    "`/agent schedule pause|resume|delete ID`"
 )
 
 

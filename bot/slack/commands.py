@@ -11,15 +11,27 @@ from storage.models import Priority
 USAGE = (
     "`/agent add [--repo R] [--priority high|normal|low] <what to do>` (or just "
     "`/agent <what to do>`), `/agent list [mine|all]`, `/agent show ID`, `/agent cancel ID`, "
-    "`/agent retry ID`, `/agent repos`, `/agent budget`, `/agent help`"
+    "`/agent retry ID`, `/agent repos`, `/agent budget`, "
+    "`/agent digest [mine|subscribe|unsubscribe]`, "
+    '`/agent schedule "<cron>" [--repo R] <what to do>`, `/agent schedule list|pause ID|'
+    "resume ID|delete ID`, `/agent help`"
 )
+SCHEDULE_USAGE = (
+    '`/agent schedule "<cron>" [--repo R] [--tz Europe/Berlin] <what to do>` (cron: minute '
+    'hour day month weekday, e.g. "0 9 * * 1" for Mondays at 9:00, or @daily/@weekly), '
+    "`/agent schedule list`, `/agent schedule pause|resume|delete ID`"
+)
+_DIGEST_ACTIONS = ("show", "mine", "subscribe", "unsubscribe")
+_SCHEDULE_WITH_ID = ("pause", "resume", "delete")
+# Quotes people type around a cron expression; phones turn " into “ ”.
+_QUOTES = {'"': '"', "'": "'", "`": "`", "\u201c": "\u201d", "\u2018": "\u2019", "\u201d": "\u201d"}
 # Words that would be mistaken for a subcommand if a prompt began with them by accident are
 # still prompts: only these exact words are subcommands.
 _WITH_ID = ("show", "cancel", "retry")
 _BARE = ("repos", "budget", "help")
 _LIST_SCOPES = ("mine", "channel", "all")
 # Things people try to type that live on the card's buttons instead.
-_ELSEWHERE = ("approve", "reject", "nudge", "merge", "digest")
+_ELSEWHERE = ("approve", "reject", "nudge", "merge")
 
 
 class CommandError(Exception):
@@ -34,6 +46,10 @@ class Command:
     priority: Priority = Priority.NORMAL
     task_id: int | None = None
     scope: str = "channel"  # for list: mine, channel, all
+    action: str = ""  # digest: show, mine, subscribe, unsubscribe; schedule: add, list, ...
+    cron: str = ""  # schedule add
+    timezone: str | None = None  # schedule add
+    schedule_id: int | None = None  # schedule pause, resume, delete
 
 
 def parse(text: str) -> Command:
@@ -57,6 +73,16 @@ def parse(text: str) -> Command:
         if scope not in _LIST_SCOPES:
             raise CommandError(f"`/agent list` takes mine, channel or all (got {rest!r})")
         return Command("list", scope=scope)
+    if verb == "digest":
+        action = rest.lower() or "show"
+        if action not in _DIGEST_ACTIONS:
+            raise CommandError(
+                f"`/agent digest` takes mine, subscribe or unsubscribe (got {rest!r}); to queue "
+                f"a task write `/agent add {stripped}`"
+            )
+        return Command("digest", action=action)
+    if verb == "schedule":
+        return _parse_schedule(rest)
     if verb in _BARE:
         return Command(verb)  # `/agent help me` is a plea for help, not a task
     if verb.startswith("-"):
@@ -69,6 +95,47 @@ def parse(text: str) -> Command:
             f"Commands: {USAGE}"
         )
     return Command("add", prompt=stripped)
+
+
+def _parse_schedule(rest: str) -> Command:
+    head, tail = _split(rest)
+    action = head.lower()
+    if not rest:
+        raise CommandError(f"`/agent schedule` needs more: {SCHEDULE_USAGE}")
+    if action == "list":
+        return Command("schedule", action="list")
+    if action in _SCHEDULE_WITH_ID:
+        if not tail.isdigit() or int(tail) < 1:
+            raise CommandError(f"`/agent schedule {action}` needs a schedule id, like 3")
+        return Command("schedule", action=action, schedule_id=int(tail))
+    cron, rest = _take_cron(rest)
+    repo, tz = None, None
+    while rest.startswith("-"):
+        option, value, rest = _take_option(rest)
+        if option in ("--repo", "-r"):
+            repo = value
+        elif option in ("--tz", "--timezone"):
+            tz = value
+        else:
+            raise CommandError(f"unknown option {option!r}; {SCHEDULE_USAGE}")
+    if not rest:
+        raise CommandError("the prompt is empty; say what the agent should do: " + SCHEDULE_USAGE)
+    return Command("schedule", action="add", cron=cron, prompt=rest, repo=repo, timezone=tz)
+
+
+def _take_cron(text: str) -> tuple[str, str]:
+    """`"0 9 * * 1" update deps` -> ("0 9 * * 1", "update deps"); `@weekly update deps` too.
+    The cron is checked when the schedule is added (it needs the time zone)."""
+    if text.startswith("@"):
+        return _split(text)
+    close = _QUOTES.get(text[:1])
+    end = text.find(close, 1) if close else -1
+    if end < 0:
+        raise CommandError(f"put the cron expression in quotes: {SCHEDULE_USAGE}")
+    cron = text[1:end].strip()
+    if not cron:
+        raise CommandError(f"the cron expression is empty: {SCHEDULE_USAGE}")
+    return cron, text[end + 1 :].strip()
 
 
 def _looks_like_id(text: str) -> bool:

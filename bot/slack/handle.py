@@ -12,18 +12,19 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from bot import actions
+from bot import actions, digest, schedules
 from bot.actions import ActionError, Outcome
 from bot.slack import blocks
-from bot.slack.commands import Command, CommandError, parse
+from bot.slack.commands import SCHEDULE_USAGE, Command, CommandError, parse
 from executor.budget import WAITING, Books
 from executor.config import Config, ConfigError
-from storage import outbox
+from storage import digests, outbox
 from storage.db import transaction
 from storage.errors import StorageError
 from storage.lifecycle import IllegalTransition
-from storage.models import Nudge, Task, TaskEvent
+from storage.models import Nudge, Task, TaskEvent, utcnow
 from storage.queue import waiting_by_repo
+from storage.schedules import list_schedules
 from storage.tasks import get_task, record
 
 # What a person can get wrong; each becomes an ephemeral message and changes nothing.
@@ -98,6 +99,10 @@ def run_command(
             day, budgets = books.today(session)
             waiting = waiting_by_repo(session, marker=WAITING)
         return {"text": blocks.budget_text(day, budgets, waiting, configured=books.budgets.any)}
+    if cmd.verb == "digest":
+        return _digest(engine, config, cmd, user)
+    if cmd.verb == "schedule":
+        return _schedule(engine, config, cmd, user, channel)
     with writing(engine) as session:
         if cmd.verb == "add":
             if event_ts is not None and _seen_mention(session, channel, event_ts):
@@ -121,6 +126,60 @@ def run_command(
         approvers = list(repo.approvers) if repo else []
         outcome = actions.cancel(session, cmd.task_id, actor=user, approvers=approvers)
         return {"text": outcome.message}
+
+
+def _digest(engine: Engine, config: Config, cmd: Command, user: str) -> dict[str, Any]:
+    if cmd.action in ("subscribe", "unsubscribe"):
+        with writing(engine) as session:
+            if cmd.action == "subscribe":
+                new = digests.subscribe(session, user)
+            else:
+                new = digests.unsubscribe(session, user)
+        when = f"`{config.digest.cron}` ({config.digest.timezone})"
+        if cmd.action == "subscribe":
+            said = "you will get" if new else "you already get"
+            return {"text": f"{said} the digest of your tasks by DM at {when}"}
+        said = "you will no longer get" if new else "you were not getting"
+        return {"text": f"{said} the digest by DM"}
+    with writing(engine) as session:  # on SQLite every transaction takes the write lock
+        requester = user if cmd.action == "mine" else None
+        _, text, found = digest.on_demand(session, config, utcnow(), requester=requester)
+    return {"text": text, "blocks": found}
+
+
+def _schedule(
+    engine: Engine, config: Config, cmd: Command, user: str, channel: str
+) -> dict[str, Any]:
+    if cmd.action == "list":
+        with writing(engine) as session:
+            found = list_schedules(session)
+            now = utcnow()
+            lines = [blocks.escape(schedules.describe(s, now)) for s in found]
+        if not lines:
+            return {"text": f"no schedules yet; {SCHEDULE_USAGE}"}
+        return {"text": blocks.cut("*Schedules*\n" + "\n".join(f"• {line}" for line in lines))}
+    with writing(engine) as session:
+        if cmd.action == "add":
+            if config.users and user not in config.users:
+                raise ActionError("you are not one of the users who may add tasks")
+            added = schedules.add(
+                session,
+                config,
+                cron=cmd.cron,
+                prompt=cmd.prompt,
+                creator=user,
+                repo=cmd.repo,
+                channel=channel,
+                timezone=cmd.timezone,
+            )
+            return {"text": f"added schedule {blocks.escape(schedules.describe(added, utcnow()))}"}
+        assert cmd.schedule_id is not None
+        if cmd.action == "delete":
+            return {"text": schedules.delete(session, config, cmd.schedule_id, actor=user)}
+        paused = cmd.action == "pause"
+        return {
+            "text": schedules.pause(session, config, cmd.schedule_id, actor=user, paused=paused)
+        }
 
 
 MENTION_EVENT = "slack_mention"  # the mention a task came from, to spot redeliveries

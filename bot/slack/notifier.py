@@ -1,4 +1,5 @@
-"""Delivers the outbox to Slack: posts and edits task cards, posts milestones in threads.
+"""Delivers the outbox to Slack: posts and edits task cards, posts milestones in threads,
+posts messages of their own (the digest).
 
 Exactly once per row as far as Slack lets us know: the SDK's own retries are off (a resent
 post whose answer was lost would appear twice); each row is claimed under a lease, sent once
@@ -98,11 +99,15 @@ class Notifier:
             task = session.get(Task, row.task_id) if row.task_id else None
             if task is not None:
                 session.expunge(task)
-        if task is None or not task.channel:
+        if row.kind == "post":  # not about one task: the digest, a schedule's warning
+            task = None
+        elif task is None or not task.channel:
             self._settle(lambda s: outbox.give_up(s, row.id, error="no task or channel"))
             return
         try:
-            if row.kind == "card":
+            if task is None:
+                self._post(row)
+            elif row.kind == "card":
                 self._card(row, task)
             elif row.kind == "state":
                 self._state(row, task)
@@ -138,6 +143,21 @@ class Notifier:
             self.client.chat_update, channel=task.channel, ts=task.thread_ts, text=text, blocks=card
         )
         self._last_edit[task.id] = time.monotonic()
+        self._settle(lambda s: outbox.mark_delivered(s, row.id))
+
+    def _post(self, row: Outbox) -> None:
+        """A message of its own (the digest): `payload` has channel, text and blocks."""
+        assert row.id is not None
+        channel = str(row.payload.get("channel") or "")
+        if not channel:
+            raise _Permanent("post without a channel")
+        self._pace_channel(row, channel)
+        self._call(
+            self.client.chat_postMessage,
+            channel=channel,
+            text=row.payload.get("text") or "",
+            blocks=row.payload.get("blocks") or None,
+        )
         self._settle(lambda s: outbox.mark_delivered(s, row.id))
 
     def _state(self, row: Outbox, task: Task) -> None:
@@ -226,7 +246,7 @@ class Notifier:
         except (OSError, TimeoutError) as exc:  # URLError, refused, reset, timed out
             raise _Retry(f"{type(exc).__name__}: {exc}") from None
 
-    def _retry(self, row: Outbox, task: Task, exc: _Retry) -> None:
+    def _retry(self, row: Outbox, task: Task | None, exc: _Retry) -> None:
         assert row.id is not None
         if row.attempts + 1 >= self.tunables.max_attempts:
             self._fail(row, task, f"{exc.error} (gave up after {row.attempts + 1} attempts)")
@@ -241,8 +261,12 @@ class Notifier:
         log.info("outbox row %s: %s; retrying in %.1f s", row.id, exc.error, delay)
         self._settle(lambda s: outbox.retry_later(s, row.id, error=exc.error, at=at))
 
-    def _fail(self, row: Outbox, task: Task, error: str) -> None:
-        assert row.id is not None and task.id is not None
+    def _fail(self, row: Outbox, task: Task | None, error: str) -> None:
+        assert row.id is not None
+        if task is None or task.id is None:  # a post: the row itself keeps the error
+            log.warning("outbox row %s (%s): %s; not retried", row.id, row.kind, error)
+            self._settle(lambda s: outbox.give_up(s, row.id, error=error))
+            return
         log.warning("outbox row %s for task %s: %s; not retried", row.id, task.id, error)
 
         def settle(session: Any) -> None:

@@ -1,0 +1,83 @@
+"""`nightcrew digest` and `nightcrew schedule …` in a real git repo, in-process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from storage.db import make_engine, sqlite_url, transaction
+from storage.lifecycle import State
+from storage.models import Schedule, utcnow
+from tests.digest_fixtures import put_task
+from tests.test_cli import Cli, _fresh_composition
+
+
+@pytest.fixture
+def cli(git_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
+    yield Cli(git_repo, tmp_path / "home", monkeypatch)
+    _fresh_composition()
+
+
+def test_digest_prints_the_day_and_an_empty_one_in_one_line(cli: Cli) -> None:
+    empty = cli.ok("digest").strip()
+    assert empty.startswith("nothing happened since") and "\n" not in empty
+    engine = make_engine(sqlite_url(cli.home))
+    now = utcnow()
+    with transaction(engine) as s:
+        put_task(s, State.AWAITING_APPROVAL, now - timedelta(minutes=9), risk="high", channel=None)
+        put_task(s, State.FAILED, now - timedelta(minutes=5), prompt="port it", reason="boom")
+        put_task(s, State.QUEUED, now - timedelta(minutes=1), prompt="write docs")
+    engine.dispose()
+    shown = cli.ok("digest")
+    for expected in (
+        "awaiting approval (riskiest first): 1",
+        "risk high; checks 0/1 passed",
+        "failed: 1",
+        "port it",
+        "boom",
+        "write docs  [queued]",
+        "merged: none",
+        "totals: 3 tasks",
+    ):
+        assert expected in shown, expected
+    assert "write docs" not in cli.ok("digest", "--mine")  # the local user asked for none
+
+
+def test_schedule_add_list_pause_resume_delete(cli: Cli) -> None:
+    added = cli.ok("schedule", "add", "0 9 * * 1", "update the dependencies", "--tz", "UTC")
+    assert added.startswith("added schedule 1: `0 9 * * 1` (UTC) on app, next ")
+    assert "update the dependencies" in cli.ok("schedule", "list")
+    assert cli.ok("schedule", "pause", "1").strip() == "schedule 1 paused"
+    assert ", paused:" in cli.ok("schedule", "list")
+    assert cli.ok("schedule", "resume", "1").strip() == "schedule 1 resumed"
+    engine = make_engine(sqlite_url(cli.home))
+    with transaction(engine) as s:
+        (schedule,) = s.exec(select(Schedule)).all()
+    engine.dispose()
+    assert (schedule.repo, schedule.creator.startswith("local:"), schedule.paused) == (
+        "app",
+        True,
+        False,
+    )
+    assert "deleted" in cli.ok("schedule", "delete", "1")
+    assert "no schedules" in cli.ok("schedule", "list")
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("schedule", "add", "0 9 * *", "bump"), "bad cron expression"),
+        (("schedule", "add", "@daily", "bump", "--tz", "Nowhere/Land"), "unknown timezone"),
+        (("schedule", "add", "@daily", "bump", "--repo", "web"), "unknown repo 'web'"),
+        (("schedule", "pause", "7"), "no schedule 7"),
+    ],
+)
+def test_bad_schedule_commands_say_why_and_write_nothing(
+    cli: Cli, args: tuple[str, ...], says: str
+) -> None:
+    cli.ok("ls")  # create the database
+    assert says in cli.fails(*args)

@@ -1,0 +1,210 @@
+"""The digest against real databases with a frozen clock: what goes in it, when it is sent,
+once per target and fire time whatever the restarts and the number of bot processes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from bot import digest
+from bot.scheduler import Scheduler
+from executor import crontime
+from storage import digests
+from storage.db import make_engine, transaction
+from storage.digests import collect
+from storage.lifecycle import State
+from storage.models import DigestRun, Outbox
+from tests.digest_fixtures import config, put_task
+
+# 08:00 in Berlin: 07:00 UTC in winter; DST starts on 29 March 2026, so 06:00 UTC from then.
+DAY1 = datetime(2026, 3, 25, 7, tzinfo=UTC)
+DAY2 = DAY1 + timedelta(days=1)
+
+
+def posts(engine: Engine) -> list[Outbox]:
+    with transaction(engine) as session:
+        rows = session.exec(select(Outbox).where(Outbox.kind == "post").order_by(Outbox.id))
+        return list(rows.all())
+
+
+def post_text(row: Outbox) -> str:
+    return row.payload["text"] + "\n" + str(row.payload["blocks"])
+
+
+def test_collect_sorts_a_day_of_tasks_in_every_state(engine: Engine) -> None:
+    hour = timedelta(hours=1)
+    with transaction(engine) as s:
+        low = put_task(s, State.AWAITING_APPROVAL, DAY1 - hour * 30, risk="low", turns=5)
+        high = put_task(s, State.AWAITING_APPROVAL, DAY1 + hour, risk="high")
+        usd_1_50 = 1_500_000_000  # nano-dollars
+        merged = put_task(
+            s, State.MERGED, DAY1 + hour * 2, turns=10, tokens_in=1000, cost_nanos=usd_1_50
+        )
+        old = put_task(s, State.MERGED, DAY1 - hour, turns=99)  # before the window
+        failed = put_task(s, State.FAILED, DAY1 + hour * 3, reason="checks failed")
+        running = put_task(s, State.RUNNING, DAY1 - hour * 48)  # open: listed however old
+        queued = put_task(s, State.QUEUED, DAY1 + hour * 4, prompt="x" * 5000)
+        asking = put_task(s, State.NEEDS_INPUT, DAY1 + hour * 5, requester="U222", turns=2)
+        put_task(s, State.CANCELLED, DAY1 + hour * 6, turns=1, tokens_out=50, unpriced_tokens=50)
+        put_task(s, State.REJECTED, DAY1 - hour * 2)
+        put_task(s, State.MERGED, DAY2 + hour)  # after the window
+    with transaction(engine) as s:
+        data = collect(s, DAY1, DAY2)
+        mine = collect(s, DAY1, DAY2, requester="U222")
+    assert [t.id for t in data.awaiting] == [high, low]  # riskiest first
+    assert data.awaiting[0].proof is not None and data.awaiting[0].risk == "high"
+    assert [t.id for t in data.merged] == [merged] and old not in [t.id for t in data.merged]
+    assert [(t.id, t.reason) for t in data.failed] == [(failed, "checks failed")]
+    assert [t.id for t in data.open] == [running, queued, asking]
+    assert len(data.open[1].prompt) == digests.PROMPT_CHARS
+    # Totals: the tasks changed in the window (high, merged, failed, queued, asking, cancelled).
+    assert data.totals == digests.Totals(
+        tasks=6, turns=13, tokens=1050, cost_nanos=1_500_000_000, unpriced_tokens=50
+    )
+    assert [t.id for t in mine.open] == [asking] and not mine.awaiting and not mine.merged
+
+
+def test_sent_once_per_channel_at_its_time_covering_the_day_since_the_last(
+    engine: Engine, tmp_path: Path
+) -> None:
+    cfg = config(tmp_path)
+    with transaction(engine) as s:
+        put_task(s, State.MERGED, DAY1 + timedelta(hours=3), prompt="bump deps")
+    assert digest.send_due(engine, cfg, DAY2 - timedelta(seconds=1)) == []  # fresh install
+    sent = digest.send_due(engine, cfg, DAY2 + timedelta(seconds=1))
+    assert [(one.target, one.fire_at) for one in sent] == [("C111", DAY2), ("C222", DAY2)]
+    assert sent[0].data.since == DAY1  # the previous fire time: no digest was sent before
+    assert digest.send_due(engine, cfg, DAY2 + timedelta(minutes=5)) == []
+    rows = posts(engine)
+    assert [r.payload["channel"] for r in rows] == ["C111", "C222"]
+    assert "1 merged" in rows[0].payload["text"] and "bump deps" in post_text(rows[0])
+    # The next day covers the day since this one; an empty day says so in one line.
+    (third, _) = digest.send_due(engine, cfg, DAY2 + timedelta(days=1, seconds=5))
+    assert third.data.since == DAY2
+    row = posts(engine)[2]
+    assert len(row.payload["blocks"]) == 1 and "nothing happened since" in row.payload["text"]
+
+
+def test_a_restart_after_missed_digests_sends_the_latest_once(
+    engine: Engine, tmp_path: Path
+) -> None:
+    cfg = config(tmp_path, channels=("C111",))
+    digest.send_due(engine, cfg, DAY1)  # sent on day 1, then the bot was down three days
+    with transaction(engine) as s:
+        put_task(s, State.MERGED, DAY1 + timedelta(days=1), prompt="merged while down")
+    day4 = DAY1 + timedelta(days=3)
+    restart = day4 + timedelta(hours=2, minutes=17)
+    (sent,) = Scheduler(engine, lambda: cfg, clock=lambda: restart).tick().digests
+    assert (sent.fire_at, sent.data.since) == (day4, DAY1)  # one digest, covering all of it
+    assert [t.prompt for t in sent.data.merged] == ["merged while down"]
+    again = Scheduler(engine, lambda: cfg, clock=lambda: restart + timedelta(hours=1))
+    assert again.tick().digests == []
+    assert len(posts(engine)) == 2
+
+
+def test_the_fire_time_follows_the_zone_across_the_dst_change(
+    engine: Engine, tmp_path: Path
+) -> None:
+    cfg = config(tmp_path, channels=("C111",))
+    before = datetime(2026, 3, 28, 7, tzinfo=UTC)  # Saturday 08:00 CET
+    after = datetime(2026, 3, 29, 6, tzinfo=UTC)  # Sunday 08:00 CEST: 23 hours later
+    assert [s.fire_at for s in digest.send_due(engine, cfg, before)] == [before]
+    with transaction(engine) as s:
+        put_task(s, State.MERGED, before + timedelta(hours=5))
+    assert digest.send_due(engine, cfg, after - timedelta(seconds=1)) == []
+    (sent,) = digest.send_due(engine, cfg, after)
+    assert (sent.fire_at, sent.data.since) == (after, before)
+    assert digest.send_due(engine, cfg, before + timedelta(days=1)) == []  # 07:00 UTC: no
+    assert "Sat 28 Mar 08:00 (Europe/Berlin), until Sun 29 Mar 08:00" in post_text(posts(engine)[1])
+
+
+def test_subscribers_get_their_own_tasks_by_dm(engine: Engine, tmp_path: Path) -> None:
+    cfg = config(tmp_path, channels=())
+    with transaction(engine) as s:
+        put_task(s, State.FAILED, DAY1 + timedelta(hours=1), prompt="mine", reason="boom")
+        put_task(s, State.FAILED, DAY1 + timedelta(hours=1), prompt="theirs", requester="U222")
+        assert digests.subscribe(s, "U111") and not digests.subscribe(s, "U111")
+    sent = digest.send_due(engine, cfg, DAY2)
+    assert [one.target for one in sent] == ["U111"]
+    assert [t.prompt for t in sent[0].data.failed] == ["mine"]
+    assert posts(engine)[0].payload["text"].startswith("Your nightcrew digest")
+    with transaction(engine) as s:
+        assert digests.unsubscribe(s, "U111") and not digests.unsubscribe(s, "U111")
+    assert digest.send_due(engine, cfg, DAY2 + timedelta(days=1)) == []
+
+
+def test_two_schedulers_on_one_database_send_each_digest_once(
+    engine: Engine, db_url: str, tmp_path: Path
+) -> None:
+    cfg = config(tmp_path)
+    digest.send_due(engine, cfg, DAY1)
+    engines = [make_engine(db_url) for _ in range(2)]
+    now = DAY2 + timedelta(seconds=2)
+    start = threading.Barrier(len(engines))
+    sent: list[digest.Sent] = []
+    errors: list[BaseException] = []
+
+    def process(own: Engine) -> None:
+        scheduler = Scheduler(own, lambda: cfg, clock=lambda: now)
+        start.wait()
+        try:
+            for _ in range(5):
+                sent.extend(scheduler.tick().digests)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=process, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for e in engines:
+        e.dispose()
+    assert errors == []
+    assert sorted(s.target for s in sent) == ["C111", "C222"]
+    assert sorted(r.payload["channel"] for r in posts(engine)) == ["C111", "C111", "C222", "C222"]
+    with transaction(engine) as session:
+        runs = session.exec(select(DigestRun.target, DigestRun.fire_at)).all()
+    assert sorted(runs) == [("C111", DAY1), ("C111", DAY2), ("C222", DAY1), ("C222", DAY2)]
+
+
+def test_the_running_scheduler_catches_up_at_start_once(engine: Engine, tmp_path: Path) -> None:
+    """APScheduler itself, on the real clock: the catch-up job sends the missed digest at
+    start; a second start (a restart) sends nothing more."""
+    cfg = config(tmp_path, cron="0 8 * * *", timezone="UTC", channels=("C111",))
+    cron = crontime.trigger(cfg.digest.cron, cfg.digest.timezone)
+    missed = crontime.latest_fire(cron, datetime.now(UTC))
+    assert missed is not None
+    with transaction(engine) as s:
+        assert digests.claim_run(s, "C111", missed - timedelta(days=2))
+    with Scheduler(engine, lambda: cfg, poll_s=0.2):
+        deadline = time.monotonic() + 10
+        while not posts(engine) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # a few polls more: still one
+    with Scheduler(engine, lambda: cfg, poll_s=0.2):
+        time.sleep(0.6)
+    (row,) = posts(engine)
+    assert row.payload["channel"] == "C111"
+    with transaction(engine) as s:
+        assert digests.last_run(s, "C111") == missed
+
+
+@pytest.mark.parametrize("requester", [None, "U111"])
+def test_on_demand_covers_since_the_last_digest_and_records_nothing(
+    engine: Engine, tmp_path: Path, requester: str | None
+) -> None:
+    cfg = config(tmp_path)
+    digest.send_due(engine, cfg, DAY1)
+    with transaction(engine) as s:
+        put_task(s, State.AWAITING_APPROVAL, DAY1 + timedelta(hours=2), risk="medium")
+        data, text, found = digest.on_demand(s, cfg, DAY1 + timedelta(hours=3), requester=requester)
+    assert data.since == DAY1  # the channels' last digest; a subscriber's own, else the cron's
+    assert "1 awaiting approval" in text and len(found) > 1
+    assert len(posts(engine)) == 2  # the two scheduled ones; on demand posts nothing
