@@ -42,7 +42,6 @@ FAST = Tunables(
 REQUESTER, STRANGER, APPROVER = "U111", "U222", "U999"
 
 
-
 @pytest.fixture
 def env(slack: SlackEmulator) -> SlackEnv:
     return SlackEnv(slack.bot_token, slack.app_token, slack.signing_secret, slack.api_url)

@@ -30,7 +30,6 @@ EDIT_INTERVAL = 0.2
 FAST = Tunables(card_edit_interval_s=EDIT_INTERVAL, channel_interval_s=0.0, idle_poll_s=0.02)
 
 
-
 @pytest.fixture
 def app(slack: SlackEmulator, engine: Engine, tmp_path: Path) -> App:
     env = SlackEnv(slack.bot_token, None, slack.signing_secret, slack.api_url)
