@@ -70,6 +70,27 @@ def local_user() -> str:
 
 
 @contextmanager
+def admin_port(role: str) -> Iterator[None]:
+    """/healthz and /metrics on NIGHTCREW_ADMIN_PORT while the process runs (if set)."""
+    env = settings()
+    if not env.admin_port:
+        yield
+        return
+    from executor.admin import serve_admin
+
+    try:
+        server = serve_admin(engine(), role=role, host=env.admin_host, port=env.admin_port)
+        url = server.__enter__()
+    except OSError as exc:
+        raise ActionError(f"cannot serve the admin port {env.admin_port}: {exc}") from None
+    out.print(f"admin: {url}/healthz and {url}/metrics")
+    try:
+        yield
+    finally:
+        server.__exit__(None, None, None)
+
+
+@contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the errors a person can cause into one line on stderr and a non-zero exit."""
     try:
@@ -115,16 +136,17 @@ def up(
         out.print(f"repos: {', '.join(cfg.repos)}")
         out.print(f"tasks: {counts.get(State.QUEUED, 0)} queued, {sum(counts.values())} in all")
         slack = SlackEnv.from_env()
-        if slack is None:
-            err.print(
-                "[yellow]Slack is not connected:[/yellow] set SLACK_BOT_TOKEN and SLACK_APP_TOKEN "
-                "(Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode); see manifest.yml. "
-                "Running the executor only; queue tasks with `nightcrew add`."
-            )
-            _run_executor(concurrency, drain=False)
-            return
-        with _bot_in_background(slack):
-            _run_executor(concurrency, drain=False)
+        with admin_port("up"):
+            if slack is None:
+                err.print(
+                    "[yellow]Slack is not connected:[/yellow] set SLACK_BOT_TOKEN and "
+                    "SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode); see "
+                    "manifest.yml. Running the executor only; queue tasks with `nightcrew add`."
+                )
+                _run_executor(concurrency, drain=False)
+                return
+            with _bot_in_background(slack):
+                _run_executor(concurrency, drain=False)
 
 
 @contextmanager
@@ -180,7 +202,8 @@ def bot(
         # it is sending and records it, so a restart does not post it again.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
-            run_bot(engine(), config, slack, stop=stop, http=http, port=port, say=out.print)
+            with admin_port("bot"):
+                run_bot(engine(), config, slack, stop=stop, http=http, port=port, say=out.print)
         except KeyboardInterrupt:
             stop.set()
 
@@ -191,7 +214,7 @@ def executor(
     drain: bool = typer.Option(False, "--drain", help="Exit when the queue is empty."),
 ) -> None:
     """Run tasks from the queue in Docker sandboxes."""
-    with user_errors():
+    with user_errors(), admin_port("executor"):
         _run_executor(concurrency, drain=drain)
 
 

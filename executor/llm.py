@@ -29,6 +29,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from executor import metrics
 from executor.llm_reply import (
     BadReply,
     Reply,
@@ -149,7 +150,16 @@ class LLMClient:
             before_sleep=self._log_retry,
             retry_error_callback=lambda _: self._give_up(failures),
         )
-        return retrying(self._attempt, payload, failures)
+        started, outcome = time.monotonic(), "unavailable"
+        try:
+            reply = retrying(self._attempt, payload, failures)
+            outcome = "ok"
+            return reply
+        except LLMRejected:
+            outcome = "rejected"
+            raise
+        finally:
+            metrics.LLM_SECONDS.labels(outcome).observe(time.monotonic() - started)
 
     def close(self) -> None:
         self._http.close()

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
         HEARTBEAT_TIMEOUT_S, gt=0, validation_alias="NIGHTCREW_HEARTBEAT_TIMEOUT_S"
     )
 
+    # /healthz and /metrics of `up`, `bot` and `executor`; unset or 0: no admin port.
+    admin_port: int | None = Field(None, ge=0, le=65535, validation_alias="NIGHTCREW_ADMIN_PORT")
+    # Loopback by default: metrics name repos and costs. A container sets 0.0.0.0.
+    admin_host: str = Field("127.0.0.1", validation_alias="NIGHTCREW_ADMIN_HOST")
+
     @property
     def db_url(self) -> str:
         return self.database_url or sqlite_url(self.home)

@@ -20,7 +20,7 @@ import docker
 from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
-from executor import workspace
+from executor import metrics, workspace
 from executor.agent import Cancelled
 from executor.budget import WAITING, Books, held
 from executor.config import Config, RepoConfig
@@ -140,6 +140,7 @@ class Worker:
             state = State.AWAITING_APPROVAL if task.state is State.MERGING else State.FAILED
             self._finish(task.id, Outcome(state, f"repo {task.repo!r} is not configured"))
             return
+        metrics.TASKS_STARTED.labels("merge" if task.state is State.MERGING else "run").inc()
         watch = Watch(self.engine, self.worker_id, task.id, self.stop)
         watch.start()
         job = TaskJob(
@@ -240,6 +241,9 @@ class Worker:
             return Outcome(State.FAILED, f"failed: {type(exc).__name__}: {exc}"), {}
 
     def _finish(self, task_id: int, outcome: Outcome, **fields: Any) -> None:
+        metrics.TASKS_FINISHED.labels(State(outcome.state).value).inc()
+        if outcome.state is State.FAILED:
+            metrics.TASKS_FAILED.inc()
         if outcome.summary is not None:
             fields["summary"] = outcome.summary
         try:

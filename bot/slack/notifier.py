@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from bot.slack import blocks
+from executor import metrics
 from storage import outbox
 from storage.db import transaction
 from storage.lifecycle import CLOSED, State
@@ -127,6 +128,7 @@ class Notifier:
                 self.client.chat_postMessage, channel=task.channel, text=text, blocks=card
             )
             ts = str(answer["ts"])
+            self._sent(row)
             self._settle(lambda s: outbox.card_posted(s, row.id, task.id, ts))
             self._last_edit[task.id] = time.monotonic()
             return
@@ -137,6 +139,7 @@ class Notifier:
         self._call(
             self.client.chat_update, channel=task.channel, ts=task.thread_ts, text=text, blocks=card
         )
+        self._sent(row)
         self._last_edit[task.id] = time.monotonic()
         self._settle(lambda s: outbox.mark_delivered(s, row.id))
 
@@ -162,6 +165,7 @@ class Notifier:
                 text=line,
                 blocks=[blocks.section(line), *extra] if extra else None,
             )
+            self._sent(row)
 
         def settle(session: Any) -> None:
             outbox.mark_delivered(session, row.id)
@@ -198,6 +202,7 @@ class Notifier:
                 timestamp=row.payload["ts"],
                 name=row.payload["name"],
             )
+            self._sent(row)
         except _Permanent as exc:
             if str(exc) != "already_reacted":  # reactions are idempotent: already done
                 raise
@@ -226,11 +231,16 @@ class Notifier:
         except (OSError, TimeoutError) as exc:  # URLError, refused, reset, timed out
             raise _Retry(f"{type(exc).__name__}: {exc}") from None
 
+    def _sent(self, row: Outbox) -> None:
+        lag = (utcnow() - row.created_at).total_seconds()
+        metrics.SLACK_LAG.labels(row.kind).observe(max(0.0, lag))
+
     def _retry(self, row: Outbox, task: Task, exc: _Retry) -> None:
         assert row.id is not None
         if row.attempts + 1 >= self.tunables.max_attempts:
             self._fail(row, task, f"{exc.error} (gave up after {row.attempts + 1} attempts)")
             return
+        metrics.SLACK_ERRORS.labels("transient").inc()
         t = self.tunables
         delay = (
             exc.after_s
@@ -244,6 +254,7 @@ class Notifier:
     def _fail(self, row: Outbox, task: Task, error: str) -> None:
         assert row.id is not None and task.id is not None
         log.warning("outbox row %s for task %s: %s; not retried", row.id, task.id, error)
+        metrics.SLACK_ERRORS.labels("permanent").inc()
 
         def settle(session: Any) -> None:
             outbox.give_up(session, row.id, error=error)
