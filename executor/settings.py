@@ -12,7 +12,8 @@ from storage.defaults import HEARTBEAT_TIMEOUT_S
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+    # No populate_by_name: it would read the field names too, so $HOME would become NIGHTCREW_HOME.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     home: Path = Field(Path(".nightcrew"), validation_alias="NIGHTCREW_HOME")
     database_url: str | None = Field(None, validation_alias="NIGHTCREW_DATABASE_URL")
