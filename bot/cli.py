@@ -7,7 +7,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,16 +79,15 @@ def admin_port(role: str) -> Iterator[None]:
         return
     from executor.admin import serve_admin
 
-    try:
-        server = serve_admin(engine(), role=role, host=env.admin_host, port=env.admin_port)
-        url = server.__enter__()
-    except OSError as exc:
-        raise ActionError(f"cannot serve the admin port {env.admin_port}: {exc}") from None
-    out.print(f"admin: {url}/healthz and {url}/metrics")
-    try:
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(
+                serve_admin(engine(), role=role, host=env.admin_host, port=env.admin_port)
+            )
+        except OSError as exc:  # the port is taken, or the address is not ours
+            raise ActionError(f"cannot serve the admin port {env.admin_port}: {exc}") from None
+        out.print(f"admin: {url}/healthz and {url}/metrics")
         yield
-    finally:
-        server.__exit__(None, None, None)
 
 
 @contextmanager

@@ -135,12 +135,12 @@ class Worker:
 
     def perform(self, task: Task) -> None:
         assert task.id is not None
+        metrics.TASKS_STARTED.labels("merge" if task.state is State.MERGING else "run").inc()
         repo = self.config.repos.get(task.repo)
         if repo is None:
             state = State.AWAITING_APPROVAL if task.state is State.MERGING else State.FAILED
             self._finish(task.id, Outcome(state, f"repo {task.repo!r} is not configured"))
             return
-        metrics.TASKS_STARTED.labels("merge" if task.state is State.MERGING else "run").inc()
         watch = Watch(self.engine, self.worker_id, task.id, self.stop)
         watch.start()
         job = TaskJob(

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ from tests.llm_server import ScriptedLLM, reply, tool_call
 from tests.slack_emulator import SlackEmulator
 from tests.worker_fixtures import RunWorker, add_task, task, wait_for
 
+NIGHTCREW = str(Path(sys.executable).with_name("nightcrew"))
 FAST = Tunables(channel_interval_s=0, backoff_base_s=0.01, idle_poll_s=0.02)
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -146,36 +149,77 @@ def test_healthz_says_whether_the_database_answers(engine: Engine, admin: str) -
     assert "OperationalError" in down.json()["database"]
 
 
-def test_the_executor_process_serves_its_admin_port(
-    tmp_path: Path, git_repo: Path, sandbox_image: str
+@pytest.mark.parametrize("command", ["executor", "up", "bot --http --port 0"])
+def test_each_process_serves_its_admin_port(
+    command: str, tmp_path: Path, git_repo: Path, sandbox_image: str, slack: SlackEmulator
 ) -> None:
-    """`nightcrew executor` with NIGHTCREW_ADMIN_PORT: a real process, scraped, stopped."""
+    """A real `nightcrew` process with NIGHTCREW_ADMIN_PORT: probed, scraped, stopped."""
+    role = command.split()[0]
+    port = str(_free_port())
     env = {
-        **os.environ,
+        **_clean_env(),
         "NIGHTCREW_HOME": str(tmp_path / "home"),
         "NIGHTCREW_MODEL": "m",
         "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+        "NIGHTCREW_ADMIN_PORT": port,
+        **(slack.env() if role == "bot" else {}),
     }
-    port = env["NIGHTCREW_ADMIN_PORT"] = str(_free_port())
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bot.cli", "executor"],
+        [NIGHTCREW, *command.split()],
         cwd=git_repo,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    ready = {"executor": "worker(s)", "up": "worker(s)", "bot": "Slack bot: HTTP mode"}[role]
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _answers(f"{url}/healthz"), timeout=60)
-        assert httpx.get(f"{url}/healthz").json()["role"] == "executor"
+        wait_for(lambda: any(ready in line for line in lines) or proc.poll() is not None, 60)
+        assert proc.poll() is None, "".join(lines)
+        assert _answers(f"{url}/healthz")
+        assert httpx.get(f"{url}/healthz").json() == {
+            "role": role,
+            "status": "ok",
+            "database": "ok",
+        }
         samples = scrape(url)
         assert value(samples, "nightcrew_tasks", state="queued") == 0
         assert ("nightcrew_llm_cost_usd_total", frozenset()) in samples
     finally:
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=60)
+        proc.send_signal(signal.SIGTERM)  # once running, a clean stop
+        proc.wait(timeout=60)
+        reader.join(10)
+    output = "".join(lines)
     assert f"admin: http://127.0.0.1:{port}/healthz" in output
+    assert proc.returncode == 0, output
+
+
+def test_a_taken_admin_port_is_a_clear_error(tmp_path: Path, git_repo: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [NIGHTCREW, "executor"],
+            cwd=git_repo,
+            env=_clean_env()
+            | {"NIGHTCREW_HOME": str(tmp_path / "home"), "NIGHTCREW_ADMIN_PORT": str(port)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: cannot serve the admin port {port}:")
+    assert "Traceback" not in done.stderr
+
+
+def _clean_env() -> dict[str, str]:
+    prefixes = ("NIGHTCREW_", "SLACK_", "OPENAI_", "DOCKER_HOST")
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)} | {"COLUMNS": "200"}
 
 
 def _answers(url: str) -> bool:
@@ -186,8 +230,6 @@ def _answers(url: str) -> bool:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
