@@ -4,6 +4,7 @@ model server, the Slack emulator) and against each part broken in turn."""
 from __future__ import annotations
 
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -226,3 +227,37 @@ def test_doctor_fix_tries_to_provide_a_missing_image(
     assert fixed.returncode == 1
     assert f"providing {MISSING_IMAGE}" in fixed.stdout
     assert "cannot pull sandbox image" in fixed.stdout
+
+
+@pytest.mark.parametrize("answer", ["n", "y"])
+def test_doctor_asks_at_a_terminal_before_providing_an_image(
+    answer: str, git_repo: Path, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    (git_repo / "nightcrew.yaml").write_text(
+        f"repos:\n  app:\n    path: .\n    image: {MISSING_IMAGE}\n"
+    )
+    primary, secondary = pty.openpty()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("NIGHTCREW_", "SLACK_", "OPENAI_", "DOCKER_HOST"))
+    }
+    proc = subprocess.Popen(
+        [NIGHTCREW, "doctor"],
+        cwd=git_repo,
+        env=env | {"NIGHTCREW_HOME": str(tmp_path / "home"), "COLUMNS": "200"},
+        stdin=secondary,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    os.close(secondary)
+    os.write(primary, f"{answer}\n".encode())
+    output, _ = proc.communicate(timeout=120)
+    os.close(primary)
+    assert proc.returncode == 1
+    assert f"{MISSING_IMAGE} is missing; build or pull it now?" in output
+    if answer == "n":
+        assert "providing" not in output and "not on the engine" in output
+    else:
+        assert f"providing {MISSING_IMAGE}" in output and "cannot pull" in output
