@@ -18,7 +18,7 @@ from docker.errors import DockerException, ImageNotFound
 from rich.text import Text
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 
 from executor.config import DEFAULT_IMAGE, Config, ConfigError, load_config
@@ -75,6 +75,11 @@ def check_database(url: str) -> Result:
                     continue
                 have = {c["name"] for c in inspector.get_columns(table.name)}
                 missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in have]
+            revision = (
+                conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                if "alembic_version" in tables
+                else None
+            )
     except Exception as exc:  # any failure to connect or read the catalogue
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         return Result(
@@ -92,7 +97,8 @@ def check_database(url: str) -> Result:
             f"{_safe(url)}: schema is behind: missing {', '.join(missing)}",
             "start `nightcrew up` or `nightcrew executor` once with this version; it creates them",
         )
-    return Result("database", "ok", f"{_safe(url)}: connected, schema complete")
+    at = f" (migration {revision})" if revision else ""
+    return Result("database", "ok", f"{_safe(url)}: connected, schema complete{at}")
 
 
 def check_docker() -> tuple[Result, docker.DockerClient | None]:
