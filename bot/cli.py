@@ -38,7 +38,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-DEFAULT_LLM_URL = "https://api.openai.com/v1"
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
@@ -219,7 +218,7 @@ def executor(
 
 
 def _run_executor(concurrency: int, *, drain: bool) -> None:
-    from executor.llm import LLMClient
+    from executor.llm import DEFAULT_BASE_URL, LLMClient
     from executor.pool import run_executor
     from executor.sandbox import SandboxError
 
@@ -228,7 +227,7 @@ def _run_executor(concurrency: int, *, drain: bool) -> None:
     if not model:
         raise ConfigError("no model: set NIGHTCREW_MODEL, or `model:` in nightcrew.yaml")
 
-    base_url = env.openai_base_url or cfg.base_url or DEFAULT_LLM_URL
+    base_url = env.openai_base_url or cfg.base_url or DEFAULT_BASE_URL
 
     def make_llm() -> LLMClient:
         return LLMClient(
@@ -260,45 +259,20 @@ def doctor(
     """Check the config, database, Docker engine, sandbox images, model endpoint and Slack
     app; print a fix for each problem. Exit code 1 if anything is wrong."""
     from bot import doctor as checks
-    from bot.slack.app import SLACK_API, SlackEnv
-
-    results: list[checks.Result] = []
-
-    def report(result: checks.Result) -> None:
-        results.append(result)
-        out.print(checks.render(result))
 
     try:
         env = settings()
     except ValueError as exc:  # pydantic's ValidationError: a malformed variable
         err.print(f"[red]settings error:[/red] {exc}")
         raise typer.Exit(2) from None
-    result, cfg = checks.check_config(env.config_path)
-    report(result)
-    report(checks.check_database(env.db_url))
-    result, client = checks.check_docker()
-    report(result)
-    for image in sorted({repo.image for repo in cfg.repos.values()}) if cfg else []:
-        if client is None:
-            report(checks.Result(f"image {image}", "skip", "no Docker engine to look in"))
-            continue
-        result = checks.check_image(client, image)
-        if result.failed and (fix or _ask(f"{image} is missing; build or pull it now?")):
+
+    def provide(image: str) -> bool:
+        if fix or _ask(f"{image} is missing; build or pull it now?"):
             out.print(f"providing {image} (a build takes a few minutes)…")
-            result = checks.provide_image(client, image)
-        report(result)
-    base_url = env.openai_base_url or (cfg.base_url if cfg else None) or DEFAULT_LLM_URL
-    report(checks.check_llm(base_url, env.openai_api_key, env.model or (cfg and cfg.model)))
-    slack = SlackEnv.from_env()
-    report(
-        checks.check_slack(
-            slack.bot_token if slack else None,
-            api_url=slack.api_url if slack else SLACK_API,
-            app_token=slack.app_token if slack else None,
-            signing_secret=slack.signing_secret if slack else None,
-            wanted=checks.manifest_scopes(),
-        )
-    )
+            return True
+        return False
+
+    results = checks.diagnose(env, provide=provide, report=lambda r: out.print(checks.render(r)))
     out.print(checks.summary(results))
     if any(r.failed for r in results):
         raise typer.Exit(1)

@@ -1,6 +1,7 @@
 """`nightcrew doctor`: is everything nightcrew needs in place? One small function per part
 (config, database, Docker, sandbox images, model endpoint, Slack), each returning a `Result`
-that says what it found and, when something is wrong, how to fix it."""
+that says what it found and, when something is wrong, how to fix it; `diagnose` runs them
+all in order."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,10 +23,12 @@ from slack_sdk.errors import SlackApiError
 from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 
+from bot.slack.app import SLACK_API, SlackEnv
 from executor.config import DEFAULT_IMAGE, Config, ConfigError, load_config
-from executor.llm import LLMClient, LLMRejected, LLMUnavailable
+from executor.llm import DEFAULT_BASE_URL, LLMClient, LLMRejected, LLMUnavailable
 from executor.sandbox import SandboxError
 from executor.sandbox_image import SANDBOX_DIR, ensure_image
+from executor.settings import Settings
 from storage.db import make_engine, normalize_url
 
 Status = Literal["ok", "fail", "skip"]
@@ -238,6 +242,48 @@ def check_slack(
             "add them from manifest.yml (OAuth & Permissions → Scopes) and reinstall the app",
         )
     return Result("slack", "ok", f"{who}; all {len(wanted)} scopes of manifest.yml granted")
+
+
+def diagnose(
+    env: Settings,
+    *,
+    provide: Callable[[str], bool] = lambda image: False,
+    report: Callable[[Result], None] = lambda result: None,
+) -> list[Result]:
+    """Every check, in order, each reported as soon as it is known; `provide(image)` says
+    whether to build or pull a missing image now."""
+    results: list[Result] = []
+
+    def add(result: Result) -> None:
+        results.append(result)
+        report(result)
+
+    result, config = check_config(env.config_path)
+    add(result)
+    add(check_database(env.db_url))
+    result, client = check_docker()
+    add(result)
+    for image in sorted({repo.image for repo in config.repos.values()}) if config else []:
+        if client is None:
+            add(Result(f"image {image}", "skip", "no Docker engine to look in"))
+            continue
+        result = check_image(client, image)
+        if result.failed and provide(image):
+            result = provide_image(client, image)
+        add(result)
+    base_url = env.openai_base_url or (config.base_url if config else None) or DEFAULT_BASE_URL
+    add(check_llm(base_url, env.openai_api_key, env.model or (config and config.model)))
+    slack = SlackEnv.from_env()
+    add(
+        check_slack(
+            slack.bot_token if slack else None,
+            api_url=slack.api_url if slack else SLACK_API,
+            app_token=slack.app_token if slack else None,
+            signing_secret=slack.signing_secret if slack else None,
+            wanted=manifest_scopes(),
+        )
+    )
+    return results
 
 
 def render(result: Result) -> Text:

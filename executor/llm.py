@@ -53,6 +53,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Where requests go when neither OPENAI_BASE_URL nor `base_url:` says otherwise.
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # A non-streamed reply arrives only when generation ends; slow local models need minutes.
 DEFAULT_TIMEOUT_S = 180.0
 # Enough to ride out a rate-limit window or a server restart, few enough to fail in minutes.

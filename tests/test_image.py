@@ -19,6 +19,8 @@ import httpx
 import pytest
 import yaml
 from docker.errors import DockerException, ImageNotFound
+from sqlalchemy import text
+from sqlmodel import SQLModel
 
 from storage.db import make_engine
 from storage.lifecycle import State
@@ -121,7 +123,11 @@ def executor_container(
         port = s.getsockname()[1]
     name = f"nightcrew-pytest-{uuid.uuid4().hex[:8]}"
     sock_gid = os.stat("/var/run/docker.sock").st_gid
-    make_engine(pg_database).dispose()
+    engine = make_engine(pg_database)
+    with engine.begin() as conn:  # the session's database: other tests' tasks must not be run
+        tables = ", ".join(t.name for t in SQLModel.metadata.sorted_tables)
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
     with ScriptedLLM([reply(tool_call("finish", {"summary": "nothing to do"}))]) as llm:
         env = {
             "NIGHTCREW_DATABASE_URL": pg_database,
