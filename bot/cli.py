@@ -7,7 +7,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,6 +70,26 @@ def local_user() -> str:
 
 
 @contextmanager
+def admin_port(role: str) -> Iterator[None]:
+    """/healthz and /metrics on NIGHTCREW_ADMIN_PORT while the process runs (if set)."""
+    env = settings()
+    if not env.admin_port:
+        yield
+        return
+    from executor.admin import serve_admin
+
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(
+                serve_admin(engine(), role=role, host=env.admin_host, port=env.admin_port)
+            )
+        except OSError as exc:  # the port is taken, or the address is not ours
+            raise ActionError(f"cannot serve the admin port {env.admin_port}: {exc}") from None
+        out.print(f"admin: {url}/healthz and {url}/metrics")
+        yield
+
+
+@contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the errors a person can cause into one line on stderr and a non-zero exit."""
     try:
@@ -116,17 +136,18 @@ def up(
         out.print(f"repos: {', '.join(cfg.repos)}")
         out.print(f"tasks: {counts.get(State.QUEUED, 0)} queued, {sum(counts.values())} in all")
         slack = SlackEnv.from_env()
-        if slack is None:
-            err.print(
-                "[yellow]Slack is not connected:[/yellow] set SLACK_BOT_TOKEN and SLACK_APP_TOKEN "
-                "(Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode); see manifest.yml. "
-                "Running the executor only; queue tasks with `nightcrew add`."
-            )
-            with Scheduler(engine(), config, digests=False):  # scheduled tasks still fire
+        with admin_port("up"):
+            if slack is None:
+                err.print(
+                    "[yellow]Slack is not connected:[/yellow] set SLACK_BOT_TOKEN and "
+                    "SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode); see "
+                    "manifest.yml. Running the executor only; queue tasks with `nightcrew add`."
+                )
+                with Scheduler(engine(), config, digests=False):  # scheduled tasks still fire
+                    _run_executor(concurrency, drain=False)
+                return
+            with _bot_in_background(slack):
                 _run_executor(concurrency, drain=False)
-            return
-        with _bot_in_background(slack):
-            _run_executor(concurrency, drain=False)
 
 
 @contextmanager
@@ -182,7 +203,8 @@ def bot(
         # it is sending and records it, so a restart does not post it again.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
-            run_bot(engine(), config, slack, stop=stop, http=http, port=port, say=out.print)
+            with admin_port("bot"):
+                run_bot(engine(), config, slack, stop=stop, http=http, port=port, say=out.print)
         except KeyboardInterrupt:
             stop.set()
 
@@ -193,12 +215,12 @@ def executor(
     drain: bool = typer.Option(False, "--drain", help="Exit when the queue is empty."),
 ) -> None:
     """Run tasks from the queue in Docker sandboxes."""
-    with user_errors():
+    with user_errors(), admin_port("executor"):
         _run_executor(concurrency, drain=drain)
 
 
 def _run_executor(concurrency: int, *, drain: bool) -> None:
-    from executor.llm import LLMClient
+    from executor.llm import DEFAULT_BASE_URL, LLMClient
     from executor.pool import run_executor
     from executor.sandbox import SandboxError
 
@@ -207,7 +229,7 @@ def _run_executor(concurrency: int, *, drain: bool) -> None:
     if not model:
         raise ConfigError("no model: set NIGHTCREW_MODEL, or `model:` in nightcrew.yaml")
 
-    base_url = env.openai_base_url or cfg.base_url or "https://api.openai.com/v1"
+    base_url = env.openai_base_url or cfg.base_url or DEFAULT_BASE_URL
 
     def make_llm() -> LLMClient:
         return LLMClient(
@@ -228,6 +250,39 @@ def _run_executor(concurrency: int, *, drain: bool) -> None:
     except SandboxError as exc:
         raise ActionError(str(exc)) from None
     out.print(f"performed {done} task(s)")
+
+
+@app.command()
+def doctor(
+    fix: bool = typer.Option(
+        False, "--fix", "--yes", "-y", help="Build or pull missing sandbox images without asking."
+    ),
+) -> None:
+    """Check the config, database, Docker engine, sandbox images, model endpoint and Slack
+    app; print a fix for each problem. Exit code 1 if anything is wrong."""
+    from bot import doctor as checks
+
+    try:
+        env = settings()
+    except ValueError as exc:  # pydantic's ValidationError: a malformed variable
+        err.print(f"[red]settings error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+    def provide(image: str) -> bool:
+        if fix or _ask(f"{image} is missing; build or pull it now?"):
+            out.print(f"providing {image} (a build takes a few minutes)…")
+            return True
+        return False
+
+    results = checks.diagnose(env, provide=provide, report=lambda r: out.print(checks.render(r)))
+    out.print(checks.summary(results))
+    if any(r.failed for r in results):
+        raise typer.Exit(1)
+
+
+def _ask(question: str) -> bool:
+    """Ask only a person at a terminal; scripts get the fix printed instead."""
+    return sys.stdin.isatty() and typer.confirm(question, default=True)
 
 
 @app.command()

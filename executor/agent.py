@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from executor import metrics
 from executor.config import Limits
 from executor.defaults import EVENT_OUTPUT_CHARS, LOOP_REPEATS
 from executor.llm import LLMClient
@@ -84,6 +85,10 @@ class Agent:
 
     def step(self) -> None:
         self._check_limits()
+        with metrics.TURN_SECONDS.time():
+            self._turn()
+
+    def _turn(self) -> None:
         for text in self.between_turns():
             self.messages.append({"role": "user", "content": text})
         reply = self.llm.complete(self.messages, SCHEMAS, "auto")

@@ -16,7 +16,7 @@ import docker
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from executor import pipeline, workspace
+from executor import metrics, pipeline, workspace
 from executor.agent import Agent, Cancelled, Finished, NeedsHuman, Turn, render
 from executor.budget import Books, crossed
 from executor.config import RepoConfig
@@ -25,7 +25,7 @@ from executor.external import PID as EXTERNAL_PID
 from executor.external import run_command_agent
 from executor.llm import LLMClient
 from executor.llm_reply import Usage
-from executor.pricing import cost_nanos, cost_usd, price_of
+from executor.pricing import NANOS_PER_USD, cost_nanos, cost_usd, price_of
 from executor.sandbox import Sandbox
 from executor.tools import describe
 from executor.watch import Watch
@@ -320,15 +320,19 @@ class TaskJob:
     def _charge(self, session: Session, usage: Usage) -> Task:
         """Charge the task and the day's ledger; then see whether a budget is now reached."""
         model, books = self.llm.model, self.books
+        nanos = cost_nanos(price_of(model, books.prices), usage)
         current = spend.charge(
             session,
             self.task_id,
             model=model,
             tokens_in=usage.prompt_tokens,
             tokens_out=usage.completion_tokens,
-            cost_nanos=cost_nanos(price_of(model, books.prices), usage),
+            cost_nanos=nanos,
             at=books.clock(),
         )
+        metrics.TOKENS.labels("prompt").inc(usage.prompt_tokens)
+        metrics.TOKENS.labels("completion").inc(usage.completion_tokens)
+        metrics.COST.inc((nanos or 0) / NANOS_PER_USD)
         if books.budgets.any:
             _, budgets = books.today(session)
             self.over_budget = crossed(budgets, current.repo)

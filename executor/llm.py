@@ -29,6 +29,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from executor import metrics
 from executor.llm_reply import (
     BadReply,
     Reply,
@@ -52,6 +53,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Where requests go when neither OPENAI_BASE_URL nor `base_url:` says otherwise.
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # A non-streamed reply arrives only when generation ends; slow local models need minutes.
 DEFAULT_TIMEOUT_S = 180.0
 # Enough to ride out a rate-limit window or a server restart, few enough to fail in minutes.
@@ -149,7 +152,16 @@ class LLMClient:
             before_sleep=self._log_retry,
             retry_error_callback=lambda _: self._give_up(failures),
         )
-        return retrying(self._attempt, payload, failures)
+        started, outcome = time.monotonic(), "unavailable"
+        try:
+            reply = retrying(self._attempt, payload, failures)
+            outcome = "ok"
+            return reply
+        except LLMRejected:
+            outcome = "rejected"
+            raise
+        finally:
+            metrics.LLM_SECONDS.labels(outcome).observe(time.monotonic() - started)
 
     def close(self) -> None:
         self._http.close()

@@ -12,7 +12,8 @@ from storage.defaults import HEARTBEAT_TIMEOUT_S
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+    # No populate_by_name: it would read the field names too, so $HOME would become NIGHTCREW_HOME.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     home: Path = Field(Path(".nightcrew"), validation_alias="NIGHTCREW_HOME")
     database_url: str | None = Field(None, validation_alias="NIGHTCREW_DATABASE_URL")
@@ -24,6 +25,11 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(
         HEARTBEAT_TIMEOUT_S, gt=0, validation_alias="NIGHTCREW_HEARTBEAT_TIMEOUT_S"
     )
+
+    # /healthz and /metrics of `up`, `bot` and `executor`; unset or 0: no admin port.
+    admin_port: int | None = Field(None, ge=0, le=65535, validation_alias="NIGHTCREW_ADMIN_PORT")
+    # Loopback by default: metrics name repos and costs. A container sets 0.0.0.0.
+    admin_host: str = Field("127.0.0.1", validation_alias="NIGHTCREW_ADMIN_HOST")
 
     @property
     def db_url(self) -> str:

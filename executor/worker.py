@@ -20,7 +20,7 @@ import docker
 from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
-from executor import workspace
+from executor import metrics, workspace
 from executor.agent import Cancelled
 from executor.budget import WAITING, Books, held
 from executor.config import Config, RepoConfig
@@ -135,6 +135,7 @@ class Worker:
 
     def perform(self, task: Task) -> None:
         assert task.id is not None
+        metrics.TASKS_STARTED.labels("merge" if task.state is State.MERGING else "run").inc()
         repo = self.config.repos.get(task.repo)
         if repo is None:
             state = State.AWAITING_APPROVAL if task.state is State.MERGING else State.FAILED
@@ -240,6 +241,9 @@ class Worker:
             return Outcome(State.FAILED, f"failed: {type(exc).__name__}: {exc}"), {}
 
     def _finish(self, task_id: int, outcome: Outcome, **fields: Any) -> None:
+        metrics.TASKS_FINISHED.labels(State(outcome.state).value).inc()
+        if outcome.state is State.FAILED:
+            metrics.TASKS_FAILED.inc()
         if outcome.summary is not None:
             fields["summary"] = outcome.summary
         try:

@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from bot.slack import blocks
+from executor import metrics
 from storage import outbox
 from storage.db import transaction
 from storage.lifecycle import CLOSED, State
@@ -132,6 +133,7 @@ class Notifier:
                 self.client.chat_postMessage, channel=task.channel, text=text, blocks=card
             )
             ts = str(answer["ts"])
+            self._sent(row)
             self._settle(lambda s: outbox.card_posted(s, row.id, task.id, ts))
             self._last_edit[task.id] = time.monotonic()
             return
@@ -142,6 +144,7 @@ class Notifier:
         self._call(
             self.client.chat_update, channel=task.channel, ts=task.thread_ts, text=text, blocks=card
         )
+        self._sent(row)
         self._last_edit[task.id] = time.monotonic()
         self._settle(lambda s: outbox.mark_delivered(s, row.id))
 
@@ -158,6 +161,7 @@ class Notifier:
             text=row.payload.get("text") or "",
             blocks=row.payload.get("blocks") or None,
         )
+        self._sent(row)
         self._settle(lambda s: outbox.mark_delivered(s, row.id))
 
     def _state(self, row: Outbox, task: Task) -> None:
@@ -182,6 +186,7 @@ class Notifier:
                 text=line,
                 blocks=[blocks.section(line), *extra] if extra else None,
             )
+            self._sent(row)
 
         def settle(session: Any) -> None:
             outbox.mark_delivered(session, row.id)
@@ -218,6 +223,7 @@ class Notifier:
                 timestamp=row.payload["ts"],
                 name=row.payload["name"],
             )
+            self._sent(row)
         except _Permanent as exc:
             if str(exc) != "already_reacted":  # reactions are idempotent: already done
                 raise
@@ -246,11 +252,16 @@ class Notifier:
         except (OSError, TimeoutError) as exc:  # URLError, refused, reset, timed out
             raise _Retry(f"{type(exc).__name__}: {exc}") from None
 
+    def _sent(self, row: Outbox) -> None:
+        lag = (utcnow() - row.created_at).total_seconds()
+        metrics.SLACK_LAG.labels(row.kind).observe(max(0.0, lag))
+
     def _retry(self, row: Outbox, task: Task | None, exc: _Retry) -> None:
         assert row.id is not None
         if row.attempts + 1 >= self.tunables.max_attempts:
             self._fail(row, task, f"{exc.error} (gave up after {row.attempts + 1} attempts)")
             return
+        metrics.SLACK_ERRORS.labels("transient").inc()
         t = self.tunables
         delay = (
             exc.after_s
@@ -263,6 +274,7 @@ class Notifier:
 
     def _fail(self, row: Outbox, task: Task | None, error: str) -> None:
         assert row.id is not None
+        metrics.SLACK_ERRORS.labels("permanent").inc()
         if task is None or task.id is None:  # a post: the row itself keeps the error
             log.warning("outbox row %s (%s): %s; not retried", row.id, row.kind, error)
             self._settle(lambda s: outbox.give_up(s, row.id, error=error))
