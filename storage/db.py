@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session
 
-from storage import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from storage.defaults import SQLITE_BUSY_TIMEOUT_S
+from storage.migrate import upgrade
 
 
 def sqlite_url(home: Path) -> str:
@@ -26,15 +26,15 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, create: bool = True) -> Engine:
-    """An engine for `url`, with the schema created when `create` is true."""
+def make_engine(url: str, *, migrate: bool = True) -> Engine:
+    """An engine for `url`; with `migrate`, the schema is brought to the newest revision."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
         engine = _sqlite_engine(url)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    if create:
-        SQLModel.metadata.create_all(engine)
+    if migrate:
+        upgrade(engine)
     return engine
 
 

@@ -1,0 +1,1 @@
+"""Alembic migration scripts (env.py, versions/); applied by storage.migrate."""
