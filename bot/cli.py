@@ -381,7 +381,9 @@ def show(task_id: str = typer.Argument(..., help="Task id.")) -> None:
             task = get_task(session, tid)
             log = events(session, tid)
             proof = next((e.payload for e in reversed(log) if e.kind == "proof"), None)
-            detail = terminal.task_detail(task, nudges(session, tid), log[-10:], proof=proof)
+            detail = terminal.task_detail(
+                task, nudges(session, tid), log[-10:], proof=proof, runs=terminal.claims(log)
+            )
     out.print(detail)
 
 

@@ -79,13 +79,30 @@ def cost_cell(task: Task) -> str:
     return f"{usd(task.cost_nanos)}+?" if task.cost_nanos else "?"
 
 
+def claims(events: Sequence[TaskEvent]) -> list[str]:
+    """Each claim of the task from its event log, oldest first: which executor worker ran
+    which attempt, and what took it back when a worker died."""
+    lines: list[str] = []
+    for e in events:
+        p = e.payload
+        if e.kind == "state" and p.get("to") == "preparing":
+            lines.append(f"{p.get('by')} (attempt {p.get('attempt')})")
+        elif e.kind == "merge_claimed":
+            lines.append(f"{p.get('by')} (merge, attempt {p.get('attempt')})")
+        elif p.get("by") == "reaper" and e.kind in ("state", "released") and lines:
+            lines[-1] += f"; taken back: {p.get('reason')}"
+    return lines
+
+
 def task_detail(
     task: Task,
     nudges: Sequence[Nudge],
     events: Sequence[TaskEvent],
     now: datetime | None = None,
     proof: dict | None = None,
+    runs: Sequence[str] = (),
 ) -> Group:
+    """`runs`: who claimed the task, attempt by attempt (see `claims`)."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
@@ -102,6 +119,7 @@ def task_detail(
         ("finished", ago(task.finished_at, now)),
         ("attempts", str(task.attempts)),
         ("worker", task.worker_id or ""),
+        ("ran on", "\n".join(runs) or task.executor or ""),
         ("cancel requested", task.cancel_requested_by or ""),
         ("approved by", task.approved_by or ""),
         ("turns", str(task.turns)),

@@ -91,6 +91,9 @@ class Task(SQLModel, table=True):
     # Worker ownership: claim sets worker_id + heartbeat_at; the reaper clears them.
     worker_id: str | None = None
     heartbeat_at: datetime | None = _ts()
+    # The worker (`<executor id>/<n>`) that claimed it last; unlike worker_id it stays after
+    # the task is finished or taken over, so people can see where it ran.
+    executor: str | None = None
     attempts: int = 0
     cancel_requested_at: datetime | None = _ts()
     cancel_requested_by: str | None = None

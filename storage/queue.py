@@ -50,6 +50,7 @@ def claim_next(
         .values(
             state=case((col(Task.state) == State.QUEUED, State.PREPARING), else_=col(Task.state)),
             worker_id=worker_id,
+            executor=worker_id,
             heartbeat_at=now,
             attempts=col(Task.attempts) + 1,
             started_at=func.coalesce(col(Task.started_at), now),

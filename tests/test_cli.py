@@ -8,17 +8,20 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlmodel import select
 from typer.testing import CliRunner
 
 from bot import cli as cli_module
 from storage.db import make_engine, sqlite_url, transaction
-from storage.models import Nudge, Outbox, Task, TaskEvent
+from storage.lifecycle import State
+from storage.models import Nudge, Outbox, Task, TaskEvent, utcnow
+from storage.queue import claim_next, reap_stale
+from storage.tasks import transition
 
 NIGHTCREW = str(Path(sys.executable).with_name("nightcrew"))
 
@@ -131,6 +134,24 @@ def test_show_and_log_tell_the_story(cli: Cli) -> None:
     assert "queued → cancelled" in log
     follow = cli("log", "--follow", "1")  # a closed task: prints and returns at once
     assert follow.returncode == 0 and "queued → cancelled" in follow.stdout
+
+
+def test_show_names_the_executors_that_ran_the_task_even_after_a_takeover(cli: Cli) -> None:
+    cli.ok("add", "fix the readme")
+    engine = make_engine(sqlite_url(cli.home))
+    with transaction(engine) as s:
+        claim_next(s, "exec-a/0")
+        s.execute(update(Task).values(heartbeat_at=utcnow() - timedelta(minutes=5)))
+    with transaction(engine) as s:
+        reap_stale(s, timeout_s=30)
+    with transaction(engine) as s:
+        claim_next(s, "exec-b/1")
+        transition(s, 1, State.RUNNING)
+        transition(s, 1, State.FAILED, reason="broke", where=[Task.worker_id == "exec-b/1"])
+    engine.dispose()
+    shown = cli.ok("show", "1")
+    assert "exec-a/0 (attempt 1); taken back: worker exec-a/0 stopped heartbeating" in shown
+    assert "exec-b/1 (attempt 2)" in shown  # still there after the worker let go
 
 
 def test_ls_filters(cli: Cli) -> None:

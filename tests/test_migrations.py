@@ -174,9 +174,12 @@ def test_an_old_releases_database_is_upgraded_with_every_row_intact(
         merged = next(t for t in tasks.values() if t.state is State.MERGED)
         assert merged.merge_commit == "c" * 40 and merged.thread_ts == "111.1"
         assert merged.created_at.tzinfo is not None
+        running = next(t for t in tasks.values() if t.state is State.RUNNING)
+        assert running.executor == running.worker_id == "old-exec/0"  # filled in by 0002
         # And today's code works on it: the most urgent queued task is claimed next.
         claimed = claim_next(s, "new-exec/0")
         assert claimed is not None and claimed.prompt == "queued, high priority"
+        assert claimed.executor == "new-exec/0"
     engine.dispose()
 
 
