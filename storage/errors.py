@@ -2,7 +2,8 @@
 
     StorageError
     ├── TaskNotFound   no task with that id
-    └── Conflict       the task changed under us (another worker or person got there first)
+    ├── Conflict       the task changed under us (another worker or person got there first)
+    └── SchemaTooNew   the database was migrated by a newer nightcrew than this one
 
 `storage.lifecycle.IllegalTransition` is raised for moves the lifecycle forbids.
 """
@@ -22,3 +23,12 @@ class TaskNotFound(StorageError):
 
 class Conflict(StorageError):
     pass
+
+
+class SchemaTooNew(StorageError):
+    def __init__(self, revision: str, head: str) -> None:
+        super().__init__(
+            f"the database schema is at revision {revision}, which this nightcrew does not "
+            f"know (it knows up to {head}): a newer nightcrew migrated it; upgrade this one"
+        )
+        self.revision = revision

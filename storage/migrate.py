@@ -17,6 +17,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 
+from storage.errors import SchemaTooNew
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The schema `create_all` made before migrations existed.
 BASELINE = "0001"
@@ -34,10 +36,21 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 @cache
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
 def head() -> str:
-    rev = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    rev = _script().get_current_head()
     assert rev is not None
     return rev
+
+
+def _known(rev: str | None) -> None:
+    """A revision we have no script for was written by a newer release: refuse to run on
+    it rather than fail somewhere in the middle of a task."""
+    if rev is not None and rev not in {s.revision for s in _script().walk_revisions()}:
+        raise SchemaTooNew(rev, head())
 
 
 def current(conn: Connection) -> str | None:
@@ -47,10 +60,11 @@ def current(conn: Connection) -> str | None:
 def upgrade(engine: Engine) -> bool:
     """Bring the schema to head; True if this call changed it."""
     with engine.connect() as conn:  # the common case: already there, no lock taken
-        at_head = current(conn) == head()
+        rev = current(conn)
         conn.rollback()
-    if at_head:
+    if rev == head():
         return False
+    _known(rev)
     with engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE, the write lock until commit
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})

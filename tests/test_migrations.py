@@ -21,6 +21,7 @@ from sqlalchemy import Engine, create_engine, inspect, text
 from sqlmodel import SQLModel
 
 from storage.db import make_engine, normalize_url, transaction
+from storage.errors import SchemaTooNew
 from storage.lifecycle import State
 from storage.migrate import BASELINE, alembic_config, current, head
 from storage.queue import claim_next
@@ -219,3 +220,15 @@ def test_the_wheel_ships_the_migrations(tmp_path: Path) -> None:
     ).stdout.split()
     assert "storage/migrations/env.py" in tracked
     assert set(tracked) <= shipped
+
+
+def test_a_database_migrated_by_a_newer_release_is_refused_clearly(engine: Engine) -> None:
+    future = text("UPDATE alembic_version SET version_num = :v")
+    with engine.begin() as conn:
+        conn.execute(future, {"v": "9999_from_the_future"})
+    try:
+        with pytest.raises(SchemaTooNew, match=r"revision 9999_from_the_future.*upgrade this"):
+            make_engine(engine.url.render_as_string(hide_password=False))
+    finally:  # the PostgreSQL database is shared by the session's tests
+        with engine.begin() as conn:
+            conn.execute(future, {"v": head()})

@@ -299,3 +299,24 @@ def test_two_executors_and_a_bot_run_40_tasks_once_through_a_sigkill(
     wall = time.monotonic() - began
     print(f"\n{TASKS} tasks, 2 executors; {len(held)} taken over from the killed one: {wall:.0f} s")
     print(f"every task done {done_after:.0f} s after the kill")
+
+
+def test_an_executor_uses_the_docker_engine_docker_host_names(
+    tmp_path: Path, git_repo: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NIGHTCREW_", "DOCKER_"))}
+    env |= {
+        "NIGHTCREW_HOME": str(tmp_path / "home"),
+        "NIGHTCREW_MODEL": "scripted-model",
+        "DOCKER_HOST": "tcp://127.0.0.1:9",  # nothing listens there
+    }
+    result = subprocess.run(
+        [NIGHTCREW, "executor", "--drain"],
+        cwd=git_repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "cannot reach the Docker engine" in result.stderr and "127.0.0.1" in result.stderr
