@@ -16,14 +16,12 @@ import pytest
 from sqlalchemy import Engine
 
 from bot import actions
-from executor.fleet import installation_id
-from executor.sandbox import LABEL_EXECUTOR
 from storage.db import transaction
 from storage.lifecycle import State
 from storage.tasks import events
 from tests.conftest import git
 from tests.llm_server import ScriptedLLM, reply, tool_call
-from tests.worker_fixtures import add_task, task
+from tests.worker_fixtures import add_task, our_sandboxes, task
 
 HEARTBEAT_TIMEOUT_S = 2.0
 SLOW_CHECK = "sleep 4 && python3 -m unittest -q 2>&1"
@@ -98,17 +96,6 @@ def wait_for(what: str, condition: Callable[[], object], timeout: float = 60.0) 
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
-
-
-def our_sandboxes(client: docker.DockerClient, engine: Engine) -> list:
-    prefix = installation_id(engine) + "."
-    # sparse: one list call, no per-container lookup that races other sessions' removals
-    listed = client.containers.list(all=True, sparse=True, filters={"label": LABEL_EXECUTOR})
-    return [
-        c
-        for c in listed
-        if (c.attrs.get("Labels") or {}).get(LABEL_EXECUTOR, "").startswith(prefix)
-    ]
 
 
 def test_sigkill_at_several_points_loses_nothing_and_merges_once(

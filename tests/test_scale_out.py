@@ -26,14 +26,13 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
-from executor.fleet import installation_id
-from executor.sandbox import LABEL_EXECUTOR
 from storage.db import make_engine, transaction
 from storage.lifecycle import State
 from storage.models import Outbox, Task, TaskEvent
 from tests.conftest import git
 from tests.llm_server import ScriptedLLM, reply, tool_call
 from tests.slack_emulator import SlackEmulator, slash_command
+from tests.worker_fixtures import our_sandboxes
 
 TASKS = 40
 # Slack takes about one post per channel per second (the notifier paces itself so): four
@@ -154,17 +153,6 @@ def wait_for(what: str, condition: Callable[[], object], timeout: float) -> Any:
 def tasks(engine: Engine) -> list[Task]:
     with transaction(engine) as s:
         return list(s.exec(select(Task).order_by(col(Task.id))).all())
-
-
-def our_sandboxes(client: docker.DockerClient, engine: Engine) -> list[Any]:
-    """Sandboxes of this database's executors (sparse: no inspect of a container that may
-    be removed meanwhile)."""
-    prefix = installation_id(engine) + "."
-    return [
-        c
-        for c in client.containers.list(all=True, sparse=True, filters={"label": LABEL_EXECUTOR})
-        if (c.attrs.get("Labels") or {}).get(LABEL_EXECUTOR, "").startswith(prefix)
-    ]
 
 
 def test_two_executors_and_a_bot_run_40_tasks_once_through_a_sigkill(

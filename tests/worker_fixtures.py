@@ -17,7 +17,9 @@ from sqlalchemy import Engine
 
 from bot import actions
 from executor.config import Config, Limits, RepoConfig
+from executor.fleet import installation_id
 from executor.llm import LLMClient
+from executor.sandbox import LABEL_EXECUTOR
 from executor.worker import Worker
 from storage.db import transaction
 from storage.models import Task
@@ -105,6 +107,17 @@ def add_task(engine: Engine, prompt: str = "fix add() in calc.py") -> int:
 def task(engine: Engine, task_id: int) -> Task:
     with transaction(engine) as s:
         return get_task(s, task_id)
+
+
+def our_sandboxes(client: docker.DockerClient, engine: Engine) -> list:
+    """Sandboxes of the executors serving this database. Sparse: the engine is shared with
+    other tests, and a full listing inspects containers that may be gone by then."""
+    prefix = installation_id(engine) + "."
+    return [
+        c
+        for c in client.containers.list(all=True, sparse=True, filters={"label": LABEL_EXECUTOR})
+        if (c.attrs.get("Labels") or {}).get(LABEL_EXECUTOR, "").startswith(prefix)
+    ]
 
 
 def containers_of(client: docker.DockerClient, executor_id: str) -> list:
