@@ -26,14 +26,15 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, migrate: bool = True) -> Engine:
-    """An engine for `url`; with `migrate`, the schema is brought to the newest revision."""
+def make_engine(url: str, *, create: bool = True) -> Engine:
+    """An engine for `url`; with `create`, the schema is created or migrated to the newest
+    revision (storage.migrate)."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
         engine = _sqlite_engine(url)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    if migrate:
+    if create:
         upgrade(engine)
     return engine
 

@@ -12,7 +12,7 @@ from storage.queue import claim_next
 
 
 def main(url: str, worker: str, start_at: float) -> None:
-    engine = make_engine(url, migrate=False)
+    engine = make_engine(url, create=False)
     while time.time() < start_at:
         time.sleep(0.002)
     claimed: list[int] = []

@@ -129,7 +129,7 @@ def test_the_baseline_revision_is_exactly_the_old_releases_schema(
     old = blank_db()
     run_old(old_storage, "-c", f"from storage.db import make_engine; make_engine({old!r})")
     baseline = blank_db()
-    engine = make_engine(baseline, migrate=False)
+    engine = make_engine(baseline, create=False)
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), BASELINE)
     engine.dispose()
@@ -193,7 +193,7 @@ def test_processes_starting_together_migrate_once(blank_db: BlankDB) -> None:
     ]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, errors
-    engine = make_engine(url, migrate=False)
+    engine = make_engine(url, create=False)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [(head(),)]
     engine.dispose()

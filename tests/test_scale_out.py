@@ -200,7 +200,7 @@ def test_two_executors_and_a_bot_run_40_tasks_once_through_a_sigkill(
             command = slash_command(text, channel_id=CHANNELS[n % len(CHANNELS)])
             envelope = slack.send_envelope("slash_commands", command, timeout=10)
             assert envelope.ack is not None and "queued task" in envelope.ack.payload["text"]
-        engine = make_engine(url, migrate=False)
+        engine = make_engine(url, create=False)
 
         # Kill the first executor once it has finished some tasks, in the middle of runs.
         mark = f"-{doomed.pid}-"

@@ -34,7 +34,7 @@ else:
     url = os.environ.get("NIGHTCREW_DATABASE_URL")
     if not url:
         raise SystemExit("set NIGHTCREW_DATABASE_URL to the database to migrate")
-    engine = make_engine(url, migrate=False)
+    engine = make_engine(url, create=False)
     with engine.begin() as conn:
         run(conn)
     engine.dispose()
