@@ -73,6 +73,12 @@ def task_number(request: dict[str, Any]) -> int:
     raise AssertionError("a request without a fleet task in it")
 
 
+def number(task: Task) -> int:
+    found = FLEET_TAG.search(task.prompt)
+    assert found is not None
+    return int(found.group(1))
+
+
 def runs_per_task(llm: ScriptedLLM) -> Counter[int]:
     """Agent runs: conversations started (a first request has no assistant turn yet)."""
     return Counter(
@@ -213,7 +219,7 @@ def test_two_executors_and_a_bot_run_40_tasks_once_through_a_sigkill(
             return [
                 t.id or 0
                 for t in now
-                if t.state is State.RUNNING and mark in (t.worker_id or "") and busy[t.id or 0]
+                if t.state is State.RUNNING and mark in (t.worker_id or "") and busy[number(t)]
             ]
 
         mid_run = wait_for("the first executor mid-run", doomed_mid_run, timeout=90)
@@ -252,7 +258,7 @@ def test_two_executors_and_a_bot_run_40_tasks_once_through_a_sigkill(
     runs = runs_per_task(llm)
     for t in final:
         assert t.id is not None
-        n = int(FLEET_TAG.search(t.prompt).group(1))  # type: ignore[union-attr]
+        n = number(t)
         mine = [e.payload for e in log if e.task_id == t.id and e.kind == "state"]
         claims = [e["by"] for e in mine if e["to"] == "preparing"]
         ends = [e for e in mine if State(e["to"]) in finished]
