@@ -1,4 +1,4 @@
-"""Run as its own process with the storage package of the release before migrations on
+"""Run as its own process with the storage package of a release before migrations on
 PYTHONPATH (tests/test_migrations.py extracts it from git): that release's `create_all`
 makes the database and its code fills it with tasks in many states, events, nudges and
 outbox rows. Prints every row as JSON, for the test to compare after the upgrade.
@@ -30,6 +30,7 @@ def dump(conn: Connection, columns: dict[str, list[str]] | None = None) -> dict[
 def fill(engine: Engine) -> None:
     from storage.db import transaction
     from storage.lifecycle import State
+    from storage.models import Task
     from storage.outbox import card_posted, claim_due, retry_later
     from storage.queue import claim_next
     from storage.tasks import add_nudge, create_task, take_nudges, transition
@@ -57,6 +58,12 @@ def fill(engine: Engine) -> None:
     move(merged, State.RUNNING, State.CHECKING, State.REVIEWING, State.AWAITING_APPROVAL)
     move(merged, State.MERGING, approved_by="U1")
     move(merged, State.MERGED, merge_commit="c" * 40, head_commit="d" * 40)
+    with transaction(engine) as s:  # what its agent used, as that release counted it
+        task = s.get(Task, merged)
+        task.tokens_in, task.tokens_out, task.cost_usd = 1000, 200, 0.0123
+        if hasattr(task, "cost_nanos"):  # a release that counted exactly already
+            task.cost_nanos = 12_300_000
+        s.add(task)
     failed = add("fails: \u00e9t\u00e9 \U0001f680 unicode survives", channel="C1")
     claim()
     move(failed, State.RUNNING, State.FAILED)

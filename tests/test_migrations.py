@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from storage.errors import SchemaTooNew
 from storage.lifecycle import State
 from storage.migrate import BASELINE, alembic_config, current, head
 from storage.queue import claim_next
+from storage.spend import Spent, spent_by_repo
 from storage.tasks import events, get_task, nudges
 from tests.conftest import PG_ADMIN_URL, need
 from tests.old_release import TABLES, dump
@@ -33,24 +35,31 @@ ROOT = Path(__file__).parent.parent
 # The last commit of the release before migrations that touched storage/: its create_all
 # made the databases the baseline revision must recognise.
 OLD_RELEASE = "b69bec8a825aaa12c1d42af53a9aacf01c09b660"
+# main with costs and budgets but before migrations: its create_all already made what 0003
+# adds (such databases are stamped 0001 all the same).
+BUDGETS_BEFORE_MIGRATIONS = "7c4b67b345ef3a7ce14ff7d693a20bf66ff3d98c"
 
 BlankDB = Callable[[], str]
 
 
-@pytest.fixture(scope="session")
-def old_storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The old release's storage package, from git."""
-    root = tmp_path_factory.mktemp("old-release")
+def storage_at(commit: str, root: Path) -> Path:
+    """The storage package as it was at `commit`, from git, under `root`."""
+    root.mkdir(parents=True, exist_ok=True)
     try:
         archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", OLD_RELEASE, "storage"],
+            ["git", "-C", str(ROOT), "archive", commit, "storage"],
             check=True,
             capture_output=True,
         ).stdout
     except subprocess.CalledProcessError as exc:
-        pytest.fail(f"the old release {OLD_RELEASE} is not in this clone: {exc.stderr!r}")
+        pytest.fail(f"commit {commit} is not in this clone: {exc.stderr!r}")
     subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def old_storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return storage_at(OLD_RELEASE, tmp_path_factory.mktemp("old-release"))
 
 
 def run_old(old_storage: Path, *args: str) -> str:
@@ -150,11 +159,13 @@ def test_models_and_migrations_do_not_drift(engine: Engine) -> None:
     assert len(ScriptDirectory.from_config(alembic_config()).get_heads()) == 1
 
 
+@pytest.mark.parametrize("release", [OLD_RELEASE, BUDGETS_BEFORE_MIGRATIONS])
 def test_an_old_releases_database_is_upgraded_with_every_row_intact(
-    blank_db: BlankDB, old_storage: Path
+    blank_db: BlankDB, release: str, tmp_path: Path
 ) -> None:
     url = blank_db()
-    before = json.loads(run_old(old_storage, str(ROOT / "tests" / "old_release.py"), url))
+    old = storage_at(release, tmp_path / "old-release")
+    before = json.loads(run_old(old, str(ROOT / "tests" / "old_release.py"), url))
     assert {t["state"] for t in before["task"]} >= {"merged", "failed", "needs_input", "queued"}
 
     engine = make_engine(url)  # today's start: stamps the baseline, then upgrades
@@ -175,6 +186,12 @@ def test_an_old_releases_database_is_upgraded_with_every_row_intact(
         merged = next(t for t in tasks.values() if t.state is State.MERGED)
         assert merged.merge_commit == "c" * 40 and merged.thread_ts == "111.1"
         assert merged.created_at.tzinfo is not None
+        # Its cost, exact now, and in the ledger on the day it was spent (0003).
+        assert merged.cost_nanos == 12_300_000
+        assert merged.finished_at is not None
+        day = merged.finished_at - timedelta(hours=1), merged.finished_at + timedelta(hours=1)
+        if release == OLD_RELEASE:
+            assert spent_by_repo(s, *day) == {"app": Spent(12_300_000, 0)}
         running = next(t for t in tasks.values() if t.state is State.RUNNING)
         assert running.executor == running.worker_id == "old-exec/0"  # filled in by 0002
         # And today's code works on it: the most urgent queued task is claimed next.
