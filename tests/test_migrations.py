@@ -38,6 +38,8 @@ OLD_RELEASE = "b69bec8a825aaa12c1d42af53a9aacf01c09b660"
 # main with costs and budgets but before migrations: its create_all already made what 0003
 # adds (such databases are stamped 0001 all the same).
 BUDGETS_BEFORE_MIGRATIONS = "7c4b67b345ef3a7ce14ff7d693a20bf66ff3d98c"
+# ...and with digests and schedules too (what 0004 adds).
+DIGESTS_BEFORE_MIGRATIONS = "6e963c8a7c44d9d47b431ba541ff266c9b031eed"
 
 BlankDB = Callable[[], str]
 
@@ -159,7 +161,9 @@ def test_models_and_migrations_do_not_drift(engine: Engine) -> None:
     assert len(ScriptDirectory.from_config(alembic_config()).get_heads()) == 1
 
 
-@pytest.mark.parametrize("release", [OLD_RELEASE, BUDGETS_BEFORE_MIGRATIONS])
+@pytest.mark.parametrize(
+    "release", [OLD_RELEASE, BUDGETS_BEFORE_MIGRATIONS, DIGESTS_BEFORE_MIGRATIONS]
+)
 def test_an_old_releases_database_is_upgraded_with_every_row_intact(
     blank_db: BlankDB, release: str, tmp_path: Path
 ) -> None:
