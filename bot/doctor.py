@@ -29,6 +29,7 @@ from executor.llm import DEFAULT_BASE_URL, LLMClient, LLMRejected, LLMUnavailabl
 from executor.sandbox import SandboxError
 from executor.sandbox_image import SANDBOX_DIR, ensure_image
 from executor.settings import Settings
+from storage import migrate
 from storage.db import make_engine, normalize_url
 
 Status = Literal["ok", "fail", "skip"]
@@ -94,6 +95,23 @@ def check_database(url: str) -> Result:
         )
     finally:
         engine.dispose()
+    newest = migrate.head()
+    if revision is not None and not migrate.is_known(revision):
+        return Result(
+            "database",
+            "fail",
+            f"{_safe(url)}: schema at migration {revision}, which this nightcrew does not know "
+            f"(it knows up to {newest}): a newer nightcrew migrated it",
+            "install the newer nightcrew here too",
+        )
+    if revision != newest and (revision is not None or "task" in tables):
+        # Behind (or made before migrations existed): the next start migrates it.
+        at = f"migration {revision}" if revision else "no migration (made before migrations)"
+        return Result(
+            "database",
+            "ok",
+            f"{_safe(url)}: connected; schema at {at}, migrated to {newest} at the next start",
+        )
     if missing:
         return Result(
             "database",

@@ -46,10 +46,14 @@ def head() -> str:
     return rev
 
 
+def is_known(rev: str) -> bool:
+    """False for a revision a newer release wrote: this code has no script for it."""
+    return rev in {s.revision for s in _script().walk_revisions()}
+
+
 def _known(rev: str | None) -> None:
-    """A revision we have no script for was written by a newer release: refuse to run on
-    it rather than fail somewhere in the middle of a task."""
-    if rev is not None and rev not in {s.revision for s in _script().walk_revisions()}:
+    """Refuse to run on a newer release's schema rather than fail in the middle of a task."""
+    if rev is not None and not is_known(rev):
         raise SchemaTooNew(rev, head())
 
 

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import docker
 import pytest
+from alembic import command
 from sqlalchemy import text
 
 from bot import doctor
+from storage import migrate
 from storage.db import make_engine
+from storage.migrate import BASELINE, alembic_config
 from tests.conftest import git
 from tests.llm_server import Fault, ScriptedLLM, error, reply
 from tests.slack_emulator import SlackEmulator
@@ -261,3 +264,25 @@ def test_doctor_asks_at_a_terminal_before_providing_an_image(
         assert "providing" not in output and "not on the engine" in output
     else:
         assert f"providing {MISSING_IMAGE}" in output and "cannot pull" in output
+
+
+def test_database_behind_is_migrated_at_start_and_newer_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'nightcrew.db'}"
+    engine = make_engine(url, create=False)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), BASELINE)
+    result = doctor.check_database(url)
+    assert result.status == "ok"
+    assert f"schema at migration {BASELINE}, migrated to {migrate.head()} at the next start" in (
+        result.detail
+    )
+
+    make_engine(url).dispose()  # a start
+    assert f"schema complete (migration {migrate.head()})" in doctor.check_database(url).detail
+
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    result = doctor.check_database(url)
+    assert result.failed and "migration 9999" in result.detail
+    assert "a newer nightcrew migrated it" in result.detail
