@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tarfile
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -32,6 +33,7 @@ from tests.conftest import PG_ADMIN_URL, need
 from tests.old_release import TABLES, dump
 
 ROOT = Path(__file__).parent.parent
+RELEASES = Path(__file__).parent / "releases"
 # The last commit of the release before migrations that touched storage/: its create_all
 # made the databases the baseline revision must recognise.
 OLD_RELEASE = "b69bec8a825aaa12c1d42af53a9aacf01c09b660"
@@ -45,17 +47,14 @@ BlankDB = Callable[[], str]
 
 
 def storage_at(commit: str, root: Path) -> Path:
-    """The storage package as it was at `commit`, from git, under `root`."""
+    """The storage package as it was at `commit`, under `root`: from the frozen archive in
+    tests/releases (made by `git archive --format=tar.gz -o ... COMMIT storage`), so the test
+    does not need the clone's history (CI may clone shallow)."""
     root.mkdir(parents=True, exist_ok=True)
-    try:
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", commit, "storage"],
-            check=True,
-            capture_output=True,
-        ).stdout
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"commit {commit} is not in this clone: {exc.stderr!r}")
-    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    archive = RELEASES / f"storage-{commit[:7]}.tar.gz"
+    assert archive.is_file(), f"{archive} is missing"
+    with tarfile.open(archive) as tar:
+        tar.extractall(root, filter="data")
     return root
 
 
