@@ -24,11 +24,19 @@ class Interrupted(Cancelled):
 
 class Watch(threading.Thread):
     def __init__(
-        self, engine: Engine, worker_id: str, task_id: int, shutdown: threading.Event
+        self,
+        engine: Engine,
+        worker_id: str,
+        task_id: int,
+        shutdown: threading.Event,
+        *,
+        heartbeat_timeout_s: float,
     ) -> None:
         super().__init__(daemon=True, name=f"watch-{task_id}")
         self.engine, self.worker_id, self.task_id = engine, worker_id, task_id
         self.shutdown = shutdown
+        # Several beats per timeout: a short timeout must not reap a live task on a busy host.
+        self.interval_s = min(WATCH_INTERVAL_S, heartbeat_timeout_s / 4)
         self.cancelled_by: str | None = None
         self.lost = False
         self._sandbox: Sandbox | None = None
@@ -41,7 +49,7 @@ class Watch(threading.Thread):
             self._sandbox = sandbox
 
     def run(self) -> None:
-        while not self._stop.wait(WATCH_INTERVAL_S):
+        while not self._stop.wait(self.interval_s):
             try:
                 self.beat()
             except Exception:  # a database blip must not end the heartbeats for good

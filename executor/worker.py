@@ -141,7 +141,13 @@ class Worker:
             state = State.AWAITING_APPROVAL if task.state is State.MERGING else State.FAILED
             self._finish(task.id, Outcome(state, f"repo {task.repo!r} is not configured"))
             return
-        watch = Watch(self.engine, self.worker_id, task.id, self.stop)
+        watch = Watch(
+            self.engine,
+            self.worker_id,
+            task.id,
+            self.stop,
+            heartbeat_timeout_s=self.heartbeat_timeout_s,
+        )
         watch.start()
         job = TaskJob(
             books=self.books,
