@@ -13,6 +13,7 @@ from executor.config import Config
 from executor.fleet import connect_docker, new_executor_id, remove_dead_sandboxes
 from executor.llm import LLMClient
 from executor.sandbox_image import ensure_image
+from executor.warm import SandboxSpec, WarmPool
 from executor.worker import Worker
 from storage.defaults import HEARTBEAT_TIMEOUT_S
 
@@ -42,29 +43,41 @@ def run_executor(
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
     counts: list[int] = []
-    workers = [
-        Worker(
-            engine=engine,
-            config=config,
-            home=home,
-            docker=client,
-            llm=make_llm(),
-            worker_id=f"{executor_id}/{n}",
-            executor_id=executor_id,
-            stop=stop,
-            heartbeat_timeout_s=heartbeat_timeout_s,
-        )
-        for n in range(concurrency)
-    ]
-    threads = [
-        threading.Thread(target=lambda w=w: counts.append(w.work(drain=drain)), name=w.worker_id)
-        for w in workers
-    ]
-    log(f"executor {executor_id}: {concurrency} worker(s){' (drain)' if drain else ''}")
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for worker in workers:
-        worker.llm.close()
+    workers: list[Worker] = []
+    # A spare per worker: workers that finish together find their next sandboxes started.
+    sandboxes = WarmPool(
+        client, executor_id=executor_id, root=home / "sandboxes", spares=concurrency
+    )
+    try:
+        sandboxes.fill({SandboxSpec.of(repo) for repo in config.repos.values()})
+        for n in range(concurrency):
+            workers.append(
+                Worker(
+                    engine=engine,
+                    config=config,
+                    home=home,
+                    docker=client,
+                    llm=make_llm(),
+                    worker_id=f"{executor_id}/{n}",
+                    executor_id=executor_id,
+                    stop=stop,
+                    heartbeat_timeout_s=heartbeat_timeout_s,
+                    sandboxes=sandboxes,
+                )
+            )
+        threads = [
+            threading.Thread(
+                target=lambda w=w: counts.append(w.work(drain=drain)), name=w.worker_id
+            )
+            for w in workers
+        ]
+        log(f"executor {executor_id}: {concurrency} worker(s){' (drain)' if drain else ''}")
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sandboxes.close()  # spares not taken; every task removed its own sandbox
+        for worker in workers:
+            worker.llm.close()
     return sum(counts)
