@@ -76,6 +76,8 @@ class Sandbox:
     workspace: Path  # the host folder mounted at /workspace
     _seen: dict[str, int] = field(default_factory=lambda: dict(NO_COUNTS))
     _killed: bool = False
+    _starting: threading.Thread | None = None  # a start still under way (`background`)
+    _start_error: SandboxError | None = None
 
     @classmethod
     def start(
@@ -91,8 +93,13 @@ class Sandbox:
         read_only_root: bool = True,
         env: Mapping[str, str] | None = None,
         own_workspace: bool = False,
+        background: bool = False,
     ) -> Sandbox:
         """Create and start the task's container; `SandboxError` if the engine refuses.
+
+        With `background` the start (the slow part) goes on while the caller prepares the
+        workspace and asks the model; the first command waits for it, and raises the
+        `SandboxError` if it failed.
 
         With `own_workspace` the folder `workspace` is made here, empty, once the container
         exists (so a sweep never finds the folder without its container), and is labelled on
@@ -162,14 +169,31 @@ class Sandbox:
             except OSError as exc:
                 container.remove(force=True)
                 raise SandboxError(f"cannot make the sandbox's workspace: {exc}") from exc
-        try:
-            container.start()
-        except APIError as exc:
-            container.remove(force=True)
-            if own_workspace:
+        sandbox = cls(client, container, limits, f"{uid}:{gid}", workspace)
+        if not background:
+            sandbox._start()
+            if sandbox._start_error is not None and own_workspace:
                 remove_workspace(workspace)
-            raise SandboxError(f"cannot start the sandbox: {exc.explanation or exc}") from exc
-        return cls(client, container, limits, f"{uid}:{gid}", workspace)
+            sandbox.started()
+            return sandbox
+        sandbox._starting = threading.Thread(target=sandbox._start, daemon=True)
+        sandbox._starting.start()
+        return sandbox
+
+    def _start(self) -> None:
+        try:
+            self.container.start()
+        except APIError as exc:
+            with contextlib.suppress(APIError):
+                self.container.remove(force=True)
+            self._start_error = SandboxError(f"cannot start the sandbox: {exc.explanation or exc}")
+
+    def started(self) -> None:
+        """Wait for a start under way; `SandboxError` if it failed."""
+        if self._starting is not None:
+            self._starting.join()
+        if self._start_error is not None:
+            raise self._start_error
 
     @property
     def name(self) -> str:
@@ -180,6 +204,7 @@ class Sandbox:
     ) -> ExecResult:
         """Run `command` with bash (sh if the image has none) and return what happened.
         Its background processes die with it; one started with `setsid` survives."""
+        self.started()
         timeout_s = timeout_s or self.limits.command_timeout_s
         api = self.client.api
         started = time.monotonic()
@@ -213,6 +238,8 @@ class Sandbox:
     def kill(self) -> None:
         """Cancel: stop the container now; a running `exec` returns within seconds."""
         self._killed = True
+        if self._starting is not None:
+            self._starting.join()  # a kill before the start would be undone by it
         with contextlib.suppress(APIError):  # already gone or not running: stopped anyway
             self.container.kill()
 

@@ -19,7 +19,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,8 @@ WARM_TASK = "warm"  # the task label of a spare: labels are fixed when the conta
 # Containers started at once to make spares: the engine starts two about as fast as eight
 # (it serialises much of the work), and spares must not crowd out the tasks' own calls.
 FILLERS = 2
+# Used sandboxes removed at once, off the tasks' path: finished tasks come in waves.
+REMOVERS = 4
 # Bytecode caches are build litter that the leftover commit would otherwise sweep up.
 SANDBOX_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
 
@@ -62,25 +64,54 @@ class SandboxSpec:
 
 class WarmPool:
     def __init__(
-        self, client: docker.DockerClient, *, executor_id: str, root: Path, spares: int
+        self,
+        client: docker.DockerClient,
+        *,
+        executor_id: str,
+        root: Path,
+        spares: int,
+        demand: Callable[[], int] | None = None,
     ) -> None:
-        """Keep up to `spares` ready sandboxes per spec (0: start each one on demand), with
-        their folders under `root`."""
+        """Keep up to `spares` ready sandboxes per spec, with their folders under `root`, but
+        no more than `demand()` (tasks waiting) says will be taken soon. With 0 spares nothing
+        happens in the background: each sandbox is started when taken and removed when
+        retired, on the caller's thread."""
         self.client, self.executor_id, self.root, self.spares = client, executor_id, root, spares
+        self.demand = demand
         self._ready: dict[SandboxSpec, list[Sandbox]] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._filler = ThreadPoolExecutor(max_workers=FILLERS, thread_name_prefix="warm-sandbox")
+        self._removers = ThreadPoolExecutor(max_workers=REMOVERS, thread_name_prefix="retire")
 
     def take(self, spec: SandboxSpec) -> Sandbox:
         """A fresh sandbox for `spec` with an empty workspace folder: a spare if one is ready,
-        else one started now (`SandboxError` if it cannot start). Either way a replacement is
-        started in the background."""
+        else one made now and starting while the task prepares (its first command raises
+        `SandboxError` if it cannot start). Either way a replacement is started in the
+        background."""
         sandbox = self._pop(spec)
         if self.spares:
             with contextlib.suppress(RuntimeError):  # closed: no more spares
                 self._filler.submit(self._fill, spec)
-        return sandbox or self._start(spec)
+        return sandbox or self._start(spec, background=True)
+
+    def retire(self, sandbox: Sandbox, then: Callable[[], None] | None = None) -> None:
+        """Remove a used sandbox in the background, then run `then` (e.g. keep or remove its
+        workspace folder, which must wait for the container to be gone)."""
+
+        def remove() -> None:
+            try:
+                sandbox.remove()
+                if then is not None:
+                    then()
+            except Exception:  # a sandbox left behind is swept when the executor restarts
+                log.exception("retiring sandbox %s failed", sandbox.name)
+
+        if self.spares:
+            with contextlib.suppress(RuntimeError):  # closed: remove it here and now
+                self._removers.submit(remove)
+                return
+        remove()
 
     def fill(self, specs: Iterable[SandboxSpec]) -> None:
         """Start spares for `specs` in the background (at start-up, for the repos' specs)."""
@@ -96,8 +127,8 @@ class WarmPool:
         with self._lock:
             left = [sandbox for spares in self._ready.values() for sandbox in spares]
             self._ready.clear()
-        with ThreadPoolExecutor(max_workers=FILLERS * 2) as removers:
-            list(removers.map(discard, left))
+        list(self._removers.map(discard, left))
+        self._removers.shutdown(wait=True)  # the retired ones too
 
     def _pop(self, spec: SandboxSpec) -> Sandbox | None:
         while True:
@@ -113,8 +144,11 @@ class WarmPool:
 
     def _fill(self, spec: SandboxSpec) -> None:
         with self._lock:
-            if self._closed or len(self._ready.get(spec, [])) >= self.spares:
+            ready = len(self._ready.get(spec, []))
+            if self._closed or ready >= self.spares:
                 return
+        if ready >= self._demand():
+            return
         try:
             sandbox = self._start(spec)
         except Exception:  # a task that needs one starts its own and reports the reason
@@ -126,10 +160,20 @@ class WarmPool:
                 return
         discard(sandbox)
 
-    def _start(self, spec: SandboxSpec) -> Sandbox:
+    def _demand(self) -> int:
+        if self.demand is None:
+            return self.spares
+        try:
+            return self.demand()
+        except Exception:  # the database is away: tasks may still be claimed later
+            log.exception("could not count the waiting tasks")
+            return self.spares
+
+    def _start(self, spec: SandboxSpec, *, background: bool = False) -> Sandbox:
         self.root.mkdir(parents=True, exist_ok=True)
         return Sandbox.start(
             self.client,
+            background=background,
             task_id=WARM_TASK,
             executor_id=self.executor_id,
             workspace=self.root / secrets.token_hex(8),

@@ -155,7 +155,6 @@ class Worker:
             state = State.AWAITING_APPROVAL if task.state is State.MERGING else State.FAILED
             self._finish(task.id, Outcome(state, f"repo {task.repo!r} is not configured"))
             return
-        assert self.sandboxes is not None
         watch = Watch(self.engine, self.worker_id, task.id, self.stop)
         watch.start()
         job = TaskJob(
@@ -204,7 +203,7 @@ class Worker:
         if ws is None or sandbox is None:
             return outcome, fields  # nothing started (start_sandbox cleans up after itself)
         if job.watch.lost:  # another worker owns the task now: its branch is not ours to write
-            discard(sandbox)
+            self.sandboxes.retire(sandbox, lambda: discard(sandbox))
             return outcome, fields
         kept = workspace.checkout_path(self.home, job.task_id)
         saved = True
@@ -227,15 +226,10 @@ class Worker:
             )
             saved = False  # never delete it now
         finally:
-            with contextlib.suppress(Exception):
-                sandbox.remove()
-        if saved and outcome.state is State.CANCELLED:
-            discard(sandbox)  # the container is gone already; this removes the checkout
-        else:
-            try:
-                workspace.keep(ws, self.home, job.task_id)
-            except WorkspaceError:
-                log.exception("task %s: its checkout stays in %s", job.task_id, ws.path)
+            if saved and outcome.state is State.CANCELLED:
+                self.sandboxes.retire(sandbox, lambda: discard(sandbox))  # and the checkout
+            else:
+                self.sandboxes.retire(sandbox, lambda: workspace.keep(ws, self.home, job.task_id))
         return outcome, fields
 
     def _guarded(self, step: Any, *, merging: bool = False) -> tuple[Outcome, dict[str, Any]]:
