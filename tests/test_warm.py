@@ -19,7 +19,7 @@ from executor.sandbox import LABEL_EXECUTOR, LABEL_WORKSPACE, remove_orphans
 from executor.warm import SandboxSpec, WarmPool
 from storage.lifecycle import State
 from tests.llm_server import ScriptedLLM, reply, tool_call
-from tests.worker_fixtures import add_task, containers_of, task, wait_for
+from tests.worker_fixtures import add_task, task, wait_for
 
 LEAVE_BEHIND = "setsid sleep 300 >/dev/null 2>&1 < /dev/null & echo secret > /tmp/left; echo ok"
 LOOK = "ps -eo args; ls -a /tmp /workspace"
@@ -37,6 +37,17 @@ def pool(
     pool = WarmPool(docker_client, executor_id=test_executor, root=tmp_path / "sb", spares=1)
     yield pool
     pool.close()
+
+
+def sandboxes_of(client: docker.DockerClient, executor_prefix: str) -> list[str]:
+    """Names of the sandboxes of executors whose id starts with `executor_prefix`. Sparse:
+    one list call, no lookup per container that a removal under way could race."""
+    listed = client.containers.list(all=True, sparse=True, filters={"label": LABEL_EXECUTOR})
+    return [
+        str(c.attrs["Names"][0]).lstrip("/")
+        for c in listed
+        if (c.attrs.get("Labels") or {}).get(LABEL_EXECUTOR, "").startswith(executor_prefix)
+    ]
 
 
 def ready(pool: WarmPool, spec: SandboxSpec) -> list[str]:
@@ -63,9 +74,7 @@ def test_a_taken_sandbox_is_a_fresh_spare_and_is_never_handed_out_again(
     assert second.container.id != first.container.id
     seen = second.exec(LOOK).output
     assert "sleep 300" not in seen and "left" not in seen  # nothing of the first task's
-    wait_for(
-        lambda: first.name not in [c.name for c in containers_of(docker_client, test_executor)]
-    )
+    wait_for(lambda: first.name not in sandboxes_of(docker_client, test_executor))
     pool.retire(second)
 
 
@@ -77,7 +86,7 @@ def test_spares_and_their_folders_are_removed_at_close(
     folder = pool._ready[spec][0].workspace
     assert folder.is_dir()
     pool.close()
-    assert containers_of(docker_client, test_executor) == []
+    assert sandboxes_of(docker_client, test_executor) == []
     assert not folder.exists()
 
 
@@ -91,9 +100,9 @@ def test_a_crashed_executors_spares_and_folders_go_with_the_sweep(
     taken = pool.take(spec)  # one in use by a task when the executor died
     (taken.workspace / "work.txt").write_text("x")
     labelled = {
-        c.labels[LABEL_WORKSPACE]
+        c.attrs["Labels"][LABEL_WORKSPACE]
         for c in docker_client.containers.list(
-            all=True, filters={"label": f"{LABEL_EXECUTOR}={crashed}"}
+            all=True, sparse=True, filters={"label": f"{LABEL_EXECUTOR}={crashed}"}
         )
     }
     assert str(taken.workspace) in labelled
@@ -101,7 +110,7 @@ def test_a_crashed_executors_spares_and_folders_go_with_the_sweep(
     # No close(): the process is gone. A restarted executor sweeps the dead one's sandboxes.
     pool._filler.shutdown(wait=True, cancel_futures=True)
     assert len(remove_orphans(docker_client, executor_id=crashed)) >= 2
-    assert containers_of(docker_client, crashed) == []
+    assert sandboxes_of(docker_client, crashed) == []
     assert list((tmp_path / "sb").iterdir()) == []
 
 
@@ -136,13 +145,7 @@ def test_an_executor_hands_each_task_a_fresh_sandbox_and_leaves_none_behind(
     assert "calc.py" in looked  # the second task's own clone
     assert "sleep 300" not in looked and "left" not in looked
     # Spares and used sandboxes are gone, and their folders; the checkouts are kept.
-    ours = installation_id(engine) + "."
-    left = [
-        c
-        for c in docker_client.containers.list(all=True)
-        if c.labels.get(LABEL_EXECUTOR, "").startswith(ours)
-    ]
-    assert left == []
+    assert sandboxes_of(docker_client, installation_id(engine) + ".") == []
     assert list((tmp_path / "home" / "sandboxes").iterdir()) == []
     workspaces = tmp_path / "home" / "workspaces"
     assert sorted(p.name for p in workspaces.iterdir()) == [f"task-{first}", f"task-{second}"]
