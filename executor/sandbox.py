@@ -244,6 +244,8 @@ class Sandbox:
             self.container.kill()
 
     def remove(self) -> None:
+        if self._starting is not None:
+            self._starting.join()  # a start racing the removal could leave it running
         with contextlib.suppress(NotFound):
             self.container.remove(force=True)
 
