@@ -43,10 +43,15 @@ def connect_docker() -> docker.DockerClient:
 
 
 def remove_dead_sandboxes(
-    client: docker.DockerClient, engine: Engine, *, timeout_s: float = HEARTBEAT_TIMEOUT_S
+    client: docker.DockerClient,
+    engine: Engine,
+    *,
+    timeout_s: float = HEARTBEAT_TIMEOUT_S,
+    alive: str | None = None,
 ) -> list[str]:
     """Remove containers of this installation's executors that hold no live task: what a
-    crash left behind. Live executors' and other installations' sandboxes are left alone.
+    crash left behind. Live executors' and other installations' sandboxes are left alone, and
+    so are those of `alive` (the caller: an idle executor's warm spares are not leftovers).
     Run at start and with every reaping, so a quick restart still sweeps up later."""
     ours = installation_id(engine) + "."
     live_since = utcnow() - timedelta(seconds=timeout_s)
@@ -56,7 +61,7 @@ def remove_dead_sandboxes(
                 col(Task.state).in_(list(WORKING)), col(Task.heartbeat_at) >= live_since
             )
         ).all()
-    live = {w.rsplit("/", 1)[0] for w in holders if w}
+    live = {w.rsplit("/", 1)[0] for w in holders if w} | {alive}
     # Sparse: no inspect per container (a sandbox removed meanwhile is no error), labels only.
     executors = {
         (c.attrs.get("Labels") or {}).get(LABEL_EXECUTOR)

@@ -6,7 +6,6 @@ Stops are data: every path returns an `Outcome`; the worker records it."""
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,8 +25,9 @@ from executor.external import run_command_agent
 from executor.llm import LLMClient
 from executor.llm_reply import Usage
 from executor.pricing import NANOS_PER_USD, cost_nanos, cost_usd, price_of
-from executor.sandbox import Sandbox
+from executor.sandbox import Sandbox, prepare_workspace
 from executor.tools import describe
+from executor.warm import SandboxSpec, WarmPool, discard
 from executor.watch import Watch
 from executor.workspace import Collected, Workspace
 from storage import outbox, spend
@@ -36,8 +36,6 @@ from storage.lifecycle import State
 from storage.models import Task
 from storage.tasks import record, take_nudges, transition
 
-# Bytecode caches are build litter that the leftover commit would otherwise sweep up.
-SANDBOX_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
 STOP_EXTERNAL_AGENT = f"kill -KILL -- -$(cat {EXTERNAL_PID} 2>/dev/null) 2>/dev/null; true"
 
 
@@ -60,6 +58,7 @@ class TaskJob:
     repo: RepoConfig
     watch: Watch
     books: Books
+    sandboxes: WarmPool
     checkpointed: Collected | None = None  # the branch as the pipeline last checked it
     # Set when a charge finds a daily budget reached; the agent stops before its next call.
     over_budget: str | None = None
@@ -238,37 +237,37 @@ class TaskJob:
 
     # --- sandbox and hand-back -----------------------------------------------------------
 
-    def start_sandbox(self, ws: Workspace) -> Sandbox:
-        env = dict(SANDBOX_ENV)
-        if self.repo.agent == "command":  # an external agent brings its own model access
-            env |= {name: os.environ[name] for name in self.repo.agent_env if name in os.environ}
-        sandbox = Sandbox.start(
-            self.docker,
-            task_id=str(self.task_id),
-            executor_id=self.executor_id,
-            workspace=ws.path,
-            image=self.repo.image,
-            limits=self.repo.limits,
-            network=self.repo.network,
-            read_only_root=self.repo.read_only_root,
-            env=env,
-        )
+    def start_sandbox(self) -> tuple[Workspace, Sandbox]:
+        """A fresh sandbox (a warm one when ready) with a new clone of the task's branch in
+        its own workspace folder."""
+        assert self.task.branch is not None
+        sandbox = self.sandboxes.take(SandboxSpec.of(self.repo))
+        try:
+            ws = workspace.prepare(
+                self.home,
+                self.task.repo,
+                self.repo,
+                self.task_id,
+                self.task.branch,
+                into=sandbox.workspace,
+            )
+            prepare_workspace(ws.path)  # the clone is the sandbox user's now
+        except BaseException:
+            discard(sandbox)
+            raise
         self.watch.attach(sandbox)
-        return sandbox
+        return ws, sandbox
 
     @contextlib.contextmanager
     def fresh_sandbox(self) -> Iterator[tuple[Workspace, Sandbox]]:
         """A checkout of the task's branch in a new sandbox, both gone afterwards (for the
         merge's rebase and checks; the work itself is saved by checkpoints)."""
-        assert self.task.branch is not None
-        ws = workspace.prepare(self.home, self.task.repo, self.repo, self.task_id, self.task.branch)
-        sandbox = self.start_sandbox(ws)
+        ws, sandbox = self.start_sandbox()
         try:
             yield ws, sandbox
         finally:
             self.watch.attach(None)
-            sandbox.remove()
-            workspace.remove(ws)
+            discard(sandbox)
 
     def checkpoint(self, ws: Workspace, sandbox: Sandbox) -> Collected:
         """Bring the work so far into the canonical repo, with the sandbox frozen so nothing

@@ -7,14 +7,19 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func
+from sqlmodel import col, select
 
 from executor.config import Config
 from executor.fleet import connect_docker, new_executor_id, remove_dead_sandboxes
 from executor.llm import LLMClient
 from executor.sandbox_image import ensure_image
+from executor.warm import SandboxSpec, WarmPool
 from executor.worker import Worker
+from storage.db import transaction
 from storage.defaults import HEARTBEAT_TIMEOUT_S
+from storage.lifecycle import State
+from storage.models import Task
 
 
 def run_executor(
@@ -42,29 +47,54 @@ def run_executor(
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
     counts: list[int] = []
-    workers = [
-        Worker(
-            engine=engine,
-            config=config,
-            home=home,
-            docker=client,
-            llm=make_llm(),
-            worker_id=f"{executor_id}/{n}",
-            executor_id=executor_id,
-            stop=stop,
-            heartbeat_timeout_s=heartbeat_timeout_s,
-        )
-        for n in range(concurrency)
-    ]
-    threads = [
-        threading.Thread(target=lambda w=w: counts.append(w.work(drain=drain)), name=w.worker_id)
-        for w in workers
-    ]
-    log(f"executor {executor_id}: {concurrency} worker(s){' (drain)' if drain else ''}")
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for worker in workers:
-        worker.llm.close()
+    # One HTTP client for all workers (httpx clients are thread-safe): eight would cost
+    # start-up time on TLS contexts alone.
+    llm = make_llm()
+    # A spare per worker: workers that finish together find their next sandboxes started.
+    sandboxes = WarmPool(
+        client,
+        executor_id=executor_id,
+        root=home / "sandboxes",
+        spares=concurrency,
+        demand=lambda: _waiting(engine),
+    )
+    try:
+        sandboxes.fill({SandboxSpec.of(repo) for repo in config.repos.values()})
+        workers = [
+            Worker(
+                engine=engine,
+                config=config,
+                home=home,
+                docker=client,
+                llm=llm,
+                worker_id=f"{executor_id}/{n}",
+                executor_id=executor_id,
+                stop=stop,
+                heartbeat_timeout_s=heartbeat_timeout_s,
+                sandboxes=sandboxes,
+            )
+            for n in range(concurrency)
+        ]
+        threads = [
+            threading.Thread(
+                target=lambda w=w: counts.append(w.work(drain=drain)), name=w.worker_id
+            )
+            for w in workers
+        ]
+        log(f"executor {executor_id}: {concurrency} worker(s){' (drain)' if drain else ''}")
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sandboxes.close()  # spares not taken, and used ones still being removed
+        llm.close()
     return sum(counts)
+
+
+def _waiting(engine: Engine) -> int:
+    """Tasks waiting for a worker: spares beyond these would only wait themselves."""
+    with transaction(engine) as s:
+        return s.exec(
+            select(func.count()).select_from(Task).where(col(Task.state) == State.QUEUED)
+        ).one()

@@ -26,12 +26,17 @@ from docker.models.containers import Container
 
 from executor.config import DEFAULT_IMAGE, Limits
 from executor.sandbox_exec import COUNTERS, NO_COUNTS, WRAPPER, CappedOutput, parse_counters
+from executor.workspace import WorkspaceError
+from executor.workspace import remove as remove_workspace
 
 WORKSPACE = "/workspace"
 HOME = "/home/agent"
 LABEL = "nightcrew.sandbox"  # on every container we start; remove_orphans looks for it
 LABEL_TASK = "nightcrew.task"
 LABEL_EXECUTOR = "nightcrew.executor"
+# On a sandbox whose workspace folder is its own (a warm one, executor/warm.py): removing the
+# container as an orphan removes that folder too.
+LABEL_WORKSPACE = "nightcrew.workspace"
 
 # When nightcrew runs as root the agent gets this uid (the image's `agent` user), never 0.
 FALLBACK_UID = 1000
@@ -68,8 +73,11 @@ class Sandbox:
     container: Container
     limits: Limits
     user: str  # uid:gid the commands run as
+    workspace: Path  # the host folder mounted at /workspace
     _seen: dict[str, int] = field(default_factory=lambda: dict(NO_COUNTS))
     _killed: bool = False
+    _starting: threading.Thread | None = None  # a start still under way (`background`)
+    _start_error: SandboxError | None = None
 
     @classmethod
     def start(
@@ -84,13 +92,27 @@ class Sandbox:
         network: bool = False,
         read_only_root: bool = True,
         env: Mapping[str, str] | None = None,
+        own_workspace: bool = False,
+        background: bool = False,
     ) -> Sandbox:
-        """Create and start the task's container; `SandboxError` if the engine refuses."""
+        """Create and start the task's container; `SandboxError` if the engine refuses.
+
+        With `background` the start (the slow part) goes on while the caller prepares the
+        workspace and asks the model; the first command waits for it, and raises the
+        `SandboxError` if it failed.
+
+        With `own_workspace` the folder `workspace` is made here, empty, once the container
+        exists (so a sweep never finds the folder without its container), and is labelled on
+        the container: remove_orphans removes both. Nothing is handed over yet: the host fills
+        the folder first, then calls prepare_workspace()."""
         limits = limits or Limits()
         workspace = workspace.resolve()
-        if not workspace.is_dir():
+        if own_workspace:
+            uid, gid = sandbox_ids(None)
+        elif workspace.is_dir():
+            uid, gid = prepare_workspace(workspace)
+        else:
             raise SandboxError(f"workspace {workspace} is not a directory")
-        uid, gid = prepare_workspace(workspace)
         keepalive = KEEPALIVE_UID if uid != KEEPALIVE_UID else KEEPALIVE_UID - 1
         size = f"size={limits.memory}"  # tmpfs pages count against the memory limit anyway
         tmpfs = {HOME: f"rw,exec,nosuid,nodev,{size},uid={uid},gid={gid},mode=0700"}
@@ -110,7 +132,12 @@ class Sandbox:
                 image,
                 ["sleep", "infinity"],
                 name=f"nightcrew-{_slug(task_id)}-{secrets.token_hex(3)}",
-                labels={LABEL: "1", LABEL_TASK: task_id, LABEL_EXECUTOR: executor_id},
+                labels={
+                    LABEL: "1",
+                    LABEL_TASK: task_id,
+                    LABEL_EXECUTOR: executor_id,
+                    **({LABEL_WORKSPACE: str(workspace)} if own_workspace else {}),
+                },
                 hostname="sandbox",
                 user=f"{keepalive}:{keepalive}",
                 environment=environment,
@@ -136,12 +163,37 @@ class Sandbox:
             ) from exc
         except APIError as exc:
             raise SandboxError(f"cannot create the sandbox: {exc.explanation or exc}") from exc
+        if own_workspace:
+            try:
+                workspace.mkdir()
+            except OSError as exc:
+                container.remove(force=True)
+                raise SandboxError(f"cannot make the sandbox's workspace: {exc}") from exc
+        sandbox = cls(client, container, limits, f"{uid}:{gid}", workspace)
+        if not background:
+            sandbox._start()
+            if sandbox._start_error is not None and own_workspace:
+                remove_workspace(workspace)
+            sandbox.started()
+            return sandbox
+        sandbox._starting = threading.Thread(target=sandbox._start, daemon=True)
+        sandbox._starting.start()
+        return sandbox
+
+    def _start(self) -> None:
         try:
-            container.start()
+            self.container.start()
         except APIError as exc:
-            container.remove(force=True)
-            raise SandboxError(f"cannot start the sandbox: {exc.explanation or exc}") from exc
-        return cls(client, container, limits, f"{uid}:{gid}")
+            with contextlib.suppress(APIError):
+                self.container.remove(force=True)
+            self._start_error = SandboxError(f"cannot start the sandbox: {exc.explanation or exc}")
+
+    def started(self) -> None:
+        """Wait for a start under way; `SandboxError` if it failed."""
+        if self._starting is not None:
+            self._starting.join()
+        if self._start_error is not None:
+            raise self._start_error
 
     @property
     def name(self) -> str:
@@ -152,6 +204,7 @@ class Sandbox:
     ) -> ExecResult:
         """Run `command` with bash (sh if the image has none) and return what happened.
         Its background processes die with it; one started with `setsid` survives."""
+        self.started()
         timeout_s = timeout_s or self.limits.command_timeout_s
         api = self.client.api
         started = time.monotonic()
@@ -185,10 +238,14 @@ class Sandbox:
     def kill(self) -> None:
         """Cancel: stop the container now; a running `exec` returns within seconds."""
         self._killed = True
+        if self._starting is not None:
+            self._starting.join()  # a kill before the start would be undone by it
         with contextlib.suppress(APIError):  # already gone or not running: stopped anyway
             self.container.kill()
 
     def remove(self) -> None:
+        if self._starting is not None:
+            self._starting.join()  # a start racing the removal could leave it running
         with contextlib.suppress(NotFound):
             self.container.remove(force=True)
 
@@ -281,7 +338,8 @@ class Sandbox:
 
 
 def remove_orphans(client: docker.DockerClient, *, executor_id: str | None = None) -> list[str]:
-    """Remove sandboxes left behind by a crash: all of ours, or only `executor_id`'s."""
+    """Remove sandboxes left behind by a crash: all of ours, or only `executor_id`'s; with
+    each, the workspace folder it owns (LABEL_WORKSPACE)."""
     labels = [LABEL] if executor_id is None else [LABEL, f"{LABEL_EXECUTOR}={executor_id}"]
     removed = []
     for container in client.containers.list(
@@ -292,19 +350,31 @@ def remove_orphans(client: docker.DockerClient, *, executor_id: str | None = Non
         except NotFound:
             continue
         removed.append(str(container.name))
+        if own := container.labels.get(LABEL_WORKSPACE):
+            with contextlib.suppress(WorkspaceError):  # the next sweep cannot find it again
+                remove_workspace(Path(own))
     return removed
 
 
 def prepare_workspace(workspace: Path) -> tuple[int, int]:
+    """The uid:gid commands run as (see sandbox_ids). As root, the tree is handed to those
+    ids (call again after the host writes into it as root)."""
+    ids = sandbox_ids(workspace)
+    if os.geteuid() == 0:
+        _hand_over(workspace, *ids)
+    return ids
+
+
+def sandbox_ids(workspace: Path | None) -> tuple[int, int]:
     """The uid:gid commands run as, chosen so the host can read and commit what they write:
-    the host's own ids; as root, the workspace owner's, else FALLBACK_UID. As root, the tree
-    is handed to those ids (call again after the host writes into it as root)."""
+    the host's own ids; as root, the workspace owner's, else (and for a folder root is yet to
+    make, None) FALLBACK_UID."""
     if os.geteuid() != 0:
         return os.geteuid(), os.getegid()
-    owner = workspace.stat()
-    ids = (owner.st_uid, owner.st_gid) if owner.st_uid != 0 else (FALLBACK_UID, FALLBACK_UID)
-    _hand_over(workspace, *ids)
-    return ids
+    owner = workspace.stat() if workspace is not None else None
+    if owner is not None and owner.st_uid != 0:
+        return owner.st_uid, owner.st_gid
+    return FALLBACK_UID, FALLBACK_UID
 
 
 def _hand_over(root: Path, uid: int, gid: int) -> None:

@@ -30,6 +30,7 @@ from executor.job import Outcome, TaskJob
 from executor.llm import LLMClient
 from executor.merging import perform_merge
 from executor.sandbox import Sandbox
+from executor.warm import WarmPool, discard
 from executor.watch import Interrupted, Watch
 from executor.workspace import Workspace, WorkspaceError
 from storage.db import transaction
@@ -55,7 +56,15 @@ class Worker:
     stop: threading.Event = field(default_factory=threading.Event)
     heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
     clock: Callable[[], datetime] = utcnow  # budgets' "today"; injected in tests
+    sandboxes: WarmPool | None = None  # shared by the executor's workers; none: no spares
     _next_maintenance: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.sandboxes is None:
+            root = self.home / "sandboxes"
+            self.sandboxes = WarmPool(
+                self.docker, executor_id=self.executor_id, root=root, spares=0
+            )
 
     @property
     def books(self) -> Books:
@@ -88,7 +97,12 @@ class Worker:
         try:
             with transaction(self.engine) as s:
                 reap_stale(s, timeout_s=self.heartbeat_timeout_s, max_attempts=MAX_ATTEMPTS)
-            remove_dead_sandboxes(self.docker, self.engine, timeout_s=self.heartbeat_timeout_s)
+            remove_dead_sandboxes(
+                self.docker,
+                self.engine,
+                timeout_s=self.heartbeat_timeout_s,
+                alive=self.executor_id,  # its spares wait for tasks
+            )
             self.prune_workspaces()
         except Exception:  # housekeeping must never stop the work
             log.exception("maintenance failed; trying again later")
@@ -160,6 +174,7 @@ class Worker:
             task=task,
             repo=repo,
             watch=watch,
+            sandboxes=self.sandboxes,
         )
         try:
             if task.state is State.MERGING:
@@ -186,42 +201,41 @@ class Worker:
 
         def run() -> tuple[Outcome, dict[str, Any]]:
             nonlocal ws, sandbox
-            ws = workspace.prepare(self.home, task.repo, job.repo, job.task_id, task.branch)
+            ws, sandbox = job.start_sandbox()
             fields["base_commit"] = ws.base_commit
-            sandbox = job.start_sandbox(ws)
             return job.run(ws, sandbox), {}
 
         outcome, _ = self._guarded(run)
+        if ws is None or sandbox is None:
+            return outcome, fields  # nothing started (start_sandbox cleans up after itself)
         if job.watch.lost:  # another worker owns the task now: its branch is not ours to write
-            if sandbox is not None:
-                with contextlib.suppress(Exception):
-                    sandbox.remove()
+            self.sandboxes.retire(sandbox, lambda: discard(sandbox))
             return outcome, fields
-        if ws is not None and sandbox is not None:
-            try:
-                if outcome.state is State.AWAITING_APPROVAL and job.checkpointed is not None:
-                    # Exactly what was checked and reviewed: what the checks left behind in
-                    # the workspace (caches, build output) must not join the branch now.
-                    collected = job.checkpointed
-                else:
-                    collected = job.hand_back(ws, sandbox)
-                fields |= {"head_commit": collected.head_commit}
-                if outcome.state is State.AWAITING_APPROVAL and collected.diff_stat:
-                    outcome.summary = f"{outcome.summary or ''}\n\n{collected.diff_stat}".strip()
-            except Exception as exc:  # the checkout still holds the work: keep it, say so
-                log.exception("task %s: hand-back failed", job.task_id)
-                outcome = Outcome(
-                    State.FAILED,
-                    f"{outcome.reason or outcome.state}; and the work could not be saved to the "
-                    f"branch ({type(exc).__name__}: {exc}); it is still in {ws.path}",
-                )
-                ws = None  # never delete it now
-            finally:
-                with contextlib.suppress(Exception):
-                    sandbox.remove()
-        if ws is not None and outcome.state is State.CANCELLED:
-            with contextlib.suppress(WorkspaceError, OSError):
-                workspace.remove(ws)
+        kept = workspace.checkout_path(self.home, job.task_id)
+        saved = True
+        try:
+            if outcome.state is State.AWAITING_APPROVAL and job.checkpointed is not None:
+                # Exactly what was checked and reviewed: what the checks left behind in the
+                # workspace (caches, build output) must not join the branch now.
+                collected = job.checkpointed
+            else:
+                collected = job.hand_back(ws, sandbox)
+            fields |= {"head_commit": collected.head_commit}
+            if outcome.state is State.AWAITING_APPROVAL and collected.diff_stat:
+                outcome.summary = f"{outcome.summary or ''}\n\n{collected.diff_stat}".strip()
+        except Exception as exc:  # the checkout still holds the work: keep it, say so
+            log.exception("task %s: hand-back failed", job.task_id)
+            outcome = Outcome(
+                State.FAILED,
+                f"{outcome.reason or outcome.state}; and the work could not be saved to the "
+                f"branch ({type(exc).__name__}: {exc}); it is still in {kept}",
+            )
+            saved = False  # never delete it now
+        finally:
+            if saved and outcome.state is State.CANCELLED:
+                self.sandboxes.retire(sandbox, lambda: discard(sandbox))  # and the checkout
+            else:
+                self.sandboxes.retire(sandbox, lambda: workspace.keep(ws, self.home, job.task_id))
         return outcome, fields
 
     def _guarded(self, step: Any, *, merging: bool = False) -> tuple[Outcome, dict[str, Any]]:

@@ -4,7 +4,10 @@ Layout under NIGHTCREW_HOME:
 
     repos/<name>.git       bare clone of a `url:` repo, fetched before each task
     repos/<name>.lock      serialises that clone and fetch between workers
-    workspaces/task-<id>   the task's own clone, mounted at /workspace in its container
+    sandboxes/<hex>        a sandbox's own folder, mounted at /workspace (executor/warm.py):
+                           the task's clone is made in it, and moved to workspaces/ when the
+                           container is gone
+    workspaces/task-<id>   the task's checkout, kept after its run until the task closes
 
 The canonical repo (a `path:` repo where it is, or the bare clone) is host-owned and keeps the
 truth: the task's branch lives there. A workspace is a clone with a real `.git` directory (a
@@ -46,7 +49,7 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from executor.config import RepoConfig
@@ -59,9 +62,11 @@ __all__ = [
     "Workspace",
     "WorkspaceError",
     "canonical_repo",
+    "checkout_path",
     "collect",
     "commit_leftovers",
     "diff_text",
+    "keep",
     "prepare",
     "read_workspace_file",
     "remove",
@@ -102,9 +107,19 @@ class Collected:
     deletions: int
 
 
-def prepare(home: Path, repo_name: str, repo: RepoConfig, task_id: int, branch: str) -> Workspace:
+def prepare(
+    home: Path,
+    repo_name: str,
+    repo: RepoConfig,
+    task_id: int,
+    branch: str,
+    *,
+    into: Path | None = None,
+) -> Workspace:
     """A fresh clone for task `task_id` on `branch`: from the latest base branch, or from the
-    branch itself when an earlier attempt left it in the canonical repo."""
+    branch itself when an earlier attempt left it in the canonical repo. It is made in
+    `workspaces/task-<id>`, or in `into`, an empty folder (a sandbox's own); an earlier
+    attempt's checkout is removed either way."""
     if not _BRANCH.fullmatch(branch) or ".." in branch:
         raise WorkspaceError(f"task {task_id}: unusable branch name {branch!r}")
     home = home.resolve()
@@ -113,9 +128,14 @@ def prepare(home: Path, repo_name: str, repo: RepoConfig, task_id: int, branch: 
     if not _has_ref(canonical, f"refs/heads/{base}"):
         raise WorkspaceError(f"repo {repo_name}: no branch {base!r} in {canonical}")
     resumed = _has_ref(canonical, f"refs/heads/{branch}")
-    path = home / "workspaces" / f"task-{task_id}"
+    path = checkout_path(home, task_id)
     _remove_tree(path)  # an earlier attempt's checkout; what it handed back is on the branch
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if into is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        path = into.resolve()
+        if not path.is_dir() or any(path.iterdir()):
+            raise WorkspaceError(f"task {task_id}: {path} is not an empty folder")
 
     git("init", "--quiet", f"--initial-branch={branch}", "--", str(path))
     refspecs = [f"+refs/heads/{base}:refs/remotes/origin/{base}"]
@@ -179,6 +199,26 @@ def diff_text(ws: Workspace, head_commit: str) -> str:
     """The task's patch, base to `head_commit`, from the canonical repo. No external diff or
     textconv: the user's converters (say exiftool for images) must not parse agent blobs."""
     return git("diff", *DIFF_SAFE, ws.base_commit, head_commit, cwd=ws.canonical)
+
+
+def checkout_path(home: Path, task_id: int) -> Path:
+    """Where a task's checkout is kept between its runs."""
+    return home.resolve() / "workspaces" / f"task-{task_id}"
+
+
+def keep(ws: Workspace, home: Path, task_id: int) -> Workspace:
+    """Move a checkout made in a sandbox's folder to checkout_path(), once its container is
+    gone (a container started again would mount the folder by its old name)."""
+    dest = checkout_path(home, task_id)
+    if ws.path == dest:
+        return ws
+    _remove_tree(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(ws.path, dest)
+    except OSError as exc:
+        raise WorkspaceError(f"cannot move {ws.path} to {dest}: {exc}") from exc
+    return replace(ws, path=dest)
 
 
 def remove(ws: Workspace | Path) -> None:

@@ -103,6 +103,7 @@ def test_sigkill_at_several_points_loses_nothing_and_merges_once(
     executor: Callable[[str], Executor],
     project: Path,
     docker_client: docker.DockerClient,
+    tmp_path: Path,
 ) -> None:
     task_id = add_task(engine)
     fix = reply(
@@ -167,4 +168,5 @@ def test_sigkill_at_several_points_loses_nothing_and_merges_once(
     log = git(project, "log", "--format=%B", "main")
     assert log.count(f"Nightcrew-Task: {task_id}") == 1
     assert git(project, "rev-parse", "main") == merged.merge_commit
-    assert our_sandboxes(docker_client, engine) == []
+    assert our_sandboxes(docker_client, engine) == []  # the killed executors' spares too
+    assert list((tmp_path / "home" / "sandboxes").iterdir()) == []  # and their folders

@@ -25,11 +25,12 @@ def test_only_this_installations_dead_executors_lose_their_sandboxes(
 ) -> None:
     ours = installation_id(engine)
     live, dead, foreign = f"{ours}.host-1-aaaa", f"{ours}.host-2-bbbb", "0badc0de.host-3-cccc"
+    idle = f"{ours}.host-4-dddd"  # the sweeper itself: no task, but its spares wait for one
     with transaction(engine) as s:  # a live executor holds a task with a fresh heartbeat
         create_task(s, repo="app", prompt="x", requester="U1")
         claim_next(s, f"{live}/0")
     boxes = {}
-    for executor_id in (live, dead, foreign):
+    for executor_id in (live, dead, foreign, idle):
         workspace = tmp_path / executor_id
         workspace.mkdir()
         boxes[executor_id] = Sandbox.start(
@@ -40,10 +41,10 @@ def test_only_this_installations_dead_executors_lose_their_sandboxes(
             image=sandbox_image,
         )
     try:
-        removed = remove_dead_sandboxes(docker_client, engine)
+        removed = remove_dead_sandboxes(docker_client, engine, alive=idle)
         assert removed == [boxes[dead].name]
         remaining = {c.name for c in docker_client.containers.list(all=True)}
-        assert boxes[live].name in remaining and boxes[foreign].name in remaining
+        assert {boxes[n].name for n in (live, foreign, idle)} <= remaining
     finally:
         for box in boxes.values():
             box.remove()
