@@ -183,6 +183,9 @@ def bot(
         help="HTTP mode (/slack/events) instead of Socket Mode; needs SLACK_SIGNING_SECRET.",
     ),
     port: int = typer.Option(3000, "--port", "-p", help="Port for HTTP mode."),
+    workers: int = typer.Option(
+        2, "--workers", "-w", min=1, help="HTTP mode: server processes (the notifier runs once)."
+    ),
 ) -> None:
     """Run the Slack bot and its notifier alone (executors run elsewhere on the same DB)."""
     import threading
@@ -204,7 +207,16 @@ def bot(
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
             with admin_port("bot"):
-                run_bot(engine(), config, slack, stop=stop, http=http, port=port, say=out.print)
+                run_bot(
+                    engine(),
+                    config,
+                    slack,
+                    stop=stop,
+                    http=http,
+                    port=port,
+                    workers=workers,
+                    say=out.print,
+                )
         except KeyboardInterrupt:
             stop.set()
 

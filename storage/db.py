@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,6 +66,30 @@ def _sqlite_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+_LOCK_FILES: dict[tuple[int, str], int] = {}
+
+
+@contextmanager
+def writer_turn(engine: Engine) -> Iterator[None]:
+    """On a SQLite file, one writer at a time across processes, by a kernel file lock beside
+    the database: a waiter wakes the moment the lock is free, where SQLite's busy handler
+    sleeps in growing steps (1, 2, 5, 10 … 100 ms). Several bot processes writing acks at
+    once would otherwise get that tail. Elsewhere (PostgreSQL, memory) it does nothing."""
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not path or path == ":memory:":
+        yield
+        return
+    key = (os.getpid(), path)  # one descriptor per process: flock is per open file, so a
+    fd = _LOCK_FILES.get(key)  # descriptor inherited over fork() would not exclude
+    if fd is None:
+        fd = _LOCK_FILES[key] = os.open(f"{path}.write-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 @contextmanager

@@ -7,7 +7,8 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, update
+from sqlalchemy import ColumnElement, bindparam, insert, update
+from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, col, select
 
 from storage.errors import Conflict, TaskNotFound
@@ -18,6 +19,14 @@ from storage.models import Nudge, Outbox, Priority, Task, TaskEvent, utcnow
 def slugify(text: str, max_len: int = 40) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return slug[:max_len].rstrip("-") or "task"
+
+
+# Statements built once: composing a statement and its cache key costs more than running it
+# (this is the slash command's ack path, so it counts).
+_INSERT_TASK = insert(Task).returning(col(Task.id))
+_SET_BRANCH = update(Task).where(col(Task.id) == bindparam("tid")).values(branch=bindparam("b"))
+_INSERT_EVENT = insert(TaskEvent)
+_INSERT_OUTBOX = insert(Outbox)
 
 
 def create_task(
@@ -31,7 +40,10 @@ def create_task(
     channel: str | None = None,
     thread_ts: str | None = None,
 ) -> Task:
-    task = Task(
+    """A queued task with its `created` event and, if it lives in Slack, its card row; four
+    plain statements (no ORM flush), since this is the slash command's ack path."""
+    now = utcnow()
+    values: dict[str, Any] = dict(
         repo=repo,
         prompt=prompt,
         requester=requester,
@@ -39,13 +51,27 @@ def create_task(
         source=source,
         channel=channel,
         thread_ts=thread_ts,
+        state=State.QUEUED,
+        created_at=now,
+        updated_at=now,
     )
+    conn = session.connection()
+    task_id = conn.execute(_INSERT_TASK, values).scalar_one()
+    branch = f"nightcrew/{task_id}-{slugify(prompt)}"  # the id is part of the name
+    conn.execute(_SET_BRANCH, {"tid": task_id, "b": branch})
+    created = {"by": requester, "repo": repo, "source": source}
+    conn.execute(
+        _INSERT_EVENT,
+        {"task_id": task_id, "kind": "created", "payload": _printable(created), "created_at": now},
+    )
+    if channel:  # as notify(): only tasks that live in Slack get a card
+        conn.execute(
+            _INSERT_OUTBOX, {"task_id": task_id, "kind": "card", "payload": {}, "created_at": now}
+        )
+    # Handed back as a clean persistent object, as a flush would have left it.
+    task = Task(id=task_id, branch=branch, **values)
+    make_transient_to_detached(task)
     session.add(task)
-    session.flush()  # assigns the id the branch name needs
-    assert task.id is not None
-    task.branch = f"nightcrew/{task.id}-{slugify(prompt)}"
-    record(session, task.id, "created", {"by": requester, "repo": repo, "source": source})
-    notify(session, task, "card", {})
     return task
 
 

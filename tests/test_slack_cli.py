@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -15,6 +19,7 @@ from storage.models import Task
 from tests.slack_emulator import SlackEmulator, slash_command
 
 ROOT = Path(__file__).parent.parent
+COMMANDS = 12  # the notifier keeps to one post per second per channel
 
 
 def test_nightcrew_bot_serves_socket_mode_and_posts_the_card(
@@ -56,6 +61,73 @@ def test_nightcrew_bot_serves_socket_mode_and_posts_the_card(
         (task,) = session.exec(select(Task)).all()
     assert task.thread_ts == card.ts
     engine.dispose()
+
+
+def test_nightcrew_bot_over_http_serves_from_worker_processes_and_posts_each_card_once(
+    tmp_path: Path, git_repo: Path
+) -> None:
+    """`--http --workers 2`: two server processes answer slash commands; the notifier runs
+    once, in the bot's own process, so each card is posted exactly once. Killing the bot
+    outright takes its server down with it."""
+    (tmp_path / "nightcrew.yaml").write_text(
+        f"repos:\n  api:\n    path: {git_repo}\nchannels:\n  C111: api\n"
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/slack/events"
+    with SlackEmulator(tokens=("xoxb-test",)) as slack:
+        env = {
+            **os.environ,
+            **slack.env(),
+            "NIGHTCREW_HOME": str(tmp_path / "home"),
+            "NIGHTCREW_CONFIG": str(tmp_path / "nightcrew.yaml"),
+        }
+        command = [sys.executable, "-m", "bot.cli", "bot", "--http", "--port", str(port)]
+        proc = subprocess.Popen(
+            [*command, "--workers", "2"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            slack.wait_until(
+                lambda: len(slack.calls("auth.test")) >= 2 or proc.poll() is not None,
+                timeout=60,  # cold interpreters on a busy box
+                what="both workers to start",
+            )
+            assert proc.poll() is None, proc.communicate(timeout=10)[0]
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(
+                    pool.map(
+                        lambda i: slack.post_to_app(url, slash_command(f"add task {i}")),
+                        range(COMMANDS),
+                    )
+                )
+            assert all(a.status == 200 and "queued task" in a.text for a in answers)
+            cards = slack.wait_until(
+                lambda: len(slack.messages("C111")) >= COMMANDS and slack.messages("C111"),
+                timeout=60,
+                what="every card",
+            )
+            time.sleep(1.5)  # a second notifier would post its copies meanwhile
+            assert len(slack.messages("C111")) == COMMANDS
+            assert sorted(c.text.split(": ", 1)[1] for c in cards) == sorted(
+                f"task {i}" for i in range(COMMANDS)
+            )
+        finally:
+            proc.kill()  # no chance to clean up: the server must still go
+            proc.wait(10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                time.sleep(0.2)
+                continue
+            break
+        else:
+            raise AssertionError("the HTTP server outlived the bot process")
 
 
 def test_nightcrew_bot_without_tokens_says_how_to_connect(tmp_path: Path) -> None:

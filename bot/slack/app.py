@@ -24,12 +24,14 @@ from slack_sdk.http_retry import RateLimitErrorRetryHandler
 from sqlalchemy import Engine
 
 from bot.scheduler import Scheduler
+from bot.slack.http_server import http_workers
 from bot.slack.listeners import register
 from bot.slack.notifier import Notifier, Tunables
 from executor.config import Config
 
 log = logging.getLogger(__name__)
 SLACK_API = "https://slack.com/api/"
+DEFAULT_WORKERS = 2  # HTTP mode: one interpreter per core on a small machine
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,8 @@ def wsgi_app(app: App) -> Callable[..., Any]:
 
 @contextmanager
 def http_mode(app: App, *, host: str = "0.0.0.0", port: int = 3000) -> Iterator[str]:
-    """Serve /slack/events; yields its URL."""
+    """Serve /slack/events from threads of this process (tests; `nightcrew bot --http`
+    runs worker processes instead, see http_server.py); yields its URL."""
     server = make_server(host, port, wsgi_app(app), _ThreadingServer, _QuietHandler)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
@@ -163,20 +166,22 @@ def run_bot(
     stop: threading.Event,
     http: bool = False,
     port: int = 3000,
+    workers: int = DEFAULT_WORKERS,
     say: Callable[[str], None] = print,
 ) -> None:
     """Run the bot, the notifier and the scheduler (digest, scheduled tasks) until `stop`
-    is set."""
-    app = build_app(engine, config, env)
+    is set. HTTP mode serves from `workers` child processes (bot/slack/http_server.py); the
+    notifier and the scheduler run here, once."""
     with notifier_thread(engine, env), Scheduler(engine, config):
         if http or not env.app_token:
             if not env.signing_secret:
                 raise ValueError("HTTP mode needs SLACK_SIGNING_SECRET")
-            with http_mode(app, port=port) as url:
-                say(f"Slack bot: HTTP mode at {url}")
+            with http_workers(port=port, workers=workers) as served:
+                say(f"Slack bot: HTTP mode at {served.url} ({workers} worker processes)")
                 while not stop.wait(0.5):  # short waits keep signals (Ctrl-C, SIGTERM) prompt
-                    pass
+                    served.check()
         else:
+            app = build_app(engine, config, env)
             with socket_mode(app, env):
                 say("Slack bot: connected over Socket Mode")
                 while not stop.wait(0.5):  # short waits keep signals (Ctrl-C, SIGTERM) prompt

@@ -19,7 +19,7 @@ from bot.slack.commands import SCHEDULE_USAGE, Command, CommandError, parse
 from executor.budget import WAITING, Books
 from executor.config import Config, ConfigError
 from storage import digests, outbox
-from storage.db import transaction
+from storage.db import transaction, writer_turn
 from storage.errors import StorageError
 from storage.lifecycle import IllegalTransition
 from storage.models import Nudge, Task, TaskEvent, utcnow
@@ -30,16 +30,16 @@ from storage.tasks import get_task, record
 # What a person can get wrong; each becomes an ephemeral message and changes nothing.
 USER_ERRORS = (ActionError, CommandError, ConfigError, StorageError, IllegalTransition)
 
-# One writer at a time from this process: SQLite's busy handler makes waiting writers sleep
-# in growing steps (up to 100 ms), so a burst of acks contending for the write lock gets
-# a long tail; a lock in the process queues them without sleeping. PostgreSQL does not
-# need it, and it costs nothing there at the bot's volume.
+# One writer at a time: SQLite's busy handler makes waiting writers sleep in growing steps
+# (up to 100 ms), so a burst of acks contending for the write lock gets a long tail; a lock
+# in the process, then one across the HTTP worker processes (`writer_turn`), queue them
+# without sleeping. PostgreSQL does not need them, and they cost nothing there.
 _WRITES = threading.Lock()
 
 
 @contextmanager
 def writing(engine: Engine) -> Iterator[Session]:
-    with _WRITES, transaction(engine) as session:
+    with _WRITES, writer_turn(engine), transaction(engine) as session:
         yield session
 
 

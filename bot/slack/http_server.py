@@ -1,0 +1,139 @@
+"""HTTP mode's server: gunicorn with several worker processes, each running the Bolt app.
+
+One interpreter serving every request holds the GIL for all of them: under a burst of slash
+commands the acks queue behind each other and behind thread switches. Worker processes
+share the listening socket instead (`gthread` workers: keep-alive, a few threads each). The
+notifier is not here: it stays in the `nightcrew bot` process that starts this server as a
+child, so it runs exactly once however many workers there are.
+
+    python -m bot.slack.http_server --port 3000 --workers 2
+
+The workers build the app from the same environment and working directory as the parent
+(`NIGHTCREW_*`, `SLACK_*`, `.env`, `nightcrew.yaml`). The server stops when its parent dies."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+PARENT_ENV = "NIGHTCREW_BOT_PID"  # the process whose death stops this server
+THREADS = 4  # per worker: enough to overlap a database wait, few enough to keep the GIL calm
+KEEPALIVE_S = 5  # Slack reuses connections; a reconnect per request costs both ends
+START_TIMEOUT_S = 30.0
+
+
+def application() -> Callable[..., Any]:
+    """The WSGI app of one worker process (gunicorn calls this after forking)."""
+    from bot.cli import config, engine
+    from bot.slack.app import SlackEnv, build_app, wsgi_app
+
+    env = SlackEnv.from_env()
+    if env is None:
+        raise RuntimeError("SLACK_BOT_TOKEN is not set")
+    return wsgi_app(build_app(engine(), config, env))
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Callable[..., Any]:
+        return application()
+
+
+def _die_with_parent(_server: Any) -> None:
+    """Linux: SIGTERM this server when the `nightcrew bot` process that started it dies,
+    even by SIGKILL; an orphaned server would go on acking commands beside a new one."""
+    parent = int(os.environ.get(PARENT_ENV, "0"))
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if parent and os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="nightcrew's Slack HTTP server (gunicorn)")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=3000)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    _Gunicorn(
+        {
+            "bind": f"{args.host}:{args.port}",
+            "workers": args.workers,
+            "worker_class": "gthread",
+            "threads": THREADS,
+            "keepalive": KEEPALIVE_S,
+            "backlog": 512,
+            "graceful_timeout": 10,
+            "accesslog": None,
+            "loglevel": "warning",
+            "proc_name": "nightcrew-slack-http",
+            "when_ready": _die_with_parent,
+        }
+    ).run()
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str  # /slack/events
+    child: subprocess.Popen[bytes]
+
+    def check(self) -> None:
+        """Raise if the server has exited (a worker that cannot boot stops gunicorn)."""
+        if self.child.poll() is not None:
+            raise RuntimeError(f"the Slack HTTP server exited (code {self.child.returncode})")
+
+
+@contextmanager
+def http_workers(*, host: str = "0.0.0.0", port: int = 3000, workers: int = 2) -> Iterator[Served]:
+    """Run the server as a child process until the block ends, yielding once it accepts
+    connections. Raises RuntimeError if it exits before that."""
+    command = [sys.executable, "-m", "bot.slack.http_server"]
+    command += ["--host", host, "--port", str(port), "--workers", str(workers)]
+    child = subprocess.Popen(command, env={**os.environ, PARENT_ENV: str(os.getpid())})
+    try:
+        _wait_listening(child, "127.0.0.1" if host == "0.0.0.0" else host, port)
+        yield Served(f"http://{host}:{port}/slack/events", child)
+    finally:
+        if child.poll() is None:
+            child.terminate()  # gunicorn: graceful, in-flight requests finish
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def _wait_listening(child: subprocess.Popen[bytes], host: str, port: int) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise RuntimeError(f"the Slack HTTP server exited at start (code {child.returncode})")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the Slack HTTP server did not listen on {host}:{port} in time")
+
+
+if __name__ == "__main__":
+    main()
