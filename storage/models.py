@@ -168,6 +168,9 @@ class Outbox(SQLModel, table=True):
     attempts: int = 0
     last_error: str | None = Field(default=None, sa_type=Text)
     delivered_at: datetime | None = _ts()
+    # When a post of this row went out with no answer recorded yet: a later attempt looks
+    # for it in Slack (by its message metadata) before posting again.
+    sent_at: datetime | None = _ts()
 
 
 class DigestRun(SQLModel, table=True):

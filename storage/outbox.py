@@ -90,11 +90,32 @@ def card_posted(session: Session, row_id: int, task_id: int, ts: str) -> None:
     mark_delivered(session, row_id)
 
 
-def retry_later(session: Session, row_id: int, *, error: str, at: datetime) -> None:
+def mark_sending(session: Session, row_id: int) -> None:
+    """A post of this row is about to go out: until its answer is recorded, its outcome is
+    unknown, and a later attempt must look in Slack before posting again."""
     session.execute(
         update(Outbox)
         .where(col(Outbox.id) == row_id, col(Outbox.delivered_at).is_(None))
-        .values(attempts=col(Outbox.attempts) + 1, last_error=error, next_attempt_at=at)
+        .values(sent_at=utcnow())
+    )
+
+
+def retry_later(
+    session: Session, row_id: int, *, error: str, at: datetime, not_sent: bool = False
+) -> None:
+    """Count a failed attempt; `not_sent`: Slack answered that it did not post (429, an
+    error), so the next attempt need not look for the message first."""
+    values: dict[str, object] = {
+        "attempts": col(Outbox.attempts) + 1,
+        "last_error": error,
+        "next_attempt_at": at,
+    }
+    if not_sent:
+        values["sent_at"] = None
+    session.execute(
+        update(Outbox)
+        .where(col(Outbox.id) == row_id, col(Outbox.delivered_at).is_(None))
+        .values(**values)
     )
 
 

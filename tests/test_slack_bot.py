@@ -3,6 +3,9 @@ signatures, a real Socket Mode websocket, the notifier draining the outbox."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +25,7 @@ from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import Nudge, Task, TaskEvent
 from storage.queue import claim_next
-from storage.tasks import get_task, record, take_nudges, transition
+from storage.tasks import create_task, get_task, record, take_nudges, transition
 from tests.slack_emulator import (
     Message,
     SlackEmulator,
@@ -40,7 +43,7 @@ FAST = Tunables(
     reaction_poll_s=0.05,
 )
 REQUESTER, STRANGER, APPROVER = "U111", "U222", "U999"
-
+ROOT = Path(__file__).parent.parent
 
 @pytest.fixture
 def env(slack: SlackEmulator) -> SlackEnv:
@@ -240,13 +243,15 @@ def test_a_notifier_killed_mid_delivery_and_restarted_posts_nothing_twice(
     for i in range(3):
         slack.post_to_app(url, slash_command(f"task number {i}"))
     first = Notifier(engine, notifier_client(env), FAST)
+    dead_lease = 3.0  # long enough for a busy machine to do what follows within it
     with transaction(engine) as session:  # first claims task 1's card, then "dies"
-        assert len(outbox.claim_due(session, lease_s=FAST.lease_s, limit=1)) == 1
+        assert len(outbox.claim_due(session, lease_s=dead_lease, limit=1)) == 1
+    died = time.monotonic()
     first.deliver_due()  # delivers the two others it can still claim
     assert len(slack.messages("C111")) == 2
     second = Notifier(engine, notifier_client(env), FAST)
     assert second.deliver_due() == 0  # task 1's lease still holds
-    time.sleep(FAST.lease_s)
+    time.sleep(max(0.0, died + dead_lease - time.monotonic()))
     assert second.deliver_due() == 1
     assert sorted(m.text for m in slack.messages("C111")) == [
         f"Task {i + 1} (queued): task number {i}" for i in range(3)
@@ -368,3 +373,80 @@ def test_a_mention_in_a_thread_takes_the_threads_messages_as_context(
     assert f"<@{APPROVER}>: payments test flakes on Mondays" in prompt
     assert f"<@{STRANGER}>: timezone bug in the fixture?" in prompt
     assert "fix this" not in prompt.split("Context:")[1]  # the mention itself is the ask
+
+
+def _notifier_process(engine: Engine, slack: SlackEmulator) -> subprocess.Popen[str]:
+    url = engine.url.render_as_string(hide_password=False)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.notifier_process", url, slack.api_url, slack.bot_token],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _kill_mid_post(slack: SlackEmulator, engine: Engine, posts_before: int) -> None:
+    """Start a notifier process; once Slack has taken its next post (and holds the answer),
+    SIGKILL it: the post is in the channel, and the database does not know."""
+    release = slack.hold("chat.postMessage")
+    proc = _notifier_process(engine, slack)
+    try:
+        slack.wait_until(
+            lambda: len(slack.calls("chat.postMessage")) > posts_before or proc.poll() is not None,
+            timeout=60,
+            what="the notifier's post",
+        )
+        assert proc.poll() is None, proc.communicate()[1]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        release.set()
+
+
+def test_a_notifier_killed_after_slack_took_its_post_and_restarted_posts_nothing_twice(
+    slack: SlackEmulator, engine: Engine
+) -> None:
+    with transaction(engine) as session:
+        create_task(
+            session, repo="api", prompt="fix the tests", requester=REQUESTER, channel="C111"
+        )
+    _kill_mid_post(slack, engine, posts_before=0)  # the card
+    assert len(slack.messages("C111")) == 1
+    with transaction(engine) as session:
+        assert get_task(session, 1).thread_ts is None  # the post's answer never arrived
+        claim_next(session, "w1")
+        transition(session, 1, State.RUNNING, actor="w1")
+    _kill_mid_post(slack, engine, posts_before=1)  # a milestone in the card's thread
+
+    restarted = _notifier_process(engine, slack)
+    try:
+
+        def settled() -> bool:
+            with transaction(engine) as session:
+                return not outbox.pending(session)
+
+        slack.wait_until(settled, timeout=60, what="every outbox row settled")
+    finally:
+        restarted.terminate()
+        restarted.wait(10)
+    (card,) = [m for m in slack.messages("C111") if not m.is_reply]
+    with transaction(engine) as session:
+        assert get_task(session, 1).thread_ts == card.ts  # the earlier post, adopted
+    replies = [m.text for m in slack.thread("C111", card.ts) if m.is_reply]
+    assert replies == [":gear: Task 1 started working"]
+    assert len(slack.calls("chat.postMessage")) == 2  # the card and the milestone, no resend
+    assert slack.calls("conversations.history") and slack.calls("conversations.replies")
+    assert "fix the tests" in card.all_text and "running" in card.all_text  # edited to now
+
+
+def test_a_post_whose_answer_was_lost_is_found_in_slack_not_posted_again(
+    slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier
+) -> None:
+    slack.fail("chat.postMessage", drop=True, applied=True)  # posted, then the line drops
+    slack.post_to_app(url, slash_command("fix the tests"))
+    card = card_of(slack, engine)
+    assert [m.ts for m in slack.messages("C111")] == [card.ts]
+    assert [c.status for c in slack.calls("chat.postMessage")] == [0]
+    (lookup,) = slack.calls("conversations.history")
+    assert lookup.params["include_all_metadata"] in (True, "true", "1")

@@ -166,6 +166,67 @@ def test_an_answer_lost_after_the_post_makes_the_default_client_post_twice(
     assert [m.text for m in slack.messages("C1")] == ["hello", "hello"]
 
 
+def test_metadata_is_kept_and_returned_only_when_asked_for(
+    slack: SlackEmulator, client: WebClient
+) -> None:
+    meta = {"event_type": "task_created", "event_payload": {"id": 7, "tags": ["a"]}}
+    root = client.chat_postMessage(channel="C1", text="card", metadata=meta)
+    assert root["message"]["metadata"] == meta
+    reply = client.chat_postMessage(channel="C1", text="step", thread_ts=root["ts"], metadata=meta)
+    plain = client.conversations_history(channel="C1")["messages"]
+    assert [m["text"] for m in plain] == ["card"] and "metadata" not in plain[0]  # no replies
+    full = client.conversations_history(channel="C1", include_all_metadata=True)["messages"]
+    assert full[0]["metadata"] == meta
+    thread = client.conversations_replies(channel="C1", ts=root["ts"], include_all_metadata=True)
+    assert [(m["ts"], m["metadata"]) for m in thread["messages"]] == [
+        (root["ts"], meta),
+        (reply["ts"], meta),
+    ]
+    no_meta = client.conversations_replies(channel="C1", ts=root["ts"])["messages"]
+    assert all("metadata" not in m for m in no_meta)
+    for bad in (
+        {"event_type": "x"},
+        {"event_payload": {}},
+        {"event_type": "", "event_payload": {}},
+    ):
+        with pytest.raises(SlackApiError) as err:
+            client.chat_postMessage(channel="C1", text="x", metadata=bad)
+        assert err.value.response["error"] == "invalid_metadata_format"
+
+
+def test_history_pages_newest_first_within_oldest(slack: SlackEmulator, client: WebClient) -> None:
+    posted = [client.chat_postMessage(channel="C1", text=f"m{i}")["ts"] for i in range(5)]
+    client.chat_postMessage(channel="C2", text="elsewhere")
+    seen, cursor = [], None
+    while True:
+        page = client.conversations_history(channel="C1", limit=2, cursor=cursor)
+        seen += [m["ts"] for m in page["messages"]]
+        cursor = page["response_metadata"]["next_cursor"]
+        assert page["has_more"] == bool(cursor)
+        if not cursor:
+            break
+    assert seen == posted[::-1]
+    later = client.conversations_history(channel="C1", oldest=posted[2])["messages"]
+    assert [m["ts"] for m in later] == posted[:2:-1]
+
+
+def test_a_held_answer_comes_after_the_call_took_effect(
+    slack: SlackEmulator, client: WebClient
+) -> None:
+    release = slack.hold("chat.postMessage")
+    answer: list[Any] = []
+    sender = threading.Thread(
+        target=lambda: answer.append(client.chat_postMessage(channel="C1", text="hi"))
+    )
+    sender.start()
+    slack.wait_until(lambda: slack.messages("C1"), what="the post to take effect")
+    time.sleep(0.2)
+    assert answer == []  # Slack has it; the app does not know yet
+    release.set()
+    sender.join(5)
+    assert answer[0]["ts"] == slack.messages("C1")[0].ts
+
+
 def test_permanent_errors_are_ok_false_answers(slack: SlackEmulator, client: WebClient) -> None:
     slack.channel_error("C404")
     slack.fail("chat.update", error="not_in_channel")

@@ -1,12 +1,15 @@
 """Delivers the outbox to Slack: posts and edits task cards, posts milestones in threads,
 posts messages of their own (the digest).
 
-Exactly once per row as far as Slack lets us know: the SDK's own retries are off (a resent
-post whose answer was lost would appear twice); each row is claimed under a lease, sent once
-per attempt, and settled in the transaction that learns the result (a card's `ts` becomes
-the task's thread in that same step). Transient failures (429 with Retry-After, 5xx,
-connection errors) are retried per row with backoff; permanent ones are recorded on the row
-and in the task's log, and never retried."""
+Exactly once per row: the SDK's own retries are off (a resent post whose answer was lost
+would appear twice); each row is claimed under a lease and settled in the transaction that
+learns the result (a card's `ts` becomes the task's thread in that same step). Every post
+carries message metadata naming its row, and the row records when a post went out; a later
+attempt at a row whose earlier post got no recorded answer (the process was killed, the
+connection dropped, Slack answered 5xx) first looks for that message in the channel or
+thread and adopts it instead of posting again. Transient failures (429 with Retry-After,
+5xx, connection errors) are retried per row with backoff; permanent ones are recorded on the
+row and in the task's log, and never retried."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from sqlmodel import col, select
 
 from bot.slack import blocks
 from executor import metrics
+from executor.fleet import installation_id
 from storage import outbox
 from storage.db import transaction
 from storage.lifecycle import CLOSED, State
@@ -54,10 +58,20 @@ class Tunables:
     reaction_poll_s: float = 2.0  # how soon ✅ follows the agent taking a nudge
 
 
+# Every message we post carries {"event_type": METADATA_EVENT, "event_payload": {"outbox_id":
+# row id, "install": installation id}}: how a retry recognises its own earlier post.
+METADATA_EVENT = "nightcrew_outbox"
+LOOKBACK = timedelta(minutes=10)  # search from this long before the unanswered post (clock skew)
+LOOKUP_PAGE = 200  # messages per conversations.history/replies call
+LOOKUP_PAGES = 10  # then the post is taken as lost: minutes of a very busy channel
+
+
 class _Retry(Exception):
-    def __init__(self, error: str, after_s: float | None = None) -> None:
+    def __init__(self, error: str, after_s: float | None = None, *, answered: bool) -> None:
         super().__init__(error)
         self.error, self.after_s = error, after_s
+        self.answered = answered  # Slack said it did not do it (429, an error), vs no answer
+        self.not_sent = False  # set for a post Slack answered: no need to look for it later
 
 
 class _Permanent(Exception):
@@ -71,6 +85,11 @@ class Notifier:
     tunables: Tunables = field(default_factory=Tunables)
     _last_edit: dict[int, float] = field(default_factory=dict)
     _last_post: dict[str, float] = field(default_factory=dict)
+    _install: str = ""
+
+    def __post_init__(self) -> None:
+        # Tells this installation's posts from another's in the same channel (row ids clash).
+        self._install = installation_id(self.engine)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -122,19 +141,21 @@ class Notifier:
             self._fail(row, task, str(exc))
         except Exception as exc:  # a bug must cost attempts, or the row loops forever
             log.exception("outbox row %s: unexpected error", row.id)
-            self._retry(row, task, _Retry(f"{type(exc).__name__}: {exc}"))
+            self._retry(row, task, _Retry(f"{type(exc).__name__}: {exc}", answered=False))
 
     def _card(self, row: Outbox, task: Task) -> None:
         assert row.id is not None and task.id is not None and task.channel
         text, card = blocks.card(task)
         if task.thread_ts is None:
-            self._pace_channel(row, task.channel)
-            answer = self._call(
-                self.client.chat_postMessage, channel=task.channel, text=text, blocks=card
-            )
-            ts = str(answer["ts"])
+            ts, adopted = self._post_once(row, task.channel, text=text, blocks=card)
+
+            def posted(session: Any) -> None:
+                outbox.card_posted(session, row.id, task.id, ts)
+                if adopted:  # it shows the task as it was then: edit it to now
+                    outbox.request_card(session, task.id)
+
             self._sent(row)
-            self._settle(lambda s: outbox.card_posted(s, row.id, task.id, ts))
+            self._settle(posted)
             self._last_edit[task.id] = time.monotonic()
             return
         wait = self._last_edit.get(task.id, -1e9) + self.tunables.card_edit_interval_s
@@ -154,10 +175,9 @@ class Notifier:
         channel = str(row.payload.get("channel") or "")
         if not channel:
             raise _Permanent("post without a channel")
-        self._pace_channel(row, channel)
-        self._call(
-            self.client.chat_postMessage,
-            channel=channel,
+        self._post_once(
+            row,
+            channel,
             text=row.payload.get("text") or "",
             blocks=row.payload.get("blocks") or None,
         )
@@ -178,10 +198,9 @@ class Notifier:
         line = blocks.milestone(task, row.payload)
         if line is not None:
             extra = self._proof_blocks(task) if row.payload.get("to") == "awaiting_approval" else []
-            self._pace_channel(row, task.channel)
-            self._call(
-                self.client.chat_postMessage,
-                channel=task.channel,
+            self._post_once(
+                row,
+                task.channel,
                 thread_ts=task.thread_ts,
                 text=line,
                 blocks=[blocks.section(line), *extra] if extra else None,
@@ -229,6 +248,60 @@ class Notifier:
                 raise
         self._settle(lambda s: outbox.mark_delivered(s, row.id))
 
+    def _post_once(self, row: Outbox, channel: str, **message: Any) -> tuple[str, bool]:
+        """Post the row's message (in `message["thread_ts"]`'s thread if given) unless an
+        earlier attempt already did: (its ts, whether it was found rather than posted)."""
+        assert row.id is not None
+        # A DM addressed by user id has no channel id to read back (that takes
+        # conversations.open): such a post (a digest by DM) is not looked for.
+        if row.sent_at is not None and not channel.startswith(("U", "W")):
+            found = self._find_posted(row, channel, message.get("thread_ts"))
+            if found is not None:
+                log.info(
+                    "outbox row %s: found its earlier post %s; not posting again", row.id, found
+                )
+                return found, True
+        self._pace_channel(row, channel)
+        self._settle(lambda s: outbox.mark_sending(s, row.id))
+        metadata = {"event_type": METADATA_EVENT, "event_payload": self._payload(row)}
+        try:
+            answer = self._call(
+                self.client.chat_postMessage, channel=channel, metadata=metadata, **message
+            )
+        except _Retry as exc:
+            exc.not_sent = exc.answered
+            raise
+        return str(answer["ts"]), False
+
+    def _payload(self, row: Outbox) -> dict[str, Any]:
+        return {"outbox_id": row.id, "install": self._install}
+
+    def _find_posted(self, row: Outbox, channel: str, thread_ts: str | None) -> str | None:
+        """The ts of the message an earlier attempt at `row` posted, or None. Errors (429 and
+        the like) propagate: the row is retried later and still looks before posting."""
+        assert row.sent_at is not None
+        params: dict[str, Any] = {
+            "channel": channel,
+            "oldest": f"{(row.sent_at - LOOKBACK).timestamp():.6f}",
+            "include_all_metadata": True,  # without it Slack leaves metadata out
+            "limit": LOOKUP_PAGE,
+        }
+        method = self.client.conversations_history
+        if thread_ts is not None:
+            method, params["ts"] = self.client.conversations_replies, thread_ts
+        want = self._payload(row)
+        for _ in range(LOOKUP_PAGES):
+            answer = self._call(method, **params)
+            for message in answer.get("messages") or []:
+                meta = message.get("metadata") or {}
+                if meta.get("event_type") == METADATA_EVENT and meta.get("event_payload") == want:
+                    return str(message["ts"])
+            params["cursor"] = (answer.get("response_metadata") or {}).get("next_cursor")
+            if not params["cursor"]:
+                return None
+        log.warning("outbox row %s: not found in %s pages; posting again", row.id, LOOKUP_PAGES)
+        return None
+
     def _pace_channel(self, row: Outbox, channel: str) -> None:
         """Keep to about one post per second per channel; sleeping briefly is cheaper than
         a round trip through the database for such short waits."""
@@ -245,12 +318,16 @@ class Notifier:
             error = str(response.get("error") or f"HTTP {response.status_code}")
             if response.status_code == 429:
                 after = response.headers.get("retry-after") or response.headers.get("Retry-After")
-                raise _Retry("ratelimited", float(after) if after else None) from None
-            if response.status_code >= 500 or error in TRANSIENT_ERRORS:
-                raise _Retry(error) from None
+                raise _Retry(
+                    "ratelimited", float(after) if after else None, answered=True
+                ) from None
+            if response.status_code >= 500:  # it may have been done before the failure
+                raise _Retry(error, answered=False) from None
+            if error in TRANSIENT_ERRORS:
+                raise _Retry(error, answered=True) from None
             raise _Permanent(error) from None
         except (OSError, TimeoutError) as exc:  # URLError, refused, reset, timed out
-            raise _Retry(f"{type(exc).__name__}: {exc}") from None
+            raise _Retry(f"{type(exc).__name__}: {exc}", answered=False) from None
 
     def _sent(self, row: Outbox) -> None:
         lag = (utcnow() - row.created_at).total_seconds()
@@ -270,7 +347,9 @@ class Notifier:
         )
         at = utcnow() + timedelta(seconds=delay)
         log.info("outbox row %s: %s; retrying in %.1f s", row.id, exc.error, delay)
-        self._settle(lambda s: outbox.retry_later(s, row.id, error=exc.error, at=at))
+        self._settle(
+            lambda s: outbox.retry_later(s, row.id, error=exc.error, at=at, not_sent=exc.not_sent)
+        )
 
     def _fail(self, row: Outbox, task: Task | None, error: str) -> None:
         assert row.id is not None

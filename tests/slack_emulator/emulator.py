@@ -138,6 +138,15 @@ class SlackEmulator:
         with self._changed:
             self._faults[method].extend([fault] * times)
 
+    def hold(self, method: str) -> threading.Event:
+        """The next call of `method` takes effect at once, but its answer waits until the
+        returned event is set (at most a minute): time to kill the app after Slack accepted
+        its call and before it could learn so. `calls()` shows the call on arrival."""
+        release = threading.Event()
+        with self._changed:
+            self._faults[method].append(Fault(hold=release))
+        return release
+
     def channel_error(self, channel: str, error: str = "channel_not_found") -> None:
         """Every call naming `channel` fails with `error` from now on."""
         with self._changed:
@@ -329,22 +338,24 @@ class SlackEmulator:
                 params = decode_params(params)
             self._calls.append(Call(method, params, token, time.monotonic(), status, error))
             self._changed.notify_all()
+        if fault is not None and fault.hold is not None:
+            fault.hold.wait(60)  # outside the lock: the rest of Slack keeps answering
         return reply
 
     def _answer(
         self, method: str, params: dict[str, Any], token: str | None, fault: Fault | None
     ) -> tuple[Reply, str | None]:
-        if fault is not None and not fault.drop:
+        if fault is not None and not fault.drop and fault.hold is None:
             return _fault_reply(fault), fault.error or (
                 "ratelimited" if fault.status == 429 else None
             )
-        if fault is not None and not fault.applied:
+        if fault is not None and fault.drop and not fault.applied:
             return Reply(0, hang_up=True), None
         try:
             result = self._run(method, params, token)
         except ApiError as e:
             return Reply.json({"ok": False, "error": e.error, **e.extra}), e.error
-        if fault is not None:
+        if fault is not None and fault.drop:
             return Reply(0, hang_up=True), None
         headers = {} if (token or "").startswith("xapp-") else {"x-oauth-scopes": self.scopes}
         return Reply.json({"ok": True, **result}, headers), None

@@ -3,6 +3,7 @@ response_url posts, and the faults scripted for the next calls."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ class Fault:
     body: str | None = None
     drop: bool = False
     applied: bool = False  # with drop: the call takes effect, then the answer is lost
+    hold: threading.Event | None = None  # the call takes effect; the answer waits for this
 
 
 @dataclass
@@ -81,8 +83,9 @@ class Message:
     def action_ids(self) -> list[str]:
         return [b["action_id"] for b in self.buttons if "action_id" in b]
 
-    def to_api(self) -> dict[str, Any]:
-        """The message object as Slack's API returns it (chat.postMessage, conversations.*)."""
+    def to_api(self, *, metadata: bool = True) -> dict[str, Any]:
+        """The message object as Slack's API returns it (chat.postMessage, conversations.*);
+        conversations.* leave `metadata` out unless asked with `include_all_metadata`."""
         out: dict[str, Any] = {"type": "message", "user": self.user}
         if self.bot_id:
             out.update(bot_id=self.bot_id, app_id=self.app_id)
@@ -93,7 +96,7 @@ class Message:
             out["attachments"] = self.attachments
         if self.thread_ts is not None:
             out["thread_ts"] = self.thread_ts
-        if self.metadata is not None:
+        if self.metadata is not None and metadata:
             out["metadata"] = self.metadata
         if self.versions:
             out["edited"] = {"user": self.user, "ts": self.versions[-1]["edited_ts"]}

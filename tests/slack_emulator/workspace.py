@@ -6,6 +6,7 @@ raises `ApiError` for an `ok: false` one; answers follow the shapes of the sampl
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from tests.slack_samples import load_json
 
 Params = dict[str, Any]
 JSON_FIELDS = ("blocks", "attachments", "view", "metadata")  # JSON strings in form bodies
+METADATA_LIMIT = 8000  # characters of JSON; Slack answers metadata_too_large beyond its limit
 
 
 class Workspace:
@@ -48,6 +50,7 @@ class Workspace:
             "chat.update": self.chat_update,
             "chat.postEphemeral": self.chat_post_ephemeral,
             "chat.getPermalink": self.chat_get_permalink,
+            "conversations.history": self.conversations_history,
             "conversations.replies": self.conversations_replies,
             "reactions.add": self.reactions_add,
             "reactions.remove": self.reactions_remove,
@@ -70,6 +73,7 @@ class Workspace:
     def chat_post_message(self, p: Params) -> dict[str, Any]:
         channel = self._channel(p)
         self._check_content(p)
+        self._check_metadata(p)
         message = Message(
             channel=channel,
             ts=new_ts(),
@@ -81,7 +85,7 @@ class Workspace:
             bot_id=self.bot_id,
             app_id=self.app_id,
             team=self.team_id,
-            metadata=p.get("metadata"),
+            metadata=p.get("metadata") or None,
         )
         self.messages[channel, message.ts] = message
         return {"channel": channel, "ts": message.ts, "message": message.to_api()}
@@ -91,14 +95,17 @@ class Workspace:
         if message.user != self.bot_user_id:
             raise ApiError("cant_update_message")
         self._check_content(p)
+        self._check_metadata(p)
         message.versions.append(
             {"text": message.text, "blocks": message.blocks, "edited_ts": new_ts()}
         )
         if "text" in p:
             message.text = p["text"] or ""
-        for name in ("blocks", "attachments", "metadata"):
+        for name in ("blocks", "attachments"):
             if name in p:  # left out: kept, as Slack keeps them; [] clears
                 setattr(message, name, p[name])
+        if "metadata" in p:
+            message.metadata = p["metadata"] or None
         return {
             "channel": message.channel,
             "ts": message.ts,
@@ -142,7 +149,8 @@ class Workspace:
             key=lambda m: float(m.ts),
         )
         replies = [m for m in replies if m.is_reply and _within(m.ts, p)]
-        head = root.to_api()
+        meta = _flag(p, "include_all_metadata")
+        head = root.to_api(metadata=meta)
         if replies:
             users = list(dict.fromkeys(m.user for m in replies))
             head.update(
@@ -153,11 +161,46 @@ class Workspace:
                 latest_reply=replies[-1].ts,
             )
         limit = int(p.get("limit") or 1000)
-        tail = [{**m.to_api(), "parent_user_id": root.user} for m in replies][: max(limit - 1, 0)]
+        tail = [{**m.to_api(metadata=meta), "parent_user_id": root.user} for m in replies]
+        tail = tail[: max(limit - 1, 0)]
         return {
             "messages": [head, *tail],
             "has_more": False,
             "response_metadata": {"next_cursor": ""},
+        }
+
+    def conversations_history(self, p: Params) -> dict[str, Any]:
+        """The channel's messages, newest first: top-level ones only (replies live in
+        conversations.replies), a page of `limit` (default 100) per call, `next_cursor` for the
+        rest; `metadata` only with `include_all_metadata`."""
+        channel = self._channel(p)
+        found = sorted(
+            (
+                m
+                for m in self.messages.values()
+                if m.channel == channel and not m.is_reply and _within(m.ts, p)
+            ),
+            key=lambda m: float(m.ts),
+            reverse=True,
+        )
+        cursor = str(p.get("cursor") or "")
+        if cursor:
+            try:
+                before = base64.b64decode(cursor).decode().removeprefix("next_ts:")
+                found = [m for m in found if float(m.ts) < float(before)]
+            except ValueError:
+                raise ApiError("invalid_cursor") from None
+        limit = min(max(int(p.get("limit") or 100), 1), 999)
+        page, more = found[:limit], len(found) > limit
+        next_cursor = base64.b64encode(f"next_ts:{page[-1].ts}".encode()).decode() if more else ""
+        meta = _flag(p, "include_all_metadata")
+        return {
+            "messages": [m.to_api(metadata=meta) for m in page],
+            "has_more": more,
+            "pin_count": 0,
+            "channel_actions_ts": None,
+            "channel_actions_count": 0,
+            "response_metadata": {"next_cursor": next_cursor},
         }
 
     def reactions_add(self, p: Params) -> dict[str, Any]:
@@ -235,6 +278,21 @@ class Workspace:
             raise ApiError("invalid_name")
         return message, name
 
+    def _check_metadata(self, p: Params) -> None:
+        """Slack's shape: {"event_type": str, "event_payload": object}."""
+        meta = p.get("metadata")
+        if meta is None or meta == []:  # [] is what an empty form field decodes to
+            return
+        if not (
+            isinstance(meta, dict)
+            and isinstance(meta.get("event_type"), str)
+            and meta["event_type"]
+            and isinstance(meta.get("event_payload"), dict)
+        ):
+            raise ApiError("invalid_metadata_format")
+        if len(json.dumps(meta)) > METADATA_LIMIT:
+            raise ApiError("metadata_too_large")
+
     def _check_content(self, p: Params) -> None:
         if not (p.get("text") or p.get("blocks") or p.get("attachments")):
             raise ApiError("no_text")
@@ -290,8 +348,12 @@ def decode_params(params: Params) -> Params:
     return out
 
 
+def _flag(p: Params, name: str) -> bool:
+    return str(p.get(name, "")).lower() in ("1", "true")
+
+
 def _within(ts: str, p: Params) -> bool:
-    inclusive = str(p.get("inclusive", "")).lower() in ("1", "true")
+    inclusive = _flag(p, "inclusive")
     oldest, latest = p.get("oldest"), p.get("latest")
     if oldest and (float(ts) < float(oldest) or (float(ts) == float(oldest) and not inclusive)):
         return False
