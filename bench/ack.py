@@ -101,7 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--commands", type=int, default=500)
-    parser.add_argument("--workers", type=int, default=2, help="HTTP server processes")
+    parser.add_argument("--workers", type=int, default=1, help="HTTP server processes")
     args = parser.parse_args()
     limits = httpx.Limits(max_connections=args.clients)
     with (

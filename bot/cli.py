@@ -184,7 +184,7 @@ def bot(
     ),
     port: int = typer.Option(3000, "--port", "-p", help="Port for HTTP mode."),
     workers: int = typer.Option(
-        2, "--workers", "-w", min=1, help="HTTP mode: server processes (the notifier runs once)."
+        1, "--workers", "-w", min=1, help="HTTP mode: server processes (the notifier runs once)."
     ),
 ) -> None:
     """Run the Slack bot and its notifier alone (executors run elsewhere on the same DB)."""

@@ -28,10 +28,11 @@ from bot.slack.http_server import http_workers
 from bot.slack.listeners import register
 from bot.slack.notifier import Notifier, Tunables
 from executor.config import Config
+from storage.db import checkpoint
 
 log = logging.getLogger(__name__)
 SLACK_API = "https://slack.com/api/"
-DEFAULT_WORKERS = 2  # HTTP mode: one interpreter per core on a small machine
+DEFAULT_WORKERS = 1  # HTTP mode; more pay off with PostgreSQL and spare cores (README)
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,14 @@ def http_mode(app: App, *, host: str = "0.0.0.0", port: int = 3000) -> Iterator[
         server.server_close()
 
 
+def _checkpoint(engine: Engine) -> None:
+    """The HTTP workers never checkpoint SQLite's WAL (see http_server.application)."""
+    try:
+        checkpoint(engine)
+    except Exception:  # a busy or vanished database must not stop the bot
+        log.warning("WAL checkpoint failed; trying again shortly", exc_info=True)
+
+
 def run_bot(
     engine: Engine,
     config: Callable[[], Config],
@@ -180,6 +189,7 @@ def run_bot(
                 say(f"Slack bot: HTTP mode at {served.url} ({workers} worker processes)")
                 while not stop.wait(0.5):  # short waits keep signals (Ctrl-C, SIGTERM) prompt
                     served.check()
+                    _checkpoint(engine)
         else:
             app = build_app(engine, config, env)
             with socket_mode(app, env):

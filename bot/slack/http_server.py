@@ -6,7 +6,7 @@ share the listening socket instead (`gthread` workers: keep-alive, a few threads
 notifier is not here: it stays in the `nightcrew bot` process that starts this server as a
 child, so it runs exactly once however many workers there are.
 
-    python -m bot.slack.http_server --port 3000 --workers 2
+    python -m bot.slack.http_server --port 3000 --workers 1
 
 The workers build the app from the same environment and working directory as the parent
 (`NIGHTCREW_*`, `SLACK_*`, `.env`, `nightcrew.yaml`). The server stops when its parent dies."""
@@ -36,14 +36,18 @@ START_TIMEOUT_S = 30.0
 
 
 def application() -> Callable[..., Any]:
-    """The WSGI app of one worker process (gunicorn calls this after forking)."""
-    from bot.cli import config, engine
+    """The WSGI app of one worker process (gunicorn calls this after forking). Its commits
+    leave SQLite's WAL checkpoints (and their fsync) to the `nightcrew bot` process: one
+    inside an ack's write turn made every ack behind it wait for the disk."""
+    from bot.cli import config, settings
     from bot.slack.app import SlackEnv, build_app, wsgi_app
+    from storage.db import make_engine
 
     env = SlackEnv.from_env()
     if env is None:
         raise RuntimeError("SLACK_BOT_TOKEN is not set")
-    return wsgi_app(build_app(engine(), config, env))
+    engine = make_engine(settings().db_url, create=False, autocheckpoint=False)
+    return wsgi_app(build_app(engine, config, env))
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="nightcrew's Slack HTTP server (gunicorn)")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=3000)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     _Gunicorn(
         {
@@ -105,7 +109,7 @@ class Served:
 
 
 @contextmanager
-def http_workers(*, host: str = "0.0.0.0", port: int = 3000, workers: int = 2) -> Iterator[Served]:
+def http_workers(*, host: str = "0.0.0.0", port: int = 3000, workers: int = 1) -> Iterator[Served]:
     """Run the server as a child process until the block ends, yielding once it accepts
     connections. Raises RuntimeError if it exits before that."""
     command = [sys.executable, "-m", "bot.slack.http_server"]
