@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,28 +88,35 @@ def checkpoint(engine: Engine) -> tuple[int, int] | None:
     return frames, copied
 
 
-_LOCK_FILES: dict[tuple[int, str], int] = {}
+_LOCK_FILES: dict[tuple[int, str], tuple[threading.Lock, int]] = {}
+_LOCK_FILES_GUARD = threading.Lock()
 
 
 @contextmanager
 def writer_turn(engine: Engine) -> Iterator[None]:
-    """On a SQLite file, one writer at a time across processes, by a kernel file lock beside
-    the database: a waiter wakes the moment the lock is free, where SQLite's busy handler
-    sleeps in growing steps (1, 2, 5, 10 … 100 ms). Several bot processes writing acks at
-    once would otherwise get that tail. Elsewhere (PostgreSQL, memory) it does nothing."""
+    """On a SQLite file, one writer at a time across threads and processes, by a lock in the
+    process and a kernel file lock beside the database: a waiter wakes the moment the lock is
+    free, where SQLite's busy handler sleeps in growing steps (1, 2, 5, 10 … 100 ms). Several
+    bot processes writing acks at once would otherwise get that tail. Elsewhere (PostgreSQL,
+    memory) it does nothing."""
     path = engine.url.database if engine.dialect.name == "sqlite" else None
     if not path or path == ":memory:":
         yield
         return
-    key = (os.getpid(), path)  # one descriptor per process: flock is per open file, so a
-    fd = _LOCK_FILES.get(key)  # descriptor inherited over fork() would not exclude
-    if fd is None:
-        fd = _LOCK_FILES[key] = os.open(f"{path}.write-lock", os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+    # One descriptor per process (flock is per open file, so one inherited over fork() would
+    # not exclude), and a thread lock with it (threads share the descriptor).
+    key = (os.getpid(), path)
+    with _LOCK_FILES_GUARD:
+        if key not in _LOCK_FILES:
+            fd = os.open(f"{path}.write-lock", os.O_RDWR | os.O_CREAT, 0o600)
+            _LOCK_FILES[key] = (threading.Lock(), fd)
+        in_process, fd = _LOCK_FILES[key]
+    with in_process:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 @contextmanager

@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -23,13 +25,13 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from sqlalchemy import Engine
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from bot.slack import blocks
 from executor import metrics
 from executor.fleet import installation_id
 from storage import outbox
-from storage.db import transaction
+from storage.db import transaction, writer_turn
 from storage.lifecycle import CLOSED, State
 from storage.models import Nudge, Outbox, Task, TaskEvent, utcnow
 from storage.tasks import record
@@ -105,7 +107,7 @@ class Notifier:
         """Claim due rows and deliver each; the number of rows handled. A stop request is
         honoured between rows, never between a post and its record; rows claimed but not
         sent come back when their lease runs out."""
-        with transaction(self.engine) as session:
+        with self._transaction() as session:
             rows = outbox.claim_due(session, lease_s=self.tunables.lease_s)
         for row in rows:
             if stop is not None and stop.is_set():
@@ -115,7 +117,7 @@ class Notifier:
 
     def _deliver(self, row: Outbox) -> None:
         assert row.id is not None
-        with transaction(self.engine) as session:
+        with self._transaction() as session:
             task = session.get(Task, row.task_id) if row.task_id else None
             if task is not None:
                 session.expunge(task)
@@ -187,7 +189,7 @@ class Notifier:
     def _state(self, row: Outbox, task: Task) -> None:
         assert row.id is not None and task.id is not None and task.channel
         if task.thread_ts is None:
-            with transaction(self.engine) as session:
+            with self._transaction() as session:
                 waiting = outbox.has_pending_card(session, task.id)
             if waiting:  # the card (thread root) first; it is due before or with this row
                 self._defer(row, self.tunables.idle_poll_s)
@@ -214,7 +216,7 @@ class Notifier:
         self._settle(settle)
 
     def _proof_blocks(self, task: Task) -> list[blocks.Block]:
-        with transaction(self.engine) as session:
+        with self._transaction() as session:
             event = session.exec(
                 select(TaskEvent)
                 .where(TaskEvent.task_id == task.id, TaskEvent.kind == "proof")
@@ -226,7 +228,7 @@ class Notifier:
         assert row.id is not None and task.channel
         nudge_id = row.payload.get("after_nudge")
         if nudge_id is not None:
-            with transaction(self.engine) as session:
+            with self._transaction() as session:
                 nudge = session.get(Nudge, nudge_id)
                 taken = nudge is None or nudge.consumed_at is not None
             if not taken and State(task.state) in CLOSED:  # no agent will read it now
@@ -375,6 +377,14 @@ class Notifier:
         at = utcnow() + timedelta(seconds=max(0.0, seconds))
         self._settle(lambda s: outbox.defer(s, row.id, at=at))
 
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        """Every notifier transaction queues with the HTTP workers' acks for SQLite's write
+        lock (`writer_turn`): left to SQLite's busy handler, an ack that met one of ours
+        slept in growing steps while holding its own writers' turn."""
+        with writer_turn(self.engine), transaction(self.engine) as session:
+            yield session
+
     def _settle(self, write: Any) -> None:
-        with transaction(self.engine) as session:
+        with self._transaction() as session:
             write(session)
