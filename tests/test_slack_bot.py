@@ -45,6 +45,7 @@ FAST = Tunables(
 REQUESTER, STRANGER, APPROVER = "U111", "U222", "U999"
 ROOT = Path(__file__).parent.parent
 
+
 @pytest.fixture
 def env(slack: SlackEmulator) -> SlackEnv:
     return SlackEnv(slack.bot_token, slack.app_token, slack.signing_secret, slack.api_url)
