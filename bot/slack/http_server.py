@@ -6,7 +6,7 @@ share the listening socket instead (`gthread` workers: keep-alive, a few threads
 notifier is not here: it stays in the `nightcrew bot` process that starts this server as a
 child, so it runs exactly once however many workers there are.
 
-    python -m bot.slack.http_server --port 3000 --workers 1
+    python -m bot.slack.http_server --bind 0.0.0.0:3000 --workers 1
 
 The workers build the app from the same environment and working directory as the parent
 (`NIGHTCREW_*`, `SLACK_*`, `.env`, `nightcrew.yaml`). The server stops when its parent dies."""
@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ from gunicorn.app.base import BaseApplication
 PARENT_ENV = "NIGHTCREW_BOT_PID"  # the process whose death stops this server
 THREADS = 4  # per worker: enough to overlap a database wait, few enough to keep the GIL calm
 KEEPALIVE_S = 5  # Slack reuses connections; a reconnect per request costs both ends
-START_TIMEOUT_S = 30.0
 
 
 def application() -> Callable[..., Any]:
@@ -76,13 +74,12 @@ def _die_with_parent(_server: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="nightcrew's Slack HTTP server (gunicorn)")
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=3000)
+    parser.add_argument("--bind", default="0.0.0.0:3000", help="HOST:PORT or fd://FD")
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     _Gunicorn(
         {
-            "bind": f"{args.host}:{args.port}",
+            "bind": args.bind,
             "workers": args.workers,
             "worker_class": "gthread",
             "threads": THREADS,
@@ -110,14 +107,20 @@ class Served:
 
 @contextmanager
 def http_workers(*, host: str = "0.0.0.0", port: int = 3000, workers: int = 1) -> Iterator[Served]:
-    """Run the server as a child process until the block ends, yielding once it accepts
-    connections. Raises RuntimeError if it exits before that."""
+    """Run the server as a child process until the block ends. The listening socket is made
+    here and handed over (`fd://`): connections queue from the start, and port 0 works."""
+    listener = socket.create_server((host, port), backlog=512)
+    listener.set_inheritable(True)
+    bound = listener.getsockname()[1]
     command = [sys.executable, "-m", "bot.slack.http_server"]
-    command += ["--host", host, "--port", str(port), "--workers", str(workers)]
-    child = subprocess.Popen(command, env={**os.environ, PARENT_ENV: str(os.getpid())})
+    command += ["--bind", f"fd://{listener.fileno()}", "--workers", str(workers)]
+    env = {**os.environ, PARENT_ENV: str(os.getpid())}
     try:
-        _wait_listening(child, "127.0.0.1" if host == "0.0.0.0" else host, port)
-        yield Served(f"http://{host}:{port}/slack/events", child)
+        child = subprocess.Popen(command, env=env, pass_fds=(listener.fileno(),))
+    finally:
+        listener.close()  # the child has its own copy
+    try:
+        yield Served(f"http://{host}:{bound}/slack/events", child)
     finally:
         if child.poll() is None:
             child.terminate()  # gunicorn: graceful, in-flight requests finish
@@ -126,17 +129,6 @@ def http_workers(*, host: str = "0.0.0.0", port: int = 3000, workers: int = 1) -
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
-
-
-def _wait_listening(child: subprocess.Popen[bytes], host: str, port: int) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise RuntimeError(f"the Slack HTTP server exited at start (code {child.returncode})")
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"the Slack HTTP server did not listen on {host}:{port} in time")
 
 
 if __name__ == "__main__":
