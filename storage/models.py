@@ -127,6 +127,9 @@ class TaskEvent(SQLModel, table=True):
 class Nudge(SQLModel, table=True):
     """Steering text for a task; the agent consumes unconsumed nudges at its next turn."""
 
+    # One nudge per Slack reply, even when two HTTP workers take redeliveries of it at once.
+    __table_args__ = (Index("uq_nudge_task_slack_ts", "task_id", "slack_ts", unique=True),)
+
     id: int | None = Field(default=None, primary_key=True)
     task_id: int = Field(foreign_key="task.id", index=True)
     text: str = Field(sa_type=Text)

@@ -20,6 +20,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
 from storage.db import make_engine, normalize_url, transaction
@@ -28,7 +29,7 @@ from storage.lifecycle import State
 from storage.migrate import BASELINE, alembic_config, current, head
 from storage.queue import claim_next
 from storage.spend import Spent, spent_by_repo
-from storage.tasks import events, get_task, nudges
+from storage.tasks import add_nudge, events, get_task, nudges
 from tests.conftest import PG_ADMIN_URL, need
 from tests.old_release import TABLES, dump
 
@@ -252,3 +253,37 @@ def test_a_database_migrated_by_a_newer_release_is_refused_clearly(engine: Engin
     finally:  # the PostgreSQL database is shared by the session's tests
         with engine.begin() as conn:
             conn.execute(future, {"v": head()})
+
+
+def test_0006_keeps_one_nudge_per_slack_reply(blank_db: BlankDB) -> None:
+    """An older release could store one Slack reply twice (two deliveries at once); the
+    upgrade keeps the earliest and then lets no second one in."""
+    url = blank_db()
+    engine = create_engine(normalize_url(url))
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0005")
+        conn.execute(
+            text(
+                "INSERT INTO task (repo, prompt, state, priority, requester, source, created_at,"
+                " updated_at, attempts, turns, tokens_in, tokens_out, cost_usd, cost_nanos,"
+                " unpriced_tokens) VALUES ('app', 'p', 'running', 1, 'U1', 'slack',"
+                " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 0, 0, 0, 0, 0, 0, 0)"
+            )
+        )
+        for text_, ts in [("first", "1.1"), ("again", "1.1"), ("other", "2.2"), ("cli", None)]:
+            for _ in range(2 if ts is None else 1):  # terminal nudges have no ts: never dupes
+                conn.execute(
+                    text(
+                        "INSERT INTO nudge (task_id, text, author, source, slack_ts, created_at)"
+                        " VALUES (1, :t, 'U1', 'slack', :ts, CURRENT_TIMESTAMP)"
+                    ),
+                    {"t": text_, "ts": ts},
+                )
+    engine.dispose()
+    engine = make_engine(url)  # migrates to head
+    with engine.connect() as conn:
+        left = conn.execute(text("SELECT text FROM nudge ORDER BY id")).scalars().all()
+    assert left == ["first", "other", "cli", "cli"]
+    with pytest.raises(IntegrityError), transaction(engine) as s:
+        add_nudge(s, 1, text="third delivery", author="U1", source="slack", slack_ts="1.1")
+    engine.dispose()

@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from bot import actions, digest, schedules
@@ -49,6 +50,15 @@ def thread_reply(
     """A person's reply in a thread: a nudge (Outcome) if it is a task's thread, a hint
     (str) if that task cannot take one, None if it is not a task's thread or seen before
     (Slack redelivers events it thinks we missed)."""
+    try:
+        return _thread_reply(engine, channel, thread_ts, ts, user, text)
+    except IntegrityError:  # the same reply taken at once by another worker process: it has it
+        return None
+
+
+def _thread_reply(
+    engine: Engine, channel: str, thread_ts: str, ts: str, user: str, text: str
+) -> Outcome | str | None:
     with writing(engine) as session:
         task = session.exec(
             select(Task).where(Task.channel == channel, Task.thread_ts == thread_ts)
