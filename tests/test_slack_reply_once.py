@@ -28,9 +28,7 @@ def _deliver(url: str, start: Any, results: Any) -> None:
     engine.dispose()
 
 
-def test_two_processes_taking_the_same_reply_store_one_nudge(
-    engine: Engine, db_url: str
-) -> None:
+def test_two_processes_taking_the_same_reply_store_one_nudge(engine: Engine, db_url: str) -> None:
     with transaction(engine) as s:
         task = create_task(s, repo="app", prompt="p", requester="U1", channel="C1")
         assert task.id is not None
