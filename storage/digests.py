@@ -10,12 +10,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, case, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
 from storage.lifecycle import WORKING, State
-from storage.models import DigestRun, DigestSubscriber, Outbox, Task, TaskEvent, utcnow
+from storage.models import Charge, DigestRun, DigestSubscriber, Outbox, Task, TaskEvent, utcnow
 
 PROMPT_CHARS = 200  # a digest line shows the start of a prompt; the rest stays in the DB
 OPEN = frozenset({*WORKING, State.QUEUED, State.NEEDS_INPUT})
@@ -44,10 +44,14 @@ def riskiest_first(tasks: list[DigestTask]) -> list[DigestTask]:
 
 @dataclass(frozen=True)
 class Totals:
+    """Tasks changed in the window with their turns; tokens and cost *spent* in the window
+    (the ledger), so a task running across two digests is charged to each for its share, and
+    the digest's cost agrees with what the daily budgets counted."""
+
     tasks: int = 0
     turns: int = 0
     tokens: int = 0
-    cost_nanos: int = 0  # exact, as on the tasks
+    cost_nanos: int = 0  # exact, from the ledger
     unpriced_tokens: int = 0  # tokens of models without a price: their cost is unknown
 
 
@@ -72,7 +76,7 @@ def collect(
     session: Session, since: datetime, until: datetime, *, requester: str | None = None
 ) -> DigestData:
     """Tasks awaiting approval or still open (now), merged or failed in (since, until], and
-    totals over the tasks touched in the window (their turns, tokens and cost so far).
+    totals: tasks touched in the window with their turns, tokens and cost spent in it.
     `requester`: only that person's tasks (a DM digest).
 
     Core rows rather than ORM objects, and the window tests done by the database: at
@@ -93,9 +97,6 @@ def collect(
             Task.requester,
             Task.reason,
             Task.turns,
-            Task.tokens_in + Task.tokens_out,
-            Task.cost_nanos,
-            Task.unpriced_tokens,
             touched.label("touched"),
             finished.label("finished"),
         )
@@ -103,14 +104,13 @@ def collect(
         .order_by(col(Task.id))
     )
     lists: dict[State, list[DigestTask]] = {s: [] for s in State}
-    tasks = turns = tokens = nanos = unpriced = 0
+    tasks = turns = 0
     open_: list[DigestTask] = []
     rows = session.connection().execute(query).all()  # one fetchall: row by row costs more
     for row in rows:
-        tid, repo, state, prompt, who, reason, n_turns, n_tokens, cost, n_unpriced = row[:10]
+        tid, repo, state, prompt, who, reason, n_turns = row[:7]
         if row.touched:
-            tasks, turns, tokens = tasks + 1, turns + n_turns, tokens + n_tokens
-            nanos, unpriced = nanos + cost, unpriced + n_unpriced
+            tasks, turns = tasks + 1, turns + n_turns
         state = State(state)
         if state in OPEN:
             open_.append(DigestTask(tid, repo, state, prompt, who, reason))
@@ -125,8 +125,26 @@ def collect(
         merged=lists[State.MERGED],
         failed=lists[State.FAILED],
         open=open_,
-        totals=Totals(tasks, turns, tokens, nanos, unpriced),
+        totals=Totals(tasks, turns, *_spent(session, since, until, requester)),
     )
+
+
+def _spent(
+    session: Session, since: datetime, until: datetime, requester: str | None
+) -> tuple[int, int, int]:
+    """Tokens, exact cost and unpriced tokens of the model calls made in (since, until]."""
+    tokens = Charge.tokens_in + Charge.tokens_out
+    query = select(
+        func.coalesce(func.sum(tokens), 0),
+        func.coalesce(func.sum(Charge.cost_nanos), 0),
+        func.coalesce(func.sum(case((col(Charge.cost_nanos).is_(None), tokens), else_=0)), 0),
+    ).where(col(Charge.at) > since, col(Charge.at) <= until)
+    if requester:
+        query = query.join(Task, col(Task.id) == Charge.task_id).where(
+            col(Task.requester) == requester
+        )
+    n_tokens, nanos, unpriced = session.connection().execute(query).one()
+    return int(n_tokens), int(nanos), int(unpriced)
 
 
 def _proofs(session: Session, task_ids: Sequence[int]) -> dict[int, dict[str, Any]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from bot import digest
 from bot.scheduler import Scheduler
@@ -19,12 +19,34 @@ from storage import digests
 from storage.db import make_engine, transaction
 from storage.digests import collect
 from storage.lifecycle import State
-from storage.models import DigestRun, Outbox
+from storage.models import Charge, DigestRun, Outbox
 from tests.digest_fixtures import config, put_task
 
 # 08:00 in Berlin: 07:00 UTC in winter; DST starts on 29 March 2026, so 06:00 UTC from then.
 DAY1 = datetime(2026, 3, 25, 7, tzinfo=UTC)
 DAY2 = DAY1 + timedelta(days=1)
+
+
+def spend(
+    s: Session,
+    task_id: int,
+    at: datetime,
+    *,
+    cost: int | None,
+    tokens_in: int = 0,
+    tokens_out: int = 0,
+) -> None:
+    s.add(
+        Charge(
+            task_id=task_id,
+            repo="api",
+            model="m",
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            cost_nanos=cost,
+            at=at,
+        )
+    )
 
 
 def posts(engine: Engine) -> list[Outbox]:
@@ -43,17 +65,23 @@ def test_collect_sorts_a_day_of_tasks_in_every_state(engine: Engine) -> None:
         low = put_task(s, State.AWAITING_APPROVAL, DAY1 - hour * 30, risk="low", turns=5)
         high = put_task(s, State.AWAITING_APPROVAL, DAY1 + hour, risk="high")
         usd_1_50 = 1_500_000_000  # nano-dollars
-        merged = put_task(
-            s, State.MERGED, DAY1 + hour * 2, turns=10, tokens_in=1000, cost_nanos=usd_1_50
-        )
+        merged = put_task(s, State.MERGED, DAY1 + hour * 2, turns=10)
         old = put_task(s, State.MERGED, DAY1 - hour, turns=99)  # before the window
         failed = put_task(s, State.FAILED, DAY1 + hour * 3, reason="checks failed")
         running = put_task(s, State.RUNNING, DAY1 - hour * 48)  # open: listed however old
         queued = put_task(s, State.QUEUED, DAY1 + hour * 4, prompt="x" * 5000)
         asking = put_task(s, State.NEEDS_INPUT, DAY1 + hour * 5, requester="U222", turns=2)
-        put_task(s, State.CANCELLED, DAY1 + hour * 6, turns=1, tokens_out=50, unpriced_tokens=50)
+        cancelled = put_task(s, State.CANCELLED, DAY1 + hour * 6, turns=1)
         put_task(s, State.REJECTED, DAY1 - hour * 2)
-        put_task(s, State.MERGED, DAY2 + hour)  # after the window
+        late = put_task(s, State.MERGED, DAY2 + hour)  # after the window
+        # What was spent, by the ledger: only calls made inside the window count, whoever's
+        # task it is and whenever the task last changed (the running one spent in it too).
+        spend(s, old, DAY1 - hour, tokens_in=7000, cost=usd_1_50)  # the day before
+        spend(s, merged, DAY1 + hour * 2, tokens_in=1000, cost=usd_1_50)
+        spend(s, running, DAY1 + hour * 7, tokens_in=300, cost=250_000_000)
+        spend(s, asking, DAY1 + hour * 5, tokens_in=20, cost=10_000_000)
+        spend(s, cancelled, DAY1 + hour * 6, tokens_out=50, cost=None)  # a model without a price
+        spend(s, late, DAY2 + hour, tokens_in=9, cost=9)
     with transaction(engine) as s:
         data = collect(s, DAY1, DAY2)
         mine = collect(s, DAY1, DAY2, requester="U222")
@@ -63,10 +91,12 @@ def test_collect_sorts_a_day_of_tasks_in_every_state(engine: Engine) -> None:
     assert [(t.id, t.reason) for t in data.failed] == [(failed, "checks failed")]
     assert [t.id for t in data.open] == [running, queued, asking]
     assert len(data.open[1].prompt) == digests.PROMPT_CHARS
-    # Totals: the tasks changed in the window (high, merged, failed, queued, asking, cancelled).
+    # Totals: the tasks changed in the window (high, merged, failed, queued, asking, cancelled)
+    # with their turns; tokens and cost spent in the window.
     assert data.totals == digests.Totals(
-        tasks=6, turns=13, tokens=1050, cost_nanos=1_500_000_000, unpriced_tokens=50
+        tasks=6, turns=13, tokens=1370, cost_nanos=1_760_000_000, unpriced_tokens=50
     )
+    assert (mine.totals.tokens, mine.totals.cost_nanos) == (20, 10_000_000)  # U222's only
     assert [t.id for t in mine.open] == [asking] and not mine.awaiting and not mine.merged
 
 
