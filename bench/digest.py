@@ -32,7 +32,7 @@ from executor.config import Config, Digest, RepoConfig
 from storage.db import make_engine, normalize_url, transaction
 from storage.digests import collect
 from storage.lifecycle import CLOSED, State
-from storage.models import Task, TaskEvent
+from storage.models import Charge, Task, TaskEvent
 
 UNTIL = datetime(2026, 11, 23, 8, tzinfo=UTC)
 SINCE = UNTIL - timedelta(days=1)
@@ -41,7 +41,7 @@ SINCE = UNTIL - timedelta(days=1)
 def fill(engine, n: int) -> None:
     rng = random.Random(7)
     states = list(State)
-    rows, proofs = [], []
+    rows, proofs, charges = [], [], []
     for i in range(1, n + 1):
         state = rng.choice(states)
         at = SINCE + timedelta(seconds=rng.uniform(-86400, 86400))  # half in the window
@@ -66,6 +66,18 @@ def fill(engine, n: int) -> None:
                 "cost_nanos": rng.randint(10_000_000, 3_000_000_000),
             }
         )
+        for k in range(min(rows[-1]["turns"], 10)):  # the ledger: a model call each
+            charges.append(
+                {
+                    "task_id": i,
+                    "repo": rows[-1]["repo"],
+                    "model": "gpt-4.1-mini",
+                    "tokens_in": 5000,
+                    "tokens_out": 400,
+                    "cost_nanos": None if k == 9 else 2_640_000,
+                    "at": at - timedelta(minutes=k),
+                }
+            )
         if state is State.AWAITING_APPROVAL:
             level = rng.choice(["low", "medium", "high"])
             proofs.append(
@@ -87,6 +99,7 @@ def fill(engine, n: int) -> None:
     with transaction(engine) as session:
         session.execute(insert(Task), rows)
         session.execute(insert(TaskEvent), proofs)
+        session.execute(insert(Charge), charges)
 
 
 @contextmanager
