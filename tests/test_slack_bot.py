@@ -441,6 +441,20 @@ def test_a_notifier_killed_after_slack_took_its_post_and_restarted_posts_nothing
     assert "fix the tests" in card.all_text and "running" in card.all_text  # edited to now
 
 
+@pytest.mark.parametrize("error", ["internal_error", "fatal_error"])
+def test_a_post_that_slack_did_despite_an_internal_error_is_not_posted_again(
+    slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier, error: str
+) -> None:
+    """Slack: with internal_error and fatal_error "some aspect of the operation" may have
+    succeeded, so the retry looks before it posts."""
+    slack.fail("chat.postMessage", error=error, applied=True)  # posted, yet answered an error
+    slack.post_to_app(url, slash_command("fix the tests"))
+    card = card_of(slack, engine)
+    assert [m.ts for m in slack.messages("C111")] == [card.ts]
+    assert len(slack.calls("chat.postMessage")) == 1
+    assert slack.calls("conversations.history")
+
+
 def test_a_post_whose_answer_was_lost_is_found_in_slack_not_posted_again(
     slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier
 ) -> None:

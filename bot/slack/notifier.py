@@ -326,7 +326,9 @@ class Notifier:
             if response.status_code >= 500:  # it may have been done before the failure
                 raise _Retry(error, answered=False) from None
             if error in TRANSIENT_ERRORS:
-                raise _Retry(error, answered=True) from None
+                # Slack: with these two "some aspect of the operation" may have succeeded.
+                done_maybe = error in {"internal_error", "fatal_error"}
+                raise _Retry(error, answered=not done_maybe) from None
             raise _Permanent(error) from None
         except (OSError, TimeoutError) as exc:  # URLError, refused, reset, timed out
             raise _Retry(f"{type(exc).__name__}: {exc}", answered=False) from None

@@ -345,7 +345,7 @@ class SlackEmulator:
     def _answer(
         self, method: str, params: dict[str, Any], token: str | None, fault: Fault | None
     ) -> tuple[Reply, str | None]:
-        if fault is not None and not fault.drop and fault.hold is None:
+        if fault is not None and not fault.drop and fault.hold is None and not fault.applied:
             return _fault_reply(fault), fault.error or (
                 "ratelimited" if fault.status == 429 else None
             )
@@ -357,6 +357,10 @@ class SlackEmulator:
             return Reply.json({"ok": False, "error": e.error, **e.extra}), e.error
         if fault is not None and fault.drop:
             return Reply(0, hang_up=True), None
+        if fault is not None and fault.applied and fault.hold is None:  # done, yet an error
+            return _fault_reply(fault), fault.error or (
+                "ratelimited" if fault.status == 429 else None
+            )
         headers = {} if (token or "").startswith("xapp-") else {"x-oauth-scopes": self.scopes}
         return Reply.json({"ok": True, **result}, headers), None
 

@@ -34,7 +34,7 @@ class Fault:
     retry_after: int | None = None
     body: str | None = None
     drop: bool = False
-    applied: bool = False  # with drop: the call takes effect, then the answer is lost
+    applied: bool = False  # the call takes effect, then the answer is lost (drop) or the fault
     hold: threading.Event | None = None  # the call takes effect; the answer waits for this
 
 
