@@ -19,6 +19,10 @@ from storage.defaults import HEARTBEAT_TIMEOUT_S
 from storage.lifecycle import WORKING
 from storage.models import Task, utcnow
 
+# Another host's executor that holds no task may be idle or dead: its sandboxes are removed
+# once this old. An idle one's spares are re-made; a task's sandbox always has a live holder.
+ORPHAN_GRACE = timedelta(hours=1)
+
 
 def installation_id(engine: Engine) -> str:
     """Names the database this executor serves, so executors of other installations sharing
@@ -48,13 +52,17 @@ def remove_dead_sandboxes(
     *,
     timeout_s: float = HEARTBEAT_TIMEOUT_S,
     alive: str | None = None,
+    grace: timedelta = ORPHAN_GRACE,
 ) -> list[str]:
-    """Remove containers of this installation's executors that hold no live task: what a
-    crash left behind. Live executors' and other installations' sandboxes are left alone, and
-    so are those of `alive` (the caller: an idle executor's warm spares are not leftovers).
-    Run at start and with every reaping, so a quick restart still sweeps up later."""
+    """Remove containers of this installation's executors that are gone: what a crash left
+    behind. An executor holding a live task is alive, and so is `alive` (the caller). One
+    holding none may simply be idle, keeping warm spares: on this host its process id tells
+    (gone: everything of it goes); on another host only its sandboxes older than
+    `grace` go (an idle executor finds a removed spare gone and starts another).
+    Other installations' sandboxes are never touched. Run at start and with every reaping."""
     ours = installation_id(engine) + "."
-    live_since = utcnow() - timedelta(seconds=timeout_s)
+    now = utcnow()
+    live_since = now - timedelta(seconds=timeout_s)
     with transaction(engine) as s:
         holders = s.exec(
             select(Task.worker_id).where(
@@ -69,6 +77,30 @@ def remove_dead_sandboxes(
     }
     removed: list[str] = []
     for executor_id in executors - live:
-        if executor_id and executor_id.startswith(ours):
-            removed += remove_orphans(client, executor_id=executor_id)
+        if not executor_id or not executor_id.startswith(ours):
+            continue
+        gone = _gone_here(executor_id)
+        if gone is False:
+            continue  # idle on this host: its spares are its own
+        before = None if gone else now - grace
+        removed += remove_orphans(client, executor_id=executor_id, created_before=before)
     return removed
+
+
+def _gone_here(executor_id: str) -> bool | None:
+    """Whether an executor of this host has exited (by its process id); None when it ran on
+    another host, or its id does not say (see new_executor_id)."""
+    try:
+        host, pid, _ = executor_id.split(".", 1)[1].rsplit("-", 2)
+        number = int(pid)
+    except ValueError:
+        return None
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(number, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's process: it exists
+        return False
+    return False

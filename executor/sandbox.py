@@ -16,9 +16,11 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from itertools import chain
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
@@ -337,14 +339,22 @@ class Sandbox:
         return ExecResult(-1, f"{reason}: {detail}", False, duration, reason)
 
 
-def remove_orphans(client: docker.DockerClient, *, executor_id: str | None = None) -> list[str]:
-    """Remove sandboxes left behind by a crash: all of ours, or only `executor_id`'s; with
-    each, the workspace folder it owns (LABEL_WORKSPACE)."""
+def remove_orphans(
+    client: docker.DockerClient,
+    *,
+    executor_id: str | None = None,
+    created_before: datetime | None = None,
+) -> list[str]:
+    """Remove sandboxes left behind by a crash: all of ours, or only `executor_id`'s (only
+    those created before `created_before`, if given); with each, the workspace folder it owns
+    (LABEL_WORKSPACE)."""
     labels = [LABEL] if executor_id is None else [LABEL, f"{LABEL_EXECUTOR}={executor_id}"]
     removed = []
     for container in client.containers.list(
         all=True, filters={"label": labels}, ignore_removed=True
     ):
+        if created_before is not None and _created(container) >= created_before:
+            continue
         try:
             container.remove(force=True)
         except NotFound:
@@ -354,6 +364,11 @@ def remove_orphans(client: docker.DockerClient, *, executor_id: str | None = Non
             with contextlib.suppress(WorkspaceError):  # the next sweep cannot find it again
                 remove_workspace(Path(own))
     return removed
+
+
+def _created(container: Any) -> datetime:
+    """When the engine made the container (its RFC 3339 time, nanoseconds cut to seconds)."""
+    return datetime.fromisoformat(str(container.attrs["Created"])[:19]).replace(tzinfo=UTC)
 
 
 def prepare_workspace(workspace: Path) -> tuple[int, int]:

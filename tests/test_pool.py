@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import docker
@@ -23,14 +27,20 @@ def engine(tmp_path: Path) -> Engine:
 def test_only_this_installations_dead_executors_lose_their_sandboxes(
     engine: Engine, docker_client: docker.DockerClient, sandbox_image: str, tmp_path: Path
 ) -> None:
-    ours = installation_id(engine)
-    live, dead, foreign = f"{ours}.host-1-aaaa", f"{ours}.host-2-bbbb", "0badc0de.host-3-cccc"
+    ours, here = installation_id(engine), socket.gethostname()
+    exited = subprocess.Popen(["true"])
+    exited.wait()  # a process id that is gone: an executor that ran here and crashed
+    live, foreign = f"{ours}.host-1-aaaa", "0badc0de.host-3-cccc"
+    dead = f"{ours}.{here}-{exited.pid}-bbbb"
     idle = f"{ours}.host-4-dddd"  # the sweeper itself: no task, but its spares wait for one
+    # Idle peers, holding no task: one on this host (its process runs), one elsewhere whose
+    # sandboxes are younger than ORPHAN_GRACE. Their spares are theirs, not leftovers.
+    peer_here, peer_elsewhere = f"{ours}.{here}-{os.getpid()}-eeee", f"{ours}.other-5-ffff"
     with transaction(engine) as s:  # a live executor holds a task with a fresh heartbeat
         create_task(s, repo="app", prompt="x", requester="U1")
         claim_next(s, f"{live}/0")
     boxes = {}
-    for executor_id in (live, dead, foreign, idle):
+    for executor_id in (live, dead, foreign, idle, peer_here, peer_elsewhere):
         workspace = tmp_path / executor_id
         workspace.mkdir()
         boxes[executor_id] = Sandbox.start(
@@ -44,7 +54,12 @@ def test_only_this_installations_dead_executors_lose_their_sandboxes(
         removed = remove_dead_sandboxes(docker_client, engine, alive=idle)
         assert removed == [boxes[dead].name]
         remaining = {c.name for c in docker_client.containers.list(all=True)}
-        assert {boxes[n].name for n in (live, foreign, idle)} <= remaining
+        kept = (live, foreign, idle, peer_here, peer_elsewhere)
+        assert {boxes[n].name for n in kept} <= remaining
+        # Once its sandboxes are older than the grace, the quiet executor elsewhere counts as
+        # gone; this host's peer still runs, and the live one holds a task.
+        later = remove_dead_sandboxes(docker_client, engine, alive=idle, grace=timedelta(0))
+        assert later == [boxes[peer_elsewhere].name]
     finally:
         for box in boxes.values():
             box.remove()
