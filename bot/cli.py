@@ -19,7 +19,15 @@ from sqlmodel import select
 
 from bot import actions, terminal
 from bot.actions import ActionError, Outcome
-from executor.config import Config, ConfigError, current_branch, git_root, load_config, repo_name
+from executor.config import (
+    Config,
+    ConfigError,
+    ConfigWatch,
+    current_branch,
+    git_root,
+    load_config,
+    repo_name,
+)
 from executor.config_template import ENV_EXAMPLE, render_config
 from executor.settings import Settings
 from storage.db import make_engine, transaction
@@ -258,6 +266,7 @@ def _run_executor(concurrency: int, *, drain: bool) -> None:
             drain=drain,
             heartbeat_timeout_s=env.heartbeat_timeout_s,
             log=out.print,
+            reload_config=ConfigWatch(env.config_path, cfg),
         )
     except SandboxError as exc:
         raise ActionError(str(exc)) from None

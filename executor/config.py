@@ -6,6 +6,7 @@ With no file and the working directory inside a git repo, that repo is the one r
 
 from __future__ import annotations
 
+import logging
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -17,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic import model_validator as _model_validator
 
 from executor import crontime
+
+log = logging.getLogger(__name__)
 
 DEFAULT_IMAGE = "nightcrew-sandbox:latest"
 Positive = Annotated[float, Field(gt=0)]
@@ -198,6 +201,35 @@ def load_config(path: Path, *, cwd: Path | None = None) -> Config:
     except ValidationError as exc:
         raise ConfigError(_describe(path, exc)) from exc
     return _resolve_paths(config, path)
+
+
+class ConfigWatch:
+    """The config as the file says now, for a long-running executor: re-read when the file
+    changes (a raised budget frees waiting tasks without a restart). An edit that does not
+    validate is logged and the last good config is kept: a typo must not stop the fleet."""
+
+    def __init__(self, path: Path, config: Config) -> None:
+        self.path, self.config = path, config
+        self._stamp = self._stat()
+
+    def __call__(self) -> Config:
+        stamp = self._stat()
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self.config = load_config(self.path)
+            except ConfigError as exc:
+                log.error(
+                    "%s changed but is not valid; keeping the previous config: %s", self.path, exc
+                )
+        return self.config
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None  # gone: keep what was loaded (an implicit config stays implicit)
+        return st.st_mtime_ns, st.st_size
 
 
 def _describe(path: Path, exc: ValidationError) -> str:

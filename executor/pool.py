@@ -33,6 +33,7 @@ def run_executor(
     stop: threading.Event | None = None,
     heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
     log: Callable[[str], None] = print,
+    reload_config: Callable[[], Config] | None = None,
 ) -> int:
     """Run workers until stopped (SIGINT/SIGTERM) or, with `drain`, until the queue is empty.
     Returns how many tasks were performed."""
@@ -72,6 +73,7 @@ def run_executor(
                 stop=stop,
                 heartbeat_timeout_s=heartbeat_timeout_s,
                 sandboxes=sandboxes,
+                reload=reload_config,
             )
             for n in range(concurrency)
         ]

@@ -57,6 +57,7 @@ class Worker:
     heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
     clock: Callable[[], datetime] = utcnow  # budgets' "today"; injected in tests
     sandboxes: WarmPool | None = None  # shared by the executor's workers; none: no spares
+    reload: Callable[[], Config] | None = None  # the config as the file says now (ConfigWatch)
     _next_maintenance: float = 0.0
 
     def __post_init__(self) -> None:
@@ -129,6 +130,8 @@ class Worker:
         tasks of repos over a daily budget (saying so on them). On SQLite the count and the
         claim share one write transaction, so the cap is exact; on PostgreSQL two executors
         claiming at the same instant may overshoot it by one."""
+        if self.reload is not None:  # budgets, caps and repos as the file says now
+            self.config = self.reload()
         capped = {n: r.max_concurrent for n, r in self.config.repos.items() if r.max_concurrent}
         with transaction(self.engine) as s:
             full: list[str] = []

@@ -4,13 +4,16 @@ model over real HTTP, a frozen clock for "tomorrow"; on SQLite and PostgreSQL.""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from bot.slack import blocks
 from executor.budget import WAITING
+from executor.config import ConfigWatch
 from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import Charge, Outbox
@@ -131,3 +134,28 @@ def test_a_model_without_a_price_counts_tokens_says_cost_unknown_and_spends_no_b
     assert one.cost_nanos == 0
     assert "cost unknown for 43,100 tokens" in str(blocks.card(one)[1])
     assert charges(engine, first) == [None, None]
+
+
+def test_raising_the_budget_in_nightcrew_yaml_starts_the_waiting_task_without_a_restart(
+    engine: Engine, make_worker: RunWorker, tmp_path: Path
+) -> None:
+    first, second = add_task(engine, "first task"), add_task(engine, "second task")
+    turn = (50_000, 25_000)  # $0.30 a turn with gpt-4.1
+    options = {"budgets": {"daily_usd": 0.5}}
+    with ScriptedLLM([bash(1, turn), bash(2, turn), finish(turn)]) as llm:
+        worker = make_worker(llm, model="gpt-4.1", config_options=options)
+        path = tmp_path / "nightcrew.yaml"
+        path.write_text(yaml.safe_dump(worker.config.model_dump(mode="json")))
+        worker.reload = ConfigWatch(path, worker.config)
+        assert worker.work(drain=True) == 1
+        assert task(engine, first).state is State.NEEDS_INPUT
+        assert (task(engine, second).reason or "").startswith(WAITING)
+
+        path.write_text("budgets: {daily_usd: oops}\n")  # a typo keeps the config that works
+        assert worker.work(drain=True) == 0
+        raised = worker.config.model_dump(mode="json") | {"budgets": {"daily_usd": "5"}}
+        path.write_text(yaml.safe_dump(raised))
+        assert worker.work(drain=True) == 1  # the same day: the raised budget lets it start
+    started = task(engine, second)
+    assert started.state is State.AWAITING_APPROVAL, started.reason
+    assert started.reason is None or not started.reason.startswith(WAITING)
