@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 
 # Shorthands people know from crontab(5); APScheduler's from_crontab takes five fields only.
@@ -26,13 +28,15 @@ ALIASES = {
 # How far back to look for the latest fire time when nothing bounds it (a yearly cron).
 MAX_LOOKBACK = timedelta(days=370)
 _TICK = timedelta(microseconds=1)
+# A cron with no fire time after this instant has none at all (no cron has an end date).
+NEVER_AFTER = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 class CronError(ValueError):
     """A cron expression or time zone we cannot use; the message says which and why."""
 
 
-def trigger(cron: str, timezone: str) -> CronTrigger:
+def trigger(cron: str, timezone: str) -> BaseTrigger:
     try:
         tz = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
@@ -42,19 +46,32 @@ def trigger(cron: str, timezone: str) -> CronTrigger:
         if len(fields) != 5:
             raise ValueError(f"wrong number of fields; got {len(fields)}, expected 5")
         minute, hour, day, month, weekday = fields
-        return CronTrigger(
-            minute=minute,
-            hour=hour,
-            day=day,
-            month=month,
-            day_of_week=_weekdays(weekday),
-            timezone=tz,
-        )
+        days = {"day": day, "day_of_week": _weekdays(weekday)}
+        if day != "*" and weekday != "*":
+            # crontab(5): with both restricted, either matching day fires ("0 9 1 * 1" = the
+            # 1st and every Monday); APScheduler alone would want both at once.
+            built: BaseTrigger = OrTrigger(
+                [
+                    CronTrigger(minute=minute, hour=hour, day=day, month=month, timezone=tz),
+                    CronTrigger(
+                        minute=minute,
+                        hour=hour,
+                        month=month,
+                        day_of_week=days["day_of_week"],
+                        timezone=tz,
+                    ),
+                ]
+            )
+        else:
+            built = CronTrigger(minute=minute, hour=hour, month=month, timezone=tz, **days)
     except ValueError as exc:
         raise CronError(
             f"bad cron expression {cron!r}: {exc} (five fields: minute hour day month weekday, "
             'like "0 9 * * 1" for Mondays at 9:00)'
         ) from None
+    if built.get_next_fire_time(None, NEVER_AFTER) is None:
+        raise CronError(f"cron expression {cron!r} never fires (like the 31st of February)")
+    return built
 
 
 _DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -100,7 +117,7 @@ def _repeated(fire: datetime) -> bool:
     return first.utcoffset() != fire.utcoffset()
 
 
-def next_fire(cron: CronTrigger, after: datetime) -> datetime | None:
+def next_fire(cron: BaseTrigger, after: datetime) -> datetime | None:
     """The first fire time strictly after `after`, in UTC."""
     # Arithmetic in UTC: on a local time, + 1 µs is wall-clock arithmetic and drops `fold`,
     # which would step back from the repeated 02:30 to the first one.
@@ -111,7 +128,7 @@ def next_fire(cron: CronTrigger, after: datetime) -> datetime | None:
 
 
 def latest_fire(
-    cron: CronTrigger, now: datetime, *, after: datetime | None = None
+    cron: BaseTrigger, now: datetime, *, after: datetime | None = None
 ) -> datetime | None:
     """The latest fire time `t` with `after < t <= now` (UTC), or None. Searches backwards in
     doubling windows, so a per-minute cron costs a few steps and a yearly one a few dozen."""
@@ -127,6 +144,6 @@ def latest_fire(
         span *= 2
 
 
-def previous_fire(cron: CronTrigger, fire: datetime) -> datetime | None:
+def previous_fire(cron: BaseTrigger, fire: datetime) -> datetime | None:
     """The fire time before `fire` (within a year), or None."""
     return latest_fire(cron, fire - _TICK)

@@ -4,10 +4,13 @@ time at or before now, the next one, DST starting and ending."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from executor.crontime import CronError, latest_fire, next_fire, previous_fire, trigger
+
+BERLIN = ZoneInfo("Europe/Berlin")
 
 
 def utc(*args: int) -> datetime:
@@ -97,3 +100,21 @@ def test_weekdays_count_as_crontab_counts_them(weekdays: str, fires_on: list[str
     while (at := next_fire(cron, at)) <= utc(2026, 11, 28, 23):
         days.append(f"{at:%a}")
     assert days == fires_on
+
+
+def test_a_day_of_month_and_a_weekday_both_fire_as_in_crontab() -> None:
+    """ "0 9 1 * 1": on the 1st and on every Monday, not only on Mondays that are the 1st."""
+    cron = trigger("0 9 1 * 1", "Europe/Berlin")
+    fires, at = [], datetime(2026, 11, 22, tzinfo=UTC)  # a Sunday
+    for _ in range(4):
+        at = next_fire(cron, at)  # type: ignore[assignment]
+        fires.append(at.astimezone(BERLIN).strftime("%a %d %b %H:%M"))
+    assert fires == ["Mon 23 Nov 09:00", "Mon 30 Nov 09:00", "Tue 01 Dec 09:00", "Mon 07 Dec 09:00"]
+
+
+def test_a_cron_that_never_fires_is_refused() -> None:
+    with pytest.raises(CronError, match="never fires"):
+        trigger("0 0 31 2 *", "UTC")
+    assert next_fire(trigger("0 0 29 2 *", "UTC"), datetime(2026, 3, 1, tzinfo=UTC)) == datetime(
+        2028, 2, 29, tzinfo=UTC
+    )
