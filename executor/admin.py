@@ -16,6 +16,7 @@ from prometheus_client import make_wsgi_app
 from sqlalchemy import Engine, text
 
 from executor import metrics
+from storage.db import reading
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,8 @@ def health(engine: Engine | None, role: str) -> tuple[str, dict[str, Any]]:
     body: dict[str, Any] = {"role": role, "status": "ok"}
     if engine is not None:
         try:
-            with engine.connect() as conn:
-                conn.execute(text("select 1"))
+            with reading(engine) as session:
+                session.connection().execute(text("select 1"))
         except Exception as exc:  # any failure to reach the database means unhealthy
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
             return "503 Service Unavailable", body | {"status": "unhealthy", "database": reason}

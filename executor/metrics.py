@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
-from storage.db import transaction
+from storage.db import reading
 from storage.lifecycle import State
 from storage.models import Outbox, Task
 
@@ -66,7 +66,7 @@ class QueueCollector(Collector):
         self.engine = engine
 
     def collect(self) -> Iterator[Metric]:
-        with transaction(self.engine) as s:
+        with reading(self.engine) as s:  # a scrape never waits for the write lock
             counts = dict(s.exec(select(Task.state, func.count()).group_by(Task.state)).all())
             pending = s.exec(
                 select(func.count()).select_from(Outbox).where(col(Outbox.delivered_at).is_(None))

@@ -29,6 +29,9 @@ def normalize_url(url: str) -> str:
     return url
 
 
+_READ_ONLY = "nightcrew_read_only"
+
+
 def make_engine(url: str, *, create: bool = True, autocheckpoint: bool = True) -> Engine:
     """An engine for `url`; with `create`, the schema is created or migrated to the newest
     revision (storage.migrate). `autocheckpoint=False` (SQLite): commits never copy the WAL
@@ -67,10 +70,25 @@ def _sqlite_engine(url: str, *, autocheckpoint: bool) -> Engine:
     def _on_begin(conn: Any) -> None:
         # Take the write lock up front: a deferred transaction that reads and then writes
         # fails with SQLITE_BUSY at once when another writer got in between, whatever
-        # the busy timeout. IMMEDIATE waits its turn instead.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # the busy timeout. IMMEDIATE waits its turn instead. A `reading()` transaction
+        # never writes: it begins deferred and does not wait for the writers at all.
+        if conn.get_execution_options().get(_READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Session]:
+    """A transaction that only reads (health probes, metrics scrapes): on SQLite it does not
+    queue for the write lock (WAL readers see the last commit), so a long write cannot time
+    out a health check."""
+    with engine.connect() as conn:
+        conn.execution_options(**{_READ_ONLY: True})
+        with Session(bind=conn) as session:
+            yield session
 
 
 def checkpoint(engine: Engine) -> tuple[int, int] | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 
 from bot import actions
 from bot.slack.app import SlackEnv, notifier_client
@@ -24,6 +24,7 @@ from bot.slack.notifier import Notifier, Tunables
 from executor.admin import serve_admin
 from storage.db import make_engine, transaction
 from storage.lifecycle import State
+from storage.models import Task
 from tests.llm_server import ScriptedLLM, reply, tool_call
 from tests.slack_emulator import SlackEmulator
 from tests.worker_fixtures import RunWorker, add_task, task, wait_for
@@ -147,6 +148,31 @@ def test_healthz_says_whether_the_database_answers(engine: Engine, admin: str) -
     assert down.status_code == 503
     assert down.json()["status"] == "unhealthy"
     assert "OperationalError" in down.json()["database"]
+
+
+def test_probes_and_scrapes_do_not_wait_for_a_long_write(engine: Engine, admin: str) -> None:
+    """A writer holding the database for seconds (SQLite's write lock; a row lock on
+    PostgreSQL) must not time out the health check: probes only read."""
+    add_task(engine)
+    holding, done = threading.Event(), threading.Event()
+
+    def long_write() -> None:
+        with transaction(engine) as s:
+            s.exec(update(Task).values(reason="busy"))  # type: ignore[call-overload]
+            holding.set()
+            done.wait(10)
+
+    writer = threading.Thread(target=long_write)
+    writer.start()
+    try:
+        assert holding.wait(10)
+        started = time.monotonic()
+        assert httpx.get(f"{admin}/healthz", timeout=10).status_code == 200
+        assert "nightcrew_tasks" in httpx.get(f"{admin}/metrics", timeout=10).text
+        assert time.monotonic() - started < 2.0, "the probe queued behind the writer"
+    finally:
+        done.set()
+        writer.join()
 
 
 @pytest.mark.parametrize("command", ["executor", "up", "bot --http --port 0"])
