@@ -455,6 +455,19 @@ def test_a_post_that_slack_did_despite_an_internal_error_is_not_posted_again(
     assert slack.calls("conversations.history")
 
 
+def test_a_post_whose_lookup_is_refused_is_posted_rather_than_lost(
+    slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier
+) -> None:
+    """The first post's answer is lost before it took effect, and looking for it is refused
+    (missing_scope, say): the card is posted anyway, once, and the thread goes on."""
+    slack.fail("chat.postMessage", drop=True)  # the line drops before Slack took it
+    slack.fail("conversations.history", error="missing_scope")
+    slack.post_to_app(url, slash_command("fix the tests"))
+    card = card_of(slack, engine)
+    assert [m.ts for m in slack.messages("C111")] == [card.ts]
+    assert len(slack.calls("conversations.history")) == 1
+
+
 def test_a_post_whose_answer_was_lost_is_found_in_slack_not_posted_again(
     slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier
 ) -> None:

@@ -257,7 +257,13 @@ class Notifier:
         # A DM addressed by user id has no channel id to read back (that takes
         # conversations.open): such a post (a digest by DM) is not looked for.
         if row.sent_at is not None and not channel.startswith(("U", "W")):
-            found = self._find_posted(row, channel, message.get("thread_ts"))
+            try:
+                found = self._find_posted(row, channel, message.get("thread_ts"))
+            except _Permanent as exc:  # e.g. missing_scope: better a possible repeat than a loss
+                log.warning(
+                    "outbox row %s: cannot look for its earlier post (%s); posting", row.id, exc
+                )
+                found = None
             if found is not None:
                 log.info(
                     "outbox row %s: found its earlier post %s; not posting again", row.id, found
