@@ -68,7 +68,16 @@ def check_database(url: str) -> Result:
     url = normalize_url(url)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return Result("database", "ok", f"{url}: not there yet; created at first start")
-    engine = make_engine(url, create=False)
+    try:
+        engine = make_engine(url, create=False)
+    except Exception as exc:  # a malformed URL or a missing driver: say so, not a traceback
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return Result(
+            "database",
+            "fail",
+            f"{_safe(url)}: {reason}",
+            "check NIGHTCREW_DATABASE_URL (sqlite:///PATH or postgresql://USER:PASS@HOST/DB)",
+        )
     try:
         with engine.connect() as conn:
             inspector = inspect(conn)
@@ -112,6 +121,8 @@ def check_database(url: str) -> Result:
             "ok",
             f"{_safe(url)}: connected; schema at {at}, migrated to {newest} at the next start",
         )
+    if not tables - {"alembic_version"}:
+        return Result("database", "ok", f"{_safe(url)}: connected, empty; created at first start")
     if missing:
         return Result(
             "database",
@@ -207,10 +218,25 @@ def check_llm(base_url: str, api_key: str | None, model: str | None) -> Result:
     return Result("model", "ok", f"{model} at {base_url} answered in {ms:.0f} ms")
 
 
+# The bot scopes of manifest.yml, for an install without the source tree (tests keep the two
+# equal); the manifest, when present, is the truth.
+BOT_SCOPES = (
+    "app_mentions:read",
+    "channels:history",
+    "groups:history",
+    "im:history",
+    "chat:write",
+    "commands",
+    "reactions:write",
+    "users:read",
+    "metadata.message:read",
+)
+
+
 def manifest_scopes(path: Path = MANIFEST) -> list[str]:
-    """The bot scopes the app needs; none when nightcrew runs without its source tree."""
+    """The bot scopes the app needs: manifest.yml's, or BOT_SCOPES without the source tree."""
     if not path.is_file():
-        return []
+        return list(BOT_SCOPES)
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     return list(data["oauth_config"]["scopes"]["bot"])
 

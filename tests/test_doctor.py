@@ -63,6 +63,21 @@ def test_database_reachable_behind_and_unreachable(db_url: str, tmp_path: Path) 
     assert fresh.status == "ok" and "created at first start" in fresh.detail
     assert not (tmp_path / "new").exists()  # the doctor looked, it made nothing
 
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"  # an empty database (a new PostgreSQL one)
+    make_engine(empty, create=False).connect().close()
+    result = doctor.check_database(empty)
+    assert result.status == "ok" and "created at first start" in result.detail
+
+    bad = doctor.check_database("mysql://u:secret@h/db")  # no driver for it here
+    assert bad.failed and "secret" not in bad.detail and "NIGHTCREW_DATABASE_URL" in bad.fix
+
+
+def test_without_manifest_yml_the_scopes_still_come_from_the_manifest_list(
+    tmp_path: Path,
+) -> None:
+    """An install without the source tree checks the same scopes manifest.yml asks for."""
+    assert doctor.manifest_scopes(tmp_path / "absent.yml") == doctor.manifest_scopes()
+
 
 def test_docker_engine_present_and_nowhere(
     docker_client: docker.DockerClient, monkeypatch: pytest.MonkeyPatch
