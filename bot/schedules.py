@@ -154,6 +154,16 @@ def _fire(session: Session, config: Config, schedule: Schedule, fire: datetime) 
         if schedule.channel:
             queue_post(session, schedule.channel, problem, [])
         return Fired(schedule.id, fire, None)
+    if config.users and schedule.creator not in config.users and schedule.channel:
+        # The creator may no longer add tasks (`users:` changed): nor may their schedule.
+        problem = (
+            f":warning: schedule {schedule.id} did not run: its creator <@{schedule.creator}> "
+            "may no longer add tasks (`users:` in nightcrew.yaml); delete it with "
+            f"`/agent schedule delete {schedule.id}`"
+        )
+        log.warning("%s", problem)
+        queue_post(session, schedule.channel, problem, [])
+        return Fired(schedule.id, fire, None)
     outcome = actions.add(
         session,
         repo=schedule.repo,

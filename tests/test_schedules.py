@@ -175,6 +175,19 @@ def test_a_schedule_whose_repo_is_gone_says_so_in_its_channel(
     )
 
 
+def test_a_schedule_whose_creator_may_no_longer_add_tasks_does_not_run(
+    engine: Engine, tmp_path: Path
+) -> None:
+    add_weekly(engine, config(tmp_path))  # by U111
+    cfg = config(tmp_path)
+    restricted = cfg.model_copy(update={"users": ["U999"]})  # U111 was taken off `users:`
+    (fired,) = fire(engine, restricted, MONDAY)
+    assert fired.task_id is None and queued(engine) == []
+    with transaction(engine) as s:
+        (post,) = s.exec(select(Outbox).where(Outbox.kind == "post")).all()
+    assert post.payload["channel"] == "C111" and "may no longer add tasks" in post.payload["text"]
+
+
 def test_the_default_zone_is_the_digests(engine: Engine, tmp_path: Path) -> None:
     cfg = config(tmp_path, timezone="America/New_York")
     with transaction(engine) as s:
