@@ -210,3 +210,11 @@ class Schedule(SQLModel, table=True):
     created_at: datetime = _ts(nullable=False)
     last_fired_at: datetime | None = _ts()
     last_task_id: int | None = None
+
+
+class Installation(SQLModel, table=True):
+    """One row: this database's random id, made by its migration. Executors and the notifier
+    name their sandboxes and Slack posts with it, so two installations sharing a Docker host
+    or a Slack workspace never take each other's for their own (a URL can repeat)."""
+
+    id: str = Field(primary_key=True)

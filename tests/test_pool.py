@@ -63,3 +63,13 @@ def test_only_this_installations_dead_executors_lose_their_sandboxes(
     finally:
         for box in boxes.values():
             box.remove()
+
+
+def test_each_database_has_its_own_installation_id(tmp_path: Path) -> None:
+    """Kept in the database, not derived from its URL: two installations whose URLs look the
+    same (every compose deployment's does) still tell their sandboxes apart."""
+    one, two = (make_engine(f"sqlite:///{tmp_path / name / 'nightcrew.db'}") for name in "ab")
+    again = make_engine(f"sqlite:///{tmp_path / 'a' / 'nightcrew.db'}")
+    assert installation_id(one) == installation_id(again) != installation_id(two)
+    for engine in (one, two, again):
+        engine.dispose()
