@@ -225,6 +225,7 @@ BOT_SCOPES = (
     "channels:history",
     "groups:history",
     "im:history",
+    "im:write",
     "chat:write",
     "commands",
     "reactions:write",

@@ -28,6 +28,7 @@ from storage.lifecycle import State
 from storage.models import Outbox, Schedule, Task
 from tests.digest_fixtures import config, put_task
 from tests.slack_emulator import SlackEmulator, block_action, slash_command
+from tests.slack_emulator.workspace import dm_id
 from tests.test_slack_bot import FAST
 
 REQUESTER, STRANGER = "U111", "U222"
@@ -105,12 +106,14 @@ def test_the_scheduled_digest_reaches_the_channel_and_subscribers_and_its_button
     sent = digest.send_due(engine, cfg, fire + timedelta(seconds=30))
     assert sorted(one.target for one in sent) == ["C900", REQUESTER]
     posted = slack.wait_until(
-        lambda: slack.messages("C900") and slack.messages(REQUESTER), timeout=10, what="digests"
+        lambda: slack.messages("C900") and slack.messages(dm_id(REQUESTER)),
+        timeout=10,
+        what="digests",
     )
     assert posted
     (channel,) = slack.messages("C900")
     assert "2 awaiting approval" in channel.all_text and "bump the deps" in channel.all_text
-    (dm,) = slack.messages(REQUESTER)
+    (dm,) = slack.messages(dm_id(REQUESTER))  # in the app's DM, opened by conversations.open
     assert dm.all_text.startswith("Your nightcrew digest") and "still open" in dm.all_text
     assert channel.action_ids[:2] == [blocks.APPROVE, blocks.REJECT]  # the card's own ids
     # Approve straight from the digest: the riskiest task's button, handled as on its card.
@@ -123,6 +126,31 @@ def test_the_scheduled_digest_reaches_the_channel_and_subscribers_and_its_button
         task = s.get(Task, risky)
         assert task is not None and task.state is State.MERGING
     assert "only the requester" in slack.responses()[0].all_text
+
+
+def test_a_dm_digest_whose_answer_was_lost_is_found_not_sent_twice(
+    slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier, cfg: Config
+) -> None:
+    """Posted into the DM's channel (conversations.open), so a retry after a lost answer can
+    find it there by its metadata, as for cards."""
+    assert "by DM" in command(slack, url, "digest subscribe")
+    fire = crontime.latest_fire(crontime.trigger("0 8 * * *", "UTC"), datetime.now(UTC))
+    assert fire is not None
+    a_day_of_work(engine, fire)
+    slack.fail("chat.postMessage", drop=True, applied=True, times=2)  # both posted, answers lost
+    digest.send_due(engine, cfg, fire + timedelta(seconds=30))
+    slack.wait_until(
+        lambda: len(slack.calls("conversations.history")) >= 2, timeout=15, what="the lookups"
+    )
+    slack.wait_until(
+        lambda: slack.messages("C900") and slack.messages(dm_id(REQUESTER)), what="digests"
+    )
+    assert len(slack.messages(dm_id(REQUESTER))) == 1 and len(slack.messages("C900")) == 1
+    digests = [
+        c for c in slack.calls("chat.postMessage") if c.params["channel"] in ("C900", "D111")
+    ]
+    assert len(digests) == 2  # one each: the retries found them instead of posting again
+    assert [c.params["users"] for c in slack.calls("conversations.open")] == [REQUESTER]
 
 
 def test_schedules_from_slack(slack: SlackEmulator, engine: Engine, url: str) -> None:

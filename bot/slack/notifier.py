@@ -87,6 +87,7 @@ class Notifier:
     tunables: Tunables = field(default_factory=Tunables)
     _last_edit: dict[int, float] = field(default_factory=dict)
     _last_post: dict[str, float] = field(default_factory=dict)
+    _dms: dict[str, str] = field(default_factory=dict)  # user id -> the app's DM channel id
     _install: str = ""
 
     def __post_init__(self) -> None:
@@ -177,6 +178,8 @@ class Notifier:
         channel = str(row.payload.get("channel") or "")
         if not channel:
             raise _Permanent("post without a channel")
+        if channel.startswith(("U", "W")):  # a DM: its channel id, so a retry can look in it
+            channel = self._dm(channel)
         self._post_once(
             row,
             channel,
@@ -254,8 +257,7 @@ class Notifier:
         """Post the row's message (in `message["thread_ts"]`'s thread if given) unless an
         earlier attempt already did: (its ts, whether it was found rather than posted)."""
         assert row.id is not None
-        # A DM addressed by user id has no channel id to read back (that takes
-        # conversations.open): such a post (a digest by DM) is not looked for.
+        # A DM addressed by user id has no channel to read back: `_dm` gives posts one.
         if row.sent_at is not None and not channel.startswith(("U", "W")):
             try:
                 found = self._find_posted(row, channel, message.get("thread_ts"))
@@ -280,6 +282,18 @@ class Notifier:
             exc.not_sent = exc.answered
             raise
         return str(answer["ts"]), False
+
+    def _dm(self, user: str) -> str:
+        """The app's DM channel with `user` (conversations.open, remembered). Without it
+        (im:write not granted) the post goes to the user id, and a retry cannot look for it."""
+        if user not in self._dms:
+            try:
+                answer = self._call(self.client.conversations_open, users=user)
+            except _Permanent as exc:
+                log.warning("cannot open the DM with %s (%s); posting by user id", user, exc)
+                return user
+            self._dms[user] = str(answer["channel"]["id"])
+        return self._dms[user]
 
     def _payload(self, row: Outbox) -> dict[str, Any]:
         return {"outbox_id": row.id, "install": self._install}

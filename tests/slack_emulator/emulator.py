@@ -23,7 +23,7 @@ from tests.slack_samples import load_text
 T = TypeVar("T")
 SCOPES = (
     "app_mentions:read,channels:history,chat:write,commands,groups:history,im:history,"
-    "metadata.message:read,reactions:write,users:read"
+    "metadata.message:read,im:write,reactions:write,users:read"
 )
 SLACK_HOOKS = "https://hooks.slack.com/"
 SERVER_ERROR_BODY = "<html><body><h1>{status} Service Unavailable</h1></body></html>"

@@ -57,6 +57,7 @@ class Workspace:
             "views.open": self.views_open,
             "views.publish": self.views_publish,
             "users.info": self.users_info,
+            "conversations.open": self.conversations_open,
         }
 
     def auth_test(self, p: Params) -> dict[str, Any]:
@@ -240,6 +241,13 @@ class Workspace:
         self.homes[user] = view
         return {"view": view}
 
+    def conversations_open(self, p: Params) -> dict[str, Any]:
+        """The app's DM with one person (`users`); the same id every time, as in Slack."""
+        users = str(p.get("users") or "")
+        if not users.startswith(("U", "W")) or "," in users:
+            raise ApiError("user_not_found")
+        return {"channel": {"id": dm_id(users)}}
+
     def users_info(self, p: Params) -> dict[str, Any]:
         user_id = p.get("user") or ""
         if not user_id.startswith(("U", "W")):
@@ -332,6 +340,11 @@ class Workspace:
         view.update(copy.deepcopy(given))
         view["state"] = {"values": {}}
         return view
+
+
+def dm_id(user: str) -> str:
+    """The id of the app's DM with `user` (Slack's start with D)."""
+    return "D" + user[1:]
 
 
 def decode_params(params: Params) -> Params:
