@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +16,15 @@ from sqlalchemy import Engine
 from sqlmodel import select
 
 from bot.slack import blocks
-from bot.slack.app import SlackEnv, build_app, http_mode, notifier_client, socket_mode
-from bot.slack.notifier import Notifier, Tunables
+from bot.slack.app import (
+    SlackEnv,
+    build_app,
+    http_mode,
+    notifier_client,
+    notifier_thread,
+    socket_mode,
+)
+from bot.slack.notifier import Notifier
 from executor.config import Config, RepoConfig
 from storage import outbox
 from storage.db import transaction
@@ -33,15 +39,8 @@ from tests.slack_emulator import (
     slash_command,
     view_submission,
 )
+from tests.slack_fixtures import FAST
 
-FAST = Tunables(
-    card_edit_interval_s=0.2,
-    channel_interval_s=0.0,
-    backoff_base_s=0.1,
-    idle_poll_s=0.02,
-    lease_s=0.5,
-    reaction_poll_s=0.05,
-)
 REQUESTER, STRANGER, APPROVER = "U111", "U222", "U999"
 ROOT = Path(__file__).parent.parent
 
@@ -61,13 +60,8 @@ def app(engine: Engine, env: SlackEnv, tmp_path: Path) -> App:
 
 @pytest.fixture
 def notifier(engine: Engine, env: SlackEnv) -> Iterator[Notifier]:
-    notifier = Notifier(engine, notifier_client(env), FAST)
-    stop = threading.Event()
-    thread = threading.Thread(target=notifier.run, args=(stop,), daemon=True)
-    thread.start()
-    yield notifier
-    stop.set()
-    thread.join(5)
+    with notifier_thread(engine, env, FAST) as notifier:
+        yield notifier
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ signed HTTP requests in, the notifier's card edits out; on SQLite and PostgreSQL
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,8 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from bot.slack.app import SlackEnv, build_app, http_mode, notifier_client
-from bot.slack.notifier import Notifier, Tunables
+from bot.slack.app import SlackEnv, build_app, http_mode, notifier_thread
 from executor.budget import Books, held
 from executor.config import Config, RepoConfig
 from storage.db import transaction
@@ -20,15 +18,7 @@ from storage.queue import show_waiting
 from storage.spend import charge
 from storage.tasks import get_task
 from tests.slack_emulator import SlackEmulator, slash_command
-
-FAST = Tunables(
-    card_edit_interval_s=0.2,
-    channel_interval_s=0.0,
-    backoff_base_s=0.1,
-    idle_poll_s=0.02,
-    lease_s=0.5,
-    reaction_poll_s=0.05,
-)
+from tests.slack_fixtures import FAST
 
 
 @pytest.fixture
@@ -45,14 +35,9 @@ def config(tmp_path: Path) -> Config:
 @pytest.fixture
 def url(engine: Engine, slack: SlackEmulator, config: Config) -> Iterator[str]:
     env = SlackEnv(slack.bot_token, slack.app_token, slack.signing_secret, slack.api_url)
-    notifier = Notifier(engine, notifier_client(env), FAST)
-    stop = threading.Event()
-    thread = threading.Thread(target=notifier.run, args=(stop,), daemon=True)
-    thread.start()
-    with http_mode(build_app(engine, lambda: config, env), host="127.0.0.1", port=0) as url:
+    app = build_app(engine, lambda: config, env)
+    with notifier_thread(engine, env, FAST), http_mode(app, host="127.0.0.1", port=0) as url:
         yield url
-    stop.set()
-    thread.join(5)
 
 
 def test_agent_budget_shows_spend_against_each_budget_and_the_card_says_why_it_waits(

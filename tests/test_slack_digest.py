@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,7 @@ from sqlmodel import select
 
 from bot import digest
 from bot.slack import blocks
-from bot.slack.app import SlackEnv, build_app, http_mode, notifier_client
+from bot.slack.app import SlackEnv, build_app, http_mode, notifier_thread
 from bot.slack.notifier import Notifier
 from executor import crontime
 from executor.config import Config
@@ -29,7 +28,7 @@ from storage.models import Outbox, Schedule, Task
 from tests.digest_fixtures import config, put_task
 from tests.slack_emulator import SlackEmulator, block_action, slash_command
 from tests.slack_emulator.workspace import dm_id
-from tests.test_slack_bot import FAST
+from tests.slack_fixtures import FAST
 
 REQUESTER, STRANGER = "U111", "U222"
 ROOT = Path(__file__).parent.parent
@@ -54,13 +53,8 @@ def url(engine: Engine, env: SlackEnv, cfg: Config) -> Iterator[str]:
 
 @pytest.fixture
 def notifier(engine: Engine, env: SlackEnv) -> Iterator[Notifier]:
-    notifier = Notifier(engine, notifier_client(env), FAST)
-    stop = threading.Event()
-    thread = threading.Thread(target=notifier.run, args=(stop,), daemon=True)
-    thread.start()
-    yield notifier
-    stop.set()
-    thread.join(5)
+    with notifier_thread(engine, env, FAST) as notifier:
+        yield notifier
 
 
 def command(slack: SlackEmulator, url: str, text: str, user: str = REQUESTER) -> str:
