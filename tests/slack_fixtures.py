@@ -5,7 +5,11 @@ Registered in the root conftest.py."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +31,21 @@ FAST = Tunables(
 def slack() -> Iterator[SlackEmulator]:
     with SlackEmulator() as emulator:
         yield emulator
+
+
+def start_bot(slack: SlackEmulator, home: Path, config: Path, *args: str) -> subprocess.Popen[str]:
+    """`nightcrew bot [args]` as its own process against `slack`, output captured."""
+    env = {
+        **os.environ,
+        **slack.env(),
+        "NIGHTCREW_HOME": str(home),
+        "NIGHTCREW_CONFIG": str(config),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "bot", *args],
+        cwd=Path(__file__).parent.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )

@@ -17,6 +17,7 @@ from sqlmodel import select
 from storage.db import make_engine, transaction
 from storage.models import Task
 from tests.slack_emulator import SlackEmulator, slash_command
+from tests.slack_fixtures import start_bot
 
 ROOT = Path(__file__).parent.parent
 COMMANDS = 12  # the notifier keeps to one post per second per channel
@@ -29,20 +30,7 @@ def test_nightcrew_bot_serves_socket_mode_and_posts_the_card(
         f"repos:\n  api:\n    path: {git_repo}\nchannels:\n  C111: api\n"
     )
     with SlackEmulator() as slack:
-        env = {
-            **os.environ,
-            **slack.env(),
-            "NIGHTCREW_HOME": str(tmp_path / "home"),
-            "NIGHTCREW_CONFIG": str(tmp_path / "nightcrew.yaml"),
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "bot"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        proc = start_bot(slack, tmp_path / "home", tmp_path / "nightcrew.yaml")
         try:
             try:
                 slack.wait_connected(timeout=30)  # a cold interpreter on a busy CI box
@@ -77,21 +65,8 @@ def test_nightcrew_bot_over_http_serves_from_worker_processes_and_posts_each_car
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}/slack/events"
     with SlackEmulator(tokens=("xoxb-test",)) as slack:
-        env = {
-            **os.environ,
-            **slack.env(),
-            "NIGHTCREW_HOME": str(tmp_path / "home"),
-            "NIGHTCREW_CONFIG": str(tmp_path / "nightcrew.yaml"),
-        }
-        command = [sys.executable, "-m", "bot.cli", "bot", "--http", "--port", str(port)]
-        proc = subprocess.Popen(
-            [*command, "--workers", "2"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        http = ("--http", "--port", str(port), "--workers", "2")
+        proc = start_bot(slack, tmp_path / "home", tmp_path / "nightcrew.yaml", *http)
         try:
             slack.wait_until(
                 lambda: len(slack.calls("auth.test")) >= 2 or proc.poll() is not None,

@@ -4,9 +4,7 @@ channel and by DM (Block Kit limits checked by the emulator), and its buttons wo
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,10 +26,9 @@ from storage.models import Outbox, Schedule, Task
 from tests.digest_fixtures import config, put_task
 from tests.slack_emulator import SlackEmulator, block_action, slash_command
 from tests.slack_emulator.workspace import dm_id
-from tests.slack_fixtures import FAST
+from tests.slack_fixtures import FAST, start_bot
 
 REQUESTER, STRANGER = "U111", "U222"
-ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture
@@ -186,20 +183,7 @@ def test_nightcrew_bot_runs_the_scheduler(tmp_path: Path, git_repo: Path) -> Non
             )
         )
     with SlackEmulator() as slack:
-        env = {
-            **os.environ,
-            **slack.env(),
-            "NIGHTCREW_HOME": str(home),
-            "NIGHTCREW_CONFIG": str(tmp_path / "nightcrew.yaml"),
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "bot"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        proc = start_bot(slack, home, tmp_path / "nightcrew.yaml")
         try:
             try:
                 digest_post = slack.wait_until(lambda: slack.messages("C900"), timeout=30)
