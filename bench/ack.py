@@ -30,7 +30,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.slack.app import SlackEnv, build_app
-from executor.config import Config, RepoConfig
+from executor.config.schema import Config, RepoConfig
 from storage.db import make_engine
 from tests.slack_emulator import SlackEmulator, slash_command
 from tests.slack_emulator.http_mode import encode, sign

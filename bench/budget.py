@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
-from executor.config import Config, RepoConfig
-from executor.worker import Worker
+from executor.config.schema import Config, RepoConfig
+from executor.runner.worker import Worker
 from storage.db import make_engine, transaction
 from storage.lifecycle import State
 from storage.models import Charge, utcnow

@@ -4,8 +4,9 @@
 
 Fills a fresh database (SQLite by default; with `--postgres`, a new database on that server,
 dropped afterwards) with a proof pack for each task awaiting approval, then times
-`storage.digests.collect` + `bot.slack.digest.render` over the day, and `bot.digest.send_due`
-(claim the run, build, queue it in the outbox) once. Goal: under 200 ms for 10,000 tasks."""
+`storage.digests.collect` + `bot.slack.digest.render` over the day, and
+`bot.slack.digest_send.send_due` (claim the run, build, queue it in the outbox) once. Goal: under
+200 ms for 10,000 tasks."""
 
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import create_engine, insert, text
 
-from bot import digest
+from bot.slack import digest_send as digest
 from bot.slack.digest import render
-from executor.config import Config, Digest, RepoConfig
+from executor.config.schema import Config, Digest, RepoConfig
 from storage.db import make_engine, normalize_url, transaction
 from storage.digests import collect
 from storage.lifecycle import CLOSED, State

@@ -18,11 +18,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.repo import make_repo
-from executor.config import Config, RepoConfig
-from executor.fleet import connect_docker, new_executor_id
-from executor.llm import LLMClient
-from executor.sandbox_image import ensure_image
-from executor.worker import Worker
+from executor.agents.llm import LLMClient
+from executor.config.schema import Config, RepoConfig
+from executor.runner.fleet import connect_docker, new_executor_id
+from executor.runner.worker import Worker
+from executor.sandbox.image import ensure_image
 from storage.db import make_engine, transaction
 from storage.tasks import create_task, events
 from tests.llm_server import ScriptedLLM, reply, tool_call

@@ -22,9 +22,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.repo import make_repo
-from executor.config import Config, RepoConfig
-from executor.llm import LLMClient
-from executor.pool import run_executor
+from executor.agents.llm import LLMClient
+from executor.config.schema import Config, RepoConfig
+from executor.runner.pool import run_executor
 from storage.db import make_engine, transaction
 from storage.lifecycle import State
 from storage.tasks import create_task, events, list_tasks

@@ -17,9 +17,10 @@ from rich.console import Console
 from sqlalchemy import Engine, func
 from sqlmodel import select
 
-from bot import actions, terminal
+from bot import actions
 from bot.actions import ActionError, Outcome
-from executor.config import (
+from bot.terminal import render
+from executor.config.schema import (
     Config,
     ConfigError,
     ConfigWatch,
@@ -28,8 +29,8 @@ from executor.config import (
     load_config,
     repo_name,
 )
-from executor.config_template import ENV_EXAMPLE, render_config
-from executor.settings import Settings
+from executor.config.settings import Settings
+from executor.config.template import ENV_EXAMPLE, render_config
 from storage.db import make_engine, transaction
 from storage.errors import StorageError
 from storage.lifecycle import WORKING, IllegalTransition, State
@@ -84,7 +85,7 @@ def admin_port(role: str) -> Iterator[None]:
     if not env.admin_port:
         yield
         return
-    from executor.admin import serve_admin
+    from executor.monitoring.admin import serve_admin
 
     with ExitStack() as stack:
         try:
@@ -164,13 +165,15 @@ def _bot_in_background(slack: SlackEnv) -> Iterator[None]:
     database, so neither calls the other."""
     import threading
 
-    from bot.slack.app import run_bot
+    from bot.scheduler import Scheduler
+    from bot.slack.run import run_bot
 
     stop = threading.Event()
 
     def serve() -> None:
         try:
-            run_bot(engine(), config, slack, stop=stop, say=out.print)
+            with Scheduler(engine(), config):  # the digest and scheduled tasks
+                run_bot(engine(), config, slack, stop=stop, say=out.print)
         except Exception as exc:  # say so; the executor keeps running CLI-queued tasks
             err.print(f"[red]Slack bot stopped:[/red] {exc}")
 
@@ -198,7 +201,9 @@ def bot(
     """Run the Slack bot and its notifier alone (executors run elsewhere on the same DB)."""
     import threading
 
-    from bot.slack.app import SlackEnv, run_bot
+    from bot.scheduler import Scheduler
+    from bot.slack.app import SlackEnv
+    from bot.slack.run import run_bot
 
     with user_errors():
         slack = SlackEnv.from_env()
@@ -214,7 +219,7 @@ def bot(
         # it is sending and records it, so a restart does not post it again.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
-            with admin_port("bot"):
+            with admin_port("bot"), Scheduler(engine(), config):  # digest, scheduled tasks
                 run_bot(
                     engine(),
                     config,
@@ -240,9 +245,9 @@ def executor(
 
 
 def _run_executor(concurrency: int, *, drain: bool) -> None:
-    from executor.llm import DEFAULT_BASE_URL, LLMClient
-    from executor.pool import run_executor
-    from executor.sandbox import SandboxError
+    from executor.agents.llm import DEFAULT_BASE_URL, LLMClient
+    from executor.runner.pool import run_executor
+    from executor.sandbox.container import SandboxError
 
     cfg, env = config(), settings()
     model = env.model or cfg.model
@@ -281,7 +286,7 @@ def doctor(
 ) -> None:
     """Check the config, database, Docker engine, sandbox images, model endpoint and Slack
     app; print a fix for each problem. Exit code 1 if anything is wrong."""
-    from bot import doctor as checks
+    from bot.terminal import doctor as checks
 
     try:
         env = settings()
@@ -382,7 +387,7 @@ def ls(
     if not tasks:
         out.print("no tasks" + ("" if all_ or states else " open (use --all to see closed ones)"))
         return
-    out.print(terminal.task_table(tasks))
+    out.print(render.task_table(tasks))
 
 
 def _state(text: str) -> State:
@@ -402,8 +407,8 @@ def show(task_id: str = typer.Argument(..., help="Task id.")) -> None:
             task = get_task(session, tid)
             log = events(session, tid)
             proof = next((e.payload for e in reversed(log) if e.kind == "proof"), None)
-            detail = terminal.task_detail(
-                task, nudges(session, tid), log[-10:], proof=proof, runs=terminal.claims(log)
+            detail = render.task_detail(
+                task, nudges(session, tid), log[-10:], proof=proof, runs=render.claims(log)
             )
     out.print(detail)
 
@@ -422,7 +427,7 @@ def log(
                 batch = events(session, tid, after_id=last)
                 state = State(get_task(session, tid).state)
             for event in batch:
-                out.print(terminal.event_line(event))
+                out.print(render.event_line(event))
                 last = event.id or last
             if not follow or (state not in WORKING and state is not State.QUEUED):
                 break
@@ -468,7 +473,7 @@ def reject(task_id: str = typer.Argument(..., help="Task id.")) -> None:
 @app.command()
 def budget() -> None:
     """Show today's spend against the daily budgets (nightcrew.yaml `budgets:`), per repo."""
-    from executor.budget import WAITING, Books
+    from executor.costs.budget import WAITING, Books
     from storage.queue import waiting_by_repo
 
     with user_errors():
@@ -476,7 +481,7 @@ def budget() -> None:
         with transaction(engine()) as session:
             day, budgets = books.today(session)
             waiting = waiting_by_repo(session, marker=WAITING)
-    out.print(terminal.budget_table(day, budgets, waiting))
+    out.print(render.budget_table(day, budgets, waiting))
     if not books.budgets.any:
         out.print("no budgets set; add `budgets: {daily_usd: 20}` to nightcrew.yaml")
 
@@ -486,7 +491,7 @@ def repos() -> None:
     """List the configured repos."""
     with user_errors():
         cfg = config()
-    out.print(terminal.repos_table(cfg))
+    out.print(render.repos_table(cfg))
     if cfg.source is None:
         out.print("(no nightcrew.yaml: using the current git repo; `nightcrew init` writes one)")
 
@@ -499,14 +504,14 @@ def digest(
     first), what merged, failed or is still open, and the totals. Sends nothing."""
     from zoneinfo import ZoneInfo
 
-    from bot import digest as digests
+    from bot.slack import digest_send as digests
 
     with user_errors():
         cfg = config()
         with transaction(engine()) as session:
             requester = local_user() if mine else None
             data, _, _ = digests.on_demand(session, cfg, utcnow(), requester=requester)
-    out.print(terminal.digest(data, ZoneInfo(cfg.digest.timezone)))
+    out.print(render.digest(data, ZoneInfo(cfg.digest.timezone)))
 
 
 schedule_app = typer.Typer(

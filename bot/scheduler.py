@@ -17,9 +17,10 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
-from bot import digest, schedules
-from executor import crontime
-from executor.config import Config
+from bot import schedules
+from bot.slack import digest_send as digest
+from executor.config import crontime
+from executor.config.schema import Config
 from storage.models import utcnow
 
 log = logging.getLogger(__name__)

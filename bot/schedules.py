@@ -19,8 +19,8 @@ from sqlmodel import Session
 
 from bot import actions
 from bot.actions import ActionError
-from executor import crontime
-from executor.config import Config, ConfigError
+from executor.config import crontime
+from executor.config.schema import Config, ConfigError
 from storage import schedules
 from storage.db import transaction
 from storage.digests import queue_post

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, col
 
-from executor.config import Config, Digest, RepoConfig
+from executor.config.schema import Config, Digest, RepoConfig
 from storage.lifecycle import CLOSED, State
 from storage.models import Task
 from storage.tasks import create_task, record

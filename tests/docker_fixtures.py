@@ -17,9 +17,9 @@ import docker
 import pytest
 from docker.errors import DockerException, ImageNotFound
 
-from executor.config import DEFAULT_IMAGE
-from executor.sandbox import Sandbox, SandboxError, remove_orphans
-from executor.sandbox_image import SANDBOX_DIR, ensure_image
+from executor.config.schema import DEFAULT_IMAGE
+from executor.sandbox.container import Sandbox, SandboxError, remove_orphans
+from executor.sandbox.image import SANDBOX_DIR, ensure_image
 from tests.conftest import need
 
 # Every container the tests start carries this executor id, so a session cleans up only its

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, update
 from bot import actions
 from bot.slack.app import SlackEnv, notifier_client
 from bot.slack.notifier import Notifier, Tunables
-from executor.admin import serve_admin
+from executor.monitoring.admin import serve_admin
 from storage.db import make_engine, transaction
 from storage.lifecycle import State
 from storage.models import Task

@@ -14,10 +14,10 @@ from sqlalchemy import Engine
 from bot import actions
 from bot.slack import blocks
 from bot.slack.commands import Command, parse
-from executor.budget import ALL, WAITING, Books, crossed, day_of, evaluate, held
-from executor.config import Budgets, Config, Price, RepoConfig
-from executor.llm_reply import Usage
-from executor.pricing import PRICES, cost_nanos, cost_text, price_of, price_table, usd
+from executor.agents.llm_reply import Usage
+from executor.config.schema import Budgets, Config, Price, RepoConfig
+from executor.costs.budget import ALL, WAITING, Books, crossed, day_of, evaluate, held
+from executor.costs.pricing import PRICES, cost_nanos, cost_text, price_of, price_table, usd
 from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import Task

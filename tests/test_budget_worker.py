@@ -12,8 +12,8 @@ from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from bot.slack import blocks
-from executor.budget import WAITING
-from executor.config import ConfigWatch
+from executor.config.schema import ConfigWatch
+from executor.costs.budget import WAITING
 from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import Charge, Outbox

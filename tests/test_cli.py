@@ -260,7 +260,7 @@ def test_help_lists_every_command(cli: Cli) -> None:
 
 
 def test_budget_ls_and_show_tell_spend_waiting_and_unknown_costs(cli: Cli) -> None:
-    from executor.budget import WAITING
+    from executor.costs.budget import WAITING
     from storage.queue import show_waiting
     from storage.spend import charge
 

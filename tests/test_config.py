@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from executor.config import ConfigError, load_config
-from executor.config_template import render_config
+from executor.config.schema import ConfigError, load_config
+from executor.config.template import render_config
 
 FULL = """\
 repos:

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from executor.crontime import CronError, latest_fire, next_fire, previous_fire, trigger
+from executor.config.crontime import CronError, latest_fire, next_fire, previous_fire, trigger
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from bot import digest
 from bot.scheduler import Scheduler
-from executor import crontime
+from bot.slack import digest_send as digest
+from executor.config import crontime
 from storage import digests
 from storage.db import make_engine, transaction
 from storage.digests import collect

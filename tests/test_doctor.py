@@ -14,7 +14,7 @@ import pytest
 from alembic import command
 from sqlalchemy import text
 
-from bot import doctor
+from bot.terminal import doctor
 from storage import migrate
 from storage.db import make_engine
 from storage.migrate import BASELINE, alembic_config

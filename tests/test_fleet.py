@@ -6,8 +6,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from executor.config import Config, RepoConfig
-from executor.worker import Worker
+from executor.config.schema import Config, RepoConfig
+from executor.runner.worker import Worker
 from storage.db import transaction
 from storage.models import Priority
 from storage.tasks import create_task

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from executor.llm import LLMClient, LLMRejected, LLMUnavailable, Usage, parse_retry_after
+from executor.agents.llm import LLMClient, LLMRejected, LLMUnavailable, Usage, parse_retry_after
 from tests.llm_server import (
     Fault,
     ScriptedLLM,

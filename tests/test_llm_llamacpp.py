@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from executor.llm import LLMClient, LLMRejected
+from executor.agents.llm import LLMClient, LLMRejected
 from tests.conftest import need
 
 USER = [{"role": "user", "content": "Say hello in one short sentence."}]

@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import Engine
 
 from bot import actions
-from executor import merge, pipeline
+from executor.git import merge
+from executor.pipeline import stages
 from storage.db import transaction
 from storage.lifecycle import State
 from storage.tasks import events
@@ -66,16 +67,16 @@ def states(engine: Engine, task_id: int) -> list[str]:
     ],
 )
 def test_out_of_scope(files: list[str], allowed: list[str], outside: list[str]) -> None:
-    assert pipeline.out_of_scope(files, allowed) == outside
+    assert stages.out_of_scope(files, allowed) == outside
 
 
 def test_risk_rises_with_size_sensitivity_missing_proof_and_doubts() -> None:
-    ok = pipeline.CheckResult("pytest", 0, 1.0, "")
-    bad = pipeline.CheckResult("pytest", 1, 1.0, "")
-    approve_ = pipeline.Verdict(verdict="approve")
+    ok = stages.CheckResult("pytest", 0, 1.0, "")
+    bad = stages.CheckResult("pytest", 1, 1.0, "")
+    approve_ = stages.Verdict(verdict="approve")
     small = {"files": ["src/a.py"], "lines_changed": 10}
-    assert pipeline.assess_risk(**small, checks=[ok], verdict=approve_).level == "low"
-    risky = pipeline.assess_risk(
+    assert stages.assess_risk(**small, checks=[ok], verdict=approve_).level == "low"
+    risky = stages.assess_risk(
         files=[".github/workflows/ci.yml"], lines_changed=500, checks=[bad], verdict=None
     )
     assert risky.level == "high"
@@ -85,8 +86,8 @@ def test_risk_rises_with_size_sensitivity_missing_proof_and_doubts() -> None:
         "checks failing",
         "not reviewed",
     ]
-    doubts = pipeline.Verdict(verdict="changes_requested")
-    assert pipeline.assess_risk(**small, checks=[], verdict=doubts).level == "high"
+    doubts = stages.Verdict(verdict="changes_requested")
+    assert stages.assess_risk(**small, checks=[], verdict=doubts).level == "high"
 
 
 # --- the pipeline ---------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import docker
 import pytest
 from sqlalchemy import Engine
 
-from executor.fleet import installation_id, remove_dead_sandboxes
-from executor.sandbox import Sandbox
+from executor.runner.fleet import installation_id, remove_dead_sandboxes
+from executor.sandbox.container import Sandbox
 from storage.db import make_engine, transaction
 from storage.queue import claim_next
 from storage.tasks import create_task

@@ -12,8 +12,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from executor.config import Limits
-from executor.sandbox import (
+from executor.config.schema import Limits
+from executor.sandbox.container import (
     HOST_GRACE_S,
     LABEL,
     LABEL_EXECUTOR,
@@ -21,9 +21,9 @@ from executor.sandbox import (
     Sandbox,
     SandboxError,
 )
-from executor.sandbox import remove_orphans as remove_orphans_of
-from executor.sandbox_exec import parse_counters
-from executor.sandbox_image import build_image, ensure_image
+from executor.sandbox.container import remove_orphans as remove_orphans_of
+from executor.sandbox.execution import parse_counters
+from executor.sandbox.image import build_image, ensure_image
 from tests.conftest import git
 
 MakeSandbox = Callable[..., Sandbox]

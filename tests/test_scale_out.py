@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
-from executor.sandbox import LABEL_EXECUTOR
+from executor.sandbox.container import LABEL_EXECUTOR
 from storage.db import make_engine, transaction
 from storage.lifecycle import State
 from storage.models import Outbox, Task, TaskEvent

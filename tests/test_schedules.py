@@ -14,7 +14,7 @@ from sqlmodel import col, select
 from bot import schedules
 from bot.actions import ActionError
 from bot.scheduler import Scheduler
-from executor.config import Config
+from executor.config.schema import Config
 from storage.db import make_engine, transaction
 from storage.lifecycle import State
 from storage.models import Outbox, Schedule, Task, TaskEvent

@@ -16,16 +16,10 @@ from sqlalchemy import Engine
 from sqlmodel import select
 
 from bot.slack import blocks
-from bot.slack.app import (
-    SlackEnv,
-    build_app,
-    http_mode,
-    notifier_client,
-    notifier_thread,
-    socket_mode,
-)
+from bot.slack.app import SlackEnv, build_app, notifier_client
 from bot.slack.notifier import Notifier
-from executor.config import Config, RepoConfig
+from bot.slack.run import http_mode, notifier_thread, socket_mode
+from executor.config.schema import Config, RepoConfig
 from storage import outbox
 from storage.db import transaction
 from storage.lifecycle import State

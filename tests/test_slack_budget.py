@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from bot.slack.run import http_mode, notifier_thread
 from sqlalchemy import Engine
 
-from bot.slack.app import SlackEnv, build_app, http_mode, notifier_thread
-from executor.budget import Books, held
-from executor.config import Config, RepoConfig
+from bot.slack.app import SlackEnv, build_app
+from executor.config.schema import Config, RepoConfig
+from executor.costs.budget import Books, held
 from storage.db import transaction
 from storage.queue import show_waiting
 from storage.spend import charge

@@ -14,12 +14,13 @@ from slack_bolt import App
 from sqlalchemy import Engine
 from sqlmodel import select
 
-from bot import digest
 from bot.slack import blocks
-from bot.slack.app import SlackEnv, build_app, http_mode, notifier_thread
+from bot.slack import digest_send as digest
+from bot.slack.app import SlackEnv, build_app
 from bot.slack.notifier import Notifier
-from executor import crontime
-from executor.config import Config
+from bot.slack.run import http_mode, notifier_thread
+from executor.config import crontime
+from executor.config.schema import Config
 from storage.db import make_engine, sqlite_url, transaction
 from storage.lifecycle import State
 from storage.models import Outbox, Schedule, Task

@@ -11,12 +11,12 @@ import docker
 import pytest
 from sqlalchemy import Engine
 
-from executor.config import Config, RepoConfig
-from executor.fleet import installation_id
-from executor.llm import LLMClient
-from executor.pool import run_executor
-from executor.sandbox import LABEL_EXECUTOR, LABEL_WORKSPACE, remove_orphans
-from executor.warm import SandboxSpec, WarmPool
+from executor.agents.llm import LLMClient
+from executor.config.schema import Config, RepoConfig
+from executor.runner.fleet import installation_id
+from executor.runner.pool import run_executor
+from executor.sandbox.container import LABEL_EXECUTOR, LABEL_WORKSPACE, remove_orphans
+from executor.sandbox.warm import SandboxSpec, WarmPool
 from storage.lifecycle import State
 from tests.llm_server import ScriptedLLM, reply, tool_call
 from tests.worker_fixtures import add_task, task, wait_for

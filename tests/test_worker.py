@@ -427,9 +427,9 @@ def test_big_and_binary_files_through_the_file_tools(
 def test_an_executor_with_concurrency_2_runs_two_tasks_at_once(
     engine: Engine, make_worker: RunWorker, project: Path, tmp_path: Path
 ) -> None:
-    from executor.config import Config, RepoConfig
-    from executor.llm import LLMClient
-    from executor.pool import run_executor
+    from executor.agents.llm import LLMClient
+    from executor.config.schema import Config, RepoConfig
+    from executor.runner.pool import run_executor
 
     ids = [add_task(engine, f"task {n}") for n in range(2)]
     sleep = reply(tool_call("bash", {"command": "sleep 2"}))

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from executor.config import RepoConfig
-from executor.workspace import (
+from executor.config.schema import RepoConfig
+from executor.git.workspace import (
     Exec,
     Workspace,
     WorkspaceError,

@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy import Engine
 
 from bot import actions
-from executor.config import Config, Limits, RepoConfig
-from executor.fleet import installation_id
-from executor.llm import LLMClient
-from executor.sandbox import LABEL_EXECUTOR
-from executor.worker import Worker
+from executor.agents.llm import LLMClient
+from executor.config.schema import Config, Limits, RepoConfig
+from executor.runner.fleet import installation_id
+from executor.runner.worker import Worker
+from executor.sandbox.container import LABEL_EXECUTOR
 from storage.db import transaction
 from storage.models import Task
 from storage.tasks import get_task

@@ -8,8 +8,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from executor.budget import ALL, WAITING, Budget, Day
-from executor.pricing import cost_text, usd
+from executor.costs.budget import ALL, WAITING, Budget, Day
+from executor.costs.pricing import cost_text, usd
 from storage.lifecycle import CLOSED, WORKING, State
 from storage.models import Task, utcnow
 

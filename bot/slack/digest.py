@@ -23,7 +23,7 @@ from bot.slack.blocks import (
     escape,
     section,
 )
-from executor.pricing import cost_text
+from executor.costs.pricing import cost_text
 from storage.digests import DigestData, DigestTask, Totals
 
 MAX_AWAITING = 10  # each is 2 blocks (text, buttons); the message allows 50

@@ -13,12 +13,13 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from bot import actions, digest, schedules
+from bot import actions, schedules
 from bot.actions import ActionError, Outcome
 from bot.slack import blocks
+from bot.slack import digest_send as digest
 from bot.slack.commands import SCHEDULE_USAGE, Command, CommandError, parse
-from executor.budget import WAITING, Books
-from executor.config import Config, ConfigError
+from executor.config.schema import Config, ConfigError
+from executor.costs.budget import WAITING, Books
 from storage import digests, outbox
 from storage.db import transaction, writer_turn
 from storage.errors import StorageError

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import socket
@@ -37,14 +38,21 @@ def application() -> Callable[..., Any]:
     """The WSGI app of one worker process (gunicorn calls this after forking). Its commits
     leave SQLite's WAL checkpoints (and their fsync) to the `nightcrew bot` process: one
     inside an ack's write turn made every ack behind it wait for the disk."""
-    from bot.cli import config, settings
     from bot.slack.app import SlackEnv, build_app, wsgi_app
+    from executor.config.schema import Config, load_config
+    from executor.config.settings import Settings
     from storage.db import make_engine
 
     env = SlackEnv.from_env()
     if env is None:
         raise RuntimeError("SLACK_BOT_TOKEN is not set")
-    engine = make_engine(settings().db_url, create=False, autocheckpoint=False)
+    settings = Settings()  # the same environment and working directory as `nightcrew bot`
+
+    @functools.cache
+    def config() -> Config:
+        return load_config(settings.config_path)
+
+    engine = make_engine(settings.db_url, create=False, autocheckpoint=False)
     return wsgi_app(build_app(engine, config, env))
 
 

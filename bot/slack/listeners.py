@@ -25,7 +25,7 @@ from bot.slack.handle import (
     thread_reply,
     writing,
 )
-from executor.config import Config
+from executor.config.schema import Config
 from storage.models import TaskEvent
 from storage.tasks import get_task, list_tasks
 

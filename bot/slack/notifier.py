@@ -28,8 +28,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from bot.slack import blocks
-from executor import metrics
-from executor.fleet import installation_id
+from executor.monitoring import metrics
+from executor.runner.fleet import installation_id
 from storage import outbox
 from storage.db import transaction, writer_turn
 from storage.lifecycle import CLOSED, State

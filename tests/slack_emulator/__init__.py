@@ -1,5 +1,5 @@
 """A local Slack for tests: the Web API over real HTTP and Socket Mode over a real websocket,
-speaking Slack's protocol (shapes from ../shared/slack-samples), so the real `slack_sdk` and
+speaking Slack's protocol (shapes from tests/slack_samples/), so the real `slack_sdk` and
 `slack_bolt` clients run against it unchanged.
 
     with SlackEmulator() as slack:                       # tokens xoxb-test and xapp-test

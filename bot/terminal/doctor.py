@@ -1,0 +1,358 @@
+"""`nightcrew doctor`: is everything nightcrew needs in place? One small function per part
+(config, database, Docker, sandbox images, model endpoint, Slack), each returning a `Result`
+that says what it found and, when something is wrong, how to fix it; `diagnose` runs them
+all in order."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import docker
+import yaml
+from docker.errors import DockerException, ImageNotFound
+from rich.text import Text
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from sqlalchemy import inspect, text
+from sqlmodel import SQLModel
+
+from bot.slack.app import SLACK_API, SlackEnv
+from executor.agents.llm import DEFAULT_BASE_URL, LLMClient, LLMRejected, LLMUnavailable
+from executor.config.schema import DEFAULT_IMAGE, Config, ConfigError, load_config
+from executor.config.settings import Settings
+from executor.sandbox.container import SandboxError
+from executor.sandbox.image import SANDBOX_DIR, ensure_image
+from storage import migrate
+from storage.db import make_engine, normalize_url
+
+Status = Literal["ok", "fail", "skip"]
+MANIFEST = Path(__file__).resolve().parent.parent / "manifest.yml"
+LLM_TIMEOUT_S = 30.0  # a cold local model may take a while for its first token
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    status: Status
+    detail: str
+    fix: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "fail"
+
+
+def check_config(path: Path, *, cwd: Path | None = None) -> tuple[Result, Config | None]:
+    try:
+        config = load_config(path, cwd=cwd)
+    except ConfigError as exc:
+        fix = (
+            "correct the keys named above (`nightcrew init --force` writes a commented example)"
+            if path.exists()
+            else "run `nightcrew init` in the repo, or point NIGHTCREW_CONFIG at a nightcrew.yaml"
+        )
+        return Result("config", "fail", str(exc), fix), None
+    where = str(config.source) if config.source else "the git repo here (no nightcrew.yaml)"
+    return Result("config", "ok", f"{where}: repos {', '.join(config.repos)}"), config
+
+
+def check_database(url: str) -> Result:
+    """Connect and compare the tables and columns with what this version expects."""
+    url = normalize_url(url)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return Result("database", "ok", f"{url}: not there yet; created at first start")
+    try:
+        engine = make_engine(url, create=False)
+    except Exception as exc:  # a malformed URL or a missing driver: say so, not a traceback
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return Result(
+            "database",
+            "fail",
+            f"{_safe(url)}: {reason}",
+            "check NIGHTCREW_DATABASE_URL (sqlite:///PATH or postgresql://USER:PASS@HOST/DB)",
+        )
+    try:
+        with engine.connect() as conn:
+            inspector = inspect(conn)
+            tables = set(inspector.get_table_names())
+            missing = []
+            for table in SQLModel.metadata.sorted_tables:
+                if table.name not in tables:
+                    missing.append(table.name)
+                    continue
+                have = {c["name"] for c in inspector.get_columns(table.name)}
+                missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in have]
+            revision = (
+                conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                if "alembic_version" in tables
+                else None
+            )
+    except Exception as exc:  # any failure to connect or read the catalogue
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return Result(
+            "database",
+            "fail",
+            f"{_safe(url)}: {reason}",
+            "is the server running and the URL (NIGHTCREW_DATABASE_URL) right?",
+        )
+    finally:
+        engine.dispose()
+    newest = migrate.head()
+    if revision is not None and not migrate.is_known(revision):
+        return Result(
+            "database",
+            "fail",
+            f"{_safe(url)}: schema at migration {revision}, which this nightcrew does not know "
+            f"(it knows up to {newest}): a newer nightcrew migrated it",
+            "install the newer nightcrew here too",
+        )
+    if revision != newest and (revision is not None or "task" in tables):
+        # Behind (or made before migrations existed): the next start migrates it.
+        at = f"migration {revision}" if revision else "no migration (made before migrations)"
+        return Result(
+            "database",
+            "ok",
+            f"{_safe(url)}: connected; schema at {at}, migrated to {newest} at the next start",
+        )
+    if not tables - {"alembic_version"}:
+        return Result("database", "ok", f"{_safe(url)}: connected, empty; created at first start")
+    if missing:
+        return Result(
+            "database",
+            "fail",
+            f"{_safe(url)}: schema is behind: missing {', '.join(missing)}",
+            "start `nightcrew up` or `nightcrew executor` once with this version; it creates them",
+        )
+    at = f" (migration {revision})" if revision else ""
+    return Result("database", "ok", f"{_safe(url)}: connected, schema complete{at}")
+
+
+def check_docker() -> tuple[Result, docker.DockerClient | None]:
+    host = os.environ.get("DOCKER_HOST") or "the local socket"
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+        version = client.version().get("Version", "?")
+    except DockerException as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return Result(
+            "docker",
+            "fail",
+            f"no Docker engine at {host}: {reason}",
+            "start Docker, or set DOCKER_HOST to a reachable engine (in a container: mount "
+            "/var/run/docker.sock, which is root-equivalent, or use a remote DOCKER_HOST)",
+        ), None
+    return Result("docker", "ok", f"engine {version} at {host}"), client
+
+
+def check_image(client: docker.DockerClient, image: str) -> Result:
+    try:
+        found = client.images.get(image)
+    except ImageNotFound:
+        if image == DEFAULT_IMAGE:
+            fix = "`nightcrew doctor --fix` builds it (sandbox/build-image.sh without a registry)"
+        else:
+            fix = f"`nightcrew doctor --fix` pulls it, or `docker pull {image}`"
+        return Result(f"image {image}", "fail", "not on the engine", fix)
+    except DockerException as exc:
+        return Result(f"image {image}", "fail", str(exc).splitlines()[0], "is the engine healthy?")
+    size = (found.attrs.get("Size") or 0) / 1e6
+    return Result(f"image {image}", "ok", f"present ({found.short_id}, {size:.0f} MB)")
+
+
+def provide_image(client: docker.DockerClient, image: str) -> Result:
+    """The fix for a missing image: the default one is built (registry-free when we are
+    root and have debootstrap), others are pulled."""
+    script = SANDBOX_DIR / "build-image.sh"
+    try:
+        if image == DEFAULT_IMAGE and os.geteuid() == 0 and shutil.which("debootstrap"):
+            done = subprocess.run([script, image], capture_output=True, text=True, timeout=1800)
+            if done.returncode != 0:
+                raise SandboxError(f"{script} failed: {done.stderr.strip()[-300:]}")
+        else:
+            ensure_image(client, image)
+    except SandboxError as exc:
+        return Result(f"image {image}", "fail", str(exc), "build or pull it by hand, see README")
+    return check_image(client, image)
+
+
+def check_llm(base_url: str, api_key: str | None, model: str | None) -> Result:
+    """One tiny real request to the endpoint."""
+    if not model:
+        return Result("model", "fail", "no model set", "set NIGHTCREW_MODEL or `model:`")
+    try:
+        client = LLMClient(
+            base_url=base_url, api_key=api_key, model=model, timeout=LLM_TIMEOUT_S, max_attempts=1
+        )
+    except ValueError as exc:
+        return Result("model", "fail", str(exc), "set OPENAI_BASE_URL to the API's /v1 URL")
+    started = time.monotonic()
+    try:
+        with client:
+            client.complete(
+                [{"role": "user", "content": "Reply with the word OK."}],
+                options={"max_tokens": 5},
+            )
+    except LLMRejected as exc:
+        fix = {
+            401: "check OPENAI_API_KEY",
+            403: "check OPENAI_API_KEY and its permissions",
+            404: "check the model name (NIGHTCREW_MODEL) and that the URL ends in /v1",
+        }.get(exc.status_code, "see the server's message above")
+        return Result("model", "fail", str(exc), fix)
+    except LLMUnavailable as exc:
+        return Result(
+            "model",
+            "fail",
+            str(exc),
+            "is the server up, and is OPENAI_BASE_URL an OpenAI-compatible API (…/v1)?",
+        )
+    ms = (time.monotonic() - started) * 1000
+    return Result("model", "ok", f"{model} at {base_url} answered in {ms:.0f} ms")
+
+
+# The bot scopes of manifest.yml, for an install without the source tree (tests keep the two
+# equal); the manifest, when present, is the truth.
+BOT_SCOPES = (
+    "app_mentions:read",
+    "channels:history",
+    "groups:history",
+    "im:history",
+    "im:write",
+    "chat:write",
+    "commands",
+    "reactions:write",
+    "users:read",
+    "metadata.message:read",
+)
+
+
+def manifest_scopes(path: Path = MANIFEST) -> list[str]:
+    """The bot scopes the app needs: manifest.yml's, or BOT_SCOPES without the source tree."""
+    if not path.is_file():
+        return list(BOT_SCOPES)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return list(data["oauth_config"]["scopes"]["bot"])
+
+
+def check_slack(
+    token: str | None,
+    *,
+    api_url: str,
+    app_token: str | None,
+    signing_secret: str | None,
+    wanted: list[str],
+) -> Result:
+    """auth.test with the bot token, and its granted scopes against the manifest's."""
+    if not token:
+        return Result("slack", "skip", "not configured (SLACK_BOT_TOKEN unset): terminal only")
+    if not app_token and not signing_secret:
+        return Result(
+            "slack",
+            "fail",
+            "neither SLACK_APP_TOKEN (Socket Mode) nor SLACK_SIGNING_SECRET (HTTP mode) is set",
+            "create an app-level token with connections:write and set SLACK_APP_TOKEN",
+        )
+    client = WebClient(token=token, base_url=api_url, retry_handlers=[], timeout=15)
+    try:
+        answer = client.auth_test()
+    except SlackApiError as exc:
+        error = exc.response.get("error") or f"HTTP {exc.response.status_code}"
+        return Result(
+            "slack",
+            "fail",
+            f"auth.test: {error}",
+            "SLACK_BOT_TOKEN is wrong or revoked: copy the Bot User OAuth Token (xoxb-…) "
+            "from the app's OAuth & Permissions page",
+        )
+    except OSError as exc:
+        return Result("slack", "fail", f"cannot reach {api_url}: {exc}", "check the network")
+    granted = {
+        s.strip() for s in (answer.headers.get("x-oauth-scopes") or "").split(",") if s.strip()
+    }
+    who = f"{answer.get('user')} in {answer.get('team')}"
+    missing = [s for s in wanted if s not in granted]
+    if missing:
+        return Result(
+            "slack",
+            "fail",
+            f"{who}: missing scopes {', '.join(missing)}",
+            "add them from manifest.yml (OAuth & Permissions → Scopes) and reinstall the app",
+        )
+    return Result("slack", "ok", f"{who}; all {len(wanted)} scopes of manifest.yml granted")
+
+
+def diagnose(
+    env: Settings,
+    *,
+    provide: Callable[[str], bool] = lambda image: False,
+    report: Callable[[Result], None] = lambda result: None,
+) -> list[Result]:
+    """Every check, in order, each reported as soon as it is known; `provide(image)` says
+    whether to build or pull a missing image now."""
+    results: list[Result] = []
+
+    def add(result: Result) -> None:
+        results.append(result)
+        report(result)
+
+    result, config = check_config(env.config_path)
+    add(result)
+    add(check_database(env.db_url))
+    result, client = check_docker()
+    add(result)
+    for image in sorted({repo.image for repo in config.repos.values()}) if config else []:
+        if client is None:
+            add(Result(f"image {image}", "skip", "no Docker engine to look in"))
+            continue
+        result = check_image(client, image)
+        if result.failed and provide(image):
+            result = provide_image(client, image)
+        add(result)
+    base_url = env.openai_base_url or (config.base_url if config else None) or DEFAULT_BASE_URL
+    add(check_llm(base_url, env.openai_api_key, env.model or (config and config.model)))
+    slack = SlackEnv.from_env()
+    add(
+        check_slack(
+            slack.bot_token if slack else None,
+            api_url=slack.api_url if slack else SLACK_API,
+            app_token=slack.app_token if slack else None,
+            signing_secret=slack.signing_secret if slack else None,
+            wanted=manifest_scopes(),
+        )
+    )
+    return results
+
+
+def render(result: Result) -> Text:
+    marks = {"ok": "[green]✓[/green]", "fail": "[red]✗[/red]", "skip": "[dim]-[/dim]"}
+    line = Text.from_markup(f"{marks[result.status]} [bold]{result.name}[/bold]: ")
+    line.append(result.detail)
+    if result.failed and result.fix:
+        line.append("\n    ").append_text(Text.from_markup("[yellow]fix:[/yellow] "))
+        line.append(result.fix)
+    return line
+
+
+def summary(results: list[Result]) -> Text:
+    failed = sum(r.failed for r in results)
+    if failed:
+        return Text.from_markup(f"[red]{failed} problem(s) found[/red]")
+    return Text.from_markup("[green]all checks passed[/green]")
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for output."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url

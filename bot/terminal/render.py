@@ -1,0 +1,325 @@
+"""Rich renderings of tasks for the terminal. Pure: values in, renderables out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from executor.config.schema import Config
+from executor.costs.budget import ALL, WAITING, Budget, Day
+from executor.costs.pricing import cost_text, usd
+from storage.digests import DigestData
+from storage.lifecycle import State
+from storage.models import Nudge, Priority, Task, TaskEvent, utcnow
+
+STATE_STYLE = {
+    State.QUEUED: "cyan",
+    State.NEEDS_INPUT: "bold yellow",
+    State.AWAITING_APPROVAL: "bold magenta",
+    State.MERGED: "green",
+    State.FAILED: "bold red",
+    State.CANCELLED: "dim",
+    State.REJECTED: "dim",
+}
+
+
+def ago(when: datetime | None, now: datetime | None = None) -> str:
+    if when is None:
+        return "-"
+    seconds = int(((now or utcnow()) - when).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{max(seconds, 0)}s ago"
+
+
+def state_text(state: State) -> Text:
+    return Text(state.value, style=STATE_STYLE.get(state, "blue"))
+
+
+def one_line(text: str, width: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def task_table(tasks: Sequence[Task], now: datetime | None = None) -> Table:
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "STATE", "REPO", "PROMPT", "BY", "CREATED", "COST"):
+        table.add_column(column, justify="right" if column in ("ID", "COST") else "left")
+    for task in tasks:
+        state = state_text(State(task.state))
+        if waits_for_budget(task):
+            state.append(" (budget)", style="yellow")
+        table.add_row(
+            str(task.id),
+            state,
+            task.repo,
+            one_line(task.prompt),
+            task.requester,
+            ago(task.created_at, now),
+            cost_cell(task),
+        )
+    return table
+
+
+def waits_for_budget(task: Task) -> bool:
+    return task.state is State.QUEUED and (task.reason or "").startswith(WAITING)
+
+
+def cost_cell(task: Task) -> str:
+    """Short: `$0.42`, `$0.42+?` with some tokens unpriced, `?` with nothing priced."""
+    if not task.unpriced_tokens:
+        return usd(task.cost_nanos)
+    return f"{usd(task.cost_nanos)}+?" if task.cost_nanos else "?"
+
+
+def claims(events: Sequence[TaskEvent]) -> list[str]:
+    """Each claim of the task from its event log, oldest first: which executor worker ran
+    which attempt, and what took it back when a worker died."""
+    lines: list[str] = []
+    for e in events:
+        p = e.payload
+        if e.kind == "state" and p.get("to") == "preparing":
+            lines.append(f"{p.get('by')} (attempt {p.get('attempt')})")
+        elif e.kind == "merge_claimed":
+            lines.append(f"{p.get('by')} (merge, attempt {p.get('attempt')})")
+        elif p.get("by") == "reaper" and e.kind in ("state", "released") and lines:
+            lines[-1] += f"; taken back: {p.get('reason')}"
+    return lines
+
+
+def task_detail(
+    task: Task,
+    nudges: Sequence[Nudge],
+    events: Sequence[TaskEvent],
+    now: datetime | None = None,
+    proof: dict | None = None,
+    runs: Sequence[str] = (),
+) -> Group:
+    """`runs`: who claimed the task, attempt by attempt (see `claims`)."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    rows: list[tuple[str, str | Text]] = [
+        ("task", f"{task.id}"),
+        ("state", state_text(State(task.state))),
+        ("why", task.reason or ""),
+        ("repo", task.repo),
+        ("branch", task.branch or ""),
+        ("priority", Priority(task.priority).name.lower()),
+        ("requested by", f"{task.requester} via {task.source}"),
+        ("created", ago(task.created_at, now)),
+        ("started", ago(task.started_at, now)),
+        ("finished", ago(task.finished_at, now)),
+        ("attempts", str(task.attempts)),
+        ("worker", task.worker_id or ""),
+        ("ran on", "\n".join(runs) or task.executor or ""),
+        ("cancel requested", task.cancel_requested_by or ""),
+        ("approved by", task.approved_by or ""),
+        ("turns", str(task.turns)),
+        ("tokens", f"{task.tokens_in:,} in / {task.tokens_out:,} out"),
+        ("cost", cost_text(task.cost_nanos, task.unpriced_tokens, places=4)),
+        ("wall time", _wall(task)),
+        ("base / head", " / ".join(c[:12] for c in (task.base_commit, task.head_commit) if c)),
+        ("merge commit", task.merge_commit or ""),
+        ("error", task.error or ""),
+        ("summary", task.summary or ""),
+    ]
+    for label, value in rows:
+        if value and value != "-":
+            grid.add_row(label, value)
+    parts: list[Table | Text] = [grid, Text("\nprompt", style="bold"), Text(task.prompt)]
+    if proof:
+        parts += proof_lines(proof)
+    if nudges:
+        parts.append(Text("\nnudges", style="bold"))
+        for n in nudges:
+            status = "taken" if n.consumed_at else "pending"
+            parts.append(Text(f"  [{status}] {n.author}: {n.text}"))
+    if events:
+        parts.append(Text("\nrecent events (nightcrew log for all)", style="bold"))
+        parts.extend(event_line(e) for e in events)
+    return Group(*parts)
+
+
+def proof_lines(proof: dict) -> list[Text]:
+    """The proof pack: what a reviewer on the go needs to decide."""
+    risk = proof.get("risk") or {}
+    lines = [Text("\nproof", style="bold")]
+    reasons = "; ".join(risk.get("reasons", []))
+    lines.append(Text(f"  risk: {risk.get('level', '?')}" + (f" ({reasons})" if reasons else "")))
+    files, ins, dels = (
+        len(proof.get("files", [])),
+        proof.get("insertions", 0),
+        proof.get("deletions", 0),
+    )
+    lines.append(Text(f"  diff: {files} file(s), +{ins} -{dels}"))
+    lines += [Text(f"    {line}") for line in (proof.get("diff_stat") or "").splitlines()]
+    checks = proof.get("checks") or []
+    if not checks:
+        lines.append(Text("  checks: none configured"))
+    for check in checks:
+        mark, style = ("✓", "green") if check.get("passed") else ("✗", "red")
+        detail = f"{check.get('duration_s', 0):.1f} s"
+        if not check.get("passed"):
+            detail += f", exit {check.get('exit_code')}"
+        lines.append(Text.assemble("  ", (mark, style), f" {check.get('command')} ({detail})"))
+    review = proof.get("review")
+    if review is None:
+        lines.append(Text("  review: not reviewed"))
+    else:
+        verdict = review.get("verdict", "?").replace("_", " ")
+        lines.append(
+            Text(
+                f"  review: {verdict}" + (f": {review['summary']}" if review.get("summary") else "")
+            )
+        )
+        for n, f in enumerate(review.get("findings", []), 1):
+            where = f"{f.get('file')}:{f.get('line')}" if f.get("line") else f.get("file") or ""
+            lines.append(Text(f"    {n}. {where} {f.get('message')}".rstrip()))
+    if proof.get("rounds"):
+        lines.append(Text(f"  revision rounds: {proof['rounds']}"))
+    return lines
+
+
+def _wall(task: Task) -> str:
+    if task.started_at is None:
+        return ""
+    end = task.finished_at or task.updated_at
+    seconds = int((end - task.started_at).total_seconds())
+    return f"{seconds // 60}m {seconds % 60}s"
+
+
+def event_line(event: TaskEvent) -> Text:
+    p = event.payload
+    when = event.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    if event.kind == "state":
+        body = f"{p.get('from')} → {p.get('to')}"
+        if p.get("by"):
+            body += f" (by {p['by']})"
+        if p.get("reason"):
+            body += f": {p['reason']}"
+    elif event.kind == "created":
+        body = f"created by {p.get('by')} on {p.get('repo')}"
+    elif event.kind == "nudge":
+        body = f"nudge from {p.get('by')}: {one_line(str(p.get('text', '')), 200)}"
+    elif event.kind == "cancel_requested":
+        body = f"cancel requested by {p.get('by')}"
+    elif event.kind in ("waiting", "waiting_over"):
+        body = str(p.get("reason") or "no longer waiting for budget")
+    elif event.kind == "turn":
+        body = _turn_text(p)
+    elif event.kind == "setup":
+        body = f"setup `{p.get('command')}`: {one_line(str(p.get('output', '')), 200)}"
+    elif event.kind in ("agent_output", "agent_command"):
+        body = str(p.get("text") or p.get("command") or "").rstrip()
+    else:
+        body = one_line(json.dumps(p, ensure_ascii=False, default=str), 300)
+    return Text.assemble((when, "dim"), " ", (f"{event.kind:<16}", "bold"), " ", body)
+
+
+def _turn_text(p: dict) -> str:
+    """`turn 3 (1,200 in / 80 out): bash `pytest -q` → exit code 0 …`"""
+    head = f"turn {p.get('turn')} ({p.get('tokens_in', 0):,} in / {p.get('tokens_out', 0):,} out)"
+    parts = [one_line(p["content"], 200)] if p.get("content") else []
+    for call in p.get("calls", []):
+        arguments = one_line(str(call.get("arguments", "")), 120)
+        output = one_line(str(call.get("output", "")), 160)
+        parts.append(f"{call.get('tool')} {arguments} → {output}")
+    return f"{head}: " + " | ".join(parts or ["(no tool call)"])
+
+
+def repos_table(config: Config) -> Table:
+    table = Table(box=None, header_style="bold")
+    for column in ("REPO", "SOURCE", "BASE", "IMAGE", "CHECKS", "CHANNELS"):
+        table.add_column(column)
+    channels_of: dict[str, list[str]] = {}
+    for channel, repo in config.channels.items():
+        channels_of.setdefault(repo, []).append(channel)
+    for name, repo in config.repos.items():
+        default = name == config.default_repo
+        table.add_row(
+            f"{name} (default)" if default else name,
+            str(repo.path or repo.url),
+            repo.base_branch,
+            repo.image,
+            "; ".join(repo.checks) or "-",
+            ", ".join(channels_of.get(name, [])) or "-",
+        )
+    return table
+
+
+def budget_table(
+    day: Day, budgets: Sequence[Budget], waiting: dict[str, int], now: datetime | None = None
+) -> Group:
+    """`nightcrew budget`: today's spend against each budget, and the tasks it holds."""
+    table = Table(box=None, header_style="bold")
+    for column in ("BUDGET", "SPENT TODAY", "LIMIT", "LEFT", "WAITING"):
+        table.add_column(column, justify="left" if column == "BUDGET" else "right")
+    for budget in budgets:
+        spent = usd(budget.spent.cost_nanos)
+        if budget.spent.unpriced_tokens:
+            spent += f" + {budget.spent.unpriced_tokens:,} tokens at unknown cost"
+        left = "-" if budget.left_nanos is None else usd(budget.left_nanos)
+        held = sum(waiting.values()) if budget.scope is ALL else waiting.get(budget.scope or "", 0)
+        table.add_row(
+            budget.name,
+            spent,
+            "-" if budget.limit_nanos is None else usd(budget.limit_nanos),
+            Text("reached", style="bold red") if budget.reached else Text(left),
+            str(held) if held else "",
+        )
+    head = Text(f"today: {day.label}, resets in {day.resets_in(now or utcnow())}")
+    note = Text(
+        "tasks start while today's spend is below their budgets; unknown costs do not count",
+        style="dim",
+    )
+    return Group(head, table, note)
+
+
+def digest(data: DigestData, tz: ZoneInfo) -> Group:
+    """The digest for `nightcrew digest`: the same sections as in Slack, every task listed."""
+    since = f"{data.since.astimezone(tz):%a %d %b %H:%M} ({tz.key})"
+    if data.empty:
+        return Group(Text(f"nothing happened since {since}, and nothing is waiting"))
+    until = f"{data.until.astimezone(tz):%a %d %b %H:%M}"
+    parts: list[Text] = [Text(f"digest since {since}, until {until}", style="bold")]
+    sections = (
+        ("awaiting approval (riskiest first)", data.awaiting, State.AWAITING_APPROVAL),
+        ("merged", data.merged, State.MERGED),
+        ("failed", data.failed, State.FAILED),
+        ("running, queued or waiting for input", data.open, State.QUEUED),
+    )
+    for heading, tasks, state in sections:
+        parts.append(Text(f"\n{heading}: {len(tasks) or 'none'}", style=STATE_STYLE[state]))
+        for task in tasks:
+            line = f"  {task.id:>5}  {task.repo}  {one_line(task.prompt)}"
+            if state is State.QUEUED:  # the open section: say which state
+                line += f"  [{task.state.value}]"
+            if task.proof is not None:
+                line += f"\n         risk {task.risk}; {_digest_proof(task.proof)}"
+            elif task.state is State.FAILED:
+                line += f"\n         {one_line(task.reason or 'no reason recorded', 100)}"
+            parts.append(Text(line))
+    t = data.totals
+    parts.append(
+        Text(
+            f"\ntotals: {t.tasks:,} tasks, {t.turns:,} turns, {t.tokens:,} tokens, "
+            f"{cost_text(t.cost_nanos, t.unpriced_tokens)}"
+        )
+    )
+    return Group(*parts)
+
+
+def _digest_proof(proof: dict) -> str:
+    checks = proof.get("checks") or []
+    passed = sum(1 for c in checks if c.get("passed"))
+    review = (proof.get("review") or {}).get("verdict", "none")
+    diff = f"+{proof.get('insertions', 0)} -{proof.get('deletions', 0)}"
+    return f"checks {passed}/{len(checks)} passed, review {review}, {diff}"

@@ -1,0 +1,292 @@
+"""`nightcrew.yaml`: loading and validation.
+
+Every error names the file, the key and the reason, e.g.
+`nightcrew.yaml: repos.app.limits.max_turns: must be greater than 0 (got -1)`.
+With no file and the working directory inside a git repo, that repo is the one repo."""
+
+from __future__ import annotations
+
+import logging
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from git import InvalidGitRepositoryError, NoSuchPathError, Repo
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import model_validator as _model_validator
+
+from executor.config import crontime
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IMAGE = "nightcrew-sandbox:latest"
+Positive = Annotated[float, Field(gt=0)]
+# Money in config is read as Decimal: 0.1 + 0.2 must be 0.3 when budgets are compared.
+Dollars = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+PerMillion = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says file, key and reason."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos until proven otherwise: "chekcs" must not silently do nothing.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(_Strict):
+    max_turns: Annotated[int, Field(gt=0)] = 60
+    max_tokens: Annotated[int, Field(gt=0)] = 2_000_000
+    max_cost_usd: Positive = 5.0
+    max_wall_minutes: Positive = 60
+    command_timeout_s: Positive = 600
+    memory: str = "2g"
+    cpus: Positive = 2.0
+    pids: Annotated[int, Field(gt=0)] = 512
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+[bkmg]?", value.lower()):
+            raise ValueError(f"memory must look like 512m or 2g (got {value!r})")
+        return value.lower()
+
+
+class Review(_Strict):
+    enabled: bool = True
+    model: str | None = None  # default: the task's model
+    max_rounds: Annotated[int, Field(ge=0)] = 2
+
+
+class Merge(_Strict):
+    policy: Literal["merge", "squash", "ff"] = "merge"
+    delete_branch: bool = True
+    push: bool = True  # push the base branch when the repo has a remote
+
+
+class RepoConfig(_Strict):
+    path: Path | None = None
+    url: str | None = None
+    base_branch: str = "main"
+    image: str = DEFAULT_IMAGE
+    setup: list[str] = []
+    checks: list[str] = []
+    review: Review = Review()
+    allowed_paths: list[str] = ["**"]
+    limits: Limits = Limits()
+    merge: Merge = Merge()
+    approvers: list[str] = []
+    max_concurrent: Annotated[int, Field(gt=0)] | None = None  # tasks of this repo at once
+    network: bool = False  # the sandbox has no network unless the repo opts in
+    read_only_root: bool = True
+    agent: Literal["builtin", "command"] = "builtin"
+    agent_command: str | None = None
+    # Host environment variables passed into the sandbox for `agent: command` only (an
+    # external agent's own API key); nothing else from the host ever enters a sandbox.
+    agent_env: list[str] = []
+
+    @_model_validator(mode="after")
+    def _source(self) -> RepoConfig:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("give exactly one of path (a local git repo) or url (to clone)")
+        if self.agent == "command" and not self.agent_command:
+            raise ValueError("agent: command needs agent_command (the command to run)")
+        return self
+
+
+class Digest(_Strict):
+    cron: str = "0 8 * * *"
+    timezone: str = "UTC"
+    channels: list[str] = []
+
+    @_model_validator(mode="after")
+    def _schedule(self) -> Digest:
+        try:
+            crontime.trigger(self.cron, self.timezone)
+        except crontime.CronError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+class Budgets(_Strict):
+    """Daily spending caps; a "day" is a calendar day in `digest.timezone`."""
+
+    daily_usd: Dollars | None = None  # all repos together
+    repo_daily_usd: dict[str, Dollars] = {}
+
+    @property
+    def any(self) -> bool:
+        return self.daily_usd is not None or bool(self.repo_daily_usd)
+
+
+class Price(_Strict):
+    """A model's list price in USD per million tokens."""
+
+    prompt: PerMillion
+    completion: PerMillion
+
+
+class Config(_Strict):
+    repos: dict[str, RepoConfig]
+    default_repo: str | None = None
+    channels: dict[str, str] = {}  # Slack channel id -> repo name
+    users: list[str] = []  # Slack users who may add tasks; empty = everyone in the channel
+    model: str | None = None
+    base_url: str | None = None  # the OpenAI-compatible endpoint (OPENAI_BASE_URL wins)
+    stream: bool = False  # stream completions (some gateways answer faster, or only so)
+    digest: Digest = Digest()
+    budgets: Budgets = Budgets()
+    prices: dict[str, Price] = {}  # model -> price; adds to and overrides the built-in table
+    source: Path | None = Field(default=None, exclude=True)  # the file it came from
+
+    @field_validator("repos")
+    @classmethod
+    def _some_repos(cls, repos: dict[str, RepoConfig]) -> dict[str, RepoConfig]:
+        if not repos:
+            raise ValueError("no repos; add at least one (a name with a path or url)")
+        return repos
+
+    @_model_validator(mode="after")
+    def _references(self) -> Config:
+        names = set(self.repos)
+        if self.default_repo is not None and self.default_repo not in names:
+            raise ValueError(f"default_repo {self.default_repo!r} is not one of the repos")
+        for channel, repo in self.channels.items():
+            if repo not in names:
+                raise ValueError(f"channels.{channel}: {repo!r} is not one of the repos")
+        for repo in self.budgets.repo_daily_usd:
+            if repo not in names:
+                raise ValueError(f"budgets.repo_daily_usd: {repo!r} is not one of the repos")
+        return self
+
+    def repo_for(self, name: str | None = None, *, channel: str | None = None) -> str:
+        """The repo a new task goes to: named, else the channel's, else the default."""
+        if name is not None:
+            if name not in self.repos:
+                known = ", ".join(sorted(self.repos))
+                raise ConfigError(f"unknown repo {name!r}; known repos: {known}")
+            return name
+        if channel is not None and channel in self.channels:
+            return self.channels[channel]
+        if self.default_repo is not None:
+            return self.default_repo
+        if len(self.repos) == 1:
+            return next(iter(self.repos))
+        known = ", ".join(sorted(self.repos))
+        raise ConfigError(f"several repos and no default_repo; name one of: {known}")
+
+
+def load_config(path: Path, *, cwd: Path | None = None) -> Config:
+    """Read and validate `path`; with no such file, fall back to the git repo around `cwd`."""
+    if not path.exists():
+        return _implicit_config(cwd or Path.cwd(), path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}:{where}: not valid YAML: {problem}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys (repos:, channels:, ...)")
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, exc)) from exc
+    return _resolve_paths(config, path)
+
+
+class ConfigWatch:
+    """The config as the file says now, for a long-running executor: re-read when the file
+    changes (a raised budget frees waiting tasks without a restart). An edit that does not
+    validate is logged and the last good config is kept: a typo must not stop the fleet."""
+
+    def __init__(self, path: Path, config: Config) -> None:
+        self.path, self.config = path, config
+        self._stamp = self._stat()
+
+    def __call__(self) -> Config:
+        stamp = self._stat()
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self.config = load_config(self.path)
+            except ConfigError as exc:
+                log.error(
+                    "%s changed but is not valid; keeping the previous config: %s", self.path, exc
+                )
+        return self.config
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None  # gone: keep what was loaded (an implicit config stays implicit)
+        return st.st_mtime_ns, st.st_size
+
+
+def _describe(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            reason = "unknown key (check the spelling; `nightcrew init` writes a commented file)"
+        elif err["type"] == "missing":
+            reason = "required key is missing"
+        else:
+            reason = err["msg"].removeprefix("Value error, ")
+            if "input" in err and not isinstance(err["input"], dict | list):
+                reason += f" (got {err['input']!r})"
+        lines.append(f"{path}: {key}: {reason}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(config: Config, path: Path) -> Config:
+    base = path.resolve().parent
+    repos: dict[str, RepoConfig] = {}
+    for name, repo in config.repos.items():
+        if repo.path is not None:
+            local = (base / repo.path.expanduser()).resolve()
+            if not git_root(local):
+                raise ConfigError(f"{path}: repos.{name}.path: {local} is not a git repository")
+            repo = repo.model_copy(update={"path": local})
+        repos[name] = repo
+    return config.model_copy(update={"repos": repos, "source": path})
+
+
+def _implicit_config(cwd: Path, wanted: Path) -> Config:
+    root = git_root(cwd)
+    if root is None:
+        raise ConfigError(
+            f"{wanted}: no such file, and {cwd} is not inside a git repository; "
+            "run `nightcrew init` inside a repo, or set NIGHTCREW_CONFIG"
+        )
+    repo = RepoConfig(path=root, base_branch=current_branch(root))
+    return Config(repos={repo_name(root): repo})
+
+
+def repo_name(root: Path) -> str:
+    """A repo's name from its folder, safe to type in a command and to use as a YAML key."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", root.name).strip("-") or "repo"
+
+
+def git_root(path: Path) -> Path | None:
+    try:
+        return Path(Repo(path, search_parent_directories=True).working_dir)
+    except (InvalidGitRepositoryError, NoSuchPathError):
+        return None
+
+
+def current_branch(root: Path) -> str:
+    repo = Repo(root)
+    try:
+        return repo.active_branch.name
+    except TypeError:  # detached HEAD
+        return "main"

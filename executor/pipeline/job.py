@@ -1,0 +1,369 @@
+"""One task's work on one worker: the agent and the pipeline, revising until the work passes
+or a person must decide; plus the helpers every step uses (record, move, sandbox, hand-back).
+
+Stops are data: every path returns an `Outcome`; the worker records it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from executor.agents.external import PID as EXTERNAL_PID
+from executor.agents.external import run_command_agent
+from executor.agents.llm import LLMClient
+from executor.agents.llm_reply import Usage
+from executor.agents.loop import Agent, Cancelled, Finished, NeedsHuman, Turn, render
+from executor.agents.tools import describe
+from executor.config.defaults import CARD_REFRESH_S, MAX_REVISION_ROUNDS
+from executor.config.schema import RepoConfig
+from executor.costs.budget import Books, crossed
+from executor.costs.pricing import NANOS_PER_USD, cost_nanos, cost_usd, price_of
+from executor.git import workspace
+from executor.git.workspace import Collected, Workspace
+from executor.monitoring import metrics
+from executor.pipeline import stages
+from executor.pipeline.watch import Watch
+from executor.sandbox.container import Sandbox, prepare_workspace
+from executor.sandbox.warm import SandboxSpec, WarmPool, discard
+from storage import outbox, spend
+from storage.db import transaction
+from storage.lifecycle import State
+from storage.models import Task
+from storage.tasks import record, take_nudges, transition
+
+STOP_EXTERNAL_AGENT = f"kill -KILL -- -$(cat {EXTERNAL_PID} 2>/dev/null) 2>/dev/null; true"
+
+
+@dataclass
+class Outcome:
+    state: State
+    reason: str | None = None
+    summary: str | None = None
+
+
+@dataclass
+class TaskJob:
+    engine: Engine
+    docker: docker.DockerClient
+    llm: LLMClient
+    home: Path
+    worker_id: str
+    executor_id: str
+    task: Task
+    repo: RepoConfig
+    watch: Watch
+    books: Books
+    sandboxes: WarmPool
+    checkpointed: Collected | None = None  # the branch as the pipeline last checked it
+    # Set when a charge finds a daily budget reached; the agent stops before its next call.
+    over_budget: str | None = None
+
+    @property
+    def task_id(self) -> int:
+        assert self.task.id is not None
+        return self.task.id
+
+    # --- running a task ----------------------------------------------------------------
+
+    def run(self, ws: Workspace, sandbox: Sandbox) -> Outcome:
+        """Setup, then the agent and the pipeline: scope, checks, review; revise until the
+        work passes or a person must decide."""
+        self.move(State.RUNNING)
+        for command in self.repo.setup:
+            self.watch.check()
+            result = sandbox.exec(command)
+            self.record("setup", {"command": command, "output": describe(result)})
+            if not result.ok:
+                self.watch.check()  # a cancel kills the command: report the cancel
+                return Outcome(State.FAILED, f"setup command failed: {command}")
+        work = self._agent_runner(ws, sandbox)
+        feedback: str | None = None
+        fixes = reviews = 0
+        while True:
+            try:
+                summary = work(feedback)
+                self.watch.check()  # a cancel that came during the last model call
+            except NeedsHuman as stop:
+                return Outcome(State.NEEDS_INPUT, str(stop))
+            self.move(State.CHECKING)
+            collected = self.checkpoint(ws, sandbox)
+            checks: list[stages.CheckResult] = []
+            outside = stages.out_of_scope(collected.files_changed, self.repo.allowed_paths)
+            if outside:
+                self.record("scope", {"outside": outside})
+                feedback = render(
+                    "scope",
+                    allowed=", ".join(self.repo.allowed_paths),
+                    files="\n".join(f"- {f}" for f in outside),
+                    base_commit=ws.base_commit,
+                )
+                why = f"changed files outside allowed_paths: {', '.join(outside[:5])}"
+            else:
+                checks = stages.run_checks(sandbox, self.repo.checks)
+                self.watch.check()
+                self.record("checks", {"results": [asdict(c) for c in checks]})
+                failed = [c.command for c in checks if not c.passed]
+                feedback = stages.checks_feedback(checks) if failed else None
+                why = f"checks failed: {', '.join(failed)}"
+                if checks and not failed:  # a merge needs no re-run on exactly this head
+                    self.record("checks_passed", {"head": collected.head_commit})
+            if feedback:
+                fixes += 1
+                if fixes > MAX_REVISION_ROUNDS:
+                    return Outcome(State.NEEDS_INPUT, f"{why} (after {MAX_REVISION_ROUNDS} rounds)")
+                self.move(State.REVISING, reason=why)
+                continue
+            verdict = None
+            if self.repo.review.enabled:
+                self.move(State.REVIEWING)
+                diff = workspace.diff_text(ws, collected.head_commit)
+                verdict, usage = stages.review(
+                    self.llm, prompt=self.task.prompt, diff=diff, checks=checks
+                )
+                self.account(usage)
+                self.record("review", verdict.model_dump())
+                self.watch.check()
+                if verdict.verdict == "changes_requested" and reviews < self.repo.review.max_rounds:
+                    reviews += 1
+                    feedback = stages.review_feedback(verdict)
+                    self.move(State.REVISING, reason="the review requested changes")
+                    continue
+            return self._park_for_approval(collected, checks, verdict, summary, fixes + reviews)
+
+    def _park_for_approval(
+        self,
+        collected: Collected,
+        checks: list[stages.CheckResult],
+        verdict: stages.Verdict | None,
+        summary: str,
+        rounds: int,
+    ) -> Outcome:
+        proof = stages.proof_pack(
+            diff_stat=collected.diff_stat,
+            files=collected.files_changed,
+            insertions=collected.insertions,
+            deletions=collected.deletions,
+            checks=checks,
+            verdict=verdict,
+            rounds=rounds,
+        )
+        self.record("proof", proof)
+        reason = f"risk {proof['risk']['level']}"
+        if verdict is not None and verdict.verdict != "approve":
+            reason += f"; review: {verdict.verdict.replace('_', ' ')} (open findings)"
+        return Outcome(State.AWAITING_APPROVAL, reason, summary)
+
+    def _agent_runner(self, ws: Workspace, sandbox: Sandbox) -> Callable[[str | None], str]:
+        """Runs (or continues) the agent with optional feedback; returns its summary or
+        raises NeedsHuman / Cancelled."""
+        if self.repo.agent == "command":
+            assert self.repo.agent_command is not None
+            command = self.repo.agent_command
+
+            def run_command(feedback: str | None) -> str:
+                prompt = f"{self.task.prompt}\n\n{feedback}" if feedback else None
+                return run_command_agent(
+                    sandbox,
+                    command,
+                    self.task,
+                    self.repo.limits,
+                    self.watch.check,
+                    self._record_for,
+                    prompt,
+                )
+
+            return run_command
+        agent = self.agent(ws, sandbox)
+
+        def run_builtin(feedback: str | None) -> str:
+            if feedback:
+                agent.messages.append({"role": "user", "content": feedback})
+            try:
+                agent.run()
+            except Finished as done:
+                return str(done)
+            raise AssertionError("the agent loop only ends by raising")
+
+        return run_builtin
+
+    def agent(self, ws: Workspace, sandbox: Sandbox, *, instruction: str | None = None) -> Agent:
+        task = self.task
+        messages = [
+            {"role": "system", "content": render("system", repo_instructions=_instructions(ws))},
+            {
+                "role": "user",
+                "content": render(
+                    "task", task_id=task.id, repo=task.repo, branch=task.branch, prompt=task.prompt
+                ),
+            },
+        ]
+        if instruction is not None:
+            messages.append({"role": "user", "content": instruction})
+        elif task.attempts > 1 or task.head_commit:  # earlier work is on the branch
+            resumed = render(
+                "resumed", reason=task.reason or "interrupted", base_commit=ws.base_commit
+            )
+            messages.append({"role": "user", "content": resumed})
+        model = self.llm.model
+
+        def between_turns() -> list[str]:
+            self.watch.check()
+            with transaction(self.engine) as s:
+                pending = take_nudges(s, self.task_id)
+                return [render("nudge", author=n.author, text=n.text) for n in pending]
+
+        def on_turn(turn: Turn) -> None:
+            with transaction(self.engine) as s:  # one write per turn: count, cost, log, card
+                current = self._charge(s, turn.usage)
+                current.turns += 1
+                record(s, self.task_id, "turn", _turn_payload(turn))
+                outbox.refresh_card(s, current, every_s=CARD_REFRESH_S)
+
+        return Agent(
+            llm=self.llm,
+            env=sandbox,
+            limits=self.repo.limits,
+            messages=messages,
+            between_turns=between_turns,
+            on_turn=on_turn,
+            cost=lambda usage: cost_usd(model, usage, self.books.prices),
+            over_budget=lambda: self.over_budget,
+        )
+
+    # --- sandbox and hand-back -----------------------------------------------------------
+
+    def start_sandbox(self) -> tuple[Workspace, Sandbox]:
+        """A fresh sandbox (a warm one when ready) with a new clone of the task's branch in
+        its own workspace folder."""
+        assert self.task.branch is not None
+        sandbox = self.sandboxes.take(SandboxSpec.of(self.repo))
+        try:
+            ws = workspace.prepare(
+                self.home,
+                self.task.repo,
+                self.repo,
+                self.task_id,
+                self.task.branch,
+                into=sandbox.workspace,
+            )
+            prepare_workspace(ws.path)  # the clone is the sandbox user's now
+        except BaseException:
+            discard(sandbox)
+            raise
+        self.watch.attach(sandbox)
+        return ws, sandbox
+
+    @contextlib.contextmanager
+    def fresh_sandbox(self) -> Iterator[tuple[Workspace, Sandbox]]:
+        """A checkout of the task's branch in a new sandbox, both gone afterwards (for the
+        merge's rebase and checks; the work itself is saved by checkpoints)."""
+        ws, sandbox = self.start_sandbox()
+        try:
+            yield ws, sandbox
+        finally:
+            self.watch.attach(None)
+            discard(sandbox)
+
+    def checkpoint(self, ws: Workspace, sandbox: Sandbox) -> Collected:
+        """Bring the work so far into the canonical repo, with the sandbox frozen so nothing
+        in it races the copy."""
+        workspace.commit_leftovers(exec_in(sandbox), ws, "nightcrew: work in progress")
+        sandbox.container.pause()
+        try:
+            self.checkpointed = workspace.collect(ws)
+            return self.checkpointed
+        finally:
+            sandbox.container.unpause()
+
+    def hand_back(self, ws: Workspace, sandbox: Sandbox) -> Collected:
+        """Whatever happened: commit what is left and bring the branch home. The sandbox is
+        removed before the workspace is read."""
+        self.watch.attach(None)  # a late cancel must not interrupt saving the work
+        with contextlib.suppress(docker.errors.APIError):
+            sandbox.container.start()  # a cancel killed it; the hand-back needs it running
+        sandbox.exec(STOP_EXTERNAL_AGENT)  # one still running after its time limit
+        workspace.commit_leftovers(exec_in(sandbox), ws, f"nightcrew: work on task {self.task_id}")
+        sandbox.remove()
+        return workspace.collect(ws)
+
+    # --- records -------------------------------------------------------------------------
+
+    def move(self, to: State, **fields: Any) -> None:
+        with transaction(self.engine) as s:
+            transition(
+                s,
+                self.task_id,
+                to,
+                actor=self.worker_id,
+                where=[Task.worker_id == self.worker_id],
+                **fields,
+            )
+
+    def record(self, kind: str, payload: dict[str, Any]) -> None:
+        with transaction(self.engine) as s:
+            record(s, self.task_id, kind, payload)
+
+    def _record_for(self, task_id: int, kind: str, payload: dict[str, Any]) -> None:
+        self.record(kind, payload)
+
+    def account(self, usage: Usage | None) -> None:
+        if usage is not None:
+            with transaction(self.engine) as s:
+                self._charge(s, usage)
+
+    def _charge(self, session: Session, usage: Usage) -> Task:
+        """Charge the task and the day's ledger; then see whether a budget is now reached."""
+        model, books = self.llm.model, self.books
+        nanos = cost_nanos(price_of(model, books.prices), usage)
+        current = spend.charge(
+            session,
+            self.task_id,
+            model=model,
+            tokens_in=usage.prompt_tokens,
+            tokens_out=usage.completion_tokens,
+            cost_nanos=nanos,
+            at=books.clock(),
+        )
+        metrics.TOKENS.labels("prompt").inc(usage.prompt_tokens)
+        metrics.TOKENS.labels("completion").inc(usage.completion_tokens)
+        metrics.COST.inc((nanos or 0) / NANOS_PER_USD)
+        if books.budgets.any:
+            _, budgets = books.today(session)
+            self.over_budget = crossed(budgets, current.repo)
+        return current
+
+
+def exec_in(sandbox: Sandbox) -> workspace.Exec:
+    def exec_(command: str) -> tuple[int, str]:
+        result = sandbox.exec(command, timeout_s=120)
+        return result.exit_code, result.output
+
+    return exec_
+
+
+def _instructions(ws: Workspace) -> str:
+    for name in ("AGENTS.md", "CLAUDE.md"):
+        text = workspace.read_workspace_file(ws.path, name)
+        if text:
+            return render("repo_instructions", file=name, text=text)
+    return ""
+
+
+def _turn_payload(turn: Turn) -> dict[str, Any]:
+    return {
+        "turn": turn.number,
+        "content": (turn.content or "")[:2000],
+        "calls": turn.calls,
+        "tokens_in": turn.usage.prompt_tokens,
+        "tokens_out": turn.usage.completion_tokens,
+    }
+
+
+__all__ = ["Cancelled", "Outcome", "TaskJob", "exec_in"]

@@ -1,0 +1,290 @@
+"""A worker: claims tasks and works on each in its own sandbox, on its own branch.
+
+`work()` reads as rq's: stop requested? → maintenance if due → claim (None = idle) →
+perform → repeat. `perform()` never lets a task go: whatever is raised, the work is handed
+back to the canonical repo when possible and exactly one outcome is recorded."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import docker
+from sqlalchemy import Engine, func
+from sqlmodel import col, select
+
+from executor.agents.llm import LLMClient
+from executor.agents.loop import Cancelled
+from executor.config.defaults import IDLE_POLL_S
+from executor.config.schema import Config, RepoConfig
+from executor.costs.budget import WAITING, Books, held
+from executor.git import workspace
+from executor.git.workspace import Workspace, WorkspaceError
+from executor.monitoring import metrics
+from executor.pipeline.job import Outcome, TaskJob
+from executor.pipeline.merging import perform_merge
+from executor.pipeline.watch import Interrupted, Watch
+from executor.runner.fleet import remove_dead_sandboxes
+from executor.sandbox.container import Sandbox
+from executor.sandbox.warm import WarmPool, discard
+from storage.db import transaction
+from storage.defaults import HEARTBEAT_TIMEOUT_S, MAX_ATTEMPTS
+from storage.errors import Conflict
+from storage.lifecycle import CLOSED, WORKING, State
+from storage.models import Task, utcnow
+from storage.queue import claim_next, reap_stale, release, show_waiting
+from storage.tasks import transition
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Worker:
+    engine: Engine
+    config: Config
+    home: Path
+    docker: docker.DockerClient
+    llm: LLMClient
+    worker_id: str
+    executor_id: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
+    clock: Callable[[], datetime] = utcnow  # budgets' "today"; injected in tests
+    sandboxes: WarmPool | None = None  # shared by the executor's workers; none: no spares
+    reload: Callable[[], Config] | None = None  # the config as the file says now (ConfigWatch)
+    _next_maintenance: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.sandboxes is None:
+            root = self.home / "sandboxes"
+            self.sandboxes = WarmPool(
+                self.docker, executor_id=self.executor_id, root=root, spares=0
+            )
+
+    @property
+    def books(self) -> Books:
+        return Books.of(self.config, self.clock)
+
+    def work(self, *, drain: bool = False) -> int:
+        """Run tasks until `stop` is set (or, with `drain`, the queue is empty)."""
+        done = 0
+        while not self.stop.is_set():
+            self.maintain()
+            try:
+                task = self.claim()
+            except Exception:  # the database is away: wait and try again, don't die
+                log.exception("%s: claiming failed; retrying", self.worker_id)
+                self.stop.wait(IDLE_POLL_S)
+                continue
+            if task is None:
+                if drain:
+                    break
+                self.stop.wait(IDLE_POLL_S)
+                continue
+            self.perform(task)
+            done += 1
+        return done
+
+    def maintain(self) -> None:
+        if time.monotonic() < self._next_maintenance:
+            return
+        self._next_maintenance = time.monotonic() + self.heartbeat_timeout_s / 3
+        try:
+            with transaction(self.engine) as s:
+                reap_stale(s, timeout_s=self.heartbeat_timeout_s, max_attempts=MAX_ATTEMPTS)
+            remove_dead_sandboxes(
+                self.docker,
+                self.engine,
+                timeout_s=self.heartbeat_timeout_s,
+                alive=self.executor_id,  # its spares wait for tasks
+            )
+            self.prune_workspaces()
+        except Exception:  # housekeeping must never stop the work
+            log.exception("maintenance failed; trying again later")
+
+    def prune_workspaces(self) -> None:
+        """Remove checkouts of tasks closed since (rejected or cancelled while waiting, or
+        merged): their branches stay in the canonical repo."""
+        root = self.home / "workspaces"
+        if not root.is_dir():
+            return
+        ids = {int(p.name[5:]): p for p in root.iterdir() if p.name[5:].isdigit()}
+        if not ids:
+            return
+        with transaction(self.engine) as s:
+            closed = s.exec(
+                select(Task.id).where(col(Task.id).in_(ids), col(Task.state).in_(list(CLOSED)))
+            ).all()
+        for task_id in closed:
+            with contextlib.suppress(WorkspaceError, OSError):
+                workspace.remove(ids[task_id])
+
+    def claim(self) -> Task | None:
+        """The next task, skipping repos at their `max_concurrent` cap and holding queued
+        tasks of repos over a daily budget (saying so on them). On SQLite the count and the
+        claim share one write transaction, so the cap is exact; on PostgreSQL two executors
+        claiming at the same instant may overshoot it by one."""
+        if self.reload is not None:  # budgets, caps and repos as the file says now
+            self.config = self.reload()
+        capped = {n: r.max_concurrent for n, r in self.config.repos.items() if r.max_concurrent}
+        with transaction(self.engine) as s:
+            full: list[str] = []
+            if capped:
+                busy = s.exec(
+                    select(Task.repo, func.count())
+                    .where(col(Task.repo).in_(list(capped)), col(Task.state).in_(list(WORKING)))
+                    .group_by(Task.repo)
+                ).all()
+                full = [repo for repo, n in busy if n >= capped[repo]]
+            waiting: dict[str, str] = {}
+            if self.config.budgets.any:
+                books = self.books
+                day, budgets = books.today(s)
+                waiting = held(budgets, day)
+                show_waiting(s, waiting, marker=WAITING)
+            return claim_next(s, self.worker_id, exclude_repos=full, hold_repos=list(waiting))
+
+    def perform(self, task: Task) -> None:
+        assert task.id is not None
+        metrics.TASKS_STARTED.labels("merge" if task.state is State.MERGING else "run").inc()
+        repo = self.config.repos.get(task.repo)
+        if repo is None:
+            state = State.AWAITING_APPROVAL if task.state is State.MERGING else State.FAILED
+            self._finish(task.id, Outcome(state, f"repo {task.repo!r} is not configured"))
+            return
+        watch = Watch(
+            self.engine,
+            self.worker_id,
+            task.id,
+            self.stop,
+            heartbeat_timeout_s=self.heartbeat_timeout_s,
+        )
+        watch.start()
+        job = TaskJob(
+            books=self.books,
+            engine=self.engine,
+            docker=self.docker,
+            llm=self.llm,
+            home=self.home,
+            worker_id=self.worker_id,
+            executor_id=self.executor_id,
+            task=task,
+            repo=repo,
+            watch=watch,
+            sandboxes=self.sandboxes,
+        )
+        try:
+            if task.state is State.MERGING:
+                outcome, fields = self._guarded(lambda: perform_merge(job), merging=True)
+            else:
+                outcome, fields = self._run(job)
+        finally:
+            watch.stop()
+        if watch.lost:
+            return  # the reaper moved the task on; the next attempt starts from the branch
+        if outcome.state is State.MERGING:  # interrupted by a shutdown: give it back
+            with transaction(self.engine) as s:
+                release(s, task.id, self.worker_id, reason=outcome.reason or "released")
+            return
+        self._finish(task.id, outcome, **fields)
+
+    def _run(self, job: TaskJob) -> tuple[Outcome, dict[str, Any]]:
+        """Prepare, run, and hand the work back whatever happened."""
+        task = job.task
+        assert task.branch is not None
+        ws: Workspace | None = None
+        sandbox: Sandbox | None = None
+        fields: dict[str, Any] = {}
+
+        def run() -> tuple[Outcome, dict[str, Any]]:
+            nonlocal ws, sandbox
+            ws, sandbox = job.start_sandbox()
+            fields["base_commit"] = ws.base_commit
+            return job.run(ws, sandbox), {}
+
+        outcome, _ = self._guarded(run)
+        if ws is None or sandbox is None:
+            return outcome, fields  # nothing started (start_sandbox cleans up after itself)
+        if job.watch.lost:  # another worker owns the task now: its branch is not ours to write
+            self.sandboxes.retire(sandbox, lambda: discard(sandbox))
+            return outcome, fields
+        kept = workspace.checkout_path(self.home, job.task_id)
+        saved = True
+        try:
+            if outcome.state is State.AWAITING_APPROVAL and job.checkpointed is not None:
+                # Exactly what was checked and reviewed: what the checks left behind in the
+                # workspace (caches, build output) must not join the branch now.
+                collected = job.checkpointed
+            else:
+                collected = job.hand_back(ws, sandbox)
+            fields |= {"head_commit": collected.head_commit}
+            if outcome.state is State.AWAITING_APPROVAL and collected.diff_stat:
+                outcome.summary = f"{outcome.summary or ''}\n\n{collected.diff_stat}".strip()
+        except Exception as exc:  # the checkout still holds the work: keep it, say so
+            log.exception("task %s: hand-back failed", job.task_id)
+            outcome = Outcome(
+                State.FAILED,
+                f"{outcome.reason or outcome.state}; and the work could not be saved to the "
+                f"branch ({type(exc).__name__}: {exc}); it is still in {kept}",
+            )
+            saved = False  # never delete it now
+        finally:
+            if saved and outcome.state is State.CANCELLED:
+                self.sandboxes.retire(sandbox, lambda: discard(sandbox))  # and the checkout
+            else:
+                self.sandboxes.retire(sandbox, lambda: workspace.keep(ws, self.home, job.task_id))
+        return outcome, fields
+
+    def _guarded(self, step: Any, *, merging: bool = False) -> tuple[Outcome, dict[str, Any]]:
+        """Run `step`, turning every way it can stop into an Outcome."""
+        try:
+            outcome: Outcome
+            outcome, fields = step()
+            return outcome, fields
+        except Interrupted as stop:
+            if merging:  # released for another worker to resume (see perform)
+                return Outcome(State.MERGING, str(stop)), {}
+            return Outcome(State.QUEUED, f"re-queued: {stop}"), {}
+        except Cancelled as stop:
+            if merging:  # people cannot cancel a merge; treat it as a stop, not a verdict
+                return Outcome(State.MERGING, str(stop)), {}
+            return Outcome(State.CANCELLED, str(stop)), {}
+        except Exception as exc:  # anything at all: the task must not stay claimed forever
+            log.exception("task failed")
+            if merging:  # parked back for approval: approving again retries the merge
+                return Outcome(
+                    State.AWAITING_APPROVAL, f"not merged: {type(exc).__name__}: {exc}"
+                ), {}
+            return Outcome(State.FAILED, f"failed: {type(exc).__name__}: {exc}"), {}
+
+    def _finish(self, task_id: int, outcome: Outcome, **fields: Any) -> None:
+        metrics.TASKS_FINISHED.labels(State(outcome.state).value).inc()
+        if outcome.state is State.FAILED:
+            metrics.TASKS_FAILED.inc()
+        if outcome.summary is not None:
+            fields["summary"] = outcome.summary
+        try:
+            with transaction(self.engine) as s:
+                transition(
+                    s,
+                    task_id,
+                    outcome.state,
+                    reason=outcome.reason,
+                    actor=self.worker_id,
+                    where=[Task.worker_id == self.worker_id],
+                    **fields,
+                )
+        except Conflict:
+            pass  # the reaper took it meanwhile; the next attempt starts from the branch
+        except Exception:  # e.g. the database is away: the reaper will re-queue the task
+            log.exception("task %s: could not record its outcome %s", task_id, outcome.state)
+
+
+__all__ = ["Outcome", "RepoConfig", "Worker"]
