@@ -20,6 +20,7 @@ from sqlmodel import select
 from bot import actions
 from bot.actions import ActionError, Outcome
 from bot.terminal import render
+from executor.config.redact import redact
 from executor.config.schema import (
     Config,
     ConfigError,
@@ -141,7 +142,7 @@ def up(
         cfg = config()
         with transaction(engine()) as session:
             counts = dict(session.exec(select(Task.state, func.count()).group_by(Task.state)).all())
-        out.print(f"database: {settings().db_url}")
+        out.print(f"database: {redact(settings().db_url)}")  # never its password
         out.print(f"repos: {', '.join(cfg.repos)}")
         out.print(f"tasks: {counts.get(State.QUEUED, 0)} queued, {sum(counts.values())} in all")
         slack = SlackEnv.from_env()

@@ -95,7 +95,8 @@ def test_full_config_loads_with_paths_resolved(git_repo: Path) -> None:
         ),
         (
             "repos:\n  app: {path: app, limits: {memory: lots}}\n",
-            "repos.app.limits.memory: memory must look like 512m or 2g (got 'lots')",
+            "repos.app.limits.memory: memory must look like 512m or 2g: a whole number and a "
+            "unit k, m, g or t (got 'lots')",
         ),
         ("repos:\n  app: {path: nowhere}\n", "repos.app.path:"),
         (

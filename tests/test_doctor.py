@@ -200,7 +200,8 @@ def test_doctor_passes_on_a_working_setup(
         done = run_doctor(git_repo, env)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    for name in ("config", "database", "docker", f"image {sandbox_image}", "model", "slack"):
+    names = ("config", "database", "docker", "disk quota", f"image {sandbox_image}", "model")
+    for name in (*names, "slack"):
         assert any(line.startswith(f"✓ {name}:") for line in lines), (name, done.stdout)
     assert "all checks passed" in done.stdout and "fix:" not in done.stdout
 

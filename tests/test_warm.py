@@ -16,7 +16,7 @@ from executor.config.schema import Config, RepoConfig
 from executor.runner.fleet import installation_id
 from executor.runner.pool import run_executor
 from executor.sandbox.container import LABEL_EXECUTOR, LABEL_WORKSPACE, remove_orphans
-from executor.sandbox.warm import SandboxSpec, WarmPool
+from executor.sandbox.warm import SandboxSpec, WarmPool, discard
 from storage.lifecycle import State
 from tests.llm_server import ScriptedLLM, reply, tool_call
 from tests.worker_fixtures import add_task, task, wait_for
@@ -68,14 +68,14 @@ def test_a_taken_sandbox_is_a_fresh_spare_and_is_never_handed_out_again(
     assert "sleep 300" not in first.exec(LOOK).output
     assert first.exec(LEAVE_BEHIND).output == "ok\n"
     wait_for(lambda: len(ready(pool, spec)) == 1)  # the replacement
-    pool.retire(first)
+    pool.retire(first, lambda: discard(first))  # its folder is a mount now: unmount it
 
     second = pool.take(spec)
     assert second.container.id != first.container.id
     seen = second.exec(LOOK).output
     assert "sleep 300" not in seen and "left" not in seen  # nothing of the first task's
     wait_for(lambda: first.name not in sandboxes_of(docker_client, test_executor))
-    pool.retire(second)
+    pool.retire(second, lambda: discard(second))
 
 
 def test_spares_and_their_folders_are_removed_at_close(

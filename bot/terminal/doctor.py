@@ -27,6 +27,7 @@ from bot.slack.app import SLACK_API, SlackEnv
 from executor.agents.llm import DEFAULT_BASE_URL, LLMClient, LLMRejected, LLMUnavailable
 from executor.config.schema import DEFAULT_IMAGE, Config, ConfigError, load_config
 from executor.config.settings import Settings
+from executor.git import quota
 from executor.sandbox.container import SandboxError
 from executor.sandbox.image import SANDBOX_DIR, ensure_image
 from storage import migrate
@@ -150,6 +151,17 @@ def check_docker() -> tuple[Result, docker.DockerClient | None]:
             "/var/run/docker.sock, which is root-equivalent, or use a remote DOCKER_HOST)",
         ), None
     return Result("docker", "ok", f"engine {version} at {host}"), client
+
+
+def check_disk_quota() -> Result:
+    """Can this executor give each task's workspace a filesystem of its own (the disk quota,
+    nosuid, nodev)? Without it tasks still run, but a runaway write can fill the host disk."""
+    why = quota.available()
+    if why is None:
+        return Result(
+            "disk quota", "ok", "each workspace is a loop-mounted filesystem of limits.disk"
+        )
+    return Result("disk quota", "skip", f"not enforced: {why} (a runaway write can fill the disk)")
 
 
 def check_image(client: docker.DockerClient, image: str) -> Result:
@@ -308,6 +320,7 @@ def diagnose(
     add(check_database(env.db_url))
     result, client = check_docker()
     add(result)
+    add(check_disk_quota())
     for image in sorted({repo.image for repo in config.repos.values()}) if config else []:
         if client is None:
             add(Result(f"image {image}", "skip", "no Docker engine to look in"))

@@ -11,6 +11,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from executor.config.redact import redact
 from executor.config.schema import Config
 from executor.costs.budget import ALL, WAITING, Budget, Day
 from executor.costs.pricing import cost_text, usd
@@ -246,7 +247,7 @@ def repos_table(config: Config) -> Table:
         default = name == config.default_repo
         table.add_row(
             f"{name} (default)" if default else name,
-            str(repo.path or repo.url),
+            str(repo.path or redact(repo.url or "")),
             repo.base_branch,
             repo.image,
             "; ".join(repo.checks) or "-",

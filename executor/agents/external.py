@@ -40,14 +40,24 @@ def run_command_agent(
         branch=shlex.quote(task.branch or ""),
     )
     script = f"echo $$ > {PID}; ({command}) > {LOG} 2>&1; echo $? > {EXIT}"
-    # setsid: the sandbox ends a command's process group when the command returns.
-    started = sandbox.exec(
-        f"rm -f {LOG} {EXIT} {PID}; setsid sh -c {shlex.quote(script)} "
-        f"</dev/null >/dev/null 2>&1 & sleep 0.1"
-    )
+    sandbox.exec(f"rm -f {LOG} {EXIT} {PID}")
+    # In a session of its own, with the repo's agent_env: it outlives this call and is polled
+    # below; every other process left behind by a command still dies with that command.
+    started = sandbox.spawn(script)
     if not started.ok:
         raise NeedsHuman(f"the agent command did not start: {started.output.strip()}")
     record(task.id, "agent_command", {"command": template})  # not the filled-in secrets
+    try:
+        return _follow(sandbox, task, limits, check, record)
+    finally:
+        sandbox.release_session()  # still running (a limit, a cancel): the next command ends it
+
+
+def _follow(
+    sandbox: Sandbox, task: Task, limits: Limits, check: Callable[[], None], record: Record
+) -> str:
+    """Poll the spawned agent: stream its log into the task's events until it exits."""
+    assert task.id is not None
     offset, tail = 0, ""
     deadline = time.monotonic() + limits.max_wall_minutes * 60
     while True:

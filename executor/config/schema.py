@@ -14,7 +14,14 @@ from typing import Annotated, Literal
 
 import yaml
 from git import InvalidGitRepositoryError, NoSuchPathError, Repo
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic import model_validator as _model_validator
 
 from executor.config import crontime
@@ -37,22 +44,83 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Limits(_Strict):
-    max_turns: Annotated[int, Field(gt=0)] = 60
-    max_tokens: Annotated[int, Field(gt=0)] = 2_000_000
-    max_cost_usd: Positive = 5.0
-    max_wall_minutes: Positive = 60
-    command_timeout_s: Positive = 600
-    memory: str = "2g"
-    cpus: Positive = 2.0
-    pids: Annotated[int, Field(gt=0)] = 512
+# Sizes in limits: a whole number and a unit (k, m, g, t: powers of 1024). A bare number is
+# refused: "2048" would be 2 KB to Docker and 2048 MB to whoever wrote it.
+_SIZE = re.compile(r"(\d+)([kmgt])")
+_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
-    @field_validator("memory")
+
+def size_bytes(text: str) -> int:
+    """`512m` → 536870912 (a size already validated by Limits)."""
+    number, unit = _SIZE.fullmatch(text).groups()  # type: ignore[union-attr]
+    return int(number) * _UNITS[unit]
+
+
+def _size(key: str, value: object, low: str, high: str) -> str:
+    """A size between `low` and `high`, normalised to lower case."""
+    text = str(value).strip().lower()
+    if text == "0":
+        raise ValueError(f"{key} must be at least {low}; 0 is not a limit")
+    if isinstance(value, bool) or not _SIZE.fullmatch(text):
+        raise ValueError(f"{key} must look like 512m or 2g: a whole number and a unit k, m, g or t")
+    if size_bytes(text) < size_bytes(low):
+        raise ValueError(f"{key} must be at least {low}")
+    if size_bytes(text) > size_bytes(high):
+        raise ValueError(f"{key} must be at most {high}")
+    return text
+
+
+def _within(high: float, low: float | None = None, why: str = "") -> AfterValidator:
+    """A finite number at most `high` and, given `low`, at least `low`; `why` the reason for
+    the lower bound. (Without `low`, Field(gt=0) beside it keeps it positive.)"""
+
+    def check(value: float) -> float:
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("must be a finite number")
+        if low is not None and value < low:
+            raise ValueError(f"must be at least {low:g}: {why}")
+        if value > high:
+            raise ValueError(f"must be at most {high:g}")
+        return value
+
+    return AfterValidator(check)
+
+
+class Limits(_Strict):
+    """Per-task limits. Every one is bounded on both sides: Docker reads a CPU quota or a PID
+    limit of 0 as "no limit", and a typo must never mean "unlimited"."""
+
+    max_turns: Annotated[int, Field(gt=0), _within(100_000)] = 60
+    max_tokens: Annotated[int, Field(gt=0), _within(10_000_000_000)] = 2_000_000
+    max_cost_usd: Annotated[float, Field(gt=0), _within(100_000)] = 5.0
+    max_wall_minutes: Annotated[float, Field(gt=0), _within(10_080)] = 60  # a week
+    command_timeout_s: Annotated[float, _within(86_400, 1, "a command needs time to start")] = 600
+    memory: str = "2g"
+    # 0.01 CPU is Docker's smallest quota (1 ms per 100 ms period).
+    cpus: Annotated[float, _within(1024, 0.01, "Docker's smallest CPU quota")] = 2.0
+    # A shell, git and the command itself need a few processes; 4194304 is Linux's pid_max.
+    pids: Annotated[int, _within(4_194_304, 16, "a shell, git and a command need a few")] = 512
+    # The task's workspace is a filesystem of this size (executor/sandbox/quota.py): a
+    # runaway write fails the task instead of filling the host's disk.
+    disk: str = "10g"
+
+    @field_validator("memory", mode="before")
     @classmethod
-    def _memory(cls, value: str) -> str:
-        if not re.fullmatch(r"\d+[bkmg]?", value.lower()):
-            raise ValueError(f"memory must look like 512m or 2g (got {value!r})")
-        return value.lower()
+    def _memory(cls, value: object) -> str:
+        return _size("memory", value, "64m", "1t")  # below 64m git and a shell do not fit
+
+    @field_validator("disk", mode="before")
+    @classmethod
+    def _disk(cls, value: object) -> str:
+        return _size("disk", value, "64m", "64t")
+
+    @property
+    def memory_bytes(self) -> int:
+        return size_bytes(self.memory)
+
+    @property
+    def disk_bytes(self) -> int:
+        return size_bytes(self.disk)
 
 
 class Review(_Strict):

@@ -20,6 +20,7 @@ repos:                          # required: at least one repo
     # review: {enabled: true, max_rounds: 2}   # automated review of each diff
     # allowed_paths: ["src/**", "tests/**"]    # changes elsewhere are sent back, never merged
     # limits: {max_turns: 60, max_cost_usd: 5.0, max_wall_minutes: 60, memory: 2g, pids: 512}
+    #   more limits: cpus: 2.0, disk: 10g (the workspace's size), command_timeout_s: 600
     # merge: {policy: merge, delete_branch: true, push: true}   # policy: merge | squash | ff
     # approvers: []             # Slack user ids who may approve besides the requester
     # network: false            # give the sandbox network access

@@ -14,6 +14,10 @@ and the user's own setup from running anything on the way.
   touches no agent-written data.
 - Only the transports we need (`GIT_ALLOW_PROTOCOL` overrides any `protocol.*` config): a
   `file`-only host call cannot be turned into `ext::` or ssh by anything it reads.
+- No credentials in what it says: a repo URL may carry them (`https://user:token@host/...`),
+  and both our command line and git's own words can echo it. Every GitError's text goes
+  through `executor.config.redact` here, at the one place it is made, so task reasons, events,
+  logs and Slack never see them.
 - No inherited `GIT_*` variables (a stray `GIT_DIR` or `GIT_CONFIG_PARAMETERS` from the
   parent process must not redirect us), no prompts (`GIT_TERMINAL_PROMPT=0`, no controlling
   terminal for ssh), stdin closed.
@@ -28,6 +32,8 @@ import os
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
+
+from executor.config.redact import redact
 
 LOCAL_PROTOCOLS = "file"
 NETWORK_PROTOCOLS = "file:git:http:https:ssh"  # never ext:: or fd::
@@ -71,10 +77,12 @@ def git(
             start_new_session=True,  # no controlling terminal: ssh cannot prompt on it
         )
     except subprocess.TimeoutExpired as exc:
-        raise GitError(f"git {' '.join(args)}: timed out after {exc.timeout:.0f} s") from exc
+        # from None: the TimeoutExpired's own text holds the command line, URL included.
+        said = f"git {' '.join(args)}: timed out after {exc.timeout:.0f} s"
+        raise GitError(redact(said)) from None
     if result.returncode != 0:
         words = (result.stderr or result.stdout).strip()
-        raise GitError(f"git {' '.join(args)} (in {cwd or '.'}): {words}")
+        raise GitError(redact(f"git {' '.join(args)} (in {cwd or '.'}): {words}"))
     return result.stdout.strip()
 
 

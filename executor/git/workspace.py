@@ -5,9 +5,15 @@ Layout under NIGHTCREW_HOME:
     repos/<name>.git       bare clone of a `url:` repo, fetched before each task
     repos/<name>.lock      serialises that clone and fetch between workers
     sandboxes/<hex>        a sandbox's own folder, mounted at /workspace (executor/sandbox/warm.py):
-                           the task's clone is made in it, and moved to workspaces/ when the
-                           container is gone
+                           the task's clone is made in it, and copied to workspaces/ when the
+                           container is gone; where the host can, a filesystem of its own
+                           (`<hex>.img`, executor/git/quota.py): the disk quota, nosuid, nodev
     workspaces/task-<id>   the task's checkout, kept after its run until the task closes
+
+Every folder here is 0700 (repos/, sandboxes/, workspaces/ and each task's): a checkout
+holds the repo's code and whatever the agent wrote, for the host user only, even when the agent
+opened its own files to everyone. No setuid/setgid bit survives on the host: a checkout is
+kept only with those bits cleared (keep()).
 
 The canonical repo (a `path:` repo where it is, or the bare clone) is host-owned and keeps the
 truth: the task's branch lives there. A workspace is a clone with a real `.git` directory (a
@@ -45,7 +51,9 @@ import fcntl
 import os
 import re
 import shlex
+import shutil
 import stat
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -53,6 +61,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from executor.config.schema import RepoConfig
+from executor.git import quota
 from executor.git.safe import GitError, git
 
 __all__ = [
@@ -68,6 +77,7 @@ __all__ = [
     "diff_text",
     "keep",
     "prepare",
+    "private_dir",
     "read_workspace_file",
     "remove",
 ]
@@ -131,7 +141,7 @@ def prepare(
     path = checkout_path(home, task_id)
     _remove_tree(path)  # an earlier attempt's checkout; what it handed back is on the branch
     if into is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
     else:
         path = into.resolve()
         if not path.is_dir() or any(path.iterdir()):
@@ -208,23 +218,74 @@ def checkout_path(home: Path, task_id: int) -> Path:
 
 def keep(ws: Workspace, home: Path, task_id: int) -> Workspace:
     """Move a checkout made in a sandbox's folder to checkout_path(), once its container is
-    gone (a container started again would mount the folder by its old name)."""
+    gone (a container started again would mount the folder by its old name): renamed, or
+    copied out of the folder's own filesystem, which is then unmounted. Either way with every
+    setuid/setgid bit cleared and the folder private to the host user."""
     dest = checkout_path(home, task_id)
     if ws.path == dest:
         return ws
     _remove_tree(dest)
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(ws.path, dest)
-    except OSError as exc:
+        private_dir(dest.parent)
+        if quota.is_mounted(ws.path):
+            shutil.copytree(
+                ws.path, dest, symlinks=True, ignore=_not_plain, copy_function=_copy_plain
+            )
+            remove(ws.path)
+        else:
+            os.rename(ws.path, dest)
+        _defuse(dest)
+        dest.chmod(0o700)
+    except (OSError, shutil.Error, subprocess.SubprocessError) as exc:
         raise WorkspaceError(f"cannot move {ws.path} to {dest}: {exc}") from exc
     return replace(ws, path=dest)
 
 
 def remove(ws: Workspace | Path) -> None:
-    """Delete a task's checkout (a Workspace or its path); its branch stays in the canonical
-    repo."""
-    _remove_tree(ws.path if isinstance(ws, Workspace) else ws)
+    """Delete a task's checkout (a Workspace or its path) and the filesystem it may be on; its
+    branch stays in the canonical repo."""
+    path = ws.path if isinstance(ws, Workspace) else ws
+    try:
+        quota.release(path)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise WorkspaceError(f"cannot unmount {path}: {exc}") from exc
+    _remove_tree(path)
+
+
+def private_dir(path: Path) -> Path:
+    """`path` made if missing, and readable by the host user only."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def _not_plain(folder: str, names: list[str]) -> set[str]:
+    """What a copy of a checkout leaves out: FIFOs, sockets, devices (only files, folders
+    and symlinks are work)."""
+    skipped = set()
+    for name in names:
+        mode = os.lstat(os.path.join(folder, name)).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+            skipped.add(name)
+    return skipped
+
+
+def _copy_plain(src: str, dst: str) -> None:
+    """Contents and permission bits, without setuid/setgid/sticky (copytree never follows a
+    symlink here: it copies links as links)."""
+    shutil.copyfile(src, dst, follow_symlinks=False)
+    os.chmod(dst, stat.S_IMODE(os.lstat(src).st_mode) & 0o777)
+
+
+def _defuse(root: Path) -> None:
+    """Clear setuid/setgid bits under `root` (folders too), never through a symlink. Only
+    for a tree no container can still change."""
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files, ""]:
+            path = os.path.join(folder, name) if name else folder
+            mode = os.lstat(path).st_mode
+            if not stat.S_ISLNK(mode) and mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
 
 
 def read_workspace_file(workspace: Path, relpath: str, max_bytes: int = 64 * 1024) -> str | None:
@@ -245,8 +306,7 @@ def canonical_repo(home: Path, name: str, repo: RepoConfig) -> Path:
     if repo.path is not None:
         return repo.path.resolve()
     assert repo.url is not None  # RepoConfig guarantees one of the two
-    repos = home / "repos"
-    repos.mkdir(parents=True, exist_ok=True)
+    repos = private_dir(home / "repos")
     bare = repos / f"{name}.git"
     with _locked(repos / f"{name}.lock"):
         if bare.exists():

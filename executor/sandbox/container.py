@@ -3,8 +3,15 @@ the task's workspace at /workspace, each command a fresh `docker exec` with a ti
 
 Defaults are the design's security stance: no network, an unprivileged user, no capabilities,
 no-new-privileges, memory/CPU/PID limits, a read-only root with tmpfs /tmp and home, and an
-environment holding only what we pass. Failures of a command come back as data (`ExecResult`);
-only a sandbox that cannot start raises `SandboxError`."""
+environment holding only what we pass. A sandbox with a folder of its own gets it as a
+filesystem of `limits.disk` bytes, nosuid,nodev (executor/git/quota.py). No process of the
+agent outlives its command (execution.WRAPPER), except a spawned external agent's session
+until it is released. `agent_env` reaches only what `spawn` starts (the external agent),
+never the container's environment, setup or checks.
+
+Failures of a command come back as data (`ExecResult`); a sandbox that cannot start raises
+`SandboxError`, and a command that used up the disk quota raises `DiskQuotaExceeded`: the task
+fails with that reason, and the host's hand-back still has the reserved room."""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import contextlib
 import os
 import re
 import secrets
+import shlex
 import threading
 import time
 from collections.abc import Mapping
@@ -27,6 +35,7 @@ from docker.errors import APIError, ImageNotFound, NotFound
 from docker.models.containers import Container
 
 from executor.config.schema import DEFAULT_IMAGE, Limits
+from executor.git import quota
 from executor.git.workspace import WorkspaceError
 from executor.git.workspace import remove as remove_workspace
 from executor.sandbox.execution import COUNTERS, NO_COUNTS, WRAPPER, CappedOutput, parse_counters
@@ -56,6 +65,10 @@ class SandboxError(Exception):
     """The sandbox cannot be created or its image cannot be found or built."""
 
 
+class DiskQuotaExceeded(Exception):
+    """A command filled the task's workspace to its disk quota (`limits.disk`)."""
+
+
 @dataclass
 class ExecResult:
     exit_code: int  # -1 when there is none (the sandbox died or could not run the command)
@@ -80,6 +93,12 @@ class Sandbox:
     _killed: bool = False
     _starting: threading.Thread | None = None  # a start still under way (`background`)
     _start_error: SandboxError | None = None
+    # Variables for the external agent's process only (`spawn`), never the container's.
+    agent_env: dict[str, str] = field(default_factory=dict)
+    # The session of a spawned external agent: it survives the commands in between.
+    agent_session: int | None = None
+    disk_limited: bool = False  # the workspace is a filesystem of limits.disk bytes
+    disk_full: bool = False  # the quota was hit: later commands are the host's hand-back
 
     @classmethod
     def start(
@@ -94,6 +113,7 @@ class Sandbox:
         network: bool = False,
         read_only_root: bool = True,
         env: Mapping[str, str] | None = None,
+        agent_env: Mapping[str, str] | None = None,
         own_workspace: bool = False,
         background: bool = False,
     ) -> Sandbox:
@@ -105,8 +125,12 @@ class Sandbox:
 
         With `own_workspace` the folder `workspace` is made here, empty, once the container
         exists (so a sweep never finds the folder without its container), and is labelled on
-        the container: remove_orphans removes both. Nothing is handed over yet: the host fills
-        the folder first, then calls prepare_workspace()."""
+        the container: remove_orphans removes both. Where the host can, it is a filesystem of
+        `limits.disk` bytes (the disk quota). Nothing is handed over yet: the host fills the
+        folder first, then calls prepare_workspace().
+
+        `env` is the container's environment (every command sees it); `agent_env` only what
+        `spawn` starts."""
         limits = limits or Limits()
         workspace = workspace.resolve()
         if own_workspace:
@@ -116,7 +140,7 @@ class Sandbox:
         else:
             raise SandboxError(f"workspace {workspace} is not a directory")
         keepalive = KEEPALIVE_UID if uid != KEEPALIVE_UID else KEEPALIVE_UID - 1
-        size = f"size={limits.memory}"  # tmpfs pages count against the memory limit anyway
+        size = f"size={limits.memory_bytes}"  # tmpfs pages count against the memory limit
         tmpfs = {HOME: f"rw,exec,nosuid,nodev,{size},uid={uid},gid={gid},mode=0700"}
         if read_only_root:
             tmpfs["/tmp"] = f"rw,exec,nosuid,nodev,{size},mode=1777"
@@ -151,8 +175,8 @@ class Sandbox:
                 security_opt=["no-new-privileges"],
                 read_only=read_only_root,
                 tmpfs=tmpfs,
-                mem_limit=limits.memory,
-                memswap_limit=limits.memory,  # equal: no swap
+                mem_limit=limits.memory_bytes,
+                memswap_limit=limits.memory_bytes,  # equal: no swap
                 # Quota, not nano_cpus: the engine rejects nano_cpus above its core count.
                 cpu_period=100_000,
                 cpu_quota=int(limits.cpus * 100_000),
@@ -165,13 +189,16 @@ class Sandbox:
             ) from exc
         except APIError as exc:
             raise SandboxError(f"cannot create the sandbox: {exc.explanation or exc}") from exc
+        limited = False
         if own_workspace:
             try:
-                workspace.mkdir()
+                limited = quota.make_folder(workspace, limits.disk_bytes)
             except OSError as exc:
                 container.remove(force=True)
                 raise SandboxError(f"cannot make the sandbox's workspace: {exc}") from exc
         sandbox = cls(client, container, limits, f"{uid}:{gid}", workspace)
+        sandbox.agent_env = dict(agent_env or {})
+        sandbox.disk_limited = limited
         if not background:
             sandbox._start()
             if sandbox._start_error is not None and own_workspace:
@@ -202,17 +229,26 @@ class Sandbox:
         return str(self.container.name)
 
     def exec(
-        self, command: str, *, timeout_s: float | None = None, workdir: str = WORKSPACE
+        self,
+        command: str,
+        *,
+        timeout_s: float | None = None,
+        workdir: str = WORKSPACE,
+        _survivors: str | None = None,
+        _env: Mapping[str, str] | None = None,
     ) -> ExecResult:
         """Run `command` with bash (sh if the image has none) and return what happened.
-        Its background processes die with it; one started with `setsid` survives."""
+        Every process it leaves behind dies with it (a spawned agent's session excepted).
+        `DiskQuotaExceeded` when it filled the workspace's disk quota."""
         self.started()
         timeout_s = timeout_s or self.limits.command_timeout_s
+        if _survivors is None:
+            _survivors = "all" if self.agent_session is None else str(self.agent_session)
         api = self.client.api
         started = time.monotonic()
         try:
-            argv = ["sh", "-c", WRAPPER, f"{timeout_s:g}", command]
-            exec_id = self._create_exec(argv, workdir)
+            argv = ["sh", "-c", WRAPPER, f"{timeout_s:g}", command, _survivors]
+            exec_id = self._create_exec(argv, workdir, _env)
             stream = api.exec_start(exec_id, stream=True)
         except APIError as exc:
             return self._unavailable(exc, time.monotonic() - started)
@@ -235,7 +271,42 @@ class Sandbox:
         if timed_out:
             restart = "; the sandbox was restarted to stop it" if restarted else ""
             reasons.append(f"timed out after {timeout_s:g} s{restart}")
+        self._check_disk()
         return ExecResult(code, output.text(), timed_out, duration, "; ".join(reasons) or None)
+
+    def spawn(self, command: str) -> ExecResult:
+        """Start `command` detached, with `agent_env`, in a session of its own that survives
+        the commands after it until `release_session()` (for an external agent polled by
+        later commands). Host-written commands only: it is the one way past the cleanup."""
+        launch = (
+            f"setsid sh -c {shlex.quote(command)} </dev/null >/dev/null 2>&1 & p=$!; "
+            # Wait until it leads its own session (or is gone), and say which session.
+            "for i in $(seq 200); do read -r l < /proc/$p/stat 2>/dev/null || break; "
+            'set -- ${l##*) }; [ "$4" = "$p" ] && { echo "session $p"; break; }; '
+            "sleep 0.01; done"
+        )
+        result = self.exec(launch, _survivors="none", _env=self.agent_env)
+        found = re.search(r"^session (\d+)$", result.output, re.MULTILINE)
+        self.agent_session = int(found.group(1)) if found else None
+        return result
+
+    def release_session(self) -> None:
+        """The spawned session no longer survives: the next command's cleanup ends it."""
+        self.agent_session = None
+
+    def _check_disk(self) -> None:
+        if not self.disk_limited or self.disk_full:
+            return
+        try:
+            hit = quota.full(self.workspace)
+        except OSError:
+            return  # the folder is gone (removed with the sandbox): nothing to measure
+        if hit:
+            self.disk_full = True
+            raise DiskQuotaExceeded(
+                f"disk quota hit: the task's workspace is full (limit {self.limits.disk}; "
+                "`limits.disk` in nightcrew.yaml)"
+            )
 
     def kill(self) -> None:
         """Cancel: stop the container now; a running `exec` returns within seconds."""
@@ -259,9 +330,11 @@ class Sandbox:
     ) -> None:
         self.remove()
 
-    def _create_exec(self, argv: list[str], workdir: str) -> str:
+    def _create_exec(
+        self, argv: list[str], workdir: str, env: Mapping[str, str] | None = None
+    ) -> str:
         try:
-            return self._exec_id(argv, workdir)
+            return self._exec_id(argv, workdir, env)
         except APIError as exc:
             # Stopped but not cancelled (the OOM killer took PID 1, the engine restarted):
             # start again; the previous result said so.
@@ -269,11 +342,20 @@ class Sandbox:
                 raise
             self.container.start()
             self._seen = dict(NO_COUNTS)
-            return self._exec_id(argv, workdir)
+            return self._exec_id(argv, workdir, env)
 
-    def _exec_id(self, argv: list[str], workdir: str = WORKSPACE) -> str:
-        api = self.client.api
-        return str(api.exec_create(self.container.id, argv, user=self.user, workdir=workdir)["Id"])
+    def _exec_id(
+        self, argv: list[str], workdir: str = WORKSPACE, env: Mapping[str, str] | None = None
+    ) -> str:
+        # After the quota was hit only the host's hand-back runs: in the group that may use
+        # the blocks kept in reserve (executor/git/quota.py), which the agent never had.
+        user = self.user
+        if self.disk_full:
+            user = f"{user.split(':')[0]}:{quota.QUOTA_RESERVE_GID}"
+        created = self.client.api.exec_create(
+            self.container.id, argv, user=user, workdir=workdir, environment=dict(env or {})
+        )
+        return str(created["Id"])
 
     def _kill_reasons(self, restarted: bool) -> list[str]:
         """What the cgroup counted since the last look: OOM kills, refused forks."""

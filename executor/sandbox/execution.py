@@ -6,16 +6,36 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 # Runs the command under coreutils/busybox `timeout` in its own process group, then kills what
-# is left of that group: a command's background processes (a fork bomb's included) do not
-# outlive it; only processes that detach with `setsid` do. Only builtins after the command,
-# so the cleanup works even while the PID limit is exhausted. $0 = timeout (s), $1 = command.
-# (dash's `kill` takes no `--`.)
+# is left of that group, and then every other process of the agent's uid that is still there:
+# what escaped the group (setsid, nohup and a double fork, a nested `timeout`, which makes a
+# group of its own) dies with the command too. The keepalive (PID 1 and its sleep) runs as
+# another uid, out of reach. $0 = timeout (s), $1 = command, $2 = what survives the command:
+#   all     nothing: `kill -9 -1` (every process we may signal except this shell)
+#   none    everything that left the group (only for Sandbox.spawn, host-written)
+#   <sid>   the processes of that session (a spawned external agent, between its polls)
+# Only builtins after the command, so the cleanup works even while the PID limit is
+# exhausted; a fork racing the kill fails, so two rounds finish a fork bomb. /proc/<pid>/stat
+# is read from its last ")": the agent chooses its processes' names. (dash's `kill` takes no
+# `--`.)
 WRAPPER = """\
 s=sh; command -v bash >/dev/null 2>&1 && s=bash
 command -v timeout >/dev/null 2>&1 || exec "$s" -c "$1"
+keep=$2
 timeout -s KILL "$0" "$s" -c "$1" & p=$!
 wait "$p"; rc=$?
 kill -9 "-$p" 2>/dev/null
+case $keep in
+none) ;;
+all) kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null ;;
+*) for round in 1 2 3; do
+     for d in /proc/[0-9]*; do
+       [ "${d#/proc/}" = "$$" ] && continue
+       read -r l 2>/dev/null < "$d/stat" || continue
+       set -- ${l##*) }
+       [ "$1" = Z ] || [ "$4" = "$keep" ] || kill -9 "${d#/proc/}" 2>/dev/null
+     done
+   done ;;
+esac
 exit "$rc"
 """
 

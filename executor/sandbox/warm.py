@@ -28,7 +28,7 @@ import docker
 from docker.errors import APIError
 
 from executor.config.schema import Limits, RepoConfig
-from executor.git.workspace import WorkspaceError
+from executor.git.workspace import WorkspaceError, private_dir
 from executor.git.workspace import remove as remove_workspace
 from executor.sandbox.container import Sandbox
 
@@ -53,14 +53,22 @@ class SandboxSpec:
     limits: Limits
     network: bool
     read_only_root: bool
-    env: tuple[tuple[str, str], ...]
+    env: tuple[tuple[str, str], ...]  # the container's: every command sees it
+    agent_env: tuple[tuple[str, str], ...] = ()  # the external agent's process only
 
     @classmethod
     def of(cls, repo: RepoConfig) -> SandboxSpec:
-        env = dict(SANDBOX_ENV)
+        agent_env = {}
         if repo.agent == "command":  # an external agent brings its own model access
-            env |= {name: os.environ[name] for name in repo.agent_env if name in os.environ}
-        return cls(repo.image, repo.limits, repo.network, repo.read_only_root, tuple(env.items()))
+            agent_env = {name: os.environ[name] for name in repo.agent_env if name in os.environ}
+        return cls(
+            repo.image,
+            repo.limits,
+            repo.network,
+            repo.read_only_root,
+            tuple(SANDBOX_ENV.items()),
+            tuple(agent_env.items()),
+        )
 
 
 class WarmPool:
@@ -172,7 +180,7 @@ class WarmPool:
             return self.spares
 
     def _start(self, spec: SandboxSpec, *, background: bool = False) -> Sandbox:
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)  # other host users must not reach the workspaces
         return Sandbox.start(
             self.client,
             background=background,
@@ -185,6 +193,7 @@ class WarmPool:
             network=spec.network,
             read_only_root=spec.read_only_root,
             env=dict(spec.env),
+            agent_env=dict(spec.agent_env),
         )
 
 
