@@ -25,6 +25,7 @@ from sqlmodel import SQLModel
 
 from bot.slack.app import SLACK_API, SlackEnv
 from executor.agents.llm import DEFAULT_BASE_URL, LLMClient, LLMRejected, LLMUnavailable
+from executor.config.redact import redact
 from executor.config.schema import DEFAULT_IMAGE, Config, ConfigError, load_config
 from executor.config.settings import Settings
 from executor.git import quota
@@ -227,7 +228,7 @@ def check_llm(base_url: str, api_key: str | None, model: str | None) -> Result:
             "is the server up, and is OPENAI_BASE_URL an OpenAI-compatible API (…/v1)?",
         )
     ms = (time.monotonic() - started) * 1000
-    return Result("model", "ok", f"{model} at {base_url} answered in {ms:.0f} ms")
+    return Result("model", "ok", f"{model} at {redact(base_url)} answered in {ms:.0f} ms")
 
 
 # The bot scopes of manifest.yml, for an install without the source tree (tests keep the two

@@ -39,6 +39,7 @@ from executor.agents.llm_reply import (
     parse_completion,
     parse_stream,
 )
+from executor.config.redact import redact
 from executor.monitoring import metrics
 
 __all__ = [
@@ -113,8 +114,10 @@ class LLMClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"LLM base URL must start with http:// or https:// (got {base_url!r})")
+            shown = redact(base_url)
+            raise ValueError(f"LLM base URL must start with http:// or https:// (got {shown!r})")
         self.url = base_url.rstrip("/") + "/chat/completions"
+        self.shown = redact(self.url)  # in messages and logs: never a credential in the URL
         self.model = model
         self.stream = stream
         self.timeout = timeout
@@ -211,7 +214,7 @@ class LLMClient:
             raise _Transient(f"HTTP {status}", message, retry_after)
         hint = " (is the API key right?)" if status in (401, 403) else ""
         raise LLMRejected(
-            f"LLM endpoint {self.url} rejected the request with HTTP {status}"
+            f"LLM endpoint {self.shown} rejected the request with HTTP {status}"
             f" {response.reason_phrase}{hint}: {message}",
             status,
         )
@@ -227,8 +230,8 @@ class LLMClient:
         wait = state.next_action.sleep if state.next_action else 0.0
         log.warning(
             "LLM %s: %s; retrying in %.1f s (attempt %d of %d)",
-            self.url,
-            exc,
+            self.shown,
+            redact(str(exc)),
             wait,
             state.attempt_number + 1,
             self.max_attempts,
@@ -240,9 +243,8 @@ class LLMClient:
             what = f"{kinds[0]} {len(kinds)} times"
         else:
             what = f"{len(kinds)} times ({', '.join(kinds)})"
-        raise LLMUnavailable(
-            f"LLM endpoint {self.url} failed: {what}; last: {failures[-1].detail}"
-        ) from failures[-1]
+        detail = redact(failures[-1].detail)  # an httpx error may quote the URL
+        raise LLMUnavailable(f"LLM endpoint {self.shown} failed: {what}; last: {detail}") from None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

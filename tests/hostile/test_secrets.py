@@ -180,3 +180,26 @@ def test_no_command_prints_the_database_password(
 def cli(git_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
     yield Cli(git_repo, tmp_path / "home", monkeypatch)
     _fresh_composition()
+
+
+def test_model_endpoint_credentials_stay_out_of_errors_and_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """OPENAI_BASE_URL may carry credentials (a proxy's user:token@): a failing endpoint's
+    error and the retry log name the endpoint without them."""
+    from executor.agents.llm import LLMClient, LLMUnavailable
+
+    client = LLMClient(
+        base_url="http://nightcrew:s3cret-token@127.0.0.1:9/v1",  # port 9: nothing listens
+        api_key=None,
+        model="m",
+        timeout=2,
+        max_attempts=2,
+        backoff=0.01,
+        max_wait=0.05,
+    )
+    with caplog.at_level("WARNING"), pytest.raises(LLMUnavailable) as raised:
+        client.complete([{"role": "user", "content": "hi"}])
+    assert "s3cret-token" not in str(raised.value)
+    assert "http://***@127.0.0.1:9/v1/chat/completions" in str(raised.value)
+    assert "s3cret-token" not in caplog.text and "retrying" in caplog.text
