@@ -183,3 +183,27 @@ def test_code_sneaked_into_a_conflict_resolution_waits_for_a_new_approval(
     merged = task(engine, two)
     assert merged.state is State.MERGED, merged.reason
     assert "def exfiltrate" in git(project, "show", "main:calc.py")
+
+
+def test_a_nudge_after_approval_shows_what_changed_since_the_approval(
+    engine: Engine, make_worker: RunWorker, project: Path, db_url: str
+) -> None:
+    task_id = add_task(engine)
+    fix = {"path": "calc.py", "old_text": "a - b", "new_text": "a + b"}
+    with ScriptedLLM([reply(tool_call("edit_file", fix)), finish()]) as llm:
+        make_worker(llm).work(drain=True)
+    approved = task(engine, task_id).head_commit or ""
+    approve(engine, task_id)
+    with ScriptedLLM([]) as llm:  # the rules were tightened: the merge parks it back
+        make_worker(llm, repo_options={"allowed_paths": ["src/**"]}).work(drain=True)
+    assert task(engine, task_id).state is State.AWAITING_APPROVAL
+    with transaction(engine) as s:
+        actions.nudge(s, task_id, "also add a helper", actor="U1")
+    extra = {"path": "calc.py", "content": "def add(a, b):\n    return a + b\n\n\nBACKDOOR = 1\n"}
+    with ScriptedLLM([reply(tool_call("write_file", extra)), finish()]) as llm:
+        make_worker(llm).work(drain=True)
+    parked = task(engine, task_id)
+    assert parked.state is State.AWAITING_APPROVAL and parked.head_commit != approved
+    shown = show(db_url, project, task_id)
+    assert f"changed since the approved {approved[:12]}" in shown, shown
+    assert "+BACKDOOR = 1" in shown, shown
