@@ -295,7 +295,7 @@ def canonical_path(home: Path, name: str, repo: RepoConfig) -> Path:
     """Where canonical_repo() keeps the truth, without fetching anything."""
     if repo.path is not None:
         return repo.path.resolve()
-    return home / "repos" / f"{name}.git"
+    return home.resolve() / "repos" / f"{name}.git"
 
 
 @contextmanager
