@@ -155,6 +155,7 @@ def approve(
         actor=actor,
         approved_by=actor,
         approved_at=utcnow(),
+        approved_commit=task.head_commit,  # exactly what lands, or a clean rebase of it
         attempts=0,  # merge attempts count from here
     )
     return Outcome(task, f"approved task {task_id}; it merges into {task.repo} next")

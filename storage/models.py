@@ -112,6 +112,12 @@ class Task(SQLModel, table=True):
     base_commit: str | None = None
     head_commit: str | None = None
     merge_commit: str | None = None
+    # The head a person approved (set by the approval): a tree that differs from it, other
+    # than by a clean rebase nightcrew made, needs a new approval.
+    approved_commit: str | None = None
+    # The commit the merge is about to put on the base, recorded before any ref moves: the
+    # only way a resumed merge learns that it already landed (never from commit text).
+    landing_commit: str | None = None
 
 
 class TaskEvent(SQLModel, table=True):

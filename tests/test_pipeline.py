@@ -15,7 +15,7 @@ from executor.git import merge
 from executor.pipeline import stages
 from storage.db import transaction
 from storage.lifecycle import State
-from storage.tasks import events
+from storage.tasks import events, get_task
 from tests.conftest import git
 from tests.llm_server import ScriptedLLM, reply, tool_call
 from tests.worker_fixtures import RunWorker, add_task, task
@@ -200,6 +200,11 @@ def test_three_overlapping_tasks_merge_one_after_another(
             ]
         with ScriptedLLM(resolve) as llm:
             make_worker(llm, repo_options=options).work(drain=True)
+        if resolve:  # a resolved conflict changed the tree: it waits for a new approval
+            assert task(engine, task_id).state is State.AWAITING_APPROVAL
+            approve(engine, task_id)
+            with ScriptedLLM([]) as again:
+                make_worker(again, repo_options=options).work(drain=True)
         done = task(engine, task_id)
         assert done.state is State.MERGED, done.reason
         if resolve:  # the agent saw the conflict, and the checks ran again after the rebase
@@ -359,13 +364,15 @@ def test_a_merge_that_died_after_moving_the_base_is_not_done_twice(
         make_worker(llm).work(drain=True)
     approve(engine, task_id)
     # What a worker killed right after moving the base left behind: the merge commit on main,
-    # nothing recorded in the database.
+    # recorded in the database as the commit it was about to land, the task still merging.
     parked = task(engine, task_id)
     base_tip = git(project, "rev-parse", "main")
     text = merge.message(task_id=task_id, prompt=parked.prompt, summary=None, approved_by="U1")
     new = merge.make_commit(
         project, base_tip=base_tip, head=parked.head_commit or "", policy="merge", text=text
     )
+    with transaction(engine) as s:
+        get_task(s, task_id).landing_commit = new
     merge.advance_base(project, base="main", new=new, old=base_tip)
     with ScriptedLLM([]) as llm:
         make_worker(llm).work(drain=True)

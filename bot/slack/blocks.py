@@ -129,6 +129,14 @@ def card(task: Task, *, now: datetime | None = None) -> tuple[str, list[Block]]:
         blocks.append(section(f"*Why:* {escape(task.reason)}"))
     if task.merge_commit:
         blocks.append(section(f"*Merged* as `{task.merge_commit[:12]}`"))
+    elif state is State.AWAITING_APPROVAL and task.approved_commit not in (None, task.head_commit):
+        approved = str(task.approved_commit)[:12]
+        blocks.append(
+            section(
+                f":warning: *Changed since the approved `{approved}`*: the interdiff is in "
+                "the thread's proof pack; approving again approves it"
+            )
+        )
     elif task.summary and state in (State.AWAITING_APPROVAL, State.MERGING):
         blocks.append(section(f"*Summary:* {escape(task.summary)}"))
     actions = buttons_for(task)
@@ -245,9 +253,17 @@ def proof(payload: dict[str, Any]) -> list[Block]:
         lines.append(f"*Risk:* {risk.get('level', '?')} ({'; '.join(risk.get('reasons', []))})")
     changed = f"+{payload.get('insertions', 0)} -{payload.get('deletions', 0)}"
     lines.append(f"*Diff:* {len(payload.get('files') or [])} files, {changed}")
+    if payload.get("commit") and payload.get("checks"):
+        lines.append(f"*Proven on:* `{escape(str(payload['commit'])[:12])}` (clean checkout)")
     out = [section("\n".join(lines))]
     if payload.get("diff_stat"):
         out.append(section(f"```{escape(str(payload['diff_stat']))}```"))
+    since = payload.get("since_approval")
+    if since:  # what a second approval approves: the interdiff, not just "it changed"
+        approved = escape(str(since.get("approved", ""))[:12])
+        out.append(section(f":warning: *Changed since the approved `{approved}`:*"))
+        diff = str(since.get("diff") or since.get("diff_stat") or "")
+        out.append(section(f"```{cut(escape(diff), MAX_SECTION - 6)}```"))
     return out
 
 

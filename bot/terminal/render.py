@@ -123,6 +123,7 @@ def task_detail(
         ("ran on", "\n".join(runs) or task.executor or ""),
         ("cancel requested", task.cancel_requested_by or ""),
         ("approved by", task.approved_by or ""),
+        ("approved commit", (task.approved_commit or "")[:12]),
         ("turns", str(task.turns)),
         ("tokens", f"{task.tokens_in:,} in / {task.tokens_out:,} out"),
         ("cost", cost_text(task.cost_nanos, task.unpriced_tokens, places=4)),
@@ -165,6 +166,9 @@ def proof_lines(proof: dict) -> list[Text]:
     checks = proof.get("checks") or []
     if not checks:
         lines.append(Text("  checks: none configured"))
+    elif proof.get("commit"):
+        clean = "a fresh checkout in a fresh container"
+        lines.append(Text(f"  checks: proven on {proof['commit'][:12]} ({clean})"))
     for check in checks:
         mark, style = ("✓", "green") if check.get("passed") else ("✗", "red")
         detail = f"{check.get('duration_s', 0):.1f} s"
@@ -186,6 +190,20 @@ def proof_lines(proof: dict) -> list[Text]:
             lines.append(Text(f"    {n}. {where} {f.get('message')}".rstrip()))
     if proof.get("rounds"):
         lines.append(Text(f"  revision rounds: {proof['rounds']}"))
+    return lines + since_approval_lines(proof.get("since_approval"))
+
+
+def since_approval_lines(since: dict | None) -> list[Text]:
+    """What changed after a person approved (a nudge, a retry, a conflict the agent
+    resolved in the merge): the interdiff they approve the second time."""
+    if not since:
+        return []
+    approved, now = str(since.get("approved", ""))[:12], str(since.get("commit", ""))[:12]
+    lines = [
+        Text(f"\nchanged since the approved {approved} (now {now})", style="bold yellow"),
+    ]
+    lines += [Text(f"    {line}") for line in (since.get("diff_stat") or "").splitlines()]
+    lines += [Text(f"  {line}") for line in (since.get("diff") or "").splitlines()]
     return lines
 
 

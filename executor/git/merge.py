@@ -1,9 +1,12 @@
 """Merging an approved task's branch into its base, on the host-owned canonical repo.
 
-Everything here is git plumbing on the canonical repo (never on an agent-written clone). A
-merge is made idempotent by a trailer, `Nightcrew-Task: <id>`, in every commit it creates,
-and by a compare-and-swap ref update: a crash at any point either left the base untouched
-or left a commit we find again, so a task is never merged twice."""
+Everything here is git plumbing on the canonical repo (never on an agent-written clone). What
+a merge did is never read back from the repository's text: commit messages, trailers and
+identities are the agent's to write (its own commits, its summary quoted in ours). The job
+records the commit it is about to put on the base in the database before any ref moves
+(executor/pipeline/merging.py); a crash at any point either left the base without that
+commit or with it, and the compare-and-swap ref update means a task is never merged twice.
+The `Nightcrew-Task` trailer stays in our commits for people, not for bookkeeping."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Literal
 
-from executor.git.safe import GitError, git
+from executor.git.safe import GitError, git, git_status
 
 TRAILER = "Nightcrew-Task"
 IDENTITY = {"user.name": "nightcrew", "user.email": "nightcrew@nightcrew.invalid"}
@@ -59,29 +62,42 @@ def touched_files(repo: Path, old: str, new: str) -> list[str]:
     return sorted({name.strip() for name in out.split("\0") if name.strip()})
 
 
-def already_merged(
-    repo: Path, *, base: str, task_id: int, head: str | None, base_commit: str | None
-) -> str | None:
-    """The commit that merged task `task_id` into `base`, if an earlier attempt got that far:
-    one of our commits on the base's first-parent line since the task started (an agent's
-    own commit message, or an older installation's, must not count)."""
-    since = f"{base_commit}..refs/heads/{base}" if base_commit else f"refs/heads/{base}"
-    found = git(
-        "log",
-        "-n1",
-        "--first-parent",
-        "--format=%H",
-        f"--grep=^{TRAILER}: {task_id}$",
-        f"--committer={IDENTITY['user.email']}",
-        since,
-        cwd=repo,
+def tree(repo: Path, commit: str) -> str:
+    return git("rev-parse", f"{commit}^{{tree}}", cwd=repo)
+
+
+def merged_tree(repo: Path, onto: str, commit: str) -> tuple[str, bool]:
+    """The tree git's own three-way merge makes of `commit` onto `onto`, and whether it was
+    clean; with conflicts the tree holds the conflict markers. A clean rebase of `commit`
+    onto `onto` ends in this tree; anything else changed the tree beyond the rebase."""
+    code, out, err = git_status(
+        "merge-tree", "--write-tree", "--no-messages", onto, commit, cwd=repo
     )
-    if found:
-        return found
-    has_work = head and base_commit and head != base_commit
-    if has_work and is_ancestor(repo, head, f"refs/heads/{base}"):  # fast-forwarded
-        return head
-    return None
+    if code not in (0, 1) or not out:
+        raise GitError(f"git merge-tree {onto} {commit} (in {repo}): {err or out}")
+    return out.splitlines()[0], code == 0
+
+
+def interdiff(repo: Path, old: str, new: str, *, max_chars: int = 20_000) -> tuple[str, str]:
+    """What differs between two trees (commits or trees): (diff stat, patch cut at
+    `max_chars`). No external diff or textconv: the blobs are agent-written."""
+    safe = ("--no-ext-diff", "--no-textconv", "--no-color", "--no-renames")
+    stat = git("diff", *safe, "--stat=100", old, new, cwd=repo)
+    patch = git("diff", *safe, old, new, cwd=repo)
+    if len(patch) > max_chars:
+        patch = patch[:max_chars] + f"\n… ({len(patch) - max_chars} more characters)"
+    return stat, patch
+
+
+def remote_has(repo: Path, *, remote: str, base: str, commit: str) -> bool:
+    """Whether `remote`'s `base` already contains `commit` (as far as the objects we have
+    tell: a tip we do not know counts as not containing it)."""
+    try:
+        listed = git("ls-remote", "--", remote, f"refs/heads/{base}", cwd=repo, network=True)
+    except GitError:
+        return False
+    tip = listed.split()[0] if listed else ""
+    return bool(tip) and has_ref(repo, tip) and is_ancestor(repo, commit, tip)
 
 
 def message(*, task_id: int, prompt: str, summary: str | None, approved_by: str | None) -> str:

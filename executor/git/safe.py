@@ -59,6 +59,21 @@ def git(
     timeout: float | None = None,
 ) -> str:
     """Run `git <args>` with the hardening above and return its stdout (stripped)."""
+    code, out, err = git_status(*args, cwd=cwd, config=config, network=network, timeout=timeout)
+    if code != 0:
+        raise GitError(redact(f"git {' '.join(args)} (in {cwd or '.'}): {err or out}"))
+    return out
+
+
+def git_status(
+    *args: str,
+    cwd: Path | None = None,
+    config: Mapping[str, str] | None = None,
+    network: bool = False,
+    timeout: float | None = None,
+) -> tuple[int, str, str]:
+    """As git(), for commands whose exit code is an answer (`merge-tree`: 1 = conflicts):
+    exit code, stdout and stderr (stripped)."""
     options = {**ALWAYS, **(config or {})}
     cmd = ["git"]
     for key, value in options.items():
@@ -80,10 +95,7 @@ def git(
         # from None: the TimeoutExpired's own text holds the command line, URL included.
         said = f"git {' '.join(args)}: timed out after {exc.timeout:.0f} s"
         raise GitError(redact(said)) from None
-    if result.returncode != 0:
-        words = (result.stderr or result.stdout).strip()
-        raise GitError(redact(f"git {' '.join(args)} (in {cwd or '.'}): {words}"))
-    return result.stdout.strip()
+    return result.returncode, result.stdout.strip(), (result.stderr or "").strip()
 
 
 def _env(network: bool) -> dict[str, str]:

@@ -70,12 +70,15 @@ __all__ = [
     "GitError",
     "Workspace",
     "WorkspaceError",
+    "canonical_path",
     "canonical_repo",
+    "checkout_commit",
     "checkout_path",
     "collect",
     "commit_leftovers",
     "diff_text",
     "keep",
+    "measure",
     "prepare",
     "private_dir",
     "read_workspace_file",
@@ -197,12 +200,36 @@ def collect(ws: Workspace) -> Collected:
             cwd=ws.canonical,
             config={"transfer.fsckObjects": "true"},
         )
-    head = _rev(ws.canonical, ref)
-    between = (ws.base_commit, head)
-    diff_stat = git("diff", *DIFF_SAFE, "--no-renames", "--stat=100", *between, cwd=ws.canonical)
-    numstat = git("diff", *DIFF_SAFE, "--no-renames", "--numstat", "-z", *between, cwd=ws.canonical)
+    return measure(ws.canonical, ws.base_commit, _rev(ws.canonical, ref))
+
+
+def measure(canonical: Path, base: str, head: str) -> Collected:
+    """The change from `base` to `head` in the canonical repo."""
+    between = (base, head)
+    diff_stat = git("diff", *DIFF_SAFE, "--no-renames", "--stat=100", *between, cwd=canonical)
+    numstat = git("diff", *DIFF_SAFE, "--no-renames", "--numstat", "-z", *between, cwd=canonical)
     files, insertions, deletions = _parse_numstat(numstat)
     return Collected(head, diff_stat, files, insertions, deletions)
+
+
+def checkout_commit(canonical: Path, branch: str, commit: str, *, into: Path) -> Path:
+    """A fresh clone holding exactly `commit` (checked out on `branch`) in `into`, an empty
+    folder: made on the host from the canonical repo, so nothing of any agent's working
+    folder (untracked or ignored files, its index, its git config) comes along. For the
+    clean room the checks that count run in (executor/pipeline/job.py)."""
+    if not _BRANCH.fullmatch(branch) or ".." in branch:
+        raise WorkspaceError(f"unusable branch name {branch!r}")
+    if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", commit):
+        raise WorkspaceError(f"not a commit id: {commit!r}")
+    path = into.resolve()
+    if not path.is_dir() or any(path.iterdir()):
+        raise WorkspaceError(f"{path} is not an empty folder")
+    git("init", "--quiet", f"--initial-branch={branch}", "--", str(path))
+    fetch = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head")
+    git(*fetch, "--", str(canonical), f"+{commit}:refs/nightcrew/proof", cwd=path)
+    git("checkout", "--quiet", "-B", branch, commit, cwd=path)
+    git("update-ref", "-d", "refs/nightcrew/proof", cwd=path)
+    return path
 
 
 def diff_text(ws: Workspace, head_commit: str) -> str:
@@ -306,8 +333,8 @@ def canonical_repo(home: Path, name: str, repo: RepoConfig) -> Path:
     if repo.path is not None:
         return repo.path.resolve()
     assert repo.url is not None  # RepoConfig guarantees one of the two
-    repos = private_dir(home / "repos")
-    bare = repos / f"{name}.git"
+    bare = canonical_path(home, name, repo)
+    repos = private_dir(bare.parent)
     with _locked(repos / f"{name}.lock"):
         if bare.exists():
             base = f"refs/heads/{repo.base_branch}"
@@ -322,6 +349,13 @@ def canonical_repo(home: Path, name: str, repo: RepoConfig) -> Path:
             git("clone", "--quiet", "--bare", "--", repo.url, str(partial), network=True)
             partial.rename(bare)
     return bare
+
+
+def canonical_path(home: Path, name: str, repo: RepoConfig) -> Path:
+    """Where canonical_repo() keeps the truth, without fetching anything."""
+    if repo.path is not None:
+        return repo.path.resolve()
+    return home.resolve() / "repos" / f"{name}.git"
 
 
 @contextmanager

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +21,17 @@ from executor.agents.llm import LLMClient
 from executor.agents.llm_reply import Usage
 from executor.agents.loop import Agent, Cancelled, Finished, NeedsHuman, Turn, render
 from executor.agents.tools import describe
-from executor.config.defaults import CARD_REFRESH_S, MAX_REVISION_ROUNDS
+from executor.config.defaults import CARD_REFRESH_S, CHECK_OUTPUT_TAIL_CHARS, MAX_REVISION_ROUNDS
 from executor.config.schema import RepoConfig
 from executor.costs.budget import Books, crossed
 from executor.costs.pricing import NANOS_PER_USD, cost_nanos, cost_usd, price_of
-from executor.git import workspace
+from executor.git import merge, workspace
 from executor.git.workspace import Collected, Workspace
 from executor.monitoring import metrics
 from executor.pipeline import stages
 from executor.pipeline.watch import Watch
 from executor.sandbox.container import Sandbox, prepare_workspace
-from executor.sandbox.warm import SandboxSpec, WarmPool, discard
+from executor.sandbox.warm import SANDBOX_ENV, SandboxSpec, WarmPool, discard
 from storage import outbox, spend
 from storage.db import transaction
 from storage.lifecycle import State
@@ -105,15 +105,11 @@ class TaskJob:
                     base_commit=ws.base_commit,
                 )
                 why = f"changed files outside allowed_paths: {', '.join(outside[:5])}"
-            else:
-                checks = stages.run_checks(sandbox, self.repo.checks)
-                self.watch.check()
-                self.record("checks", {"results": [asdict(c) for c in checks]})
+            else:  # in a clean room: nothing the agent left in its container counts
+                checks = self.prove(collected.head_commit, then=sandbox)
                 failed = [c.command for c in checks if not c.passed]
                 feedback = stages.checks_feedback(checks) if failed else None
                 why = f"checks failed: {', '.join(failed)}"
-                if checks and not failed:  # a merge needs no re-run on exactly this head
-                    self.record("checks_passed", {"head": collected.head_commit})
             if feedback:
                 fixes += 1
                 if fixes > MAX_REVISION_ROUNDS:
@@ -145,6 +141,27 @@ class TaskJob:
         summary: str,
         rounds: int,
     ) -> Outcome:
+        proof = self.record_proof(collected, checks, verdict, rounds)
+        reason = f"risk {proof['risk']['level']}"
+        if verdict is not None and verdict.verdict != "approve":
+            reason += f"; review: {verdict.verdict.replace('_', ' ')} (open findings)"
+        if proof.get("since_approval"):
+            reason += "; changed since it was approved: approve again to merge"
+        return Outcome(State.AWAITING_APPROVAL, reason, summary)
+
+    def record_proof(
+        self,
+        collected: Collected,
+        checks: list[stages.CheckResult],
+        verdict: stages.Verdict | None,
+        rounds: int,
+        *,
+        reference: str | None = None,
+    ) -> dict[str, Any]:
+        """Record the proof pack for `collected.head_commit`, the commit its checks ran on.
+        A task approved before whose tree changed since (a nudge, a retry, a conflict
+        resolved in the merge) also shows what changed: the interdiff from `reference` (the
+        approved commit, or the tree a clean rebase of it would have made) to the new head."""
         proof = stages.proof_pack(
             diff_stat=collected.diff_stat,
             files=collected.files_changed,
@@ -154,11 +171,72 @@ class TaskJob:
             verdict=verdict,
             rounds=rounds,
         )
+        proof["commit"] = collected.head_commit
+        approved = self.task.approved_commit
+        if approved and approved != collected.head_commit:
+            stat, patch = merge.interdiff(
+                self.canonical, reference or approved, collected.head_commit
+            )
+            proof["since_approval"] = {
+                "approved": approved,
+                "commit": collected.head_commit,
+                "diff_stat": stat,
+                "diff": patch,
+            }
         self.record("proof", proof)
-        reason = f"risk {proof['risk']['level']}"
-        if verdict is not None and verdict.verdict != "approve":
-            reason += f"; review: {verdict.verdict.replace('_', ' ')} (open findings)"
-        return Outcome(State.AWAITING_APPROVAL, reason, summary)
+        return proof
+
+    @property
+    def canonical(self) -> Path:
+        return workspace.canonical_path(self.home, self.task.repo, self.repo)
+
+    def prove(
+        self, head: str, *, then: Sandbox | None = None, after: str | None = None
+    ) -> list[stages.CheckResult]:
+        """Run the repo's checks as proof on exactly `head`, in a clean room: a sandbox that
+        never ran a command (a warm spare or a new one, without the agent's environment), a
+        fresh host-made checkout of that commit from the canonical repo, the repo's `setup`
+        first. Records the results naming the commit, and `checks_passed` when all pass (a
+        merge lands only a commit proven so). `then`: the sandbox a cancel kills afterwards."""
+        if not self.repo.checks:
+            return []
+        assert self.task.branch is not None
+        spec = replace(SandboxSpec.of(self.repo), env=tuple(SANDBOX_ENV.items()))
+        room = self.sandboxes.take(spec)
+        try:
+            workspace.checkout_commit(self.canonical, self.task.branch, head, into=room.workspace)
+            prepare_workspace(room.workspace)  # the clone is the sandbox user's now
+            self.watch.attach(room)
+            checks = self._setup_then_checks(room)
+            self.watch.check()  # a cancel or shutdown kills the checks: not their verdict
+        finally:
+            self.watch.attach(then)
+            self.sandboxes.retire(room, lambda: discard(room))
+        payload: dict[str, Any] = {"commit": head, "room": "clean"}
+        self.record(
+            "checks",
+            payload
+            | {"results": [asdict(c) for c in checks]}
+            | ({"after": after} if after else {}),
+        )
+        if all(c.passed for c in checks):
+            self.record("checks_passed", {"head": head, "room": "clean"})
+        return checks
+
+    def _setup_then_checks(self, room: Sandbox) -> list[stages.CheckResult]:
+        for command in self.repo.setup:
+            result = room.exec(command)
+            if not result.ok:  # the checks cannot pass without it: say so as a failed check
+                return [
+                    stages.CheckResult(
+                        f"setup: {command}",
+                        result.exit_code,
+                        round(result.duration_s, 2),
+                        result.output[-CHECK_OUTPUT_TAIL_CHARS:],
+                        result.killed_reason,
+                    )
+                ]
+        return stages.run_checks(room, self.repo.checks)
 
     def _agent_runner(self, ws: Workspace, sandbox: Sandbox) -> Callable[[str | None], str]:
         """Runs (or continues) the agent with optional feedback; returns its summary or
