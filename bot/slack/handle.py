@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from bot import actions, schedules
 from bot.actions import ActionError, Outcome
-from bot.slack import blocks
+from bot.slack import access, blocks
 from bot.slack import digest_send as digest
 from bot.slack.commands import SCHEDULE_USAGE, Command, CommandError, parse
 from executor.config.schema import Config, ConfigError
@@ -46,19 +46,19 @@ def writing(engine: Engine) -> Iterator[Session]:
 
 
 def thread_reply(
-    engine: Engine, channel: str, thread_ts: str, ts: str, user: str, text: str
+    engine: Engine, config: Config, channel: str, thread_ts: str, ts: str, user: str, text: str
 ) -> Outcome | str | None:
-    """A person's reply in a thread: a nudge (Outcome) if it is a task's thread, a hint
-    (str) if that task cannot take one, None if it is not a task's thread or seen before
-    (Slack redelivers events it thinks we missed)."""
+    """A person's reply in a thread: a nudge (Outcome) if it is a task's thread and theirs to
+    steer, a hint (str) if that task cannot take one or it is not theirs, None if it is not a
+    task's thread or seen before (Slack redelivers events it thinks we missed)."""
     try:
-        return _thread_reply(engine, channel, thread_ts, ts, user, text)
+        return _thread_reply(engine, config, channel, thread_ts, ts, user, text)
     except IntegrityError:  # the same reply taken at once by another worker process: it has it
         return None
 
 
 def _thread_reply(
-    engine: Engine, channel: str, thread_ts: str, ts: str, user: str, text: str
+    engine: Engine, config: Config, channel: str, thread_ts: str, ts: str, user: str, text: str
 ) -> Outcome | str | None:
     with writing(engine) as session:
         task = session.exec(
@@ -70,6 +70,10 @@ def _thread_reply(
             select(Nudge.id).where(Nudge.task_id == task.id, Nudge.slack_ts == ts)
         ).first():
             return None
+        try:
+            access.check_may_act(config, task, user, "nudge")
+        except ActionError as exc:
+            return str(exc)
         try:
             outcome = actions.nudge(session, task.id, text, actor=user, source="slack", slack_ts=ts)
         except USER_ERRORS as exc:
@@ -100,6 +104,8 @@ def run_command(
     user, channel = command["user_id"], command["channel_id"]
     if cmd.verb == "help":
         return {"text": blocks.HELP}
+    if cmd.verb != "add":  # add says it in its own words
+        access.check_member(config, user)
     if cmd.verb == "repos":
         lines = [f"• `{name}` (base `{r.base_branch}`)" for name, r in config.repos.items()]
         here = config.channels.get(channel)
@@ -128,13 +134,15 @@ def run_command(
         if cmd.verb == "list":
             return {"blocks": _list(session, cmd.scope, user, channel), "text": "tasks"}
         assert cmd.task_id is not None
+        task = get_task(session, cmd.task_id)
         if cmd.verb == "show":
-            text, card = blocks.card(get_task(session, cmd.task_id))
+            access.check_may_see(task, user, channel)
+            text, card = blocks.card(task)
             return {"text": text, "blocks": card}
+        access.check_may_act(config, task, user, cmd.verb)
         if cmd.verb == "retry":
             return {"text": actions.retry(session, cmd.task_id, actor=user).message}
-        repo = config.repos.get(get_task(session, cmd.task_id).repo)
-        approvers = list(repo.approvers) if repo else []
+        approvers = access.approvers(config, task)
         outcome = actions.cancel(session, cmd.task_id, actor=user, approvers=approvers)
         return {"text": outcome.message}
 
@@ -231,11 +239,7 @@ def thread_context(messages: list[dict[str, Any]], *, before_ts: str, limit: int
 
 
 def _add(session: Session, config: Config, cmd: Command, user: str, channel: str) -> Outcome:
-    if config.users and user not in config.users:
-        raise ActionError(
-            "you are not one of the users who may add tasks; ask an admin to "
-            "add your Slack id to `users:` in nightcrew.yaml"
-        )
+    access.check_member(config, user, "add tasks")
     repo = config.repo_for(cmd.repo, channel=channel)
     return actions.add(
         session,
@@ -249,10 +253,20 @@ def _add(session: Session, config: Config, cmd: Command, user: str, channel: str
 
 
 def _list(session: Session, scope: str, user: str, channel: str) -> list[blocks.Block]:
-    query = select(Task).order_by(col(Task.id).desc()).limit(blocks.MAX_BLOCKS - 2)
+    """Whatever the scope, only what this place shows (`access.visible`): `all` is every task
+    of this channel, or all your own in a DM."""
+    query = (
+        select(Task)
+        .where(access.visible(user, channel))
+        .order_by(col(Task.id).desc())
+        .limit(blocks.MAX_BLOCKS - 2)
+    )
     if scope == "mine":
         query = query.where(Task.requester == user)
-    elif scope == "channel":
-        query = query.where(Task.channel == channel)
-    heading = {"mine": "Your tasks", "channel": "Tasks in this channel", "all": "All tasks"}
+    dm = access.is_dm(channel)
+    heading = {
+        "mine": "Your tasks" if dm else "Your tasks in this channel",
+        "channel": "Your tasks" if dm else "Tasks in this channel",
+        "all": "All your tasks" if dm else "All tasks in this channel",
+    }
     return blocks.task_list(session.exec(query).all(), heading[scope])

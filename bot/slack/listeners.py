@@ -15,8 +15,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from bot import actions
-from bot.actions import ActionError
-from bot.slack import blocks
+from bot.slack import access, blocks
 from bot.slack.handle import (
     USER_ERRORS,
     is_task_thread,
@@ -35,6 +34,17 @@ DECIDE = {
     blocks.REJECT: actions.reject,
     blocks.CANCEL: actions.cancel,
 }
+# What each button or modal does, in the words of a refusal ("… may approve it").
+VERBS = {
+    blocks.APPROVE: "approve",
+    blocks.REJECT: "reject",
+    blocks.CANCEL: "cancel",
+    blocks.RETRY: "retry",
+    blocks.CHANGES: "request changes on",
+    blocks.NUDGE: "nudge",
+    blocks.CHANGES_MODAL: "request changes on",
+    blocks.NUDGE_MODAL: "nudge",
+}
 
 
 def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
@@ -45,9 +55,9 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
     lazy function, started once the ack is out. An ack function leaves what its lazy
     follow-up needs in `context["reply"]` (Bolt copies the context for lazy functions)."""
 
-    def approvers(session: Session, task_id: int) -> list[str]:
-        repo = config().repos.get(get_task(session, task_id).repo)
-        return list(repo.approvers) if repo else []
+    def may_act(session: Session, task_id: int, user: str, what: str) -> None:
+        """Checked against the task as stored: a payload can name any task id."""
+        access.check_may_act(config(), get_task(session, task_id), user, VERBS[what])
 
     def just_ack(ack: Ack) -> None:
         ack()
@@ -61,7 +71,7 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
         try:
             ack(**run_command(engine, config(), command))
         except USER_ERRORS as exc:
-            ack(text=f":warning: {exc}")
+            ack(text=f":warning: {blocks.escape(str(exc))}")
 
     def decide(
         ack: Ack, action: dict[str, Any], body: dict[str, Any], context: BoltContext
@@ -70,27 +80,46 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
         try:
             task_id = actions.parse_task_id(str(action.get("value", "")))
             with writing(engine) as session:
+                may_act(session, task_id, actor, action["action_id"])
                 if action["action_id"] == blocks.RETRY:
                     outcome = actions.retry(session, task_id, actor=actor)
                 else:
                     verb = DECIDE[action["action_id"]]
-                    outcome = verb(
-                        session, task_id, actor=actor, approvers=approvers(session, task_id)
-                    )
+                    approvers = access.approvers(config(), get_task(session, task_id))
+                    outcome = verb(session, task_id, actor=actor, approvers=approvers)
             context["reply"] = outcome.message
         except USER_ERRORS as exc:
-            context["reply"] = f":no_entry: {exc}"
+            context["reply"] = f":no_entry: {blocks.escape(str(exc))}"
         ack()
 
     app.action(re.compile(f"^({'|'.join(DECIDE)}|{blocks.RETRY})$"))(
         ack=decide, lazy=[reply_ephemerally]
     )
 
-    def open_note(action: dict[str, Any], body: dict[str, Any], client: WebClient) -> None:
+    def check_note(
+        ack: Ack, action: dict[str, Any], body: dict[str, Any], context: BoltContext
+    ) -> None:
+        """Only someone who may steer the task gets the modal to type a note into."""
         try:
             task_id = actions.parse_task_id(str(action.get("value", "")))
-        except ActionError:
-            return  # not one of our cards' buttons: nothing to open
+            with writing(engine) as session:
+                may_act(session, task_id, body["user"]["id"], action["action_id"])
+            context["task_id"] = task_id
+        except USER_ERRORS as exc:
+            context["reply"] = f":no_entry: {blocks.escape(str(exc))}"
+        ack()
+
+    def open_note(
+        action: dict[str, Any],
+        body: dict[str, Any],
+        client: WebClient,
+        context: BoltContext,
+        respond: Respond,
+    ) -> None:
+        task_id = context.get("task_id")
+        if task_id is None:
+            reply_ephemerally(context, respond)
+            return
         if action["action_id"] == blocks.CHANGES:
             view = blocks.note_modal(
                 blocks.CHANGES_MODAL,
@@ -107,18 +136,32 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
             )
         client.views_open(trigger_id=body["trigger_id"], view=view)
 
-    app.action(re.compile(f"^({blocks.CHANGES}|{blocks.NUDGE})$"))(ack=just_ack, lazy=[open_note])
+    app.action(re.compile(f"^({blocks.CHANGES}|{blocks.NUDGE})$"))(
+        ack=check_note, lazy=[open_note]
+    )
 
-    def diffstat(action: dict[str, Any], respond: Respond) -> None:
-        with writing(engine) as session:
-            proof = session.exec(
-                select(TaskEvent)
-                .where(TaskEvent.task_id == int(action["value"]), TaskEvent.kind == "proof")
-                .order_by(col(TaskEvent.id).desc())
-            ).first()
+    def diffstat(action: dict[str, Any], body: dict[str, Any], respond: Respond) -> None:
+        try:
+            task_id = actions.parse_task_id(str(action.get("value", "")))
+            with writing(engine) as session:
+                # Where the click came from: a channel's card, a DM, or the App Home (none).
+                channel = (body.get("channel") or {}).get("id")
+                access.check_may_see(get_task(session, task_id), body["user"]["id"], channel)
+                proof = session.exec(
+                    select(TaskEvent)
+                    .where(TaskEvent.task_id == task_id, TaskEvent.kind == "proof")
+                    .order_by(col(TaskEvent.id).desc())
+                ).first()
+        except USER_ERRORS as exc:
+            respond(
+                text=f":no_entry: {blocks.escape(str(exc))}",
+                response_type="ephemeral",
+                replace_original=False,
+            )
+            return
         stat = (proof.payload.get("diff_stat") if proof else None) or "no diff stat recorded"
         respond(
-            text=blocks.cut(f"```{blocks.escape(stat)}```"),
+            text=blocks.cut(f"```{blocks.escape(str(stat))}```"),
             response_type="ephemeral",
             replace_original=False,
         )
@@ -131,6 +174,7 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
         try:
             task_id = actions.parse_task_id(view.get("private_metadata", ""))
             with writing(engine) as session:
+                may_act(session, task_id, body["user"]["id"], view["callback_id"])
                 actions.nudge(session, task_id, text, actor=body["user"]["id"], source="slack")
         except USER_ERRORS as exc:  # shown under the text box; the modal stays open
             ack(response_action="errors", errors={blocks.NOTE_BLOCK: str(exc)[:150]})
@@ -146,9 +190,9 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
         if not thread or thread == ts:
             return
         text = MENTION.sub("", event.get("text", ""))
-        reply = thread_reply(engine, event["channel"], thread, ts, event["user"], text)
+        reply = thread_reply(engine, config(), event["channel"], thread, ts, event["user"], text)
         if isinstance(reply, str):
-            context["reply"] = reply
+            context["reply"] = blocks.escape(reply)
 
     def hint_in_thread(event: dict[str, Any], context: BoltContext, client: WebClient) -> None:
         if context.get("reply"):
@@ -183,7 +227,7 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
                 engine, config(), command, event_ts=event.get("ts"), context=thread_text
             )
         except USER_ERRORS as exc:
-            return {"text": f":warning: {exc}"}
+            return {"text": f":warning: {blocks.escape(str(exc))}"}
 
     def answer_mention(event: dict[str, Any], context: BoltContext, client: WebClient) -> None:
         if context.get("from_thread"):
