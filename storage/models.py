@@ -212,6 +212,19 @@ class Schedule(SQLModel, table=True):
     last_task_id: int | None = None
 
 
+class SlackDelivery(SQLModel, table=True):
+    """A Slack request already acted on, by its key (`trigger:<trigger_id>` for commands,
+    clicks and modal submissions, `event:<event_id>` for events) with the answer it got: a
+    redelivery or replay of it changes nothing and gets the same answer. In the database, not
+    in memory, because HTTP mode's worker processes share nothing else."""
+
+    __tablename__ = "slack_delivery"
+
+    key: str = Field(primary_key=True)
+    reply: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _ts(nullable=False, index=True)
+
+
 class Installation(SQLModel, table=True):
     """One row: this database's random id, made by its migration. Executors and the notifier
     name their sandboxes and Slack posts with it, so two installations sharing a Docker host

@@ -18,7 +18,9 @@ from bot import actions
 from bot.slack import access, blocks
 from bot.slack.handle import (
     USER_ERRORS,
+    delivery_key,
     is_task_thread,
+    once,
     run_command,
     thread_context,
     thread_reply,
@@ -69,7 +71,7 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
     @app.command("/agent")
     def agent(ack: Ack, command: dict[str, Any]) -> None:
         try:
-            ack(**run_command(engine, config(), command))
+            ack(**run_command(engine, config(), command, delivery=delivery_key(command)))
         except USER_ERRORS as exc:
             ack(text=f":warning: {blocks.escape(str(exc))}")
 
@@ -77,17 +79,22 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
         ack: Ack, action: dict[str, Any], body: dict[str, Any], context: BoltContext
     ) -> None:
         actor = body["user"]["id"]
+
+        def act(session: Session) -> dict[str, Any]:
+            may_act(session, task_id, actor, action["action_id"])
+            if action["action_id"] == blocks.RETRY:
+                outcome = actions.retry(session, task_id, actor=actor)
+            else:
+                verb = DECIDE[action["action_id"]]
+                approvers = access.approvers(config(), get_task(session, task_id))
+                outcome = verb(session, task_id, actor=actor, approvers=approvers)
+            return {"text": outcome.message}
+
         try:
             task_id = actions.parse_task_id(str(action.get("value", "")))
-            with writing(engine) as session:
-                may_act(session, task_id, actor, action["action_id"])
-                if action["action_id"] == blocks.RETRY:
-                    outcome = actions.retry(session, task_id, actor=actor)
-                else:
-                    verb = DECIDE[action["action_id"]]
-                    approvers = access.approvers(config(), get_task(session, task_id))
-                    outcome = verb(session, task_id, actor=actor, approvers=approvers)
-            context["reply"] = outcome.message
+            reply, again = once(engine, delivery_key(body), act)
+            if not again:  # the first delivery answered already
+                context["reply"] = reply["text"]
         except USER_ERRORS as exc:
             context["reply"] = f":no_entry: {blocks.escape(str(exc))}"
         ack()
@@ -136,9 +143,7 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
             )
         client.views_open(trigger_id=body["trigger_id"], view=view)
 
-    app.action(re.compile(f"^({blocks.CHANGES}|{blocks.NUDGE})$"))(
-        ack=check_note, lazy=[open_note]
-    )
+    app.action(re.compile(f"^({blocks.CHANGES}|{blocks.NUDGE})$"))(ack=check_note, lazy=[open_note])
 
     def diffstat(action: dict[str, Any], body: dict[str, Any], respond: Respond) -> None:
         try:
@@ -171,11 +176,16 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
     @app.view(re.compile(f"^({blocks.CHANGES_MODAL}|{blocks.NUDGE_MODAL})$"))
     def submit_note(ack: Ack, view: dict[str, Any], body: dict[str, Any]) -> None:
         text = view["state"]["values"][blocks.NOTE_BLOCK][blocks.NOTE_INPUT].get("value") or ""
+
+        def note(session: Session) -> dict[str, Any]:
+            may_act(session, task_id, body["user"]["id"], view["callback_id"])
+            actor = body["user"]["id"]
+            outcome = actions.nudge(session, task_id, text, actor=actor, source="slack")
+            return {"text": outcome.message}
+
         try:
             task_id = actions.parse_task_id(view.get("private_metadata", ""))
-            with writing(engine) as session:
-                may_act(session, task_id, body["user"]["id"], view["callback_id"])
-                actions.nudge(session, task_id, text, actor=body["user"]["id"], source="slack")
+            once(engine, delivery_key(body), note)
         except USER_ERRORS as exc:  # shown under the text box; the modal stays open
             ack(response_action="errors", errors={blocks.NOTE_BLOCK: str(exc)[:150]})
             return
@@ -205,7 +215,9 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
 
     app.event("message")(ack=message, lazy=[hint_in_thread])
 
-    def mention(ack: Ack, event: dict[str, Any], context: BoltContext) -> None:
+    def mention(
+        ack: Ack, event: dict[str, Any], body: dict[str, Any], context: BoltContext
+    ) -> None:
         ack()
         thread = event.get("thread_ts")
         if thread and is_task_thread(engine, event["channel"], thread):
@@ -213,9 +225,11 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
         if thread:  # a new task from a thread: its messages are read after the ack
             context["from_thread"] = thread
             return
-        context["reply"] = _mention_command(event, None)
+        context["reply"] = _mention_command(event, None, delivery_key(body))
 
-    def _mention_command(event: dict[str, Any], thread_text: str | None) -> dict[str, Any]:
+    def _mention_command(
+        event: dict[str, Any], thread_text: str | None, delivery: str | None
+    ) -> dict[str, Any]:
         prompt = MENTION.sub("", event.get("text", "")).strip()
         command = {
             "text": prompt or "help",
@@ -224,18 +238,25 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
         }
         try:
             return run_command(
-                engine, config(), command, event_ts=event.get("ts"), context=thread_text
+                engine,
+                config(),
+                command,
+                event_ts=event.get("ts"),
+                context=thread_text,
+                delivery=delivery,
             )
         except USER_ERRORS as exc:
             return {"text": f":warning: {blocks.escape(str(exc))}"}
 
-    def answer_mention(event: dict[str, Any], context: BoltContext, client: WebClient) -> None:
+    def answer_mention(
+        event: dict[str, Any], body: dict[str, Any], context: BoltContext, client: WebClient
+    ) -> None:
         if context.get("from_thread"):
             replies = client.conversations_replies(
                 channel=event["channel"], ts=context["from_thread"], limit=100
             )
             earlier = thread_context(replies.get("messages") or [], before_ts=event["ts"])
-            context["reply"] = _mention_command(event, earlier)
+            context["reply"] = _mention_command(event, earlier, delivery_key(body))
         if context.get("reply"):
             client.chat_postEphemeral(
                 channel=event["channel"], user=event["user"], **context["reply"]
