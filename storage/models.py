@@ -13,14 +13,16 @@ from sqlalchemy import (
     Column,
     DateTime,
     Index,
+    String,
     Text,
     TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy import Enum as SAEnum
-from sqlmodel import Field, SQLModel
+from sqlmodel import AutoString, Field, SQLModel
 
 from storage.lifecycle import State
+from storage.text import CleanJSON, CleanString, CleanText
 
 
 def utcnow() -> datetime:
@@ -231,3 +233,23 @@ class Installation(SQLModel, table=True):
     or a Slack workspace never take each other's for their own (a URL can repeat)."""
 
     id: str = Field(primary_key=True)
+
+
+def _clean_every_text_column() -> None:
+    """Every string and JSON column of every table takes the cleaning types of storage.text,
+    so untrusted text cannot be stored with NUL or escape sequences, whoever writes it. The
+    database types stay as they were (VARCHAR, TEXT, JSON): no migration."""
+    for table in SQLModel.metadata.tables.values():
+        for column in table.columns:
+            kind = column.type
+            if isinstance(kind, SAEnum | CleanString | CleanJSON):
+                continue  # an enum stores its own values; already clean
+            if isinstance(kind, JSON):
+                column.type = CleanJSON()
+            elif isinstance(kind, Text):
+                column.type = CleanText()
+            elif isinstance(kind, String | AutoString):
+                column.type = CleanString(getattr(kind, "length", None))
+
+
+_clean_every_text_column()

@@ -43,9 +43,11 @@ def url(app: App) -> Iterator[str]:
 
 @pytest.fixture
 def socket(app: App, env: SlackEnv, slack: SlackEmulator) -> Iterator[None]:
-    with socket_mode(app, env):
+    with socket_mode(app, env) as handler:
         slack.wait_connected()
         yield
+        handler.client.auto_reconnect_enabled = False
+        slack.close_connections()
 
 
 def prompts(engine: Engine) -> list[str]:
