@@ -19,26 +19,19 @@ KEEP = timedelta(days=1)
 PRUNE_EVERY = 100
 
 
-def take(session: Session, key: str) -> dict[str, Any] | None:
-    """Claim `key` in this transaction: None if it is new (act, then `answer`), else the
-    answer stored the first time. On PostgreSQL a concurrent transaction holding the same new
-    key makes the flush wait for it, then raise IntegrityError: the caller retries and finds
-    it taken."""
+def seen(session: Session, key: str) -> dict[str, Any] | None:
+    """The answer `key` got when it was acted on, or None if it is new."""
     found = session.get(SlackDelivery, key, populate_existing=True)
-    if found is not None:
-        return dict(found.reply)
-    session.add(SlackDelivery(key=key))
+    return None if found is None else dict(found.reply)
+
+
+def remember(session: Session, key: str, reply: dict[str, Any]) -> None:
+    """Record `key` as acted on, with its answer, in the transaction of the act. If another
+    transaction recorded it meanwhile, the flush raises IntegrityError (on PostgreSQL after
+    waiting for that transaction's commit) and this one must roll back: the caller looks
+    again and finds the other's answer."""
+    session.add(SlackDelivery(key=key, reply=reply))
     session.flush()
     if zlib.crc32(key.encode()) % PRUNE_EVERY == 0:
-        session.execute(
-            delete(SlackDelivery).where(col(SlackDelivery.created_at) < utcnow() - KEEP)
-        )
-    return None
-
-
-def answer(session: Session, key: str, reply: dict[str, Any]) -> None:
-    """Store the answer the request got, for its redeliveries."""
-    found = session.get(SlackDelivery, key)
-    assert found is not None, "take() first"
-    found.reply = reply
-    session.add(found)
+        old = col(SlackDelivery.created_at) < utcnow() - KEEP
+        session.execute(delete(SlackDelivery).where(old))

@@ -220,7 +220,7 @@ HELP = (
     "*nightcrew* runs coding agents for you.\n"
     "• `/agent add [--repo R] [--priority high|normal|low] <what to do>` or just "
     "`/agent <what to do>`: queue a task; its card appears in this channel\n"
-    "• reply in a task's thread to steer its agent\n"
+    "• reply in a task's thread to steer its agent (its requester or the repo's approvers)\n"
     "• `/agent list [mine|channel|all]`, `/agent show ID`, `/agent cancel ID`, "
     "`/agent retry ID`, `/agent repos`, `/agent budget` (today's spend against the budgets)\n"
     "• approve, reject or request changes with the buttons on the card\n"

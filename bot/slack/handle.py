@@ -97,16 +97,16 @@ def once(
         try:
             with writing(engine) as session:
                 if delivery is not None:
-                    prior = deliveries.take(session, delivery)
+                    prior = deliveries.seen(session, delivery)
                     if prior is not None:
                         return prior, True
                 reply = work(session)
                 if delivery is not None:
-                    deliveries.answer(session, delivery, reply)
+                    deliveries.remember(session, delivery, reply)
                 return reply, False
         except IntegrityError:
-            # Another worker process took the same delivery at this very moment (PostgreSQL
-            # made us wait for its commit): look again, and find its answer.
+            # Another worker process acted on the same delivery at this very moment: ours is
+            # rolled back; look again, and find its answer.
             if delivery is None or attempt:
                 raise
     raise AssertionError("unreachable")
