@@ -113,6 +113,8 @@ def test_a_hostile_agents_summary_and_file_names_are_stored_clean_and_shown_iner
     with a summary full of NUL, pings and markup. On PostgreSQL the NUL alone used to fail the
     task; in Slack the file name used to ping the channel."""
     task_id = add_task(engine, prompt="tidy up")
+    # The card first: a drain would skip the task while the notifier holds its row (SKIP LOCKED).
+    card_of(slack, engine, task_id)
     script = [
         reply(tool_call("write_file", {"path": "secret-<!channel>.txt", "content": "x\n"})),
         reply(tool_call("bash", {"command": "printf 'out\\033[2J\\000 <!here>\\n'"})),
