@@ -58,3 +58,15 @@ def visible(user: str, channel: str | None) -> ColumnElement[bool]:
     if is_dm(channel):
         return col(Task.requester) == user
     return col(Task.channel) == channel
+
+
+def check_may_see_proof(config: Config, task: Task, user: str, channel: str | None) -> None:
+    """The diff stat: whoever may see the task here, and whoever may decide on it anywhere
+    (the digest puts a task's buttons in a channel of its own)."""
+    try:
+        check_may_see(task, user, channel)
+    except ActionError as cannot_see:
+        try:
+            check_may_act(config, task, user, "review")
+        except ActionError:
+            raise cannot_see from None

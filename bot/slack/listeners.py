@@ -151,7 +151,8 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
             with writing(engine) as session:
                 # Where the click came from: a channel's card, a DM, or the App Home (none).
                 channel = (body.get("channel") or {}).get("id")
-                access.check_may_see(get_task(session, task_id), body["user"]["id"], channel)
+                task = get_task(session, task_id)
+                access.check_may_see_proof(config(), task, body["user"]["id"], channel)
                 proof = session.exec(
                     select(TaskEvent)
                     .where(TaskEvent.task_id == task_id, TaskEvent.kind == "proof")
