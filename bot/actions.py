@@ -7,7 +7,6 @@ the intent (a cancel request, an approval, a nudge) where the executor will find
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from storage.defaults import MAX_PROMPT_CHARS
 from storage.lifecycle import CLOSED, WAITING, WORKING, State
 from storage.models import Priority, Task, utcnow
 from storage.tasks import add_nudge, create_task, get_task, record, transition
+from storage.text import clean
 
 
 class ActionError(Exception):
@@ -32,9 +32,7 @@ class Outcome:
 
 def clean_text(text: str, *, what: str, max_chars: int = MAX_PROMPT_CHARS) -> str:
     """Strip control characters (keeping newlines and tabs) and surrounding blanks."""
-    kept = "".join(
-        ch for ch in text if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cs")
-    ).strip()
+    kept = clean(text).strip()
     if not kept:
         raise ActionError(f"the {what} is empty; say what the agent should do")
     if len(kept) > max_chars:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy import Engine, func
 from sqlmodel import select
 
@@ -37,6 +38,7 @@ from storage.errors import StorageError
 from storage.lifecycle import WORKING, IllegalTransition, State
 from storage.models import Priority, Task, utcnow
 from storage.tasks import events, get_task, list_tasks, nudges
+from storage.text import clean
 
 if TYPE_CHECKING:
     from bot.slack.app import SlackEnv
@@ -105,10 +107,10 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except ConfigError as exc:
-        err.print(f"[red]config error:[/red] {exc}")
+        err.print(f"[red]config error:[/red] {escape(clean(str(exc)))}")
         raise typer.Exit(2) from None
-    except (ActionError, StorageError, IllegalTransition) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+    except (ActionError, StorageError, IllegalTransition) as exc:  # may quote stored text
+        err.print(f"[red]error:[/red] {escape(clean(str(exc)))}")
         raise typer.Exit(1) from None
 
 

@@ -13,14 +13,16 @@ from sqlalchemy import (
     Column,
     DateTime,
     Index,
+    String,
     Text,
     TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy import Enum as SAEnum
-from sqlmodel import Field, SQLModel
+from sqlmodel import AutoString, Field, SQLModel
 
 from storage.lifecycle import State
+from storage.text import CleanJSON, CleanString, CleanText
 
 
 def utcnow() -> datetime:
@@ -218,9 +220,42 @@ class Schedule(SQLModel, table=True):
     last_task_id: int | None = None
 
 
+class SlackDelivery(SQLModel, table=True):
+    """A Slack request already acted on, by its key (`trigger:<trigger_id>` for commands,
+    clicks and modal submissions, `event:<event_id>` for events) with the answer it got: a
+    redelivery or replay of it changes nothing and gets the same answer. In the database, not
+    in memory, because HTTP mode's worker processes share nothing else."""
+
+    __tablename__ = "slack_delivery"
+
+    key: str = Field(primary_key=True)
+    reply: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _ts(nullable=False, index=True)
+
+
 class Installation(SQLModel, table=True):
     """One row: this database's random id, made by its migration. Executors and the notifier
     name their sandboxes and Slack posts with it, so two installations sharing a Docker host
     or a Slack workspace never take each other's for their own (a URL can repeat)."""
 
     id: str = Field(primary_key=True)
+
+
+def _clean_every_text_column() -> None:
+    """Every string and JSON column of every table takes the cleaning types of storage.text,
+    so untrusted text cannot be stored with NUL or escape sequences, whoever writes it. The
+    database types stay as they were (VARCHAR, TEXT, JSON): no migration."""
+    for table in SQLModel.metadata.tables.values():
+        for column in table.columns:
+            kind = column.type
+            if isinstance(kind, SAEnum | CleanString | CleanJSON):
+                continue  # an enum stores its own values; already clean
+            if isinstance(kind, JSON):
+                column.type = CleanJSON()
+            elif isinstance(kind, Text):
+                column.type = CleanText()
+            elif isinstance(kind, String | AutoString):
+                column.type = CleanString(getattr(kind, "length", None))
+
+
+_clean_every_text_column()

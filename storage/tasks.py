@@ -62,7 +62,7 @@ def create_task(
     created = {"by": requester, "repo": repo, "source": source}
     conn.execute(
         _INSERT_EVENT,
-        {"task_id": task_id, "kind": "created", "payload": _printable(created), "created_at": now},
+        {"task_id": task_id, "kind": "created", "payload": created, "created_at": now},
     )
     if channel:  # as notify(): only tasks that live in Slack get a card
         conn.execute(
@@ -149,23 +149,11 @@ def transition(
 
 def record(session: Session, task_id: int, kind: str, payload: dict[str, Any]) -> TaskEvent:
     """Append one line to the task's event log. Control characters (terminal escapes an agent
-    might print to fake or erase log lines) are dropped; newlines and tabs stay."""
-    event = TaskEvent(task_id=task_id, kind=kind, payload=_printable(payload))
+    might print to fake or erase log lines) are dropped on the way in (storage.text), as from
+    every column; newlines and tabs stay."""
+    event = TaskEvent(task_id=task_id, kind=kind, payload=payload)
     session.add(event)
     return event
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def _printable(value: Any) -> Any:
-    if isinstance(value, str):
-        return _CONTROL.sub("", value)
-    if isinstance(value, dict):
-        return {k: _printable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_printable(v) for v in value]
-    return value
 
 
 def notify(session: Session, task: Task, kind: str, payload: dict[str, Any]) -> None:

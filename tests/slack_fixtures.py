@@ -12,9 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
-from bot.slack.notifier import Tunables
-from tests.slack_emulator import SlackEmulator
+from bot.slack.app import SlackEnv
+from bot.slack.notifier import Notifier, Tunables
+from bot.slack.run import notifier_thread
+from storage.db import transaction
+from storage.lifecycle import State
+from storage.queue import claim_next
+from storage.tasks import get_task, record, transition
+from tests.slack_emulator import Message, SlackEmulator
 
 # A notifier for tests: no pacing, quick retries and polls, a short lease.
 FAST = Tunables(
@@ -31,6 +38,51 @@ FAST = Tunables(
 def slack() -> Iterator[SlackEmulator]:
     with SlackEmulator() as emulator:
         yield emulator
+
+
+@pytest.fixture
+def env(slack: SlackEmulator) -> SlackEnv:
+    """The bot's Slack settings for `slack`: Socket Mode and HTTP mode both possible."""
+    return SlackEnv(slack.bot_token, slack.app_token, slack.signing_secret, slack.api_url)
+
+
+@pytest.fixture
+def notifier(engine: Engine, env: SlackEnv) -> Iterator[Notifier]:
+    with notifier_thread(engine, env, FAST) as notifier:
+        yield notifier
+
+
+def card_of(slack: SlackEmulator, engine: Engine, task_id: int = 1) -> Message:
+    """The task's card as it stands in Slack, once the notifier has posted it."""
+
+    def posted() -> tuple[str, str] | None:
+        with transaction(engine) as session:
+            task = get_task(session, task_id)
+        return (task.channel, task.thread_ts) if task.channel and task.thread_ts else None
+
+    channel, ts = slack.wait_until(posted, what="the card's ts stored on the task")
+    return slack.message(channel, ts)
+
+
+def to_awaiting_approval(engine: Engine, summary: str = "fixed it", **proof: object) -> None:
+    """The next queued task through a run to awaiting approval, with a proof pack (`proof`
+    overrides its fields), as a worker leaves it."""
+    with transaction(engine) as session:
+        task = claim_next(session, "w1")
+        assert task is not None and task.id is not None
+        transition(session, task.id, State.RUNNING, actor="w1")
+        pack = {
+            "diff_stat": " app.py | 2 +-",
+            "files": ["app.py"],
+            "insertions": 1,
+            "deletions": 1,
+            "checks": [{"command": "pytest", "passed": True}],
+            "review": {"verdict": "approve", "summary": "small and tested"},
+        }
+        record(session, task.id, "proof", pack | proof)
+        transition(
+            session, task.id, State.AWAITING_APPROVAL, reason="done", actor="w1", summary=summary
+        )
 
 
 def start_bot(slack: SlackEmulator, home: Path, config: Path, *args: str) -> subprocess.Popen[str]:

@@ -18,30 +18,24 @@ from sqlmodel import select
 from bot.slack import blocks
 from bot.slack.app import SlackEnv, build_app, notifier_client
 from bot.slack.notifier import Notifier
-from bot.slack.run import http_mode, notifier_thread, socket_mode
+from bot.slack.run import http_mode, socket_mode
 from executor.config.schema import Config, RepoConfig
 from storage import outbox
 from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import Nudge, Task, TaskEvent
 from storage.queue import claim_next
-from storage.tasks import create_task, get_task, record, take_nudges, transition
+from storage.tasks import create_task, get_task, take_nudges, transition
 from tests.slack_emulator import (
-    Message,
     SlackEmulator,
     block_action,
     slash_command,
     view_submission,
 )
-from tests.slack_fixtures import FAST
+from tests.slack_fixtures import FAST, card_of, to_awaiting_approval
 
 REQUESTER, STRANGER, APPROVER = "U111", "U222", "U999"
 ROOT = Path(__file__).parent.parent
-
-
-@pytest.fixture
-def env(slack: SlackEmulator) -> SlackEnv:
-    return SlackEnv(slack.bot_token, slack.app_token, slack.signing_secret, slack.api_url)
 
 
 @pytest.fixture
@@ -50,12 +44,6 @@ def app(engine: Engine, env: SlackEnv, tmp_path: Path) -> App:
         repos={"api": RepoConfig(path=tmp_path, approvers=[APPROVER])}, channels={"C111": "api"}
     )
     return build_app(engine, lambda: config, env)
-
-
-@pytest.fixture
-def notifier(engine: Engine, env: SlackEnv) -> Iterator[Notifier]:
-    with notifier_thread(engine, env, FAST) as notifier:
-        yield notifier
 
 
 @pytest.fixture
@@ -76,33 +64,6 @@ def socket(app: App, env: SlackEnv, slack: SlackEmulator) -> Iterator[None]:
 def tasks(engine: Engine) -> list[Task]:
     with transaction(engine) as session:
         return list(session.exec(select(Task)).all())
-
-
-def card_of(slack: SlackEmulator, engine: Engine, task_id: int = 1) -> Message:
-    def posted() -> str | None:
-        with transaction(engine) as session:
-            return get_task(session, task_id).thread_ts
-
-    ts = slack.wait_until(posted, what="the card's ts stored on the task")
-    return slack.message("C111", ts)
-
-
-def to_awaiting_approval(engine: Engine) -> None:
-    with transaction(engine) as session:
-        claim_next(session, "w1")
-        transition(session, 1, State.RUNNING, actor="w1")
-        proof = {
-            "diff_stat": " app.py | 2 +-",
-            "files": ["app.py"],
-            "insertions": 1,
-            "deletions": 1,
-            "checks": [{"command": "pytest", "passed": True}],
-            "review": {"verdict": "approve", "summary": "small and tested"},
-        }
-        record(session, 1, "proof", proof)
-        transition(
-            session, 1, State.AWAITING_APPROVAL, reason="done", actor="w1", summary="fixed it"
-        )
 
 
 def test_a_signed_slash_command_creates_a_task_and_the_notifier_posts_its_card(
@@ -145,7 +106,7 @@ def test_a_thread_reply_becomes_a_nudge_once_and_gets_eyes(
 ) -> None:
     slack.send_envelope("slash_commands", slash_command("fix the tests"))
     card = card_of(slack, engine)
-    (event,) = slack.post_as_user("C111", STRANGER, "use pathlib please", thread_ts=card.ts)
+    (event,) = slack.post_as_user("C111", APPROVER, "use pathlib please", thread_ts=card.ts)
     slack.send_envelope("events_api", event)
     slack.send_envelope("events_api", event, retry_attempt=1, retry_reason="timeout")
     reply_ts = event["event"]["ts"]
@@ -153,7 +114,7 @@ def test_a_thread_reply_becomes_a_nudge_once_and_gets_eyes(
     assert slack.message("C111", reply_ts).reactions == {"eyes": [slack.bot_user_id]}
     with transaction(engine) as session:
         (nudge,) = session.exec(select(Nudge)).all()
-    assert (nudge.text, nudge.author, nudge.slack_ts) == ("use pathlib please", STRANGER, reply_ts)
+    assert (nudge.text, nudge.author, nudge.slack_ts) == ("use pathlib please", APPROVER, reply_ts)
     with transaction(engine) as session:  # the agent reads it at its next turn
         take_nudges(session, 1)
     slack.wait_until(
@@ -203,7 +164,7 @@ def test_request_changes_opens_a_modal_whose_submission_starts_a_revision(
     slack.send_envelope("interactive", click)
     (view,) = slack.wait_until(slack.opened_views, what="the modal")
     values = {blocks.NOTE_BLOCK: {blocks.NOTE_INPUT: "also cover the edge case"}}
-    slack.send_envelope("interactive", view_submission(values=values, user=STRANGER, view=view))
+    slack.send_envelope("interactive", view_submission(values=values, user=APPROVER, view=view))
     with transaction(engine) as session:
         task = get_task(session, 1)
         (nudge,) = session.exec(select(Nudge)).all()
@@ -305,13 +266,13 @@ def test_a_reply_on_a_closed_task_gets_a_hint_and_a_redelivered_event_counts_onc
 ) -> None:
     slack.post_to_app(url, slash_command("fix the tests", user_id=REQUESTER))
     card = card_of(slack, engine)
-    (first,) = slack.post_as_user("C111", STRANGER, "try again", thread_ts=card.ts)
+    (first,) = slack.post_as_user("C111", APPROVER, "try again", thread_ts=card.ts)
     assert slack.post_to_app(url, first).status == 200
     assert slack.post_to_app(url, first, retry_num=1).status == 200
     slack.post_to_app(url, slash_command("cancel 1", user_id=REQUESTER))
-    (late,) = slack.post_as_user("C111", STRANGER, "one more thing", thread_ts=card.ts)
+    (late,) = slack.post_as_user("C111", APPROVER, "one more thing", thread_ts=card.ts)
     slack.post_to_app(url, late)
-    hint = slack.wait_until(lambda: slack.ephemerals(STRANGER), what="the hint")[0]
+    hint = slack.wait_until(lambda: slack.ephemerals(APPROVER), what="the hint")[0]
     assert "cancelled" in hint.all_text and "/agent add" in hint.all_text
     with transaction(engine) as session:
         assert [n.text for n in session.exec(select(Nudge)).all()] == ["try again"]

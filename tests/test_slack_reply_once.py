@@ -5,25 +5,28 @@ process has its own locks. The database's unique (task, reply ts) settles it."""
 from __future__ import annotations
 
 import multiprocessing
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, func
 from sqlmodel import select
 
 from bot.slack.handle import thread_reply
+from executor.config.schema import Config, RepoConfig
 from storage.db import make_engine, transaction
 from storage.lifecycle import State
 from storage.models import Nudge
 from storage.tasks import create_task, transition
 
 REPLIES = 15
+CONFIG = Config(repos={"app": RepoConfig(path=Path("/nonexistent"))})  # U1, the requester, may
 
 
 def _deliver(url: str, start: Any, results: Any) -> None:
     engine = make_engine(url, create=False)
     for n in range(REPLIES):
         start.wait()  # both processes take delivery `n` together
-        outcome = thread_reply(engine, "C1", "100.1", f"200.{n}", "U1", f"reply {n}")
+        outcome = thread_reply(engine, CONFIG, "C1", "100.1", f"200.{n}", "U1", f"reply {n}")
         results.put((n, outcome is not None))
     engine.dispose()
 

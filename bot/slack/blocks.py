@@ -58,7 +58,9 @@ def cut(text: str, limit: int = MAX_SECTION) -> str:
 
 def escape(text: str) -> str:
     """Slack's mrkdwn escaping for text people or agents wrote: an agent's summary must not
-    ping `<!channel>` or forge a link."""
+    ping `<!channel>`, `<@U…>`, `<#C…>` or `<!subteam^…>`, or forge a link (`<url|text>`).
+    Every piece of such text in a message, a modal or the App Home goes through here; a bare
+    URL stays plain text that Slack may show as a link to itself, never a disguised one."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
@@ -226,7 +228,7 @@ HELP = (
     "*nightcrew* runs coding agents for you.\n"
     "• `/agent add [--repo R] [--priority high|normal|low] <what to do>` or just "
     "`/agent <what to do>`: queue a task; its card appears in this channel\n"
-    "• reply in a task's thread to steer its agent\n"
+    "• reply in a task's thread to steer its agent (its requester or the repo's approvers)\n"
     "• `/agent list [mine|channel|all]`, `/agent show ID`, `/agent cancel ID`, "
     "`/agent retry ID`, `/agent repos`, `/agent budget` (today's spend against the budgets)\n"
     "• approve, reject or request changes with the buttons on the card\n"
@@ -246,11 +248,12 @@ def proof(payload: dict[str, Any]) -> list[Block]:
         lines.append(f"{mark} `{escape(str(check.get('command', '?')))}`")
     review = payload.get("review") or {}
     if review:
-        verdict = str(review.get("verdict", "?")).replace("_", " ")
+        verdict = escape(str(review.get("verdict", "?")).replace("_", " "))
         lines.append(f"*Review:* {verdict}. {escape(str(review.get('summary', '')))}".rstrip())
     risk = payload.get("risk") or {}
-    if risk:
-        lines.append(f"*Risk:* {risk.get('level', '?')} ({'; '.join(risk.get('reasons', []))})")
+    if risk:  # the reasons quote file names, which the agent chose
+        reasons = escape("; ".join(str(r) for r in risk.get("reasons") or []))
+        lines.append(f"*Risk:* {escape(str(risk.get('level', '?')))} ({reasons})")
     changed = f"+{payload.get('insertions', 0)} -{payload.get('deletions', 0)}"
     lines.append(f"*Diff:* {len(payload.get('files') or [])} files, {changed}")
     if payload.get("commit") and payload.get("checks"):

@@ -69,13 +69,13 @@ def proof_summary(proof: dict[str, Any] | None) -> str:
     risk = proof.get("risk") or {}
     if risk:
         reasons = "; ".join(str(r) for r in risk.get("reasons") or [])
-        level = f"risk *{risk.get('level', '?')}*"
+        level = f"risk *{escape(str(risk.get('level', '?')))}*"
         parts.append(level + (f" ({escape(reasons)})" if reasons else ""))
     checks = proof.get("checks") or []
     passed = sum(1 for c in checks if c.get("passed"))
     parts.append(f"checks {passed}/{len(checks)} passed" if checks else "no checks")
     review = proof.get("review") or {}
-    verdict = str(review.get("verdict", "?")).replace("_", " ")
+    verdict = escape(str(review.get("verdict", "?")).replace("_", " "))
     parts.append(f"review: {verdict}" if review else "not reviewed")
     files = len(proof.get("files") or [])
     parts.append(f"+{proof.get('insertions', 0)} -{proof.get('deletions', 0)} in {files} files")

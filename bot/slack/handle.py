@@ -4,7 +4,7 @@ in a task's thread. Each runs in one transaction and returns what to tell the pe
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -15,12 +15,12 @@ from sqlmodel import Session, col, select
 
 from bot import actions, schedules
 from bot.actions import ActionError, Outcome
-from bot.slack import blocks
+from bot.slack import access, blocks
 from bot.slack import digest_send as digest
 from bot.slack.commands import SCHEDULE_USAGE, Command, CommandError, parse
 from executor.config.schema import Config, ConfigError
 from executor.costs.budget import WAITING, Books
-from storage import digests, outbox
+from storage import deliveries, digests, outbox
 from storage.db import transaction, writer_turn
 from storage.errors import StorageError
 from storage.lifecycle import IllegalTransition
@@ -46,19 +46,19 @@ def writing(engine: Engine) -> Iterator[Session]:
 
 
 def thread_reply(
-    engine: Engine, channel: str, thread_ts: str, ts: str, user: str, text: str
+    engine: Engine, config: Config, channel: str, thread_ts: str, ts: str, user: str, text: str
 ) -> Outcome | str | None:
-    """A person's reply in a thread: a nudge (Outcome) if it is a task's thread, a hint
-    (str) if that task cannot take one, None if it is not a task's thread or seen before
-    (Slack redelivers events it thinks we missed)."""
+    """A person's reply in a thread: a nudge (Outcome) if it is a task's thread and theirs to
+    steer, a hint (str) if that task cannot take one or it is not theirs, None if it is not a
+    task's thread or seen before (Slack redelivers events it thinks we missed)."""
     try:
-        return _thread_reply(engine, channel, thread_ts, ts, user, text)
+        return _thread_reply(engine, config, channel, thread_ts, ts, user, text)
     except IntegrityError:  # the same reply taken at once by another worker process: it has it
         return None
 
 
 def _thread_reply(
-    engine: Engine, channel: str, thread_ts: str, ts: str, user: str, text: str
+    engine: Engine, config: Config, channel: str, thread_ts: str, ts: str, user: str, text: str
 ) -> Outcome | str | None:
     with writing(engine) as session:
         task = session.exec(
@@ -70,6 +70,10 @@ def _thread_reply(
             select(Nudge.id).where(Nudge.task_id == task.id, Nudge.slack_ts == ts)
         ).first():
             return None
+        try:
+            access.check_may_act(config, task, user, "nudge")
+        except ActionError as exc:
+            return str(exc)
         try:
             outcome = actions.nudge(session, task.id, text, actor=user, source="slack", slack_ts=ts)
         except USER_ERRORS as exc:
@@ -83,6 +87,41 @@ def _thread_reply(
         return outcome
 
 
+def once(
+    engine: Engine, delivery: str | None, work: Callable[[Session], dict[str, Any]]
+) -> tuple[dict[str, Any], bool]:
+    """Run `work` (which writes, and returns the reply) in one transaction, unless the Slack
+    request `delivery` (see `delivery_key`) was acted on before: then (its reply, True). The
+    key commits with the work, so a request whose work failed can be redelivered and done."""
+    for attempt in range(2):
+        try:
+            with writing(engine) as session:
+                if delivery is not None:
+                    prior = deliveries.seen(session, delivery)
+                    if prior is not None:
+                        return prior, True
+                reply = work(session)
+                if delivery is not None:
+                    deliveries.remember(session, delivery, reply)
+                return reply, False
+        except IntegrityError:
+            # Another worker process acted on the same delivery at this very moment: ours is
+            # rolled back; look again, and find its answer.
+            if delivery is None or attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def delivery_key(body: dict[str, Any]) -> str | None:
+    """What makes a Slack request the same request when it comes again: an event's
+    `event_id`; a slash command's, click's or modal submission's `trigger_id`."""
+    if body.get("event_id"):
+        return f"event:{body['event_id']}"
+    if body.get("trigger_id"):
+        return f"trigger:{body['trigger_id']}"
+    return None
+
+
 def run_command(
     engine: Engine,
     config: Config,
@@ -90,16 +129,21 @@ def run_command(
     *,
     event_ts: str | None = None,
     context: str | None = None,
+    delivery: str | None = None,
 ) -> dict[str, Any]:
     """`/agent …` from `user_id` in `channel_id` -> the ephemeral reply (ack kwargs).
     `event_ts`: the mention's ts, so an event Slack redelivers adds no second task.
-    `context`: earlier messages of the thread a mention came from, added to a new task."""
+    `context`: earlier messages of the thread a mention came from, added to a new task.
+    `delivery`: the request's `delivery_key`: a command that writes is done once per key,
+    and a redelivery gets the first answer again."""
     cmd = parse(command.get("text", ""))
     if context and cmd.verb == "add":
         cmd = replace(cmd, prompt=f"{cmd.prompt}\n\n{context}")
     user, channel = command["user_id"], command["channel_id"]
     if cmd.verb == "help":
         return {"text": blocks.HELP}
+    if cmd.verb != "add":  # add says it in its own words
+        access.check_member(config, user)
     if cmd.verb == "repos":
         lines = [f"• `{name}` (base `{r.base_branch}`)" for name, r in config.repos.items()]
         here = config.channels.get(channel)
@@ -112,31 +156,49 @@ def run_command(
         return {"text": blocks.budget_text(day, budgets, waiting, configured=books.budgets.any)}
     if cmd.verb == "digest":
         return _digest(engine, config, cmd, user)
+    if cmd.verb == "schedule" and cmd.action == "list":
+        return _schedule_list(engine)
     if cmd.verb == "schedule":
-        return _schedule(engine, config, cmd, user, channel)
-    with writing(engine) as session:
-        if cmd.verb == "add":
-            if event_ts is not None and _seen_mention(session, channel, event_ts):
-                return {}  # answered the first time
-            outcome = _add(session, config, cmd, user, channel)
-            if event_ts is not None:
-                assert outcome.task.id is not None
-                record(
-                    session, outcome.task.id, MENTION_EVENT, {"channel": channel, "ts": event_ts}
-                )
-            return {"text": outcome.message}
-        if cmd.verb == "list":
-            return {"blocks": _list(session, cmd.scope, user, channel), "text": "tasks"}
-        assert cmd.task_id is not None
-        if cmd.verb == "show":
-            text, card = blocks.card(get_task(session, cmd.task_id))
-            return {"text": text, "blocks": card}
-        if cmd.verb == "retry":
-            return {"text": actions.retry(session, cmd.task_id, actor=user).message}
-        repo = config.repos.get(get_task(session, cmd.task_id).repo)
-        approvers = list(repo.approvers) if repo else []
-        outcome = actions.cancel(session, cmd.task_id, actor=user, approvers=approvers)
+        return once(engine, delivery, lambda s: _schedule(s, config, cmd, user, channel))[0]
+    if cmd.verb in ("list", "show"):
+        with writing(engine) as session:  # on SQLite every transaction takes the write lock
+            return _look(session, cmd, user, channel)
+    reply, again = once(engine, delivery, lambda s: _act(s, config, cmd, user, channel, event_ts))
+    # A slash command's ack is its answer, so a redelivery gets it again; a mention's answer
+    # is a message of its own, posted the first time.
+    return {} if again and event_ts is not None else reply
+
+
+def _look(session: Session, cmd: Command, user: str, channel: str) -> dict[str, Any]:
+    if cmd.verb == "list":
+        return {"blocks": _list(session, cmd.scope, user, channel), "text": "tasks"}
+    assert cmd.task_id is not None
+    task = get_task(session, cmd.task_id)
+    access.check_may_see(task, user, channel)
+    text, card = blocks.card(task)
+    return {"text": text, "blocks": card}
+
+
+def _act(
+    session: Session, config: Config, cmd: Command, user: str, channel: str, event_ts: str | None
+) -> dict[str, Any]:
+    """add, retry, cancel."""
+    if cmd.verb == "add":
+        if event_ts is not None and _seen_mention(session, channel, event_ts):
+            return {}  # answered the first time
+        outcome = _add(session, config, cmd, user, channel)
+        if event_ts is not None:
+            assert outcome.task.id is not None
+            record(session, outcome.task.id, MENTION_EVENT, {"channel": channel, "ts": event_ts})
         return {"text": outcome.message}
+    assert cmd.task_id is not None
+    task = get_task(session, cmd.task_id)
+    access.check_may_act(config, task, user, cmd.verb)
+    if cmd.verb == "retry":
+        return {"text": actions.retry(session, cmd.task_id, actor=user).message}
+    approvers = access.approvers(config, task)
+    outcome = actions.cancel(session, cmd.task_id, actor=user, approvers=approvers)
+    return {"text": outcome.message}
 
 
 def _digest(engine: Engine, config: Config, cmd: Command, user: str) -> dict[str, Any]:
@@ -158,39 +220,40 @@ def _digest(engine: Engine, config: Config, cmd: Command, user: str) -> dict[str
     return {"text": text, "blocks": found}
 
 
-def _schedule(
-    engine: Engine, config: Config, cmd: Command, user: str, channel: str
-) -> dict[str, Any]:
-    if cmd.action == "list":
-        with writing(engine) as session:
-            found = list_schedules(session)
-            now = utcnow()
-            lines = [blocks.escape(schedules.describe(s, now)) for s in found]
-        if not lines:
-            return {"text": f"no schedules yet; {SCHEDULE_USAGE}"}
-        return {"text": blocks.cut("*Schedules*\n" + "\n".join(f"• {line}" for line in lines))}
+def _schedule_list(engine: Engine) -> dict[str, Any]:
     with writing(engine) as session:
-        if cmd.action == "add":
-            if config.users and user not in config.users:
-                raise ActionError("you are not one of the users who may add tasks")
-            added = schedules.add(
-                session,
-                config,
-                cron=cmd.cron,
-                prompt=cmd.prompt,
-                creator=user,
-                repo=cmd.repo,
-                channel=channel,
-                timezone=cmd.timezone,
-            )
-            return {"text": f"added schedule {blocks.escape(schedules.describe(added, utcnow()))}"}
-        assert cmd.schedule_id is not None
-        if cmd.action == "delete":
-            return {"text": schedules.delete(session, config, cmd.schedule_id, actor=user)}
+        found = list_schedules(session)
+        now = utcnow()
+        lines = [blocks.escape(schedules.describe(s, now)) for s in found]
+    if not lines:
+        return {"text": f"no schedules yet; {SCHEDULE_USAGE}"}
+    return {"text": blocks.cut("*Schedules*\n" + "\n".join(f"• {line}" for line in lines))}
+
+
+def _schedule(
+    session: Session, config: Config, cmd: Command, user: str, channel: str
+) -> dict[str, Any]:
+    """add, pause, resume, delete."""
+    if cmd.action == "add":
+        access.check_member(config, user, "add tasks")
+        added = schedules.add(
+            session,
+            config,
+            cron=cmd.cron,
+            prompt=cmd.prompt,
+            creator=user,
+            repo=cmd.repo,
+            channel=channel,
+            timezone=cmd.timezone,
+        )
+        return {"text": f"added schedule {blocks.escape(schedules.describe(added, utcnow()))}"}
+    assert cmd.schedule_id is not None
+    if cmd.action == "delete":
+        said = schedules.delete(session, config, cmd.schedule_id, actor=user)
+    else:
         paused = cmd.action == "pause"
-        return {
-            "text": schedules.pause(session, config, cmd.schedule_id, actor=user, paused=paused)
-        }
+        said = schedules.pause(session, config, cmd.schedule_id, actor=user, paused=paused)
+    return {"text": blocks.escape(said)}
 
 
 MENTION_EVENT = "slack_mention"  # the mention a task came from, to spot redeliveries
@@ -231,11 +294,7 @@ def thread_context(messages: list[dict[str, Any]], *, before_ts: str, limit: int
 
 
 def _add(session: Session, config: Config, cmd: Command, user: str, channel: str) -> Outcome:
-    if config.users and user not in config.users:
-        raise ActionError(
-            "you are not one of the users who may add tasks; ask an admin to "
-            "add your Slack id to `users:` in nightcrew.yaml"
-        )
+    access.check_member(config, user, "add tasks")
     repo = config.repo_for(cmd.repo, channel=channel)
     return actions.add(
         session,
@@ -249,10 +308,20 @@ def _add(session: Session, config: Config, cmd: Command, user: str, channel: str
 
 
 def _list(session: Session, scope: str, user: str, channel: str) -> list[blocks.Block]:
-    query = select(Task).order_by(col(Task.id).desc()).limit(blocks.MAX_BLOCKS - 2)
+    """Whatever the scope, only what this place shows (`access.visible`): `all` is every task
+    of this channel, or all your own in a DM."""
+    query = (
+        select(Task)
+        .where(access.visible(user, channel))
+        .order_by(col(Task.id).desc())
+        .limit(blocks.MAX_BLOCKS - 2)
+    )
     if scope == "mine":
         query = query.where(Task.requester == user)
-    elif scope == "channel":
-        query = query.where(Task.channel == channel)
-    heading = {"mine": "Your tasks", "channel": "Tasks in this channel", "all": "All tasks"}
+    dm = access.is_dm(channel)
+    heading = {
+        "mine": "Your tasks" if dm else "Your tasks in this channel",
+        "channel": "Your tasks" if dm else "Tasks in this channel",
+        "all": "All your tasks" if dm else "All tasks in this channel",
+    }
     return blocks.task_list(session.exec(query).all(), heading[scope])

@@ -15,11 +15,12 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from bot import actions
-from bot.actions import ActionError
-from bot.slack import blocks
+from bot.slack import access, blocks
 from bot.slack.handle import (
     USER_ERRORS,
+    delivery_key,
     is_task_thread,
+    once,
     run_command,
     thread_context,
     thread_reply,
@@ -35,6 +36,17 @@ DECIDE = {
     blocks.REJECT: actions.reject,
     blocks.CANCEL: actions.cancel,
 }
+# What each button or modal does, in the words of a refusal ("… may approve it").
+VERBS = {
+    blocks.APPROVE: "approve",
+    blocks.REJECT: "reject",
+    blocks.CANCEL: "cancel",
+    blocks.RETRY: "retry",
+    blocks.CHANGES: "request changes on",
+    blocks.NUDGE: "nudge",
+    blocks.CHANGES_MODAL: "request changes on",
+    blocks.NUDGE_MODAL: "nudge",
+}
 
 
 def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
@@ -45,9 +57,9 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
     lazy function, started once the ack is out. An ack function leaves what its lazy
     follow-up needs in `context["reply"]` (Bolt copies the context for lazy functions)."""
 
-    def approvers(session: Session, task_id: int) -> list[str]:
-        repo = config().repos.get(get_task(session, task_id).repo)
-        return list(repo.approvers) if repo else []
+    def may_act(session: Session, task_id: int, user: str, what: str) -> None:
+        """Checked against the task as stored: a payload can name any task id."""
+        access.check_may_act(config(), get_task(session, task_id), user, VERBS[what])
 
     def just_ack(ack: Ack) -> None:
         ack()
@@ -59,38 +71,62 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
     @app.command("/agent")
     def agent(ack: Ack, command: dict[str, Any]) -> None:
         try:
-            ack(**run_command(engine, config(), command))
+            ack(**run_command(engine, config(), command, delivery=delivery_key(command)))
         except USER_ERRORS as exc:
-            ack(text=f":warning: {exc}")
+            ack(text=f":warning: {blocks.escape(str(exc))}")
 
     def decide(
         ack: Ack, action: dict[str, Any], body: dict[str, Any], context: BoltContext
     ) -> None:
         actor = body["user"]["id"]
+
+        def act(session: Session) -> dict[str, Any]:
+            may_act(session, task_id, actor, action["action_id"])
+            if action["action_id"] == blocks.RETRY:
+                outcome = actions.retry(session, task_id, actor=actor)
+            else:
+                verb = DECIDE[action["action_id"]]
+                approvers = access.approvers(config(), get_task(session, task_id))
+                outcome = verb(session, task_id, actor=actor, approvers=approvers)
+            return {"text": outcome.message}
+
         try:
             task_id = actions.parse_task_id(str(action.get("value", "")))
-            with writing(engine) as session:
-                if action["action_id"] == blocks.RETRY:
-                    outcome = actions.retry(session, task_id, actor=actor)
-                else:
-                    verb = DECIDE[action["action_id"]]
-                    outcome = verb(
-                        session, task_id, actor=actor, approvers=approvers(session, task_id)
-                    )
-            context["reply"] = outcome.message
+            reply, again = once(engine, delivery_key(body), act)
+            if not again:  # the first delivery answered already
+                context["reply"] = reply["text"]
         except USER_ERRORS as exc:
-            context["reply"] = f":no_entry: {exc}"
+            context["reply"] = f":no_entry: {blocks.escape(str(exc))}"
         ack()
 
     app.action(re.compile(f"^({'|'.join(DECIDE)}|{blocks.RETRY})$"))(
         ack=decide, lazy=[reply_ephemerally]
     )
 
-    def open_note(action: dict[str, Any], body: dict[str, Any], client: WebClient) -> None:
+    def check_note(
+        ack: Ack, action: dict[str, Any], body: dict[str, Any], context: BoltContext
+    ) -> None:
+        """Only someone who may steer the task gets the modal to type a note into."""
         try:
             task_id = actions.parse_task_id(str(action.get("value", "")))
-        except ActionError:
-            return  # not one of our cards' buttons: nothing to open
+            with writing(engine) as session:
+                may_act(session, task_id, body["user"]["id"], action["action_id"])
+            context["task_id"] = task_id
+        except USER_ERRORS as exc:
+            context["reply"] = f":no_entry: {blocks.escape(str(exc))}"
+        ack()
+
+    def open_note(
+        action: dict[str, Any],
+        body: dict[str, Any],
+        client: WebClient,
+        context: BoltContext,
+        respond: Respond,
+    ) -> None:
+        task_id = context.get("task_id")
+        if task_id is None:
+            reply_ephemerally(context, respond)
+            return
         if action["action_id"] == blocks.CHANGES:
             view = blocks.note_modal(
                 blocks.CHANGES_MODAL,
@@ -107,18 +143,31 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
             )
         client.views_open(trigger_id=body["trigger_id"], view=view)
 
-    app.action(re.compile(f"^({blocks.CHANGES}|{blocks.NUDGE})$"))(ack=just_ack, lazy=[open_note])
+    app.action(re.compile(f"^({blocks.CHANGES}|{blocks.NUDGE})$"))(ack=check_note, lazy=[open_note])
 
-    def diffstat(action: dict[str, Any], respond: Respond) -> None:
-        with writing(engine) as session:
-            proof = session.exec(
-                select(TaskEvent)
-                .where(TaskEvent.task_id == int(action["value"]), TaskEvent.kind == "proof")
-                .order_by(col(TaskEvent.id).desc())
-            ).first()
+    def diffstat(action: dict[str, Any], body: dict[str, Any], respond: Respond) -> None:
+        try:
+            task_id = actions.parse_task_id(str(action.get("value", "")))
+            with writing(engine) as session:
+                # Where the click came from: a channel's card, a DM, or the App Home (none).
+                channel = (body.get("channel") or {}).get("id")
+                task = get_task(session, task_id)
+                access.check_may_see_proof(config(), task, body["user"]["id"], channel)
+                proof = session.exec(
+                    select(TaskEvent)
+                    .where(TaskEvent.task_id == task_id, TaskEvent.kind == "proof")
+                    .order_by(col(TaskEvent.id).desc())
+                ).first()
+        except USER_ERRORS as exc:
+            respond(
+                text=f":no_entry: {blocks.escape(str(exc))}",
+                response_type="ephemeral",
+                replace_original=False,
+            )
+            return
         stat = (proof.payload.get("diff_stat") if proof else None) or "no diff stat recorded"
         respond(
-            text=blocks.cut(f"```{blocks.escape(stat)}```"),
+            text=blocks.cut(f"```{blocks.escape(str(stat))}```"),
             response_type="ephemeral",
             replace_original=False,
         )
@@ -128,10 +177,16 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
     @app.view(re.compile(f"^({blocks.CHANGES_MODAL}|{blocks.NUDGE_MODAL})$"))
     def submit_note(ack: Ack, view: dict[str, Any], body: dict[str, Any]) -> None:
         text = view["state"]["values"][blocks.NOTE_BLOCK][blocks.NOTE_INPUT].get("value") or ""
+
+        def note(session: Session) -> dict[str, Any]:
+            may_act(session, task_id, body["user"]["id"], view["callback_id"])
+            actor = body["user"]["id"]
+            outcome = actions.nudge(session, task_id, text, actor=actor, source="slack")
+            return {"text": outcome.message}
+
         try:
             task_id = actions.parse_task_id(view.get("private_metadata", ""))
-            with writing(engine) as session:
-                actions.nudge(session, task_id, text, actor=body["user"]["id"], source="slack")
+            once(engine, delivery_key(body), note)
         except USER_ERRORS as exc:  # shown under the text box; the modal stays open
             ack(response_action="errors", errors={blocks.NOTE_BLOCK: str(exc)[:150]})
             return
@@ -146,9 +201,9 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
         if not thread or thread == ts:
             return
         text = MENTION.sub("", event.get("text", ""))
-        reply = thread_reply(engine, event["channel"], thread, ts, event["user"], text)
+        reply = thread_reply(engine, config(), event["channel"], thread, ts, event["user"], text)
         if isinstance(reply, str):
-            context["reply"] = reply
+            context["reply"] = blocks.escape(reply)
 
     def hint_in_thread(event: dict[str, Any], context: BoltContext, client: WebClient) -> None:
         if context.get("reply"):
@@ -161,7 +216,9 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
 
     app.event("message")(ack=message, lazy=[hint_in_thread])
 
-    def mention(ack: Ack, event: dict[str, Any], context: BoltContext) -> None:
+    def mention(
+        ack: Ack, event: dict[str, Any], body: dict[str, Any], context: BoltContext
+    ) -> None:
         ack()
         thread = event.get("thread_ts")
         if thread and is_task_thread(engine, event["channel"], thread):
@@ -169,9 +226,11 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
         if thread:  # a new task from a thread: its messages are read after the ack
             context["from_thread"] = thread
             return
-        context["reply"] = _mention_command(event, None)
+        context["reply"] = _mention_command(event, None, delivery_key(body))
 
-    def _mention_command(event: dict[str, Any], thread_text: str | None) -> dict[str, Any]:
+    def _mention_command(
+        event: dict[str, Any], thread_text: str | None, delivery: str | None
+    ) -> dict[str, Any]:
         prompt = MENTION.sub("", event.get("text", "")).strip()
         command = {
             "text": prompt or "help",
@@ -180,18 +239,25 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
         }
         try:
             return run_command(
-                engine, config(), command, event_ts=event.get("ts"), context=thread_text
+                engine,
+                config(),
+                command,
+                event_ts=event.get("ts"),
+                context=thread_text,
+                delivery=delivery,
             )
         except USER_ERRORS as exc:
-            return {"text": f":warning: {exc}"}
+            return {"text": f":warning: {blocks.escape(str(exc))}"}
 
-    def answer_mention(event: dict[str, Any], context: BoltContext, client: WebClient) -> None:
+    def answer_mention(
+        event: dict[str, Any], body: dict[str, Any], context: BoltContext, client: WebClient
+    ) -> None:
         if context.get("from_thread"):
             replies = client.conversations_replies(
                 channel=event["channel"], ts=context["from_thread"], limit=100
             )
             earlier = thread_context(replies.get("messages") or [], before_ts=event["ts"])
-            context["reply"] = _mention_command(event, earlier)
+            context["reply"] = _mention_command(event, earlier, delivery_key(body))
         if context.get("reply"):
             client.chat_postEphemeral(
                 channel=event["channel"], user=event["user"], **context["reply"]

@@ -1,4 +1,8 @@
-"""Rich renderings of tasks for the terminal. Pure: values in, renderables out."""
+"""Rich renderings of tasks for the terminal. Pure: values in, renderables out.
+
+Text that people, agents or models wrote is shown as written: always as a `Text` (rich never
+reads it as markup, so `[/x]` is just that), through `plain`, which drops control characters
+an older release may have stored (an escape sequence would clear the screen or fake lines)."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from executor.costs.pricing import cost_text, usd
 from storage.digests import DigestData
 from storage.lifecycle import State
 from storage.models import Nudge, Priority, Task, TaskEvent, utcnow
+from storage.text import clean
 
 STATE_STYLE = {
     State.QUEUED: "cyan",
@@ -40,6 +45,11 @@ def ago(when: datetime | None, now: datetime | None = None) -> str:
     return f"{max(seconds, 0)}s ago"
 
 
+def plain(text: object) -> Text:
+    """Untrusted text for the terminal: never markup, never a control character."""
+    return Text(clean(str(text)))
+
+
 def state_text(state: State) -> Text:
     return Text(state.value, style=STATE_STYLE.get(state, "blue"))
 
@@ -60,9 +70,9 @@ def task_table(tasks: Sequence[Task], now: datetime | None = None) -> Table:
         table.add_row(
             str(task.id),
             state,
-            task.repo,
-            one_line(task.prompt),
-            task.requester,
+            plain(task.repo),
+            plain(one_line(task.prompt)),
+            plain(task.requester),
             ago(task.created_at, now),
             cost_cell(task),
         )
@@ -135,15 +145,15 @@ def task_detail(
     ]
     for label, value in rows:
         if value and value != "-":
-            grid.add_row(label, value)
-    parts: list[Table | Text] = [grid, Text("\nprompt", style="bold"), Text(task.prompt)]
+            grid.add_row(label, value if isinstance(value, Text) else plain(value))
+    parts: list[Table | Text] = [grid, Text("\nprompt", style="bold"), plain(task.prompt)]
     if proof:
         parts += proof_lines(proof)
     if nudges:
         parts.append(Text("\nnudges", style="bold"))
         for n in nudges:
             status = "taken" if n.consumed_at else "pending"
-            parts.append(Text(f"  [{status}] {n.author}: {n.text}"))
+            parts.append(plain(f"  [{status}] {n.author}: {n.text}"))
     if events:
         parts.append(Text("\nrecent events (nightcrew log for all)", style="bold"))
         parts.extend(event_line(e) for e in events)
@@ -154,15 +164,15 @@ def proof_lines(proof: dict) -> list[Text]:
     """The proof pack: what a reviewer on the go needs to decide."""
     risk = proof.get("risk") or {}
     lines = [Text("\nproof", style="bold")]
-    reasons = "; ".join(risk.get("reasons", []))
-    lines.append(Text(f"  risk: {risk.get('level', '?')}" + (f" ({reasons})" if reasons else "")))
+    reasons = "; ".join(str(r) for r in risk.get("reasons", []))
+    lines.append(plain(f"  risk: {risk.get('level', '?')}" + (f" ({reasons})" if reasons else "")))
     files, ins, dels = (
         len(proof.get("files", [])),
         proof.get("insertions", 0),
         proof.get("deletions", 0),
     )
     lines.append(Text(f"  diff: {files} file(s), +{ins} -{dels}"))
-    lines += [Text(f"    {line}") for line in (proof.get("diff_stat") or "").splitlines()]
+    lines += [plain(f"    {line}") for line in str(proof.get("diff_stat") or "").splitlines()]
     checks = proof.get("checks") or []
     if not checks:
         lines.append(Text("  checks: none configured"))
@@ -174,20 +184,19 @@ def proof_lines(proof: dict) -> list[Text]:
         detail = f"{check.get('duration_s', 0):.1f} s"
         if not check.get("passed"):
             detail += f", exit {check.get('exit_code')}"
-        lines.append(Text.assemble("  ", (mark, style), f" {check.get('command')} ({detail})"))
+        lines.append(
+            Text.assemble("  ", (mark, style), plain(f" {check.get('command')} ({detail})"))
+        )
     review = proof.get("review")
     if review is None:
         lines.append(Text("  review: not reviewed"))
     else:
-        verdict = review.get("verdict", "?").replace("_", " ")
-        lines.append(
-            Text(
-                f"  review: {verdict}" + (f": {review['summary']}" if review.get("summary") else "")
-            )
-        )
+        verdict = str(review.get("verdict", "?")).replace("_", " ")
+        summary = f": {review['summary']}" if review.get("summary") else ""
+        lines.append(plain(f"  review: {verdict}{summary}"))
         for n, f in enumerate(review.get("findings", []), 1):
             where = f"{f.get('file')}:{f.get('line')}" if f.get("line") else f.get("file") or ""
-            lines.append(Text(f"    {n}. {where} {f.get('message')}".rstrip()))
+            lines.append(plain(f"    {n}. {where} {f.get('message')}".rstrip()))
     if proof.get("rounds"):
         lines.append(Text(f"  revision rounds: {proof['rounds']}"))
     return lines + since_approval_lines(proof.get("since_approval"))
@@ -240,7 +249,7 @@ def event_line(event: TaskEvent) -> Text:
         body = str(p.get("text") or p.get("command") or "").rstrip()
     else:
         body = one_line(json.dumps(p, ensure_ascii=False, default=str), 300)
-    return Text.assemble((when, "dim"), " ", (f"{event.kind:<16}", "bold"), " ", body)
+    return Text.assemble((when, "dim"), " ", (clean(f"{event.kind:<16}"), "bold"), " ", plain(body))
 
 
 def _turn_text(p: dict) -> str:
@@ -325,7 +334,7 @@ def digest(data: DigestData, tz: ZoneInfo) -> Group:
                 line += f"\n         risk {task.risk}; {_digest_proof(task.proof)}"
             elif task.state is State.FAILED:
                 line += f"\n         {one_line(task.reason or 'no reason recorded', 100)}"
-            parts.append(Text(line))
+            parts.append(plain(line))
     t = data.totals
     parts.append(
         Text(

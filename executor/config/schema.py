@@ -201,7 +201,7 @@ class Config(_Strict):
     repos: dict[str, RepoConfig]
     default_repo: str | None = None
     channels: dict[str, str] = {}  # Slack channel id -> repo name
-    users: list[str] = []  # Slack users who may add tasks; empty = everyone in the channel
+    users: list[str] = []  # Slack users who may do anything at all; empty = everyone
     model: str | None = None
     base_url: str | None = None  # the OpenAI-compatible endpoint (OPENAI_BASE_URL wins)
     stream: bool = False  # stream completions (some gateways answer faster, or only so)

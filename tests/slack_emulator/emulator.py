@@ -298,6 +298,30 @@ class SlackEmulator:
             envelope.wait_ack(timeout)
         return envelope
 
+    def redeliver(
+        self,
+        envelope: Envelope,
+        *,
+        retry_attempt: int = 1,
+        retry_reason: str = "timeout",
+        wait: bool = True,
+        timeout: float = 3.0,
+    ) -> Envelope:
+        """Send `envelope` again, same envelope_id and payload, as Slack does when the ack did
+        not reach it in time (events also say which attempt this is, and why)."""
+        again = self._socket.send_envelope(
+            envelope.type,
+            envelope.payload,
+            accepts_response_payload=None,
+            retry_attempt=retry_attempt,
+            retry_reason=retry_reason,
+            timeout=timeout,
+            envelope_id=envelope.envelope_id,
+        )
+        if wait:
+            again.wait_ack(timeout)
+        return again
+
     def send_disconnect(self, reason: str | None = None) -> SocketConnection:
         return self._socket.send_disconnect(reason)
 

@@ -112,14 +112,17 @@ class SocketModeServer:
         retry_attempt: int = 0,
         retry_reason: str = "",
         timeout: float = 5.0,
+        envelope_id: str | None = None,
     ) -> Envelope:
+        """`envelope_id`: an earlier envelope's, to redeliver it as Slack does when it did not
+        see the ack in time (the newer envelope takes its place in `envelopes`)."""
         connection = self.wait_connected(timeout=timeout)
         if accepts_response_payload is None:
             accepts_response_payload = kind == "slash_commands" or (
                 payload.get("type") in ("view_submission", "block_suggestion")
             )
         frame: dict[str, Any] = {
-            "envelope_id": str(uuid.uuid4()),
+            "envelope_id": envelope_id or str(uuid.uuid4()),
             "payload": payload,
             "type": kind,
             "accepts_response_payload": accepts_response_payload,
