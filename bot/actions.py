@@ -169,8 +169,19 @@ def reject(
         raise ActionError(
             f"task {task_id} is {state}; only tasks awaiting approval or input can be rejected"
         )
+    _refuse_if_landed(task, "rejecting")
     task = transition(session, task_id, State.REJECTED, reason=f"rejected by {actor}", actor=actor)
     return Outcome(task, f"rejected task {task_id}; its branch {task.branch} is left unmerged")
+
+
+def _refuse_if_landed(task: Task, action: str) -> None:
+    """A merge that landed on the base but could not push parks with `landing_commit` set:
+    the base already holds the approved work, so only approving again (which pushes) fits."""
+    if task.landing_commit is not None and State(task.state) is State.AWAITING_APPROVAL:
+        raise ActionError(
+            f"task {task.id} is already merged into its base branch locally (the push failed);"
+            f" {action} cannot undo that: approve it again to push"
+        )
 
 
 def nudge(
@@ -191,6 +202,7 @@ def nudge(
         raise ActionError(f"task {task_id} is {state}; nudges only reach open tasks")
     if state is State.MERGING:
         raise ActionError(f"task {task_id} is merging; too late to steer it")
+    _refuse_if_landed(task, "a nudge")
     add_nudge(session, task_id, text=text, author=actor, source=source, slack_ts=slack_ts)
     if state in WAITING or state is State.FAILED:
         task = transition(

@@ -189,3 +189,21 @@ def test_only_the_requester_or_an_approver_decides(engine: Engine, action) -> No
         run(engine, action, task_id, actor="U7")
     assert snapshot(engine) == before
     assert run(engine, action, task_id, actor="U8", approvers=["U8"]).task.state is not None
+
+
+@pytest.mark.parametrize("action", [actions.nudge, actions.reject])
+def test_a_task_merged_locally_whose_push_failed_is_only_approved_again(
+    engine: Engine, action
+) -> None:
+    """The merge landed on the base but parked before the push: a nudge would queue new work
+    the next merge never lands, a reject would close a task whose work is in the base."""
+    task_id = new_task(engine, State.AWAITING_APPROVAL)
+    with transaction(engine) as s:
+        transition(s, task_id, State.MERGING)
+        transition(s, task_id, State.AWAITING_APPROVAL, landing_commit="a" * 40)
+    before = snapshot(engine)
+    args = ("one more thing",) if action is actions.nudge else ()
+    with pytest.raises(ActionError, match="merged into its base branch locally"):
+        run(engine, action, task_id, *args)
+    assert snapshot(engine) == before
+    assert run(engine, actions.approve, task_id).task.state == State.MERGING
