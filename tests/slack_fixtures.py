@@ -9,12 +9,20 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from sqlalchemy import Engine
 
 from bot.slack.notifier import Tunables
 from tests.slack_emulator import SlackEmulator
+
+if TYPE_CHECKING:  # Bolt is imported by the tests that use it, not by every test run
+    from bot.slack.app import SlackEnv
+    from bot.slack.notifier import Notifier
+    from executor.config.schema import Config
 
 # A notifier for tests: no pacing, quick retries and polls, a short lease.
 FAST = Tunables(
@@ -31,6 +39,36 @@ FAST = Tunables(
 def slack() -> Iterator[SlackEmulator]:
     with SlackEmulator() as emulator:
         yield emulator
+
+
+def slack_env(slack: SlackEmulator, *, socket_mode: bool = True) -> SlackEnv:
+    """The bot's Slack settings for `slack`; without `socket_mode` there is no app-level
+    token, so the bot would serve HTTP mode."""
+    from bot.slack.app import SlackEnv
+
+    app_token = slack.app_token if socket_mode else None
+    return SlackEnv(slack.bot_token, app_token, slack.signing_secret, slack.api_url)
+
+
+@pytest.fixture
+def notifier(engine: Engine, slack: SlackEmulator) -> Iterator[Notifier]:
+    """The notifier draining `engine`'s outbox into `slack`, in a thread, FAST."""
+    from bot.slack.run import notifier_thread
+
+    with notifier_thread(engine, slack_env(slack), FAST) as running:
+        yield running
+
+
+@contextmanager
+def serve_http(engine: Engine, slack: SlackEmulator, config: Config) -> Iterator[str]:
+    """The Bolt app with every listener, served in HTTP mode (signatures checked) from this
+    process; yields the URL Slack posts to."""
+    from bot.slack.app import build_app
+    from bot.slack.run import http_mode
+
+    app = build_app(engine, lambda: config, slack_env(slack))
+    with http_mode(app, host="127.0.0.1", port=0) as url:
+        yield url
 
 
 def start_bot(slack: SlackEmulator, home: Path, config: Path, *args: str) -> subprocess.Popen[str]:

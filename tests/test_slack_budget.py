@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from bot.slack.run import http_mode, notifier_thread
 from sqlalchemy import Engine
 
 from bot.slack.app import SlackEnv, build_app
+from bot.slack.run import http_mode, notifier_thread
 from executor.config.schema import Config, RepoConfig
 from executor.costs.budget import Books, held
 from storage.db import transaction

@@ -12,13 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
-from bot.slack.run import http_mode
 from slack_bolt import App
 from sqlalchemy import Engine
 from sqlmodel import select
 
 from bot.slack.app import SlackEnv, build_app, notifier_client
 from bot.slack.notifier import Notifier, Tunables
+from bot.slack.run import http_mode
 from executor.config.schema import Config, RepoConfig
 from storage.db import transaction
 from storage.lifecycle import State
