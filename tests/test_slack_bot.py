@@ -18,14 +18,15 @@ from sqlmodel import select
 from bot.slack import blocks
 from bot.slack.app import SlackEnv, build_app, notifier_client
 from bot.slack.notifier import Notifier
-from bot.slack.run import http_mode, notifier_thread, socket_mode
+from bot.slack.run import http_mode, socket_mode
 from executor.config.schema import Config, RepoConfig
 from storage import outbox
 from storage.db import transaction
 from storage.lifecycle import State
-from storage.models import Nudge, Task, TaskEvent
+from storage.models import Nudge, TaskEvent
 from storage.queue import claim_next
 from storage.tasks import create_task, get_task, record, take_nudges, transition
+from tests.digest_fixtures import all_tasks as tasks
 from tests.slack_emulator import (
     Message,
     SlackEmulator,
@@ -33,7 +34,8 @@ from tests.slack_emulator import (
     slash_command,
     view_submission,
 )
-from tests.slack_fixtures import FAST
+from tests.slack_fixtures import FAST, slack_env
+from tests.waiting import wait_for
 
 REQUESTER, STRANGER, APPROVER = "U111", "U222", "U999"
 ROOT = Path(__file__).parent.parent
@@ -41,7 +43,7 @@ ROOT = Path(__file__).parent.parent
 
 @pytest.fixture
 def env(slack: SlackEmulator) -> SlackEnv:
-    return SlackEnv(slack.bot_token, slack.app_token, slack.signing_secret, slack.api_url)
+    return slack_env(slack)
 
 
 @pytest.fixture
@@ -50,12 +52,6 @@ def app(engine: Engine, env: SlackEnv, tmp_path: Path) -> App:
         repos={"api": RepoConfig(path=tmp_path, approvers=[APPROVER])}, channels={"C111": "api"}
     )
     return build_app(engine, lambda: config, env)
-
-
-@pytest.fixture
-def notifier(engine: Engine, env: SlackEnv) -> Iterator[Notifier]:
-    with notifier_thread(engine, env, FAST) as notifier:
-        yield notifier
 
 
 @pytest.fixture
@@ -71,11 +67,6 @@ def socket(app: App, env: SlackEnv, slack: SlackEmulator) -> Iterator[None]:
         yield
         handler.client.auto_reconnect_enabled = False
         slack.close_connections()
-
-
-def tasks(engine: Engine) -> list[Task]:
-    with transaction(engine) as session:
-        return list(session.exec(select(Task)).all())
 
 
 def card_of(slack: SlackEmulator, engine: Engine, task_id: int = 1) -> Message:
@@ -240,8 +231,8 @@ def test_a_notifier_killed_mid_delivery_and_restarted_posts_nothing_twice(
     assert len(slack.messages("C111")) == 2
     second = Notifier(engine, notifier_client(env), FAST)
     assert second.deliver_due() == 0  # task 1's lease still holds
-    time.sleep(max(0.0, died + dead_lease - time.monotonic()))
-    assert second.deliver_due() == 1
+    wait_for(lambda: second.deliver_due() == 1, dead_lease + 10, "task 1's lease to run out")
+    assert time.monotonic() >= died + dead_lease - 0.5  # not before it ran out
     assert sorted(m.text for m in slack.messages("C111")) == [
         f"Task {i + 1} (queued): task number {i}" for i in range(3)
     ]
@@ -260,7 +251,12 @@ def test_a_permanent_error_is_recorded_and_not_retried(
 
     (event,) = slack.wait_until(logged, what="the slack_error event")
     assert event.payload["error"] == "channel_not_found"
-    time.sleep(0.3)
+
+    def settled() -> bool:  # given up on: no notifier will try it again
+        with transaction(engine) as session:
+            return not outbox.pending(session)
+
+    wait_for(settled, 10, "the card's outbox row to be settled")
     assert len(slack.calls("chat.postMessage")) == 1
 
 
@@ -337,9 +333,17 @@ def test_a_redelivered_mention_adds_one_task(
     assert slack.post_to_app(url, mention).status == 200
     assert slack.post_to_app(url, mention, retry_num=1, retry_reason="http_timeout").status == 200
     slack.wait_until(lambda: slack.ephemerals(REQUESTER), what="the reply")
-    time.sleep(0.2)  # a second reply, if any, would have arrived by now
+    # A later mention's reply is the sign the redelivery was dealt with before it.
+    (later,) = [
+        e
+        for e in slack.post_as_user("C111", REQUESTER, f"<@{slack.bot_user_id}> help")
+        if e["event"]["type"] == "app_mention"
+    ]
+    assert slack.post_to_app(url, later).status == 200
+    slack.wait_until(lambda: len(slack.ephemerals(REQUESTER)) == 2, what="the help reply")
     assert [t.prompt for t in tasks(engine)] == ["bump the deps"]
-    assert len(slack.ephemerals(REQUESTER)) == 1
+    first, second = slack.ephemerals(REQUESTER)
+    assert "queued task 1" in first.all_text and "/agent add" in second.all_text
 
 
 def test_a_mention_in_a_thread_takes_the_threads_messages_as_context(

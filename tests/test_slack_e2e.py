@@ -23,6 +23,7 @@ from storage.lifecycle import State
 from storage.models import DigestSubscriber, Nudge, Priority, Schedule, Task
 from storage.spend import charge
 from storage.tasks import events, get_task, record, transition
+from tests.digest_fixtures import all_tasks
 from tests.slack_emulator import (
     AppResponse,
     Message,
@@ -183,7 +184,7 @@ def test_add_queues_a_task_on_the_channels_repo_or_the_named_one_and_posts_its_c
     assert "&lt;!channel&gt;" in bot.card(2).all_text  # people's text cannot ping a channel
     assert bot.command("add --repo nope fix it").startswith(":warning: unknown repo 'nope'")
     assert bot.command("add").startswith(":warning:")
-    assert [t.id for t in _all_tasks(bot.engine)] == [1, 2, 3]  # refusals wrote nothing
+    assert [t.id for t in all_tasks(bot.engine)] == [1, 2, 3]  # refusals wrote nothing
 
 
 def test_list_shows_this_channels_tasks_yours_or_all(bot: Bot) -> None:
@@ -420,11 +421,6 @@ def test_request_changes_opens_a_modal_whose_note_starts_a_revision(
     ]
     assert bot.events(task_id)[-1]["reason"] == f"revision requested by {APPROVER}"
     assert bot.card(task_id, showing="queued").action_ids == [blocks.NUDGE, blocks.CANCEL]
-
-
-def _all_tasks(engine: Engine) -> list[Task]:
-    with transaction(engine) as s:
-        return list(s.exec(select(Task).order_by(Task.id)).all())
 
 
 def _subscribers(engine: Engine) -> list[str]:
