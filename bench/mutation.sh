@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# How strong are the tests? mutmut (v3) mutates the lifecycle table, the shared user actions
+# and the Slack command handlers ([tool.mutmut] in pyproject.toml says which files and which
+# fast tests), runs the tests that cover each mutant, and this prints the share killed.
+# CPU heavy: not part of CI; the machine is shared, so it runs niced on two children.
+# A mutant that survives is a change no test noticed: `uv run mutmut show NAME` shows it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CI=true
+[[ "${1:-}" == "--fresh" ]] && rm -rf mutants  # else mutmut reuses results it still trusts
+nice -n 10 uv run mutmut run --max-children "${MUTMUT_CHILDREN:-2}" >/dev/null || true
+uv run mutmut export-cicd-stats >/dev/null
+uv run python - <<'PY'
+import json
+from pathlib import Path
+
+stats = json.loads(Path("mutants/mutmut-cicd-stats.json").read_text())
+killed = stats["killed"] + stats.get("timeout", 0) + stats.get("segfault", 0)
+judged = killed + stats["survived"]
+print(
+    f"mutants: {stats['total']}; killed {killed}, survived {stats['survived']}, "
+    f"no tests {stats.get('no_tests', 0)}, skipped {stats.get('skipped', 0)}, "
+    f"suspicious {stats.get('suspicious', 0)}"
+)
+print(f"mutation score: {100 * killed / max(judged, 1):.1f}% killed")
+PY
+echo "survivors: uv run mutmut results"
