@@ -67,7 +67,7 @@ def _seen(answer: AppResponse) -> str:
     assert answer.status == 200, answer.text
     if not answer.text.startswith("{"):  # Bolt answers a text-only ack as plain text
         return answer.text
-    return ResponsePost(answer.text, answer.json(), 0).all_text
+    return ResponsePost(url="", body=answer.json(), at=0).all_text
 
 
 @dataclass
@@ -157,7 +157,8 @@ class Bot:
 
 
 @pytest.fixture
-def bot(slack: SlackEmulator, engine: Engine, config: Config, notifier: Notifier) -> Iterator[Bot]:
+def bot(slack: SlackEmulator, engine: Engine, config: Config) -> Iterator[Bot]:
+    """The app over signed HTTP; the tests that look at cards also take the `notifier`."""
     with serve_http(engine, slack, config) as url:
         yield Bot(slack, engine, url)
 
