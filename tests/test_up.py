@@ -126,11 +126,13 @@ def test_up_without_slack_runs_cli_tasks_fires_schedules_and_rereads_its_config(
     runner = up()
     write_config(runner.config, project, budgets={"daily_usd": 0.1})
     engine = make_engine(sqlite_url(runner.home))
-    with transaction(engine) as s:  # due every minute since five minutes ago
-        created = datetime.now(UTC) - timedelta(minutes=5)
+    now = datetime.now(UTC)
+    due = now - timedelta(minutes=2)  # daily at this time: missed once, next due tomorrow
+    with transaction(engine) as s:
         schedule = Schedule(
-            cron="* * * * *", timezone="UTC", repo="app", prompt="tidy the changelog",
-            creator="local:someone", created_at=created,
+            cron=f"{due.minute} {due.hour} * * *", timezone="UTC", repo="app",
+            prompt="tidy the changelog", creator="local:someone",
+            created_at=now - timedelta(minutes=5),
         )  # fmt: skip
         s.add(schedule)
     engine.dispose()
