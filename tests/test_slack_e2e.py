@@ -285,15 +285,26 @@ def test_digest_shows_the_day_and_subscribing_sets_up_the_dm(bot: Bot) -> None:
 def test_schedule_adds_lists_pauses_resumes_and_deletes(bot: Bot) -> None:
     added = bot.command('schedule "0 9 * * 1" --repo web update the deps')
     assert added.startswith("added schedule 1: `0 9 * * 1` (UTC) on web, next Mon")
-    assert "update the deps" in bot.command("schedule list")
+    berlin = bot.command("schedule @daily --tz Europe/Berlin tidy <!here>", STRANGER, WEB)
+    assert berlin.startswith("added schedule 2: `@daily` (Europe/Berlin) on web, next ")
+    assert "tidy &lt;!here&gt;" in berlin
+    listed = bot.command("schedule list").splitlines()
+    assert listed[0] == "*Schedules*" and len(listed) == 3
+    assert listed[1].startswith("• 1: `0 9 * * 1` (UTC) on web") and "update the deps" in listed[1]
+    assert listed[2].startswith("• 2: `@daily` (Europe/Berlin)")
     assert "only the creator" in bot.command("schedule pause 1", user=STRANGER)
     assert bot.command("schedule pause 1") == "schedule 1 paused"
-    assert _schedules(bot.engine) == [("web", REQUESTER, API, True)]
+    assert _schedules(bot.engine) == [
+        ("web", REQUESTER, API, "UTC", True),
+        ("web", STRANGER, WEB, "Europe/Berlin", False),
+    ]
     assert bot.command("schedule resume 1") == "schedule 1 resumed"
-    assert _schedules(bot.engine) == [("web", REQUESTER, API, False)]
+    assert _schedules(bot.engine)[0][-1] is False
     assert "deleted" in bot.command("schedule delete 1")
+    assert "deleted" in bot.command("schedule delete 2", user=STRANGER)
     assert _schedules(bot.engine) == []
     assert bot.command("schedule list").startswith("no schedules yet")
+    assert "no schedule 7" in bot.command("schedule resume 7")
 
 
 def test_help_lists_every_command(bot: Bot) -> None:
@@ -429,6 +440,7 @@ def _subscribers(engine: Engine) -> list[str]:
         return [d.user for d in s.exec(select(DigestSubscriber)).all()]
 
 
-def _schedules(engine: Engine) -> list[tuple[str, str, str | None, bool]]:
+def _schedules(engine: Engine) -> list[tuple[str, str, str | None, str, bool]]:
     with transaction(engine) as s:
-        return [(x.repo, x.creator, x.channel, x.paused) for x in s.exec(select(Schedule)).all()]
+        found = s.exec(select(Schedule).order_by(Schedule.id)).all()  # type: ignore[arg-type]
+        return [(x.repo, x.creator, x.channel, x.timezone, x.paused) for x in found]
