@@ -22,7 +22,7 @@ from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import DigestSubscriber, Nudge, Priority, Schedule, Task
 from storage.spend import charge
-from storage.tasks import events, get_task, record, transition
+from storage.tasks import create_task, events, get_task, record, transition
 from tests.digest_fixtures import all_tasks
 from tests.slack_emulator import (
     AppResponse,
@@ -202,10 +202,22 @@ def test_list_shows_this_channels_tasks_yours_or_all(bot: Bot) -> None:
     assert listed("list mine") == {"mine here", "mine elsewhere"}
     assert listed("list mine", STRANGER) == {"theirs here"}
     assert listed("list all") == {"mine here", "theirs here", "mine elsewhere"}
+    assert bot.command("list").startswith("tasks\n*Tasks in this channel*")
+    assert bot.command("list mine").startswith("tasks\n*Your tasks*")
+    assert bot.command("list all").startswith("tasks\n*All tasks*")
     assert "Tasks in this channel: none" in bot.command("list", channel="C333")
     assert "*3* `queued` `api`" not in bot.command("list")  # task 3 is web's, in C222
     assert "*3* `queued` `web` mine elsewhere" in bot.command("list all")
     assert "takes mine, channel or all" in bot.command("list everything")
+
+
+def test_list_shows_the_newest_tasks_that_fit_in_one_message(bot: Bot) -> None:
+    with transaction(bot.engine) as s:
+        for i in range(1, 51):
+            create_task(s, repo="api", prompt=f"job {i}", requester=REQUESTER, channel=API)
+    lines = bot.command("list all").splitlines()[2:]  # after the fallback text and heading
+    shown = [int(line.split("*")[1]) for line in lines]
+    assert shown == list(range(50, 2, -1))  # newest first, 48 of them: Slack's 50 blocks
 
 
 def test_show_renders_the_tasks_card(bot: Bot) -> None:
@@ -251,7 +263,7 @@ def test_retry_requeues_a_failed_task_and_refuses_a_queued_one(
 def test_cancel_stops_a_queued_task_flags_a_running_one_and_refuses_strangers(
     bot: Bot, notifier: Notifier
 ) -> None:
-    queued, running = bot.add("first"), bot.add("second")
+    queued, running, other = bot.add("first"), bot.add("second"), bot.add("third")
     refused = bot.command(f"cancel {queued}", user=STRANGER)
     assert "only the requester or an approver of task 1 may cancel it" in refused
     assert bot.task(queued).state is State.QUEUED
@@ -259,26 +271,34 @@ def test_cancel_stops_a_queued_task_flags_a_running_one_and_refuses_strangers(
     assert bot.task(queued).state is State.CANCELLED
     assert bot.card(queued, showing="cancelled").action_ids == []
     bot.move(running, State.PREPARING, State.RUNNING)
+    bot.move(other, State.PREPARING, State.RUNNING)
     said = bot.command(f"cancel {running}", user=APPROVER)  # the repo's approver may
     assert said == f"cancelling task {running}; its agent stops at the next step"
     task = bot.task(running)
     assert task.state is State.RUNNING and task.cancel_requested_by == APPROVER
+    assert bot.events(running, "cancel_requested") == [{"by": APPROVER}]
+    assert bot.task(other).cancel_requested_at is None  # only the task named
     assert "already requested" in bot.command(f"cancel {running}")
 
 
 def test_digest_shows_the_day_and_subscribing_sets_up_the_dm(bot: Bot) -> None:
     waiting, failed = bot.add("waiting one"), bot.add("broken one")
+    theirs = bot.add("their open one", user=STRANGER)
     bot.move(waiting, State.PREPARING, State.RUNNING, State.AWAITING_APPROVAL)
     bot.move(failed, State.PREPARING, State.RUNNING, State.FAILED)
+    bot.move(theirs, State.PREPARING, State.RUNNING)
     shown = bot.command("digest")
-    assert "1 awaiting approval, 0 merged, 1 failed" in shown
-    assert "waiting one" in shown and "broken one" in shown
-    assert "waiting one" not in bot.command("digest mine", user=STRANGER)  # not theirs
+    assert "1 awaiting approval, 0 merged, 1 failed, 1 still open" in shown
+    assert "waiting one" in shown and "broken one" in shown and "their open one" in shown
+    mine = bot.command("digest mine")
+    assert "1 awaiting approval, 0 merged, 1 failed, 0 still open" in mine
+    assert "their open one" not in mine and "waiting one" in mine
     said = bot.command("digest subscribe")
     assert said == "you will get the digest of your tasks by DM at `0 8 * * *` (UTC)"
-    assert "already get" in bot.command("digest subscribe")
+    assert bot.command("digest subscribe").startswith("you already get the digest")
     assert _subscribers(bot.engine) == [REQUESTER]
     assert bot.command("digest unsubscribe") == "you will no longer get the digest by DM"
+    assert bot.command("digest unsubscribe") == "you were not getting the digest by DM"
     assert _subscribers(bot.engine) == []
 
 
