@@ -327,6 +327,20 @@ def test_schedule_adds_lists_pauses_resumes_and_deletes(bot: Bot) -> None:
     assert "no schedule 7" in bot.command("schedule resume 7")
 
 
+def test_only_the_configured_users_may_add_tasks_or_schedules(
+    slack: SlackEmulator, engine: Engine, config: Config
+) -> None:
+    with serve_http(engine, slack, config.model_copy(update={"users": [REQUESTER]})) as url:
+        bot = Bot(slack, engine, url)
+        refused = bot.command("add fix it", user=STRANGER)
+        assert refused.startswith(":warning: you are not one of the users who may add tasks")
+        refused = bot.command('schedule "0 9 * * 1" bump it', user=STRANGER)
+        assert refused == ":warning: you are not one of the users who may add tasks"
+        assert all_tasks(engine) == [] and _schedules(engine) == []
+        assert "queued task 1" in bot.command("add fix it")
+        assert bot.command('schedule "0 9 * * 1" bump it').startswith("added schedule 1")
+
+
 def test_help_lists_every_command(bot: Bot) -> None:
     for text in ("help", ""):
         said = bot.command(text)
