@@ -398,10 +398,45 @@ def test_approve_merges_for_the_requester_and_is_refused_to_a_stranger(
 def test_reject_closes_the_task(bot: Bot, notifier: Notifier) -> None:
     task_id = bot.add("fix the tests")
     bot.move(task_id, State.PREPARING, State.RUNNING, State.AWAITING_APPROVAL)
+    refused = bot.click(blocks.REJECT, task_id, user=STRANGER)
+    assert refused == (
+        f":no_entry: only the requester or an approver of task {task_id} may reject it "
+        f"(requested by {REQUESTER})"
+    )
     said = bot.click(blocks.REJECT, task_id, user=APPROVER)
     assert said.startswith(f"rejected task {task_id}; its branch nightcrew/1-")
     assert bot.task(task_id).state is State.REJECTED
+    assert bot.events(task_id)[-1] == {
+        "from": "awaiting_approval",
+        "to": "rejected",
+        "reason": f"rejected by {APPROVER}",
+        "by": APPROVER,
+    }
     assert bot.card(task_id, showing="rejected").action_ids == []
+
+
+def test_replies_in_a_tasks_thread_become_nudges_once_each_and_other_threads_are_left(
+    bot: Bot, notifier: Notifier
+) -> None:
+    task_id = bot.add("fix the tests")
+    card = bot.card(task_id)
+    other = bot.slack.post_as_user(API, STRANGER, "lunch?")[0]["event"]["ts"]
+
+    def reply(text: str, thread: str = card.ts, channel: str = API) -> dict:
+        (event,) = bot.slack.post_as_user(channel, STRANGER, text, thread_ts=thread)
+        assert bot.slack.post_to_app(bot.url, event).status == 200
+        return event
+
+    first = reply("use pathlib")
+    reply("and type hints")
+    assert bot.slack.post_to_app(bot.url, first, retry_num=1).status == 200  # redelivered
+    reply("not for the task", thread=other)  # a thread that is no task's
+    reply("wrong channel", channel=WEB)  # the card's ts, in another channel
+    assert [(n.text, n.author) for n in bot.nudges(task_id)] == [
+        ("use pathlib", STRANGER),
+        ("and type hints", STRANGER),
+    ]
+    assert bot.task(task_id).state is State.QUEUED  # read at the agent's next turn
 
 
 def test_the_retry_button_requeues_a_failed_task(bot: Bot, notifier: Notifier) -> None:
