@@ -17,7 +17,7 @@ from sqlmodel import select
 
 from bot.slack import blocks
 from bot.slack.notifier import Notifier
-from executor.config.schema import Config, RepoConfig
+from executor.config.schema import Budgets, Config, RepoConfig
 from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import DigestSubscriber, Nudge, Priority, Schedule, Task
@@ -237,7 +237,10 @@ def test_repos_lists_the_repos_and_this_channels(bot: Bot) -> None:
         "this channel's repo: `api`",
     ]
     assert bot.command("repos", channel=WEB).splitlines()[-1] == "this channel's repo: `web`"
-    assert "this channel's repo" not in bot.command("repos", channel="C333")
+    assert bot.command("repos", channel="C333").splitlines() == [
+        "• `api` (base `main`)",
+        "• `web` (base `develop`)",
+    ]
 
 
 def test_retry_requeues_a_failed_task_and_refuses_a_queued_one(
@@ -327,13 +330,25 @@ def test_schedule_adds_lists_pauses_resumes_and_deletes(bot: Bot) -> None:
     assert "no schedule 7" in bot.command("schedule resume 7")
 
 
+def test_budget_without_budgets_says_how_to_set_one(
+    slack: SlackEmulator, engine: Engine, config: Config
+) -> None:
+    unlimited = config.model_copy(update={"budgets": Budgets()})
+    with serve_http(engine, slack, unlimited) as url:
+        said = Bot(slack, engine, url).command("budget").splitlines()
+    assert said[-1] == "No budgets set: add `budgets: {daily_usd: 20}` to nightcrew.yaml."
+
+
 def test_only_the_configured_users_may_add_tasks_or_schedules(
     slack: SlackEmulator, engine: Engine, config: Config
 ) -> None:
     with serve_http(engine, slack, config.model_copy(update={"users": [REQUESTER]})) as url:
         bot = Bot(slack, engine, url)
         refused = bot.command("add fix it", user=STRANGER)
-        assert refused.startswith(":warning: you are not one of the users who may add tasks")
+        assert refused == (
+            ":warning: you are not one of the users who may add tasks; ask an admin to add "
+            "your Slack id to `users:` in nightcrew.yaml"
+        )
         refused = bot.command('schedule "0 9 * * 1" bump it', user=STRANGER)
         assert refused == ":warning: you are not one of the users who may add tasks"
         assert all_tasks(engine) == [] and _schedules(engine) == []
