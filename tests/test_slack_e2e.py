@@ -136,7 +136,8 @@ class Bot:
         assert self.slack.post_to_app(self.url, click).status == 200
         self.slack.wait_until(lambda: len(self.slack.responses()) > before, what="the reply")
         response = self.slack.responses()[-1]
-        assert response.ephemeral
+        assert response.ephemeral  # only the person who clicked sees it
+        assert not response.body.get("replace_original")  # and the card stays as it was
         return response.all_text
 
     def open_modal(self, action_id: str, task_id: int, user: str = REQUESTER) -> dict:
@@ -467,6 +468,11 @@ def test_the_cancel_button_cancels(bot: Bot, notifier: Notifier) -> None:
     assert "may cancel it" in bot.click(blocks.CANCEL, task_id, user=STRANGER)
     assert bot.click(blocks.CANCEL, task_id) == f"cancelled task {task_id}"
     assert bot.task(task_id).state is State.CANCELLED
+    with transaction(bot.engine) as s:  # a task of a repo since removed from the config
+        gone = create_task(s, repo="gone", prompt="old work", requester=REQUESTER, channel=API)
+        assert gone.id is not None
+    assert "may cancel it (requested by" in bot.click(blocks.CANCEL, gone.id, user=APPROVER)
+    assert bot.click(blocks.CANCEL, gone.id) == f"cancelled task {gone.id}"
 
 
 def test_the_diff_button_shows_the_diff_stat_of_the_proof(bot: Bot, notifier: Notifier) -> None:
