@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How strong are the tests? mutmut (v3) mutates the lifecycle table, the shared user actions
+# How strong are the tests? mutmut (v3) mutates the lifecycle checks, the shared user actions
 # and the Slack command handlers ([tool.mutmut] in pyproject.toml says which files and which
 # fast tests), runs the tests that cover each mutant, and this prints the share killed.
 # CPU heavy: not part of CI; the machine is shared, so it runs niced on two children.
