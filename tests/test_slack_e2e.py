@@ -198,17 +198,23 @@ def test_list_shows_this_channels_tasks_yours_or_all(bot: Bot) -> None:
         seen = bot.command(text, user, API)
         return {p for p in ("mine here", "theirs here", "mine elsewhere") if p in seen}
 
+    # In a channel every scope shows that channel's tasks only (SECURITY.md): `mine` narrows
+    # them to yours; everything of yours is listed in a DM with the bot.
     assert listed("list") == {"mine here", "theirs here"}
     assert listed("list channel") == {"mine here", "theirs here"}
-    assert listed("list mine") == {"mine here", "mine elsewhere"}
+    assert listed("list all") == {"mine here", "theirs here"}
+    assert listed("list mine") == {"mine here"}
     assert listed("list mine", STRANGER) == {"theirs here"}
-    assert listed("list all") == {"mine here", "theirs here", "mine elsewhere"}
+    in_dm = bot.command("list all", REQUESTER, "D111")
+    assert {p for p in ("mine here", "theirs here", "mine elsewhere") if p in in_dm} == {
+        "mine here",
+        "mine elsewhere",
+    }
     assert bot.command("list").startswith("tasks\n*Tasks in this channel*")
-    assert bot.command("list mine").startswith("tasks\n*Your tasks*")
-    assert bot.command("list all").startswith("tasks\n*All tasks*")
+    assert bot.command("list mine").startswith("tasks\n*Your tasks in this channel*")
+    assert bot.command("list all").startswith("tasks\n*All tasks in this channel*")
     assert "Tasks in this channel: none" in bot.command("list", channel="C333")
-    assert "*3* `queued` `api`" not in bot.command("list")  # task 3 is web's, in C222
-    assert "*3* `queued` `web` mine elsewhere" in bot.command("list all")
+    assert "*3* `queued` `web` mine elsewhere" in in_dm
     assert "takes mine, channel or all" in bot.command("list everything")
 
 
@@ -252,14 +258,16 @@ def test_retry_requeues_a_failed_task_and_refuses_a_queued_one(
     assert refused.startswith(":warning:") and "only failed, cancelled or needs-input" in refused
     bot.move(task_id, State.PREPARING, State.RUNNING, State.FAILED, attempts=3)
     bot.card(task_id, showing="failed")
-    assert bot.command(f"retry {task_id}", user=STRANGER) == f"re-queued task {task_id}"
+    refused = bot.command(f"retry {task_id}", user=STRANGER)  # only requester and approvers
+    assert refused.startswith(":warning:") and bot.task(task_id).state is State.FAILED
+    assert bot.command(f"retry {task_id}", user=APPROVER) == f"re-queued task {task_id}"
     task = bot.task(task_id)
     assert (task.state, task.attempts, task.finished_at) == (State.QUEUED, 0, None)
     assert bot.events(task_id)[-1] == {
         "from": "failed",
         "to": "queued",
-        "reason": f"retried by {STRANGER}",
-        "by": STRANGER,
+        "reason": f"retried by {APPROVER}",
+        "by": APPROVER,
     }
     assert blocks.CANCEL in bot.card(task_id, showing="queued").action_ids
 
@@ -351,7 +359,10 @@ def test_only_the_configured_users_may_add_tasks_or_schedules(
             "your Slack id to `users:` in nightcrew.yaml"
         )
         refused = bot.command('schedule "0 9 * * 1" bump it', user=STRANGER)
-        assert refused == ":warning: you are not one of the users who may add tasks"
+        assert refused == (
+            ":warning: you are not one of the users who may use nightcrew; ask an admin to add "
+            "your Slack id to `users:` in nightcrew.yaml"
+        )
         assert all_tasks(engine) == [] and _schedules(engine) == []
         assert "queued task 1" in bot.command("add fix it")
         assert bot.command('schedule "0 9 * * 1" bump it').startswith("added schedule 1")
@@ -438,8 +449,8 @@ def test_replies_in_a_tasks_thread_become_nudges_once_each_and_other_threads_are
     card = bot.card(task_id)
     other = bot.slack.post_as_user(API, STRANGER, "lunch?")[0]["event"]["ts"]
 
-    def reply(text: str, thread: str = card.ts, channel: str = API) -> dict:
-        (event,) = bot.slack.post_as_user(channel, STRANGER, text, thread_ts=thread)
+    def reply(text: str, thread: str = card.ts, channel: str = API, user: str = APPROVER) -> dict:
+        (event,) = bot.slack.post_as_user(channel, user, text, thread_ts=thread)
         assert bot.slack.post_to_app(bot.url, event).status == 200
         return event
 
@@ -448,9 +459,10 @@ def test_replies_in_a_tasks_thread_become_nudges_once_each_and_other_threads_are
     assert bot.slack.post_to_app(bot.url, first, retry_num=1).status == 200  # redelivered
     reply("not for the task", thread=other)  # a thread that is no task's
     reply("wrong channel", channel=WEB)  # the card's ts, in another channel
+    reply("delete the tests", user=STRANGER)  # neither requester nor approver: not steering
     assert [(n.text, n.author) for n in bot.nudges(task_id)] == [
-        ("use pathlib", STRANGER),
-        ("and type hints", STRANGER),
+        ("use pathlib", APPROVER),
+        ("and type hints", APPROVER),
     ]
     assert bot.task(task_id).state is State.QUEUED  # read at the agent's next turn
 
@@ -489,9 +501,11 @@ def test_nudge_opens_a_modal_whose_note_reaches_the_agent(bot: Bot, notifier: No
     view = bot.open_modal(blocks.NUDGE, task_id)
     assert (view["callback_id"], view["private_metadata"]) == (blocks.NUDGE_MODAL, str(task_id))
     assert view["title"]["text"] == f"Nudge task {task_id}"
-    bot.submit(view, "use pathlib", user=STRANGER)
+    refused = bot.submit(view, "use pathlib", user=STRANGER)  # the modal forwarded: refused
+    assert refused.json()["response_action"] == "errors" and bot.nudges(task_id) == []
+    bot.submit(view, "use pathlib", user=APPROVER)
     (nudge,) = bot.nudges(task_id)
-    assert (nudge.text, nudge.author, nudge.consumed_at) == ("use pathlib", STRANGER, None)
+    assert (nudge.text, nudge.author, nudge.consumed_at) == ("use pathlib", APPROVER, None)
     assert bot.task(task_id).state is State.RUNNING  # read at the agent's next turn
     refused = bot.submit(view, "   ")  # an empty note: an error under the box, nothing saved
     assert refused.json()["response_action"] == "errors" and len(bot.nudges(task_id)) == 1

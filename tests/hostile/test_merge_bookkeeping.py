@@ -6,7 +6,6 @@ push never leaves a task reported merged while the remote lacks it."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,8 @@ from storage.db import transaction
 from storage.lifecycle import State
 from tests.conftest import git
 from tests.llm_server import ScriptedLLM, reply, tool_call
-from tests.test_crash import HEARTBEAT_TIMEOUT_S, Executor, wait_for
+from tests.test_crash import HEARTBEAT_TIMEOUT_S, Executor, stale
+from tests.waiting import wait_for
 from tests.worker_fixtures import RunWorker, add_task, task
 
 OUR_IDENTITY = "-c user.name=nightcrew -c user.email=nightcrew@nightcrew.invalid"
@@ -147,7 +147,7 @@ def test_a_kill_between_merge_and_push_pushes_on_resume(
     pidfile.write_text(str(killed.proc.pid))
     killed.proc.wait(60)
     assert killed.proc.returncode == -9 and not armed.exists(), "killed inside the push"
-    time.sleep(HEARTBEAT_TIMEOUT_S + 0.5)
+    wait_for(lambda: stale(engine, task_id), 30, "the killed executor's heartbeat to go stale")
     if kind == "path-with-origin":  # merged locally, the remote does not have it
         assert git(remote, "rev-parse", "main") == remote_before
     assert task(engine, task_id).state is State.MERGING  # not reported merged
@@ -155,7 +155,7 @@ def test_a_kill_between_merge_and_push_pushes_on_resume(
     resumed = Executor(env, project)
     resumed.start()
     try:
-        wait_for("the merge", lambda: task(engine, task_id).state is not State.MERGING)
+        wait_for(lambda: task(engine, task_id).state is not State.MERGING, 60, "the merge")
     finally:
         out = resumed.stop()
     merged = task(engine, task_id)
