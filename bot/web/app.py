@@ -33,9 +33,9 @@ from storage.models import Task
 
 log = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
-# Who may see a task on the review page: the link's user may decide on it (the composition
-# root passes Slack's rule; "local:" users are the host's, who may decide on everything).
-MayDecide = Callable[[Task, str], bool]
+# Who may see a task on the review page: for the link's user, whether they may decide on a
+# task (the composition root passes Slack's rule; "local:" users are the host's own).
+MayDecide = Callable[[str], Callable[[Task], bool]]
 _TASK = re.compile(r"^/t/([1-9][0-9]{0,17})(/poll)?$")
 
 
@@ -124,9 +124,7 @@ def web_app(
 
     def _review(user: str, start_response: StartResponse) -> list[bytes]:
         with reading(engine) as session:
-            entries = review.waiting(
-                session, may_decide=(lambda t: may_decide(t, user)) if may_decide else None
-            )
+            entries = review.waiting(session, may_decide=may_decide(user) if may_decide else None)
             body = pages.review_page(entries, signer=signer, user=user)
         start_response("200 OK", _headers("text/html; charset=utf-8"))
         return [body.encode()]
