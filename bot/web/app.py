@@ -49,7 +49,7 @@ def _headers(content_type: str, nonce: str | None = None) -> list[tuple[str, str
         ("X-Frame-Options", "DENY"),
         (
             "Content-Security-Policy",
-            f"default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+            f"default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; "
             f"script-src {script}; connect-src 'self'; base-uri 'none'; form-action 'none'; "
             "frame-ancestors 'none'",
         ),
@@ -94,10 +94,11 @@ def web_app(
             if view is None:
                 start_response("404 Not Found", _headers("text/plain"))
                 return [b"no such task\n"]
-            nonce = secrets.token_urlsafe(16)
-            body = pages.task_page(view, query=query).replace(
-                "<script>", f'<script nonce="{nonce}">'
-            )
+            # Only a live page has a script (its updates); a parked one runs none at all.
+            nonce = secrets.token_urlsafe(16) if view.live else None
+            body = pages.task_page(view, query=query)
+            if nonce:
+                body = body.replace("<script>", f'<script nonce="{nonce}">')
         start_response("200 OK", _headers("text/html; charset=utf-8", nonce))
         return [body.encode()]
 

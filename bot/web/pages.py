@@ -144,7 +144,10 @@ def log_entries(events: list[TaskEvent]) -> str:
 
 
 def review_page(entries: list[Entry], *, signer: Signer, user: str) -> str:
-    links = {e.task.id: signer.task_url(e.task.id or 0, user) for e in entries}
+    # Relative: the page is on the same server as the tasks' pages, whatever its address.
+    links = {
+        e.task.id: f"/t/{e.task.id}?{signer.query(f'task:{e.task.id}', user)}" for e in entries
+    }
     return _env.get_template("review.html").render(entries=entries, links=links, user=user)
 
 
