@@ -97,12 +97,14 @@ def parked(
             "rounds": 0,
             "risk": {"level": "low", "reasons": []},
         }
-        record(session, task_id, "proof", pack | proof)
+        pack |= proof
+        record(session, task_id, "proof", pack)
+        level = (pack.get("risk") or {}).get("level", "unknown")
         transition(
             session,
             task_id,
             State.AWAITING_APPROVAL,
-            reason="risk low",
+            reason=f"risk {level}",
             actor="w1",
             summary=summary,
         )
