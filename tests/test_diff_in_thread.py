@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,11 +26,13 @@ from storage.lifecycle import State
 from storage.models import TaskEvent
 from storage.queue import claim_next
 from storage.tasks import get_task, record, transition
+from tests.llm_server import ScriptedLLM, reply, tool_call
 from tests.slack_emulator import SlackEmulator
 from tests.slack_fixtures import FAST, card_of
 from tests.test_slack_bot import _notifier_process
 from tests.test_web_pages import text_of
 from tests.web_fixtures import Web, parked
+from tests.worker_fixtures import RunWorker, add_task
 
 CUT = Tunables(**{**FAST.__dict__, "file_max_bytes": 400})
 
@@ -233,3 +236,44 @@ def test_the_emulated_upload_flow_has_slacks_shapes_limits_and_errors(
 def test_signer_links_carry_no_secret() -> None:
     url = Signer(b"k" * 64, "https://review.example").task_url(7, "U1")
     assert url.startswith("https://review.example/t/7?") and "k" * 8 not in url
+
+
+def test_end_to_end_a_scripted_agent_parks_and_the_thread_and_page_show_its_diff(
+    slack: SlackEmulator,
+    engine: Engine,
+    web: Web,
+    paged_notifier: Notifier,
+    make_worker: RunWorker,
+    project: Path,
+) -> None:
+    """A real worker in Docker runs a scripted agent that fixes calc.py; the task parks; its
+    whole diff lands in the card's thread once; the card's Open button opens the page, which
+    shows the added line."""
+    task_id = add_task(engine)
+    card = card_of(slack, engine, task_id)
+    script = [
+        reply(
+            tool_call("edit_file", {"path": "calc.py", "old_text": "a - b", "new_text": "a + b"})
+        ),
+        reply(tool_call("finish", {"summary": "add() adds"})),
+    ]
+    with ScriptedLLM(script) as llm:
+        assert (
+            make_worker(llm, repo_options={"checks": ["python3 -m unittest -q"]}).work(drain=True)
+            == 1
+        )
+    with transaction(engine) as session:
+        done = get_task(session, task_id)
+    assert done.state is State.AWAITING_APPROVAL, done.reason
+    (shared,) = slack.wait_until(lambda: slack.uploaded("C1"), timeout=15, what="the diff")
+    assert shared.thread_ts == card.ts and shared.files[0]["name"] == f"task-{task_id}.diff"
+    data = file_data(slack, shared.files[0]["id"])
+    assert b"-    return a - b\n+    return a + b" in data
+    slack.wait_until(lambda: settled(engine), what="the outbox settled")
+    card = card_of(slack, engine, task_id)
+    (button,) = [b for b in card.buttons if b.get("url")]
+    page = httpx.get(button["url"])
+    assert page.status_code == 200
+    shown = text_of(page.text)
+    assert "+    return a + b" in shown and done.head_commit and done.head_commit in shown
+    assert len(slack.uploaded("C1")) == 1
