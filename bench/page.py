@@ -6,7 +6,10 @@ Fills a fresh SQLite database with one task awaiting approval (a Python diff of 
 changed lines over 25 files, `--turns` turn events with tool calls and output, checks, a
 review, a proof pack) and times the WSGI app answering its signed link, from the request to
 the last byte of the body (database reads, diff parsing, Pygments, Jinja2). The first run is
-reported apart (cold: lexers and templates load). Goal: under 300 ms."""
+reported apart: "cold" is a diff nobody highlighted yet (lexers and templates load too);
+"warmed" is the first view of a diff the server's warmer highlighted when it was recorded
+(bot/web/app.py `Warmer`: what a person opening a parked task's link gets). Goal: under
+300 ms."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.links import Signer
-from bot.web.app import web_app
+from bot.web.app import Warmer, web_app
 from storage.db import make_engine, sqlite_url, transaction
 from storage.lifecycle import State
 from storage.models import Task, TaskEvent
@@ -121,28 +124,36 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         engine = make_engine(sqlite_url(Path(tmp)))
-        task_id = fill(engine, lines=args.lines, turns=args.turns)
         signer = Signer(b"b" * 64)
         app = web_app(engine, signer)
-        path, _, query = signer.task_url(task_id, "U0BENCH").partition("?")
-        environ = {
-            "REQUEST_METHOD": "GET",
-            "PATH_INFO": path.removeprefix(signer.base),
-            "QUERY_STRING": query,
-        }
-        times, size = [], 0
-        for _ in range(args.runs + 1):
-            start = time.perf_counter()
+        warmer = Warmer(engine)
+        cold_task = fill(engine, lines=args.lines, turns=args.turns)
+        warmer.tick()  # from here on, new diffs are highlighted as they are recorded
+        warm_task = fill(engine, lines=args.lines, turns=args.turns)
+        warmer.tick()
+
+        def get(task_id: int) -> tuple[float, int]:
+            path, _, query = signer.task_url(task_id, "U0BENCH").partition("?")
+            environ = {
+                "REQUEST_METHOD": "GET",
+                "PATH_INFO": path.removeprefix(signer.base),
+                "QUERY_STRING": query,
+            }
             status: list[str] = []
-            body = b"".join(app(environ, lambda s, h, status=status: status.append(s)))
-            times.append((time.perf_counter() - start) * 1000)
+            start = time.perf_counter()
+            body = b"".join(app(environ, lambda s, h: status.append(s)))
+            took = (time.perf_counter() - start) * 1000
             assert status == ["200 OK"], status
-            size = len(body)
-        cold, warm = times[0], times[1:]
+            return took, len(body)
+
+        cold, size = get(cold_task)
+        first, _ = get(warm_task)
+        again = [get(warm_task)[0] for _ in range(args.runs)]
         print(
             f"task page, {args.lines:,}-line diff, {args.turns} turns ({size / 1e6:.1f} MB): "
-            f"cold {cold:.0f} ms; warm median {statistics.median(warm):.0f} ms, "
-            f"max {max(warm):.0f} ms over {len(warm)} runs (goal < 300 ms)"
+            f"cold {cold:.0f} ms; warmed: first view {first:.0f} ms, then median "
+            f"{statistics.median(again):.0f} ms, max {max(again):.0f} ms over {args.runs} "
+            "runs (goal < 300 ms)"
         )
 
 
