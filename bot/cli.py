@@ -133,10 +133,15 @@ def web_pages() -> Iterator[None]:
                     engine(), signer(), host=env.web_host, port=env.web_port, may_decide=may_decide
                 )
             )
-        except OSError as exc:
-            raise ActionError(f"cannot serve the pages on port {env.web_port}: {exc}") from None
+        except OSError as exc:  # the rest still works: cards, files, approvals
+            err.print(
+                f"[yellow]task pages not served:[/yellow] port {env.web_port}: {exc}; set "
+                "NIGHTCREW_WEB_PORT to a free port (0: any) or -1 for none"
+            )
+            yield
+            return
         public = env.public_url or "(set NIGHTCREW_PUBLIC_URL to the address people reach)"
-        out.print(f"pages: {url}; links point at {public}")
+        out.print(f"pages: {url}; links point at {public}", soft_wrap=True, markup=False)
         yield
 
 
@@ -431,7 +436,7 @@ def review() -> None:
         out.print("nothing awaits approval")
         return
     out.print(render.review_table(entries))
-    out.print(f"page: {signer().review_url(local_user())}")
+    out.print(f"page: {signer().review_url(local_user())}", soft_wrap=True, markup=False)
 
 
 @app.command("ls")
