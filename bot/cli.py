@@ -116,6 +116,19 @@ def may_decide(user: str) -> Callable[[Task], bool]:
     return slack_may_decide(config(), user)
 
 
+def _secrets() -> list[str | None]:
+    """This installation's secret values, which no page may show: the model's key, Slack's
+    tokens, and the variables every repo hands its agent (`agent_env`)."""
+    import contextlib
+    import os
+
+    names = {"OPENAI_API_KEY", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"}
+    # A broken config is reported elsewhere; the known names still count.
+    with contextlib.suppress(Exception):
+        names |= {n for repo in config().repos.values() for n in repo.agent_env}
+    return [settings().openai_api_key, *(os.environ.get(n) for n in sorted(names))]
+
+
 @contextmanager
 def web_pages() -> Iterator[None]:
     """The task pages and the review queue on NIGHTCREW_WEB_HOST:NIGHTCREW_WEB_PORT while
@@ -130,7 +143,12 @@ def web_pages() -> Iterator[None]:
         try:
             url = stack.enter_context(
                 serve_web(
-                    engine(), signer(), host=env.web_host, port=env.web_port, may_decide=may_decide
+                    engine(),
+                    signer(),
+                    host=env.web_host,
+                    port=env.web_port,
+                    may_decide=may_decide,
+                    secrets=_secrets(),
                 )
             )
         except OSError as exc:  # the rest still works: cards, files, approvals

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from bot import review
 from bot.links import Signer, ensure_secret, secret_mode_ok, secret_path
+from bot.web.app import serve_web
 from storage.db import transaction
 from storage.tasks import record
 from tests.web_fixtures import DIFF, Web, parked
@@ -263,3 +264,24 @@ def test_the_link_secret_is_private_and_kept(tmp_path) -> None:  # type: ignore[
     assert secret_mode_ok(tmp_path) and ensure_secret(tmp_path) == first
     assert oct(secret_path(tmp_path).stat().st_mode & 0o777) == "0o600"
     assert DIFF  # the shared sample stays importable for the browser tests
+
+
+def test_an_agent_printing_its_environment_shows_no_key_on_the_page(engine: Engine) -> None:
+    """A hostile agent runs `env` and echoes what it finds: the values of the installation's
+    secrets (its model key, an `agent_env` variable) and tokens of known formats are blanked."""
+    key, agent_token = "local-model-key-0123456789", "a9f3c1d2e8b7"
+    printed = (
+        f"OPENAI_API_KEY={key}\nDEPLOY_TOKEN={agent_token}\n"
+        "SLACK=xoxb-1111-2222-AbCdEfGhIjKl\nGH=ghp_abcdefghijklmnopqrstuvwxyz0123\nPATH=/usr/bin"
+    )
+    turn = {
+        "content": f"my key is {key}",
+        "calls": [{"tool": "bash", "arguments": "env", "output": printed}],
+    }
+    task_id = parked(engine, turns=[turn], summary=f"used {agent_token}")
+    signer = Signer(b"s" * 64)
+    with serve_web(engine, signer, port=0, secrets=[key, agent_token, None, "short"]) as base:
+        page = httpx.get(Signer(signer.secret, base).task_url(task_id, "U1")).text
+    for secret in (key, agent_token, "xoxb-1111", "ghp_abcdef"):
+        assert secret not in page
+    assert "PATH=/usr/bin" in page and "OPENAI_API_KEY=***" in page

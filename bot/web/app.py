@@ -188,8 +188,11 @@ def serve_web(
     host: str = "127.0.0.1",
     port: int = 8780,
     may_decide: MayDecide | None = None,
+    secrets: Iterable[str | None] = (),
 ) -> Iterator[str]:
-    """Serve the pages from a thread while the block runs; yields the local base URL."""
+    """Serve the pages from a thread while the block runs; yields the local base URL.
+    `secrets`: values no page may show (the installation's keys and tokens)."""
+    pages.keep_secrets(secrets)
     application = web_app(engine, signer, may_decide=may_decide)
     server = make_server(host, port, application, _Server, _QuietHandler)
     thread = threading.Thread(

@@ -4,6 +4,7 @@ Pygments, see diffview)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ from sqlmodel import Session, col, select
 from bot.links import Signer
 from bot.review import Entry
 from bot.web import diffview
-from executor.config.redact import redact
+from bot.web.secrets import Redactor
 from executor.costs.pricing import cost_text
 from storage.lifecycle import CLOSED, State
 from storage.models import Nudge, Task, TaskEvent, utcnow
@@ -28,7 +29,14 @@ _env = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_env.filters["redact"] = lambda text: redact(str(text))
+_env.filters["redact"] = Redactor()  # replaced by `keep_secrets` with this host's values
+
+
+def keep_secrets(values: Iterable[str | None]) -> None:
+    """The values pages must never show (bot/web/secrets.py), set once at start."""
+    _env.filters["redact"] = Redactor(values)
+
+
 _env.globals["diff_css"] = diffview.css()
 
 
