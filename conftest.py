@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.worker_fixtures",
     "tests.slack_fixtures",
     "tests.cli_fixtures",
+    "tests.web_fixtures",
 ]

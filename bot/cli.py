@@ -20,6 +20,7 @@ from sqlmodel import select
 
 from bot import actions
 from bot.actions import ActionError, Outcome
+from bot.links import Signer
 from bot.terminal import render
 from executor.config.redact import redact
 from executor.config.schema import (
@@ -101,6 +102,67 @@ def admin_port(role: str) -> Iterator[None]:
         yield
 
 
+def signer() -> Signer:
+    return Signer.from_settings(settings())
+
+
+def may_decide(user: str) -> Callable[[Task], bool]:
+    """Who sees a task on the /review page: the host's own user every task (the terminal
+    acts as it), a Slack user the tasks Slack would let them approve."""
+    from bot.slack.handle import may_decide as slack_may_decide
+
+    if user.startswith("local:"):
+        return lambda task: True
+    return slack_may_decide(config(), user)
+
+
+def _secrets() -> list[str | None]:
+    """This installation's secret values, which no page may show: the model's key, Slack's
+    tokens, and the variables every repo hands its agent (`agent_env`)."""
+    import contextlib
+    import os
+
+    names = {"OPENAI_API_KEY", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"}
+    # A broken config is reported elsewhere; the known names still count.
+    with contextlib.suppress(Exception):
+        names |= {n for repo in config().repos.values() for n in repo.agent_env}
+    return [settings().openai_api_key, *(os.environ.get(n) for n in sorted(names))]
+
+
+@contextmanager
+def web_pages() -> Iterator[None]:
+    """The task pages and the review queue on NIGHTCREW_WEB_HOST:NIGHTCREW_WEB_PORT while
+    the process runs (-1: none)."""
+    env = settings()
+    if env.web_port < 0:
+        yield
+        return
+    from bot.web.app import serve_web
+
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(
+                serve_web(
+                    engine(),
+                    signer(),
+                    host=env.web_host,
+                    port=env.web_port,
+                    may_decide=may_decide,
+                    secrets=_secrets(),
+                )
+            )
+        except OSError as exc:  # the rest still works: cards, files, approvals
+            err.print(
+                f"[yellow]task pages not served:[/yellow] port {env.web_port}: {exc}; set "
+                "NIGHTCREW_WEB_PORT to a free port (0: any) or -1 for none"
+            )
+            yield
+            return
+        public = env.public_url or "(set NIGHTCREW_PUBLIC_URL to the address people reach)"
+        out.print(f"pages: {url}; links point at {public}", soft_wrap=True, markup=False)
+        yield
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the errors a person can cause into one line on stderr and a non-zero exit."""
@@ -148,7 +210,7 @@ def up(
         out.print(f"repos: {', '.join(cfg.repos)}")
         out.print(f"tasks: {counts.get(State.QUEUED, 0)} queued, {sum(counts.values())} in all")
         slack = SlackEnv.from_env()
-        with admin_port("up"):
+        with admin_port("up"), web_pages():
             if slack is None:
                 err.print(
                     "[yellow]Slack is not connected:[/yellow] set SLACK_BOT_TOKEN and "
@@ -176,7 +238,7 @@ def _bot_in_background(slack: SlackEnv) -> Iterator[None]:
     def serve() -> None:
         try:
             with Scheduler(engine(), config):  # the digest and scheduled tasks
-                run_bot(engine(), config, slack, stop=stop, say=out.print)
+                run_bot(engine(), config, slack, stop=stop, say=out.print, signer=signer())
         except Exception as exc:  # say so; the executor keeps running CLI-queued tasks
             err.print(f"[red]Slack bot stopped:[/red] {exc}")
 
@@ -222,7 +284,7 @@ def bot(
         # it is sending and records it, so a restart does not post it again.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
-            with admin_port("bot"), Scheduler(engine(), config):  # digest, scheduled tasks
+            with admin_port("bot"), web_pages(), Scheduler(engine(), config):
                 run_bot(
                     engine(),
                     config,
@@ -232,6 +294,7 @@ def bot(
                     port=port,
                     workers=workers,
                     say=out.print,
+                    signer=signer(),
                 )
         except KeyboardInterrupt:
             stop.set()
@@ -337,6 +400,10 @@ def init(force: bool = typer.Option(False, "--force", help="Overwrite existing f
         out.print(f"wrote {path}")
     if _ignore(root / ".gitignore", [".nightcrew/", ".env"]):
         out.print(f"added .nightcrew/ and .env to {root / '.gitignore'}")
+    from bot.links import ensure_secret, secret_path
+
+    ensure_secret(settings().home)  # signs the task pages' links (0600)
+    out.print(f"link secret in {secret_path(settings().home)}")
     out.print('next: edit nightcrew.yaml, then `nightcrew add "<what to do>"`')
 
 
@@ -373,6 +440,21 @@ def add(
                 session, repo=repo_name_, prompt=prompt, requester=local_user(), priority=prio
             )
     out.print(outcome.task.id if quiet else outcome.message)
+
+
+@app.command()
+def review() -> None:
+    """The tasks awaiting approval, riskiest first, with why (the same order as `/agent
+    review` and the App Home), and a link to the review page."""
+    from bot import review as queue
+
+    with user_errors(), transaction(engine()) as session:
+        entries = queue.waiting(session)
+    if not entries:
+        out.print("nothing awaits approval")
+        return
+    out.print(render.review_table(entries))
+    out.print(f"page: {signer().review_url(local_user())}", soft_wrap=True, markup=False)
 
 
 @app.command("ls")

@@ -210,3 +210,20 @@ def queue_reaction(
     if after_nudge is not None:
         payload["after_nudge"] = after_nudge
     session.add(Outbox(task_id=task_id, kind="react", payload=payload))
+
+
+def queue_file(session: Session, task_id: int, *, what: str, event_id: int) -> None:
+    """Share a file in the task's thread: `what` is "diff" (the whole patch of diff event
+    `event_id`) or "interdiff" (what changed since the approval, of proof event `event_id`)."""
+    session.add(Outbox(task_id=task_id, kind="file", payload={"what": what, "event": event_id}))
+
+
+def note_upload(session: Session, row_id: int, file_id: str) -> None:
+    """The file an upload of this row is about to share, with the post's start (`sent_at`):
+    a later attempt looks for a message sharing exactly that file before sharing again."""
+    row = session.get(Outbox, row_id)
+    if row is None or row.delivered_at is not None:
+        return
+    row.payload = {**row.payload, "file_id": file_id}
+    row.sent_at = utcnow()
+    session.add(row)

@@ -121,6 +121,7 @@ def start_bot(slack: SlackEmulator, home: Path, config: Path, *args: str) -> sub
         **slack.env(),
         "NIGHTCREW_HOME": str(home),
         "NIGHTCREW_CONFIG": str(config),
+        "NIGHTCREW_WEB_PORT": os.environ.get("NIGHTCREW_WEB_PORT", "0"),  # tests run side by side
     }
     return subprocess.Popen(
         [sys.executable, "-m", "bot.cli", "bot", *args],

@@ -17,6 +17,7 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry import RateLimitErrorRetryHandler
 from sqlalchemy import Engine
 
+from bot.links import Signer
 from bot.slack.listeners import register
 from executor.config.schema import Config
 
@@ -47,8 +48,11 @@ class SlackEnv:
         )
 
 
-def build_app(engine: Engine, config: Callable[[], Config], env: SlackEnv) -> App:
-    """The Bolt app with every listener. Calls auth.test at once (Bolt checks its token)."""
+def build_app(
+    engine: Engine, config: Callable[[], Config], env: SlackEnv, *, signer: Signer | None = None
+) -> App:
+    """The Bolt app with every listener. Calls auth.test at once (Bolt checks its token).
+    `signer` makes the page links (`/agent review`, the App Home); without it, none."""
     client = WebClient(
         token=env.bot_token, base_url=env.api_url, retry_handlers=[RateLimitErrorRetryHandler()]
     )
@@ -62,7 +66,7 @@ def build_app(engine: Engine, config: Callable[[], Config], env: SlackEnv) -> Ap
         process_before_response=True,
         logger=log,
     )
-    register(app, engine, config)
+    register(app, engine, config, signer)
     return app
 
 

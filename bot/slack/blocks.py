@@ -21,6 +21,7 @@ MAX_FALLBACK = 3000  # the notification text; Slack truncates far beyond, keep i
 # Stable action ids: listeners and old cards in Slack depend on them; the value is the task id.
 NUDGE, CANCEL, APPROVE, REJECT = "task_nudge", "task_cancel", "task_approve", "task_reject"
 CHANGES, DIFFSTAT, RETRY = "task_changes", "task_diffstat", "task_retry"
+OPEN = "task_open"  # a link button to the task's page; Slack still sends a click to ack
 # The modals: callback ids and the one text box they hold.
 CHANGES_MODAL, NUDGE_MODAL = "changes_modal", "nudge_modal"
 NOTE_BLOCK, NOTE_INPUT = "note", "text"
@@ -84,21 +85,28 @@ def button(label: str, action_id: str, task_id: int, style: str | None = None) -
     return element
 
 
-def buttons_for(task: Task) -> list[Block]:
+def link_button(label: str, url: str, task_id: int) -> Block:
+    """A button that opens `url` (a signed page link) in the browser."""
+    return {**button(label, OPEN, task_id), "url": url}
+
+
+def buttons_for(task: Task, open_url: str | None = None) -> list[Block]:
     assert task.id is not None
     tid, state = task.id, State(task.state)
+    opener = [link_button("Open", open_url, tid)] if open_url else []
     if state is State.AWAITING_APPROVAL:
         return [
             button("Approve & merge", APPROVE, tid, "primary"),
             button("Reject", REJECT, tid, "danger"),
             button("Request changes", CHANGES, tid),
             button("Show diff stat", DIFFSTAT, tid),
+            *opener,
         ]
     if state in (State.FAILED, State.NEEDS_INPUT):
-        return [button("Retry", RETRY, tid), button("Nudge", NUDGE, tid)]
+        return [button("Retry", RETRY, tid), button("Nudge", NUDGE, tid), *opener]
     if (state in WORKING and state is not State.MERGING) or state is State.QUEUED:
-        return [button("Nudge", NUDGE, tid), button("Cancel", CANCEL, tid, "danger")]
-    return []
+        return [button("Nudge", NUDGE, tid), button("Cancel", CANCEL, tid, "danger"), *opener]
+    return opener
 
 
 def elapsed(task: Task, now: datetime | None = None) -> str:
@@ -109,8 +117,11 @@ def elapsed(task: Task, now: datetime | None = None) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-def card(task: Task, *, now: datetime | None = None) -> tuple[str, list[Block]]:
-    """The task's card (the root of its thread): fallback text and blocks."""
+def card(
+    task: Task, *, now: datetime | None = None, open_url: str | None = None
+) -> tuple[str, list[Block]]:
+    """The task's card (the root of its thread): fallback text and blocks; `open_url`, a
+    signed link to the task's page, adds an Open button."""
     state = State(task.state)
     emoji = _EMOJI.get(state, ":gear:")
     title = f"{emoji} *Task {task.id}* · `{task.repo}` · *{state.value.replace('_', ' ')}*"
@@ -141,7 +152,7 @@ def card(task: Task, *, now: datetime | None = None) -> tuple[str, list[Block]]:
         )
     elif task.summary and state in (State.AWAITING_APPROVAL, State.MERGING):
         blocks.append(section(f"*Summary:* {escape(task.summary)}"))
-    actions = buttons_for(task)
+    actions = buttons_for(task, open_url)
     if actions:
         blocks.append({"type": "actions", "block_id": f"task-{task.id}", "elements": actions})
     text = f"Task {task.id} ({state.value}): {escape(task.prompt)}"
@@ -182,22 +193,67 @@ def task_list(tasks: Sequence[Task], heading: str) -> list[Block]:
     return blocks
 
 
-def home(groups: Iterable[tuple[str, Sequence[Task]]]) -> Block:
-    """The App Home view: the person's tasks, grouped, each with its buttons."""
+def home(
+    groups: Iterable[tuple[str, Sequence[Task]]],
+    *,
+    links: dict[int, str] | None = None,
+    reasons: dict[int, str] | None = None,
+    review_url: str | None = None,
+) -> Block:
+    """The App Home view: the person's tasks, grouped, each with its buttons. `links`: each
+    task's page; `reasons`: why a waiting task ranks where it does (bot/review.py);
+    `review_url`: the review queue's page."""
+    links, reasons = links or {}, reasons or {}
     blocks: list[Block] = [{"type": "header", "text": {"type": "plain_text", "text": "Tasks"}}]
+    if review_url:
+        blocks.append(
+            {
+                "type": "actions",
+                "elements": [{**button("Open the review queue", OPEN, 0), "url": review_url}],
+            }
+        )
     for heading, tasks in groups:
         blocks.append(section(f"*{heading}*" if tasks else f"*{heading}*: none"))
         for task in tasks:
             line = (
                 f"*{task.id}* `{State(task.state).value}` `{task.repo}` {escape(task.prompt[:150])}"
             )
+            if task.id in reasons:
+                line += f"\n_{escape(reasons[task.id])}_"
             blocks.append(section(line))
-            actions = buttons_for(task) if State(task.state) not in CLOSED else []
+            url = links.get(task.id or 0)
+            actions = buttons_for(task, url) if State(task.state) not in CLOSED else []
             if actions:
                 blocks.append({"type": "actions", "elements": actions})
     if len(blocks) > MAX_BLOCKS:  # Home allows 100 blocks, we keep one limit everywhere
         blocks = [*blocks[: MAX_BLOCKS - 1], context("… more in `/agent list all`")]
     return {"type": "home", "blocks": blocks}
+
+
+def review_list(
+    entries: Sequence[Any], links: dict[int, str], review_url: str | None
+) -> list[Block]:
+    """`/agent review`: the tasks this person may approve, riskiest first (bot/review.py),
+    each with its reasons and Approve, Open and Request changes."""
+    if not entries:
+        return [section("Nothing waits for your approval.")]
+    head = f"*Waiting for your approval*, riskiest first ({len(entries)})"
+    if review_url:
+        head += f" · <{review_url}|open the queue>"
+    blocks = [section(head)]
+    for entry in entries[: (MAX_BLOCKS - 2) // 2]:
+        task = entry.task
+        level = escape(str(entry.level))
+        line = f"*{task.id}* risk *{level}* `{escape(task.repo)}` {escape(task.prompt[:150])}"
+        blocks.append(section(f"{line}\n_{escape(entry.why)}_"))
+        elements = [button("Approve & merge", APPROVE, task.id, "primary")]
+        if task.id in links:
+            elements.append(link_button("Open", links[task.id], task.id))
+        elements.append(button("Request changes", CHANGES, task.id))
+        blocks.append({"type": "actions", "elements": elements})
+    if len(entries) > (MAX_BLOCKS - 2) // 2:
+        blocks.append(context(f"… and {len(entries) - (MAX_BLOCKS - 2) // 2} more"))
+    return blocks
 
 
 def note_modal(callback_id: str, task_id: int, *, title: str, label: str) -> Block:

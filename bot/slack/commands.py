@@ -11,7 +11,7 @@ from storage.models import Priority
 USAGE = (
     "`/agent add [--repo R] [--priority high|normal|low] <what to do>` (or just "
     "`/agent <what to do>`), `/agent list [mine|all]`, `/agent show ID`, `/agent cancel ID`, "
-    "`/agent retry ID`, `/agent repos`, `/agent budget`, "
+    "`/agent retry ID`, `/agent review`, `/agent repos`, `/agent budget`, "
     "`/agent digest [mine|subscribe|unsubscribe]`, "
     '`/agent schedule "<cron>" [--repo R] <what to do>`, `/agent schedule list|pause ID|'
     "resume ID|delete ID`, `/agent help`"
@@ -28,7 +28,7 @@ _QUOTES = {'"': '"', "'": "'", "`": "`", "\u201c": "\u201d", "\u2018": "\u2019",
 # Words that would be mistaken for a subcommand if a prompt began with them by accident are
 # still prompts: only these exact words are subcommands.
 _WITH_ID = ("show", "cancel", "retry")
-_BARE = ("repos", "budget", "help")
+_BARE = ("repos", "budget", "help", "review")
 _LIST_SCOPES = ("mine", "channel", "all")
 # Things people try to type that live on the card's buttons instead.
 _ELSEWHERE = ("approve", "reject", "nudge", "merge")
@@ -40,7 +40,7 @@ class CommandError(Exception):
 
 @dataclass(frozen=True)
 class Command:
-    verb: str  # add, list, show, cancel, retry, repos, budget, help
+    verb: str  # add, list, show, cancel, retry, repos, budget, help, review
     prompt: str = ""
     repo: str | None = None
     priority: Priority = Priority.NORMAL

@@ -13,15 +13,16 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from bot import actions, schedules
+from bot import actions, review, schedules
 from bot.actions import ActionError, Outcome
+from bot.links import Signer
 from bot.slack import access, blocks
 from bot.slack import digest_send as digest
 from bot.slack.commands import SCHEDULE_USAGE, Command, CommandError, parse
 from executor.config.schema import Config, ConfigError
 from executor.costs.budget import WAITING, Books
 from storage import deliveries, digests, outbox
-from storage.db import transaction, writer_turn
+from storage.db import reading, transaction, writer_turn
 from storage.errors import StorageError
 from storage.lifecycle import IllegalTransition
 from storage.models import Nudge, Task, TaskEvent, utcnow
@@ -130,6 +131,7 @@ def run_command(
     event_ts: str | None = None,
     context: str | None = None,
     delivery: str | None = None,
+    signer: Signer | None = None,
 ) -> dict[str, Any]:
     """`/agent …` from `user_id` in `channel_id` -> the ephemeral reply (ack kwargs).
     `event_ts`: the mention's ts, so an event Slack redelivers adds no second task.
@@ -156,6 +158,9 @@ def run_command(
         return {"text": blocks.budget_text(day, budgets, waiting, configured=books.budgets.any)}
     if cmd.verb == "digest":
         return _digest(engine, config, cmd, user)
+    if cmd.verb == "review":
+        entries, links, queue = review_queue(engine, config, user, signer)
+        return {"blocks": blocks.review_list(entries, links, queue), "text": "review queue"}
     if cmd.verb == "schedule" and cmd.action == "list":
         return _schedule_list(engine)
     if cmd.verb == "schedule":
@@ -167,6 +172,34 @@ def run_command(
     # A slash command's ack is its answer, so a redelivery gets it again; a mention's answer
     # is a message of its own, posted the first time.
     return {} if again and event_ts is not None else reply
+
+
+def may_decide(config: Config, user: str) -> Callable[[Task], bool]:
+    """Whether `user` may approve a task, by the rules of every button (bot/slack/access)."""
+
+    def check(task: Task) -> bool:
+        try:
+            access.check_may_act(config, task, user, "approve")
+        except USER_ERRORS:
+            return False
+        return True
+
+    return check
+
+
+def review_queue(
+    engine: Engine, config: Config, user: str, signer: Signer | None
+) -> tuple[list[review.Entry], dict[int, str], str | None]:
+    """The tasks `user` may approve, riskiest first, with their page links and the queue's
+    (`/agent review` and the App Home show the same list)."""
+    with reading(engine) as session:
+        entries = review.waiting(session, may_decide=may_decide(config, user))
+    links = (
+        {e.task.id: signer.task_url(e.task.id, user) for e in entries if e.task.id}
+        if signer
+        else {}
+    )
+    return entries, links, signer.review_url(user) if signer else None
 
 
 def _look(session: Session, cmd: Command, user: str, channel: str) -> dict[str, Any]:

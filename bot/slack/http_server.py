@@ -38,6 +38,7 @@ def application() -> Callable[..., Any]:
     """The WSGI app of one worker process (gunicorn calls this after forking). Its commits
     leave SQLite's WAL checkpoints (and their fsync) to the `nightcrew bot` process: one
     inside an ack's write turn made every ack behind it wait for the disk."""
+    from bot.links import Signer
     from bot.slack.app import SlackEnv, build_app, wsgi_app
     from executor.config.schema import Config, load_config
     from executor.config.settings import Settings
@@ -53,7 +54,8 @@ def application() -> Callable[..., Any]:
         return load_config(settings.config_path)
 
     engine = make_engine(settings.db_url, create=False, autocheckpoint=False)
-    return wsgi_app(build_app(engine, config, env))
+    signer = Signer.from_settings(settings)  # page links in `/agent review` and the App Home
+    return wsgi_app(build_app(engine, config, env, signer=signer))
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]

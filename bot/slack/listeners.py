@@ -15,12 +15,14 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from bot import actions
+from bot.links import Signer
 from bot.slack import access, blocks
 from bot.slack.handle import (
     USER_ERRORS,
     delivery_key,
     is_task_thread,
     once,
+    review_queue,
     run_command,
     thread_context,
     thread_reply,
@@ -49,7 +51,9 @@ VERBS = {
 }
 
 
-def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
+def register(
+    app: App, engine: Engine, config: Callable[[], Config], signer: Signer | None = None
+) -> None:
     """Attach every listener to `app`; `config` is read per request (cheap, cached).
 
     The app runs with `process_before_response`: each ack function below runs in the request
@@ -71,7 +75,11 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
     @app.command("/agent")
     def agent(ack: Ack, command: dict[str, Any]) -> None:
         try:
-            ack(**run_command(engine, config(), command, delivery=delivery_key(command)))
+            ack(
+                **run_command(
+                    engine, config(), command, delivery=delivery_key(command), signer=signer
+                )
+            )
         except USER_ERRORS as exc:
             ack(text=f":warning: {blocks.escape(str(exc))}")
 
@@ -173,6 +181,8 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
         )
 
     app.action(blocks.DIFFSTAT)(ack=just_ack, lazy=[diffstat])
+    # A link button (Open) opens its page in the browser; Slack still tells the app.
+    app.action(blocks.OPEN)(just_ack)
 
     @app.view(re.compile(f"^({blocks.CHANGES_MODAL}|{blocks.NUDGE_MODAL})$"))
     def submit_note(ack: Ack, view: dict[str, Any], body: dict[str, Any]) -> None:
@@ -245,6 +255,7 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
                 event_ts=event.get("ts"),
                 context=thread_text,
                 delivery=delivery,
+                signer=signer,
             )
         except USER_ERRORS as exc:
             return {"text": f":warning: {blocks.escape(str(exc))}"}
@@ -269,12 +280,24 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
         user = event["user"]
         with writing(engine) as session:
             mine = list_tasks(session, requester=user, include_closed=True, limit=30)
+        # What waits for this person's approval, in the review queue's order (the same
+        # ranking as `/agent review`, `nightcrew review` and the /review page).
+        entries, links, queue = review_queue(engine, config(), user, signer)
+        ranked = [e.task for e in entries]
+        shown = {t.id for t in ranked}
         groups = [
             ("Running", [t for t in mine if t.state.value not in _DONE + _WAIT]),
-            ("Waiting for you", [t for t in mine if t.state.value in _WAIT]),
+            ("Waiting for your approval", ranked),
+            ("Waiting for your input", [t for t in mine if t.state.value == "needs_input"]),
             ("Recent", [t for t in mine if t.state.value in _DONE][:10]),
         ]
-        client.views_publish(user_id=user, view=blocks.home(groups))
+        if signer is not None:
+            for task in mine:
+                if task.id is not None and task.id not in shown:
+                    links[task.id] = signer.task_url(task.id, user)
+        reasons = {e.task.id: e.why for e in entries if e.task.id is not None}
+        view = blocks.home(groups, links=links, reasons=reasons, review_url=queue)
+        client.views_publish(user_id=user, view=view)
 
     app.event("app_home_opened")(ack=just_ack, lazy=[home])
 

@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import httpx
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from bot.links import Signer
 from bot.slack import blocks
 from executor.monitoring import metrics
 from executor.runner.fleet import installation_id
@@ -58,6 +60,9 @@ class Tunables:
     max_attempts: int = 10  # then the row is given up and the failure recorded
     idle_poll_s: float = 0.5  # how soon a new outbox row is noticed
     reaction_poll_s: float = 2.0  # how soon ✅ follows the agent taking a nudge
+    # The diff file in a thread: Slack takes up to 1 GB, but its viewer (and a phone) chokes
+    # long before; beyond this the file is cut at a line and its comment links the page.
+    file_max_bytes: int = 1_000_000
 
 
 # Every message we post carries {"event_type": METADATA_EVENT, "event_payload": {"outbox_id":
@@ -85,6 +90,7 @@ class Notifier:
     engine: Engine
     client: WebClient  # build with retry_handlers=[]: retries are ours, per row
     tunables: Tunables = field(default_factory=Tunables)
+    signer: Signer | None = None  # page links (Open buttons, the diff file's comment)
     _last_edit: dict[int, float] = field(default_factory=dict)
     _last_post: dict[str, float] = field(default_factory=dict)
     _dms: dict[str, str] = field(default_factory=dict)  # user id -> the app's DM channel id
@@ -136,6 +142,8 @@ class Notifier:
                 self._state(row, task)
             elif row.kind == "react":
                 self._react(row, task)
+            elif row.kind == "file":
+                self._file(row, task)
             else:
                 self._settle(lambda s: outbox.give_up(s, row.id, error=f"unknown {row.kind}"))
         except _Retry as exc:
@@ -148,7 +156,7 @@ class Notifier:
 
     def _card(self, row: Outbox, task: Task) -> None:
         assert row.id is not None and task.id is not None and task.channel
-        text, card = blocks.card(task)
+        text, card = blocks.card(task, open_url=self._page(task))
         if task.thread_ts is None:
             ts, adopted = self._post_once(row, task.channel, text=text, blocks=card)
 
@@ -215,8 +223,118 @@ class Notifier:
         def settle(session: Any) -> None:
             outbox.mark_delivered(session, row.id)
             outbox.request_card(session, task.id)  # the card shows the new state too
+            if row.payload.get("to") == "awaiting_approval":
+                _queue_files(session, task.id)
 
         self._settle(settle)
+
+    def _page(self, task: Task) -> str | None:
+        """A signed link to the task's page for whoever sees the card (its channel)."""
+        if self.signer is None or task.id is None:
+            return None
+        return self.signer.task_url(task.id, f"channel:{task.channel}")
+
+    def _file(self, row: Outbox, task: Task) -> None:
+        """Share a file (the whole diff, or the interdiff since an approval) in the task's
+        thread, once: the file id is recorded with the start of the share, and a later
+        attempt whose share got no answer looks for a message holding that file first."""
+        assert row.id is not None and task.id is not None and task.channel
+        if task.thread_ts is None:
+            with self._transaction() as session:
+                waiting = outbox.has_pending_card(session, task.id)
+            if waiting:
+                self._defer(row, self.tunables.idle_poll_s)
+            else:
+                self._settle(lambda s: outbox.give_up(s, row.id, error="no card, so no thread"))
+            return
+        earlier = row.payload.get("file_id")
+        if row.sent_at is not None and earlier and self._find_file(row, task, str(earlier)):
+            log.info("outbox row %s: file %s already shared; not again", row.id, earlier)
+            self._settle(lambda s: outbox.mark_delivered(s, row.id))
+            return
+        content = self._file_content(row, task)
+        if content is None:
+            self._settle(lambda s: outbox.mark_delivered(s, row.id))  # nothing to share
+            return
+        name, data, comment = content
+        answer = self._call(self.client.files_getUploadURLExternal, filename=name, length=len(data))
+        self._upload(str(answer["upload_url"]), data)
+        file_id = str(answer["file_id"])
+        self._settle(lambda s: outbox.note_upload(s, row.id, file_id))
+        title = name.removesuffix(".diff")
+        try:
+            self._call(
+                self.client.files_completeUploadExternal,
+                files=[{"id": file_id, "title": title}],
+                channel_id=task.channel,
+                thread_ts=task.thread_ts,
+                initial_comment=comment,
+            )
+        except _Retry as exc:
+            exc.not_sent = exc.answered
+            raise
+        self._sent(row)
+        self._settle(lambda s: outbox.mark_delivered(s, row.id))
+
+    def _upload(self, url: str, data: bytes) -> None:
+        """The bytes to the upload URL Slack gave (a POST, not a Web API method)."""
+        try:
+            answer = httpx.post(url, content=data, timeout=30)
+        except httpx.HTTPError as exc:
+            raise _Retry(f"upload: {type(exc).__name__}", answered=True) from None
+        if answer.status_code != 200:
+            raise _Retry(f"upload: HTTP {answer.status_code}", answered=True)
+
+    def _file_content(self, row: Outbox, task: Task) -> tuple[str, bytes, str] | None:
+        """(file name, bytes, the comment shared with it), or None when there is no diff."""
+        with self._transaction() as session:
+            event = session.get(TaskEvent, row.payload.get("event"))
+            payload = dict(event.payload) if event is not None else {}
+        cut = 0
+        if row.payload.get("what") == "interdiff":
+            since = payload.get("since_approval") or {}
+            text = str(since.get("diff") or "")
+            approved = str(since.get("approved") or "")[:12]
+            name = f"task-{task.id}-since-approval.diff"
+            intro = f"What changed in task {task.id} since the approved `{approved}`"
+        else:
+            text, cut = str(payload.get("diff") or ""), int(payload.get("cut") or 0)
+            name = f"task-{task.id}.diff"
+            intro = f"The whole diff of task {task.id}"
+        if not text.strip():
+            return None
+        data = text.encode()
+        cap = self.tunables.file_max_bytes
+        if len(data) > cap:
+            kept = data[:cap].rsplit(b"\n", 1)[0] + b"\n"
+            cut += len(data) - len(kept)
+            data = kept
+        comment = intro
+        if cut:
+            comment += f" (cut: {cut:,} more bytes not in this file)"
+        page = self._page(task)
+        if page:
+            comment += f"; all of it on <{page}|the task's page>" if cut else f" · <{page}|Open>"
+        return name, data, comment
+
+    def _find_file(self, row: Outbox, task: Task, file_id: str) -> str | None:
+        """The ts of the thread message sharing `file_id`, or None."""
+        assert row.sent_at is not None and task.thread_ts is not None
+        params: dict[str, Any] = {
+            "channel": task.channel,
+            "ts": task.thread_ts,
+            "oldest": f"{(row.sent_at - LOOKBACK).timestamp():.6f}",
+            "limit": LOOKUP_PAGE,
+        }
+        for _ in range(LOOKUP_PAGES):
+            answer = self._call(self.client.conversations_replies, **params)
+            for message in answer.get("messages") or []:
+                if any(f.get("id") == file_id for f in message.get("files") or []):
+                    return str(message["ts"])
+            params["cursor"] = (answer.get("response_metadata") or {}).get("next_cursor")
+            if not params["cursor"]:
+                return None
+        return None
 
     def _proof_blocks(self, task: Task) -> list[blocks.Block]:
         with self._transaction() as session:
@@ -410,3 +528,31 @@ class Notifier:
     def _settle(self, write: Any) -> None:
         with self._transaction() as session:
             write(session)
+
+
+def _queue_files(session: Session, task_id: int) -> None:
+    """The task parked for approval: its newest diff (and the interdiff, if it changed since
+    an approval) goes to the thread as files, unless that diff was queued before (a park
+    with no new work, such as a merge that failed, shares nothing again)."""
+    newest = {
+        kind: session.exec(
+            select(TaskEvent)
+            .where(TaskEvent.task_id == task_id, TaskEvent.kind == kind)
+            .order_by(col(TaskEvent.id).desc())
+        ).first()
+        for kind in ("diff", "proof")
+    }
+    queued = session.exec(
+        select(Outbox).where(Outbox.task_id == task_id, Outbox.kind == "file")
+    ).all()
+    done = {(r.payload.get("what"), r.payload.get("event")) for r in queued}
+    diff, proof = newest["diff"], newest["proof"]
+    if diff is not None and diff.id is not None and ("diff", diff.id) not in done:
+        outbox.queue_file(session, task_id, what="diff", event_id=diff.id)
+    if (
+        proof is not None
+        and proof.id is not None
+        and proof.payload.get("since_approval")
+        and ("interdiff", proof.id) not in done
+    ):
+        outbox.queue_file(session, task_id, what="interdiff", event_id=proof.id)

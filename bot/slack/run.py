@@ -17,6 +17,7 @@ from slack_bolt import App
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 from sqlalchemy import Engine
 
+from bot.links import Signer
 from bot.slack.app import SlackEnv, build_app, notifier_client, wsgi_app
 from bot.slack.http_server import http_workers
 from bot.slack.notifier import Notifier, Tunables
@@ -29,9 +30,9 @@ DEFAULT_WORKERS = 1  # HTTP mode; more pay off with PostgreSQL and spare cores (
 
 @contextmanager
 def notifier_thread(
-    engine: Engine, env: SlackEnv, tunables: Tunables | None = None
+    engine: Engine, env: SlackEnv, tunables: Tunables | None = None, signer: Signer | None = None
 ) -> Iterator[Notifier]:
-    notifier = Notifier(engine, notifier_client(env), tunables or Tunables())
+    notifier = Notifier(engine, notifier_client(env), tunables or Tunables(), signer)
     stop = threading.Event()
     thread = threading.Thread(target=notifier.run, args=(stop,), name="notifier", daemon=True)
     thread.start()
@@ -102,11 +103,12 @@ def run_bot(
     port: int = 3000,
     workers: int = DEFAULT_WORKERS,
     say: Callable[[str], None] = print,
+    signer: Signer | None = None,
 ) -> None:
     """Run the bot and the notifier until `stop` is set. HTTP mode serves from `workers`
     child processes (bot/slack/http_server.py); the notifier runs here, once. The scheduler
     (digest, scheduled tasks) is started beside it by the composition root (bot/cli.py)."""
-    with notifier_thread(engine, env):
+    with notifier_thread(engine, env, signer=signer):
         if http or not env.app_token:
             if not env.signing_secret:
                 raise ValueError("HTTP mode needs SLACK_SIGNING_SECRET")
@@ -116,7 +118,7 @@ def run_bot(
                     served.check()
                     _checkpoint(engine)
         else:
-            app = build_app(engine, config, env)
+            app = build_app(engine, config, env, signer=signer)
             with socket_mode(app, env):
                 say("Slack bot: connected over Socket Mode")
                 while not stop.wait(0.5):  # short waits keep signals (Ctrl-C, SIGTERM) prompt

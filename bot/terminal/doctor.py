@@ -23,6 +23,7 @@ from slack_sdk.errors import SlackApiError
 from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 
+from bot.links import ensure_secret, secret_mode_ok, secret_path
 from bot.slack.app import SLACK_API, SlackEnv
 from executor.agents.llm import DEFAULT_BASE_URL, LLMClient, LLMRejected, LLMUnavailable
 from executor.config.redact import redact
@@ -244,6 +245,7 @@ BOT_SCOPES = (
     "reactions:write",
     "users:read",
     "metadata.message:read",
+    "files:write",
 )
 
 
@@ -302,6 +304,19 @@ def check_slack(
     return Result("slack", "ok", f"{who}; all {len(wanted)} scopes of manifest.yml granted")
 
 
+def check_web_secret(home: Path) -> Result:
+    """The secret the page links are signed with (bot/links.py): made now if missing, and
+    readable by nobody but its owner."""
+    try:
+        ensure_secret(home)
+    except (OSError, ValueError) as exc:
+        return Result("web links", "fail", str(exc), f"remove {secret_path(home)} and run again")
+    if not secret_mode_ok(home):
+        path = secret_path(home)
+        return Result("web links", "fail", f"{path} is readable by others", f"chmod 600 {path}")
+    return Result("web links", "ok", f"signing secret in {secret_path(home)} (0600)")
+
+
 def diagnose(
     env: Settings,
     *,
@@ -342,6 +357,7 @@ def diagnose(
             wanted=manifest_scopes(),
         )
     )
+    add(check_web_secret(env.home))
     return results
 
 

@@ -15,6 +15,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from bot.review import Entry
 from executor.config.redact import redact
 from executor.config.schema import Config
 from executor.costs.budget import ALL, WAITING, Budget, Day
@@ -351,3 +352,23 @@ def _digest_proof(proof: dict) -> str:
     review = (proof.get("review") or {}).get("verdict", "none")
     diff = f"+{proof.get('insertions', 0)} -{proof.get('deletions', 0)}"
     return f"checks {passed}/{len(checks)} passed, review {review}, {diff}"
+
+
+RISK_STYLE = {"high": "bold red", "medium": "yellow", "low": "green"}
+
+
+def review_table(entries: Sequence[Entry]) -> Table:
+    """`nightcrew review`: the tasks awaiting approval, riskiest first, with why."""
+    table = Table(box=None, header_style="bold")
+    for column in ("#", "ID", "RISK", "REPO", "PROMPT", "WHY"):
+        table.add_column(column, justify="right" if column in ("#", "ID") else "left")
+    for n, entry in enumerate(entries, 1):
+        table.add_row(
+            str(n),
+            str(entry.task.id),
+            Text(entry.level, style=RISK_STYLE.get(entry.level, "magenta")),
+            plain(entry.task.repo),
+            plain(one_line(entry.task.prompt, 40)),
+            plain(entry.why),
+        )
+    return table

@@ -1,3 +1,7 @@
-"""The web front end (task pages, the review queue): read-only pages behind signed, expiring
-links, served beside the Slack front end over the same actions in `bot.actions`. Empty so far:
-the review-from-the-phone work fills it."""
+"""The web front end: a read-only page per task (state, prompt and nudges, the conversation,
+the whole diff highlighted by Pygments, checks with the commit they ran on, the review and
+its findings linked to their lines, risk, approvals; live while the task runs) and the
+review queue, riskiest first (bot/review.py). Server-rendered with Jinja2 (autoescape on;
+agent text is only ever text), a few lines of JavaScript for live updates, no build step.
+Every page is behind a signed, expiring link (bot/links.py); approving stays in Slack and
+the CLI. Served from a thread of `nightcrew up` and `nightcrew bot` (bot/cli.py)."""

@@ -30,6 +30,9 @@ CHECK_OUTPUT_TAIL_CHARS = 4_000
 
 # How much of a diff the reviewer reads; a bigger diff is cut in the middle with a note.
 REVIEW_DIFF_CHARS = 60_000
+# The whole diff kept for people (the thread's diff file, the task page), per proof pack: a
+# phone reads far less; beyond this the page and the file say what was cut.
+PEOPLE_DIFF_CHARS = 2_000_000
 
 # Scope and check failures send the agent back at most this many times before a human decides.
 MAX_REVISION_ROUNDS = 3

@@ -31,6 +31,15 @@ class Settings(BaseSettings):
     # Loopback by default: metrics name repos and costs. A container sets 0.0.0.0.
     admin_host: str = Field("127.0.0.1", validation_alias="NIGHTCREW_ADMIN_HOST")
 
+    # The web pages (task pages, the review queue) of `up` and `bot`: loopback by default, a
+    # reverse proxy or tunnel publishes them; NIGHTCREW_PUBLIC_URL is the address people
+    # reach (what links say). Port 0 picks a free one; -1 serves no pages.
+    web_host: str = Field("127.0.0.1", validation_alias="NIGHTCREW_WEB_HOST")
+    web_port: int = Field(8780, ge=-1, le=65535, validation_alias="NIGHTCREW_WEB_PORT")
+    public_url: str | None = Field(None, validation_alias="NIGHTCREW_PUBLIC_URL")
+    # How long a page link works: a week covers a review that waits over a weekend.
+    link_ttl_days: float = Field(7.0, gt=0, le=366, validation_alias="NIGHTCREW_LINK_TTL_DAYS")
+
     @property
     def db_url(self) -> str:
         return self.database_url or sqlite_url(self.home)

@@ -56,6 +56,13 @@ SLACK_APP_TOKEN=
 # NIGHTCREW_HOME=./.nightcrew
 # NIGHTCREW_DATABASE_URL=postgresql://nightcrew:secret@db.example:5432/nightcrew
 # NIGHTCREW_CONFIG=./nightcrew.yaml
+
+# The task pages and review queue (Open buttons): served here, reached by people at the
+# public URL (your HTTPS reverse proxy or tunnel); links expire after this many days.
+# NIGHTCREW_WEB_HOST=127.0.0.1
+# NIGHTCREW_WEB_PORT=8780
+# NIGHTCREW_PUBLIC_URL=https://nightcrew.example.com
+# NIGHTCREW_LINK_TTL_DAYS=7
 """
 
 

@@ -21,7 +21,12 @@ from executor.agents.llm import LLMClient
 from executor.agents.llm_reply import Usage
 from executor.agents.loop import Agent, Cancelled, Finished, NeedsHuman, Turn, render
 from executor.agents.tools import describe
-from executor.config.defaults import CARD_REFRESH_S, CHECK_OUTPUT_TAIL_CHARS, MAX_REVISION_ROUNDS
+from executor.config.defaults import (
+    CARD_REFRESH_S,
+    CHECK_OUTPUT_TAIL_CHARS,
+    MAX_REVISION_ROUNDS,
+    PEOPLE_DIFF_CHARS,
+)
 from executor.config.schema import RepoConfig
 from executor.costs.budget import Books, crossed
 from executor.costs.pricing import NANOS_PER_USD, cost_nanos, cost_usd, price_of
@@ -131,7 +136,9 @@ class TaskJob:
                     feedback = stages.review_feedback(verdict)
                     self.move(State.REVISING, reason="the review requested changes")
                     continue
-            return self._park_for_approval(collected, checks, verdict, summary, fixes + reviews)
+            return self._park_for_approval(
+                collected, checks, verdict, summary, fixes + reviews, base=ws.base_commit
+            )
 
     def _park_for_approval(
         self,
@@ -140,8 +147,10 @@ class TaskJob:
         verdict: stages.Verdict | None,
         summary: str,
         rounds: int,
+        *,
+        base: str,
     ) -> Outcome:
-        proof = self.record_proof(collected, checks, verdict, rounds)
+        proof = self.record_proof(collected, checks, verdict, rounds, base=base)
         reason = f"risk {proof['risk']['level']}"
         if verdict is not None and verdict.verdict != "approve":
             reason += f"; review: {verdict.verdict.replace('_', ' ')} (open findings)"
@@ -157,11 +166,15 @@ class TaskJob:
         rounds: int,
         *,
         reference: str | None = None,
+        base: str | None = None,
     ) -> dict[str, Any]:
         """Record the proof pack for `collected.head_commit`, the commit its checks ran on.
         A task approved before whose tree changed since (a nudge, a retry, a conflict
         resolved in the merge) also shows what changed: the interdiff from `reference` (the
-        approved commit, or the tree a clean rebase of it would have made) to the new head."""
+        approved commit, or the tree a clean rebase of it would have made) to the new head.
+        The whole patch from `base` goes in a `diff` event just before, for people: the
+        thread's diff file and the task page (the bot may run on another host than the
+        canonical repo, so it reads the patch from the database)."""
         proof = stages.proof_pack(
             diff_stat=collected.diff_stat,
             files=collected.files_changed,
@@ -172,6 +185,12 @@ class TaskJob:
             rounds=rounds,
         )
         proof["commit"] = collected.head_commit
+        base = base or self.task.base_commit
+        if base:
+            text, cut = merge.patch(
+                self.canonical, base, collected.head_commit, max_chars=PEOPLE_DIFF_CHARS
+            )
+            self.record("diff", {"commit": collected.head_commit, "diff": text, "cut": cut})
         approved = self.task.approved_commit
         if approved and approved != collected.head_commit:
             stat, patch = merge.interdiff(

@@ -182,7 +182,7 @@ def _rebase(job: TaskJob, base_tip: str) -> tuple[Outcome, dict[str, Any]] | Non
         return None
     measured = workspace.measure(ws.canonical, base_tip, head)
     checks = job.prove(head, after="rebase")
-    job.record_proof(measured, checks, None, 0, reference=expected)
+    job.record_proof(measured, checks, None, 0, reference=expected, base=base_tip)
     why = "the agent resolved conflicts" if not rebase.ok else "the rebase changed the tree"
     return Outcome(
         State.AWAITING_APPROVAL,

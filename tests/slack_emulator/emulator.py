@@ -23,7 +23,7 @@ from tests.slack_samples import load_text
 T = TypeVar("T")
 SCOPES = (
     "app_mentions:read,channels:history,chat:write,commands,groups:history,im:history,"
-    "metadata.message:read,im:write,reactions:write,users:read"
+    "metadata.message:read,im:write,reactions:write,users:read,files:write"
 )
 SLACK_HOOKS = "https://hooks.slack.com/"
 SERVER_ERROR_BODY = "<html><body><h1>{status} Service Unavailable</h1></body></html>"
@@ -68,6 +68,7 @@ class SlackEmulator:
             bot_id=bot_id,
             app_id=app_id,
             open_socket=self._socket.issue_url,
+            upload_base=f"{self._web.base_url}/upload/v1/",
         )
 
     # -- lifecycle and addresses ---------------------------------------------------------
@@ -151,6 +152,33 @@ class SlackEmulator:
         """Every call naming `channel` fails with `error` from now on."""
         with self._changed:
             self.workspace.channel_errors[channel] = error
+
+    def upload_limit(self, size: int) -> None:
+        """Uploads larger than `size` bytes are refused (`file_upload_size_restricted`), as
+        in a workspace whose admins restricted large files."""
+        with self._changed:
+            self.workspace.files.limit = size
+
+    def receive_upload(self, token: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        """The POST of a file's bytes to its upload URL (not a Web API method)."""
+        with self._changed:
+            answer = self.workspace.files.receive(token, body, content_type)
+            self._calls.append(
+                Call(
+                    "upload",
+                    {"token": token, "bytes": len(body)},
+                    None,
+                    time.monotonic(),
+                    answer[0],
+                    None,
+                )
+            )
+            self._changed.notify_all()
+        return answer
+
+    def uploaded(self, channel: str | None = None) -> list[Message]:
+        """The messages that share files, oldest first (optionally in one channel)."""
+        return [m for m in self.messages(channel) if m.files]
 
     def add_user(self, user_id: str, **fields: Any) -> None:
         """users.info answers for any U…/W… id; these fields (name, real_name, tz, is_bot,

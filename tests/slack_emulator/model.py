@@ -53,6 +53,7 @@ class Message:
     app_id: str | None = None
     team: str | None = None
     metadata: dict[str, Any] | None = None
+    files: list[dict[str, Any]] = field(default_factory=list)  # shared by completeUploadExternal
     reactions: dict[str, list[str]] = field(default_factory=dict)  # name -> users, in order
     versions: list[dict[str, Any]] = field(default_factory=list)  # earlier text/blocks
 
@@ -96,6 +97,8 @@ class Message:
             out["attachments"] = self.attachments
         if self.thread_ts is not None:
             out["thread_ts"] = self.thread_ts
+        if self.files:
+            out.update(files=self.files, upload=True, display_as_bot=False)
         if self.metadata is not None and metadata:
             out["metadata"] = self.metadata
         if self.versions:

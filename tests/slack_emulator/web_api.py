@@ -74,6 +74,11 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         if url.path.startswith("/api/"):
             self._api(url.path.removeprefix("/api/").strip("/"), url.query, raw)
+        elif url.path.startswith("/upload/v1/") and self.command == "POST":
+            ctype = self.headers.get("Content-Type") or ""
+            token = url.path.removeprefix("/upload/v1/")
+            status, body = self.slack.receive_upload(token, raw, ctype)
+            self._send(Reply(status, body, "text/plain"))
         elif url.path.startswith("/hooks/") and self.command == "POST":
             self._response_url(raw)
         else:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.slack_emulator import blocks as limits
+from tests.slack_emulator.files import Files
 from tests.slack_emulator.model import ApiError, Ephemeral, Message
 from tests.slack_emulator.payloads import new_id, new_ts
 from tests.slack_samples import load_json
@@ -33,6 +34,7 @@ class Workspace:
         bot_id: str,
         app_id: str,
         open_socket: Callable[[], str],
+        upload_base: str = "http://127.0.0.1/upload/v1/",
     ) -> None:
         self.team_id, self.team, self.domain = team_id, team, domain
         self.bot_user_id, self.bot_id, self.app_id = bot_user_id, bot_id, app_id
@@ -43,6 +45,7 @@ class Workspace:
         self.homes: dict[str, dict[str, Any]] = {}
         self.users: dict[str, dict[str, Any]] = {}
         self.channel_errors: dict[str, str] = {}
+        self.files = Files(upload_base)
         self.methods: dict[str, Callable[[Params], dict[str, Any]]] = {
             "auth.test": self.auth_test,
             "apps.connections.open": lambda p: {"url": self.open_socket()},
@@ -58,6 +61,8 @@ class Workspace:
             "views.publish": self.views_publish,
             "users.info": self.users_info,
             "conversations.open": self.conversations_open,
+            "files.getUploadURLExternal": self.files.get_upload_url,
+            "files.completeUploadExternal": self.files_complete_upload_external,
         }
 
     def auth_test(self, p: Params) -> dict[str, Any]:
@@ -90,6 +95,39 @@ class Workspace:
         )
         self.messages[channel, message.ts] = message
         return {"channel": channel, "ts": message.ts, "message": message.to_api()}
+
+    def files_complete_upload_external(self, p: Params) -> dict[str, Any]:
+        """Share the uploaded files: one message of the bot's holding them, in `channel_id`
+        (the thread of `thread_ts`, which must be a thread's root), or private without it."""
+        uploads = self.files.complete(p)
+        channel = p.get("channel_id") or p.get("channels")
+        thread = p.get("thread_ts") or None
+        created = int(float(new_ts()))
+        if channel:
+            channel = self._channel({"channel": channel})
+            if thread is not None:
+                root = self.messages.get((channel, thread))
+                if root is None or root.is_reply:
+                    raise ApiError("invalid_thread_ts")
+            if len(str(p.get("initial_comment") or "")) > limits.MESSAGE_TEXT:
+                raise ApiError("msg_too_long")
+            message = Message(
+                channel=channel,
+                ts=new_ts(),
+                user=self.bot_user_id,
+                text=str(p.get("initial_comment") or ""),
+                thread_ts=thread,
+                bot_id=self.bot_id,
+                app_id=self.app_id,
+                team=self.team_id,
+            )
+            for upload in uploads:
+                upload.shares.append((channel, message.ts))
+            message.files = [
+                u.to_api(team=self.team_id, user=self.bot_user_id, created=created) for u in uploads
+            ]
+            self.messages[channel, message.ts] = message
+        return {"files": [{"id": u.file_id, "title": u.title or u.filename} for u in uploads]}
 
     def chat_update(self, p: Params) -> dict[str, Any]:
         message = self._message(self._channel(p), p.get("ts"))

@@ -1,0 +1,163 @@
+"""What the pages show, read from the database and rendered with Jinja2 (autoescape on: every
+text an agent, a model or a person wrote is escaped; the only markup taken as is comes from
+Pygments, see diffview)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlmodel import Session, col, select
+
+from bot.links import Signer
+from bot.review import Entry
+from bot.web import diffview
+from bot.web.secrets import Redactor
+from executor.costs.pricing import cost_text
+from storage.lifecycle import CLOSED, State
+from storage.models import Nudge, Task, TaskEvent, utcnow
+
+TEMPLATES = Path(__file__).with_name("templates")
+LIVE = {s.value for s in State if s not in CLOSED and s is not State.AWAITING_APPROVAL}
+_env = Environment(
+    loader=FileSystemLoader(TEMPLATES),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_env.filters["redact"] = Redactor()  # replaced by `keep_secrets` with this host's values
+
+
+def keep_secrets(values: Iterable[str | None]) -> None:
+    """The values pages must never show (bot/web/secrets.py), set once at start."""
+    _env.filters["redact"] = Redactor(values)
+
+
+_env.globals["diff_css"] = diffview.css()
+
+
+def _when(value: datetime | None) -> str:
+    return f"{value:%Y-%m-%d %H:%M:%S} UTC" if value else "—"
+
+
+_env.filters["when"] = _when
+
+
+@dataclass
+class TaskView:
+    task: Task
+    events: list[TaskEvent]
+    nudges: list[Nudge]
+    proof: dict[str, Any]
+    diff: dict[str, Any]
+    files: list[diffview.FileDiff]
+    interdiff: list[diffview.FileDiff]
+    checks: list[dict[str, Any]]
+    approvals: list[TaskEvent]
+
+    @property
+    def turns(self) -> list[TaskEvent]:
+        return [e for e in self.events if e.kind == "turn"]
+
+    @property
+    def last_event_id(self) -> int:
+        return max((e.id or 0 for e in self.events), default=0)
+
+    @property
+    def live(self) -> bool:
+        return State(self.task.state).value in LIVE
+
+    def finding_anchor(self, finding: dict[str, Any]) -> str | None:
+        """Where in the diff a review finding points: the file, and its line if shown."""
+        name = str(finding.get("file") or "")
+        for file in self.files:
+            if file.path == name or file.old_path == name:
+                line = finding.get("line")
+                if isinstance(line, int) and line in file.new_lines:
+                    return f"{file.anchor}-n{line}"
+                return file.anchor
+        return None
+
+
+def _latest(events: list[TaskEvent], kind: str) -> dict[str, Any]:
+    for event in reversed(events):
+        if event.kind == kind:
+            return event.payload
+    return {}
+
+
+def load_task(session: Session, task_id: int) -> TaskView | None:
+    task = session.get(Task, task_id)
+    if task is None:
+        return None
+    events = list(
+        session.exec(
+            select(TaskEvent).where(TaskEvent.task_id == task_id).order_by(col(TaskEvent.id))
+        ).all()
+    )
+    nudges = list(
+        session.exec(select(Nudge).where(Nudge.task_id == task_id).order_by(col(Nudge.id))).all()
+    )
+    proof = _latest(events, "proof")
+    diff_event = next((e for e in reversed(events) if e.kind == "diff"), None)
+    diff = diff_event.payload if diff_event else {}
+    diff_text = str(diff.get("diff") or "")
+    since = proof.get("since_approval") or {}
+    approvals = [
+        e
+        for e in events
+        if e.kind == "state"
+        and (e.payload.get("from") == "awaiting_approval" or e.payload.get("to") == "merging")
+    ]
+    checks = [e.payload for e in events if e.kind == "checks"]
+    return TaskView(
+        task=task,
+        events=events,
+        nudges=nudges,
+        proof=proof,
+        diff=diff,
+        files=diffview.parse_cached(
+            ((diff_event.id or 0) if diff_event else 0, len(diff_text)), diff_text
+        ),
+        interdiff=diffview.parse(str(since.get("diff") or "")),
+        checks=checks,
+        approvals=approvals,
+    )
+
+
+def warm(session: Session, task_id: int) -> None:
+    """Parse and highlight the task's newest diff ahead of the first view (the notifier calls
+    this when a task parks): a big diff's first highlighting takes most of a second."""
+    load_task(session, task_id)
+
+
+def task_page(view: TaskView, *, query: str) -> str:
+    return _env.get_template("task.html").render(
+        v=view,
+        t=view.task,
+        state=State(view.task.state).value,
+        cost=cost_text(view.task.cost_nanos, view.task.unpriced_tokens),
+        query=query,
+        now=utcnow(),
+    )
+
+
+def log_entries(events: list[TaskEvent]) -> str:
+    """The log lines for `events` (new ones, for a live page)."""
+    return _env.get_template("log.html").render(events=events)
+
+
+def review_page(entries: list[Entry], *, signer: Signer, user: str) -> str:
+    # Relative: the page is on the same server as the tasks' pages, whatever its address.
+    links = {
+        e.task.id: f"/t/{e.task.id}?{signer.query(f'task:{e.task.id}', user)}" for e in entries
+    }
+    return _env.get_template("review.html").render(entries=entries, links=links, user=user)
+
+
+def forbidden_page() -> str:
+    return _env.get_template("forbidden.html").render()
