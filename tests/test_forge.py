@@ -8,16 +8,22 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
 from bot import actions
 from bot.slack.blocks import card
+from bot.slack.handle import run_command
 from bot.terminal.doctor import check_forge
 from executor.config.schema import Config, ConfigError, RepoConfig, load_config
 from executor.forge.connect import forge_for
 from executor.forge.http import SERVER_RETRIES, ForgeError
+from storage.db import transaction
 from storage.models import Task
+from storage.tasks import get_task, list_tasks
 from tests.conftest import git
 from tests.forge_emulator.fixtures import ForgeSetup
+from tests.slack_emulator import slash_command
+from tests.test_cli import run_process
 
 
 def repo_of(forge: ForgeSetup, project: Path, **merge: object) -> RepoConfig:
@@ -186,3 +192,49 @@ def test_a_pr_url_that_is_not_a_plain_link_is_shown_as_text() -> None:
     task.pr_url = "https://x.example/a|<!channel>"
     text = "\n".join(b["text"]["text"] for b in card(task)[1] if b.get("type") == "section")
     assert "<!channel>" not in text and "&lt;!channel&gt;" in text
+
+
+def pr_config(project: Path) -> Config:
+    return Config.model_validate(
+        {
+            "repos": {
+                "app": RepoConfig(
+                    path=project,
+                    merge={"policy": "pull_request", "forge": "github", "project": "acme/app"},
+                ),
+                "web": {"path": str(project)},
+            },
+            "default_repo": "web",
+        }
+    )
+
+
+def test_slash_agent_add_with_an_issue_url_queues_it_on_the_issues_repo(
+    engine: Engine, project: Path
+) -> None:
+    url = "https://github.com/acme/app/issues/12"
+    answer = run_command(engine, pr_config(project), slash_command(f"add {url}"))
+    assert "queued task 1 on app" in answer["text"]
+    with transaction(engine) as s:
+        queued = get_task(s, 1)
+    assert (queued.repo, queued.issue_url) == ("app", url)
+    with pytest.raises(actions.ActionError, match="issue of no repo"):  # and nothing written
+        run_command(
+            engine, pr_config(project), slash_command("add https://github.com/x/y/issues/1")
+        )
+    with transaction(engine) as s:
+        assert [t.id for t in list_tasks(s)] == [1]
+
+
+def test_nightcrew_add_with_an_issue_url(git_repo: Path, tmp_path: Path) -> None:
+    (git_repo / "nightcrew.yaml").write_text(
+        "repos:\n  app:\n    path: .\n"
+        "    merge: {policy: pull_request, forge: gitlab, project: grp/app}\n"
+    )
+    url = "https://gitlab.com/grp/app/-/issues/7"
+    added = run_process(git_repo, tmp_path / "home", "add", url)
+    assert added.returncode == 0, added.stderr
+    shown = run_process(git_repo, tmp_path / "home", "show", "1")
+    assert url in shown.stdout and "app" in shown.stdout
+    refused = run_process(git_repo, tmp_path / "home", "add", "https://gitlab.com/x/y/-/issues/1")
+    assert refused.returncode == 1 and "issue of no repo" in refused.stderr
