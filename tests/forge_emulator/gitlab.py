@@ -70,6 +70,14 @@ class GitLabEmulator(ForgeServer):
             mr = self._mr(n)
             mr["state"] = "closed"
 
+    def merge_by_person(self, n: int) -> str:
+        with self.lock:
+            mr = self._mr(n)
+            sha = self.merge_into(mr["target_branch"], mr["sha"], method="merge", title="by hand")
+            assert sha is not None
+            mr.update(state="merged", merge_commit_sha=sha)
+            return sha
+
     def comment(self, n: int, body: str, username: str = "reviewer") -> None:
         with self.lock:
             self.next_id += 1
