@@ -174,3 +174,47 @@ def test_a_pr_merged_on_the_forge_by_a_person_merges_the_task(
     merged = task(engine, task_id)
     assert merged.state is State.MERGED and merged.merge_commit == sha
     assert f"was merged on {forge.kind}" in (merged.reason or "")
+
+
+def test_a_revision_updates_the_same_pr(
+    engine: Engine, make_worker: RunWorker, forge: ForgeSetup
+) -> None:
+    task_id = park(engine, make_worker, forge)
+    first = task(engine, task_id).head_commit
+    with transaction(engine) as s:
+        actions.nudge(s, task_id, "also add a docstring", actor="U1")
+    doc = reply(
+        tool_call(
+            "edit_file",
+            {
+                "path": "calc.py",
+                "old_text": "def add(a, b):\n",
+                "new_text": 'def add(a, b):\n    """Sum."""\n',
+            },
+        )
+    )
+    run(make_worker, forge, [doc, finish("added a docstring")])
+    revised = task(engine, task_id)
+    assert revised.state is State.AWAITING_APPROVAL and revised.head_commit != first
+    assert revised.pr_number == 1 and len(forge.emulator.requests) > 0
+    raw = forge.pr(1)
+    head = raw["head"]["sha"] if forge.kind == "github" else raw["sha"]
+    assert head == revised.head_commit and revised.head_commit[:12] in forge.body(1)
+    assert "added a docstring" in forge.body(1)
+    opened = forge.emulator.count("POST", r"/(pulls|merge_requests)$")
+    assert opened == 1  # updated, not opened again
+
+
+def test_a_forge_down_at_park_time_loses_nothing(
+    engine: Engine, make_worker: RunWorker, forge: ForgeSetup
+) -> None:
+    forge.emulator.server_errors(1000)  # every answer a 502 while the task parks
+    task_id = park(engine, make_worker, forge)
+    parked = task(engine, task_id)
+    assert "pull request not updated" in (parked.reason or "") and parked.pr_number is None
+    forge.emulator.heal()  # back up: Approve opens the PR and merges it
+    approve(engine, task_id)
+    run(make_worker, forge, [])
+    merged = task(engine, task_id)
+    assert merged.state is State.MERGED, merged.reason
+    assert merged.pr_number is not None and forge.merged(merged.pr_number)

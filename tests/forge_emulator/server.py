@@ -86,6 +86,11 @@ class ForgeServer:
         with self.lock:
             self._errors += n
 
+    def heal(self) -> None:
+        """No more faults queued."""
+        with self.lock:
+            self._errors, self._storm = 0, []
+
     def count(self, method: str, pattern: str) -> int:
         return sum(1 for r in self.requests if r.method == method and re.search(pattern, r.path))
 
