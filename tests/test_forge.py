@@ -238,3 +238,26 @@ def test_nightcrew_add_with_an_issue_url(git_repo: Path, tmp_path: Path) -> None
     assert url in shown.stdout and "app" in shown.stdout
     refused = run_process(git_repo, tmp_path / "home", "add", "https://gitlab.com/x/y/-/issues/1")
     assert refused.returncode == 1 and "issue of no repo" in refused.stderr
+
+
+def test_nightcrew_doctor_names_the_forge_tokens_missing_scope(
+    forge: ForgeSetup, project: Path, tmp_path: Path
+) -> None:
+    import yaml
+
+    merge = forge.options()["merge"]
+    (project / "nightcrew.yaml").write_text(
+        yaml.safe_dump({"repos": {"app": {"path": ".", "merge": merge}}})
+    )
+    ok = run_process(project, tmp_path / "home", "doctor")
+    said = " ".join(ok.stdout.split())
+    assert f"forge app ({forge.kind} {forge.emulator.project})" in said and "may push" in said
+    if forge.kind == "github":
+        forge.emulator.scopes = "gist"  # type: ignore[union-attr]
+    else:
+        forge.emulator.scopes = ["read_user"]  # type: ignore[union-attr]
+    missing = run_process(project, tmp_path / "home", "doctor")
+    assert missing.returncode == 1
+    said = " ".join(missing.stdout.split())  # rich wraps long lines
+    assert "missing scope: " + ("repo" if forge.kind == "github" else "api") in said
+    assert forge.token not in missing.stdout + missing.stderr
