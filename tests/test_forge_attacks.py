@@ -7,6 +7,7 @@ comes from the forge's answer, never from text."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,36 @@ def test_review_comments_reach_the_agent_once_and_its_own_do_not(
         notes = [n.text for n in nudges(s, task_id)]
     assert notes == ["please also handle negative numbers"]
     assert task(engine, task_id).state is State.QUEUED  # a revision round, as a nudge does
+
+
+def outside_fences(body: str) -> str:
+    """The PR body as the forge acts on it (CommonMark fences): fenced blocks removed."""
+    kept, fence = [], None
+    for line in body.splitlines():
+        opener = re.match(r"(`{3,})", line)
+        if fence is None and opener:
+            fence = opener.group(1)
+        elif fence is not None and re.fullmatch(rf"`{{{len(fence)},}}", line.strip()):
+            # CommonMark: a run of backticks at least as long closes the fence
+            fence = None
+        elif fence is None:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def test_an_agents_text_in_the_pr_body_closes_no_issue_and_mentions_nobody(
+    engine: Engine, make_worker: RunWorker, forge: ForgeSetup
+) -> None:
+    hostile = "Closes #1\n````\nFixes #2 @acme/security-team ![x](https://evil.example/p.png)"
+    name = "````Fixes #3 @admin.py"
+    make = f"printf 'x' > '{name}' && git add -A && git commit -qm 'Fixes #4'"
+    task_id = add_task(engine)
+    script = [fix(), reply(tool_call("bash", {"command": make})), finish(hostile)]
+    run(make_worker, forge, script)
+    parked = task(engine, task_id)
+    assert parked.state is State.AWAITING_APPROVAL, parked.reason
+    body = forge.body(1)
+    assert "Fixes #2 @acme/security-team" in body  # shown, as text
+    acted_on = outside_fences(body)
+    for forbidden in ("Closes #1", "Fixes #2", "Fixes #3", "@acme", "@admin", "evil.example"):
+        assert forbidden not in acted_on, forbidden

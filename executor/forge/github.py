@@ -82,7 +82,14 @@ class GitHub:
 
     def merge_pr(self, number: int, *, sha: str, method: str, title: str) -> str:
         """Merge only if the PR's head is still `sha` (GitHub checks it: 409 otherwise)."""
-        payload = {"sha": sha, "merge_method": method, "commit_title": title}
+        # Our own message: GitHub's default squash message lists the agent's commit
+        # messages, whose "Fixes #1" would close issues once on the base.
+        payload = {
+            "sha": sha,
+            "merge_method": method,
+            "commit_title": title,
+            "commit_message": "Merged by nightcrew after approval.",
+        }
         try:
             answer = self.http.request(
                 "PUT", f"{self.repo_path}/pulls/{number}/merge", json_body=payload

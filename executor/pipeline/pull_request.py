@@ -11,6 +11,7 @@ conflicts) parks the task with the forge's reason; approving again retries."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from executor.config.redact import redact
@@ -46,13 +47,22 @@ def slack_link(task: Task) -> str | None:
     return f"https://slack.com/archives/{task.channel}" + (f"/p{ts}" if ts else "")
 
 
+def verbatim(text: str) -> str:
+    """Text an agent or a model wrote, as a fenced block: on the forge it neither mentions
+    anyone (`@team`), nor closes issues when the PR merges (`Fixes #1`), nor renders links or
+    images. The fence is longer than any run of backticks inside."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
+
+
 def body_of(task: Task, proof: dict[str, Any] | None, forge: Forge) -> str:
     """The proof pack as the PR's description (Markdown)."""
     lines = [f"Task {task.id} from nightcrew, requested by {task.requester}.", ""]
     if task.issue_url:
         number = task.issue_url.rstrip("/").rsplit("/", 1)[-1]
         lines += [f"{forge.fixes_word} #{number}", ""]
-    lines += ["## Summary", "", (task.summary or "(no summary)").strip()[:5000], ""]
+    lines += ["## Summary", "", verbatim((task.summary or "(no summary)").strip()[:5000]), ""]
     if proof:
         commit = proof.get("commit", "")
         lines += ["## Checks", ""]
@@ -61,24 +71,27 @@ def body_of(task: Task, proof: dict[str, Any] | None, forge: Forge) -> str:
             lines.append("No checks are configured for this repo.")
         for check in checks:
             mark = "passed" if check.get("passed") else f"failed (exit {check.get('exit_code')})"
-            lines.append(f"- `{check.get('command')}`: {mark} on `{commit[:12]}`")
+            lines.append(f"- `{check.get('command')}`: {mark} on `{commit[:12]}`")  # config's
         review = proof.get("review")
         lines += ["", "## Review", ""]
         if review:
             lines.append(f"Verdict: **{review.get('verdict', '').replace('_', ' ')}**")
-            if review.get("summary"):
-                lines += ["", str(review["summary"])]
+            said = [str(review.get("summary") or "")]
             for finding in review.get("findings") or []:
                 where = finding.get("file", "") + (
                     f":{finding['line']}" if finding.get("line") else ""
                 )
-                lines.append(f"- {where} {finding.get('message', '')}".rstrip())
+                said.append(f"- {where} {finding.get('message', '')}".rstrip())
+            if any(said):
+                lines += ["", verbatim("\n".join(said).strip()[:10_000])]
         else:
             lines.append("No automated review for this repo.")
         risk = proof.get("risk") or {}
         lines += ["", "## Risk", "", f"**{risk.get('level', '?')}**"]
-        lines += [f"- {reason}" for reason in risk.get("reasons") or []]
-        lines += ["", "## Changes", "", "```", str(proof.get("diff_stat", ""))[:5000], "```"]
+        if risk.get("reasons"):
+            lines.append(verbatim("\n".join(f"- {r}" for r in risk["reasons"])))
+        # file names are the agent's: fenced like its text
+        lines += ["", "## Changes", "", verbatim(str(proof.get("diff_stat", ""))[:5000])]
         if proof.get("since_approval"):
             lines += ["", "Changed since it was approved: approve again to merge."]
     lines += ["", "## Cost", "", f"${task.cost_usd:.2f} in {task.turns} turns"]
