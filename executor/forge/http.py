@@ -232,8 +232,8 @@ def _rate_limit_wait(response: httpx.Response, now: float) -> float | None:
             return min(max(float(reset) - now, 1.0), MAX_SINGLE_WAIT_S)
         except ValueError:
             return 60.0
-    if status == 429:
-        return 60.0
+    if status == 429 or "rate limit" in response.text[:2000].lower():
+        return 60.0  # GitHub's secondary limits may say so in words only
     return None  # a plain 403: permission denied, not a limit
 
 

@@ -160,7 +160,7 @@ def publish_on_park(job: TaskJob, commit: str, proof: dict[str, Any]) -> str | N
     returns the reason for the card (approving pushes and opens the PR again)."""
     try:
         publish(job, commit, proof)
-    except (ForgeError, NoToken, merge.GitError) as exc:
+    except Exception as exc:  # never let the PR stop the park (nor pass as a lost hand-back)
         log.warning("task %s: PR not published: %s", job.task_id, redact(str(exc)))
         job.record("forge_error", {"during": "publish", "error": redact(str(exc))})
         return f"pull request not updated: {redact(str(exc))}"
