@@ -29,17 +29,18 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.slack.app import SlackEnv, build_app
+from bot.slack.app import build_app
 from executor.config.schema import Config, RepoConfig
 from storage.db import make_engine
 from tests.slack_emulator import SlackEmulator, slash_command
 from tests.slack_emulator.http_mode import encode, sign
+from tests.slack_fixtures import slack_env
 from tests.test_slack_load import run_whole_task
 
 
 def app_for(slack: SlackEmulator, root: Path):
     engine = make_engine(f"sqlite:///{root / 'bench.db'}")
-    env = SlackEnv(slack.bot_token, None, slack.signing_secret, slack.api_url)
+    env = slack_env(slack, socket_mode=False)
     config = Config(repos={"api": RepoConfig(path=root)})
     return engine, build_app(engine, lambda: config, env)
 

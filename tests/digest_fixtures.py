@@ -1,5 +1,6 @@
 """Tasks placed at chosen instants, for digest tests with a frozen clock: created through
-storage like any task, then given the state and timestamps a day of work would have left."""
+storage like any task, then given the state and timestamps a day of work would have left;
+and the pair of helpers that read back what the digest and the schedules wrote."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
-from sqlmodel import Session, col
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col, select
 
 from executor.config.schema import Config, Digest, RepoConfig
+from storage.db import transaction
 from storage.lifecycle import CLOSED, State
-from storage.models import Task
+from storage.models import Outbox, Task
 from storage.tasks import create_task, record
 
 
@@ -61,3 +63,16 @@ def config(
         channels={"C111": "api"},
         digest=Digest(cron=cron, timezone=timezone, channels=list(channels)),
     )
+
+
+def all_tasks(engine: Engine) -> list[Task]:
+    """Every task, oldest first: what schedules (or people) queued."""
+    with transaction(engine) as session:
+        return list(session.exec(select(Task).order_by(col(Task.id))).all())
+
+
+def posts(engine: Engine) -> list[Outbox]:
+    """The outbox's `post` rows, oldest first: what the digest queued for Slack."""
+    with transaction(engine) as session:
+        rows = session.exec(select(Outbox).where(Outbox.kind == "post").order_by(col(Outbox.id)))
+        return list(rows.all())

@@ -9,13 +9,14 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 from docker.errors import DockerException, ImageNotFound
+from docker.models.containers import Container
 
 from executor.config.schema import DEFAULT_IMAGE
 from executor.sandbox.container import Sandbox, SandboxError, remove_orphans
@@ -88,3 +89,17 @@ def make_sandbox(
     yield make
     for sandbox in started:
         sandbox.remove()
+
+
+def running_in(containers: Iterable[Container], command: str) -> bool:
+    """Whether a process whose command line holds `command` runs in one of `containers`:
+    the positive signal that an agent's or a check's command has started (gone or stopped
+    containers count as not running it)."""
+    for container in containers:
+        try:
+            processes = container.top().get("Processes") or []
+        except DockerException:
+            continue
+        if any(command in " ".join(process) for process in processes):
+            return True
+    return False

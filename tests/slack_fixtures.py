@@ -9,19 +9,24 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import Engine
 
-from bot.slack.app import SlackEnv
-from bot.slack.notifier import Notifier, Tunables
-from bot.slack.run import notifier_thread
+from bot.slack.notifier import Tunables
 from storage.db import transaction
 from storage.lifecycle import State
 from storage.queue import claim_next
 from storage.tasks import get_task, record, transition
 from tests.slack_emulator import Message, SlackEmulator
+
+if TYPE_CHECKING:  # Bolt is imported by the tests that use it, not by every test run
+    from bot.slack.app import SlackEnv
+    from bot.slack.notifier import Notifier
+    from executor.config.schema import Config
 
 # A notifier for tests: no pacing, quick retries and polls, a short lease.
 FAST = Tunables(
@@ -40,16 +45,40 @@ def slack() -> Iterator[SlackEmulator]:
         yield emulator
 
 
+def slack_env(slack: SlackEmulator, *, socket_mode: bool = True) -> SlackEnv:
+    """The bot's Slack settings for `slack`; without `socket_mode` there is no app-level
+    token, so the bot would serve HTTP mode."""
+    from bot.slack.app import SlackEnv
+
+    app_token = slack.app_token if socket_mode else None
+    return SlackEnv(slack.bot_token, app_token, slack.signing_secret, slack.api_url)
+
+
+@pytest.fixture
+def notifier(engine: Engine, slack: SlackEmulator) -> Iterator[Notifier]:
+    """The notifier draining `engine`'s outbox into `slack`, in a thread, FAST."""
+    from bot.slack.run import notifier_thread
+
+    with notifier_thread(engine, slack_env(slack), FAST) as running:
+        yield running
+
+
+@contextmanager
+def serve_http(engine: Engine, slack: SlackEmulator, config: Config) -> Iterator[str]:
+    """The Bolt app with every listener, served in HTTP mode (signatures checked) from this
+    process; yields the URL Slack posts to."""
+    from bot.slack.app import build_app
+    from bot.slack.run import http_mode
+
+    app = build_app(engine, lambda: config, slack_env(slack))
+    with http_mode(app, host="127.0.0.1", port=0) as url:
+        yield url
+
+
 @pytest.fixture
 def env(slack: SlackEmulator) -> SlackEnv:
     """The bot's Slack settings for `slack`: Socket Mode and HTTP mode both possible."""
-    return SlackEnv(slack.bot_token, slack.app_token, slack.signing_secret, slack.api_url)
-
-
-@pytest.fixture
-def notifier(engine: Engine, env: SlackEnv) -> Iterator[Notifier]:
-    with notifier_thread(engine, env, FAST) as notifier:
-        yield notifier
+    return slack_env(slack)
 
 
 def card_of(slack: SlackEmulator, engine: Engine, task_id: int = 1) -> Message:

@@ -207,3 +207,72 @@ def test_a_task_merged_locally_whose_push_failed_is_only_approved_again(
         run(engine, action, task_id, *args)
     assert snapshot(engine) == before
     assert run(engine, actions.approve, task_id).task.state == State.MERGING
+
+
+def last_state_event(engine: Engine, task_id: int) -> dict:
+    with transaction(engine) as s:
+        found = s.exec(
+            select(TaskEvent)
+            .where(TaskEvent.task_id == task_id, TaskEvent.kind == "state")
+            .order_by(TaskEvent.id.desc())  # type: ignore[union-attr]
+        ).first()
+        assert found is not None
+        return found.payload
+
+
+@pytest.mark.parametrize(
+    ("action", "verb"), [(actions.approve, "approve"), (actions.reject, "reject")]
+)
+def test_a_refusal_names_the_verb_and_the_requester(engine: Engine, action, verb: str) -> None:
+    task_id = new_task(engine, State.AWAITING_APPROVAL)
+    with pytest.raises(ActionError) as refused:
+        run(engine, action, task_id, actor="U7")
+    assert str(refused.value) == f"only the requester of task {task_id} may {verb} it " + (
+        "(requested by U1)"
+    )
+
+
+def test_approve_resets_the_attempts_and_says_who_and_when(engine: Engine) -> None:
+    task_id = new_task(engine, State.AWAITING_APPROVAL)
+    with transaction(engine) as s:
+        get_task(s, task_id).attempts = 2  # the run's crash retries, spent
+    outcome = run(engine, actions.approve, task_id, actor="U1")
+    assert outcome.message == f"approved task {task_id}; it merges into app next"
+    assert outcome.task.attempts == 0 and outcome.task.approved_at is not None
+    assert last_state_event(engine, task_id) == {
+        "from": "awaiting_approval",
+        "to": "merging",
+        "reason": "approved by U1",
+        "by": "U1",
+    }
+
+
+def test_a_nudge_that_restarts_work_resets_the_attempts_and_is_signed(engine: Engine) -> None:
+    running = new_task(engine, State.RUNNING)  # first: new_task claims the oldest queued
+    task_id = new_task(engine, State.FAILED)
+    with transaction(engine) as s:
+        get_task(s, task_id).attempts = 3
+    outcome = run(engine, actions.nudge, task_id, "try the other API", actor="U5")
+    assert outcome.message == f"task {task_id} goes back to work with your note"
+    assert (outcome.task.attempts, outcome.task.finished_at) == (0, None)
+    assert last_state_event(engine, task_id)["by"] == "U5"
+    with transaction(engine) as s:
+        (nudge,) = nudges(s, task_id)
+    assert (nudge.source, nudge.author) == ("cli", "U5")
+    said = run(engine, actions.nudge, running, "and docs", actor="U5", source="slack")
+    assert said.message == f"task {running} gets your note at its agent's next turn"
+    with transaction(engine) as s:
+        assert [n.source for n in nudges(s, running)] == ["slack"]
+    with pytest.raises(ActionError, match=r"^the nudge is empty; say what the agent should do$"):
+        run(engine, actions.nudge, running, " \x00 ", actor="U5")
+
+
+def test_a_cancel_is_signed_by_who_asked(engine: Engine) -> None:
+    task_id = new_task(engine)
+    run(engine, actions.cancel, task_id, actor="U1")
+    assert last_state_event(engine, task_id) == {
+        "from": "queued",
+        "to": "cancelled",
+        "reason": "cancelled by U1",
+        "by": "U1",
+    }

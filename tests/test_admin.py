@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -19,14 +20,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, update
 
 from bot import actions
-from bot.slack.app import SlackEnv, notifier_client
+from bot.slack.app import notifier_client
 from bot.slack.notifier import Notifier, Tunables
 from executor.monitoring.admin import serve_admin
 from storage.db import make_engine, transaction
 from storage.lifecycle import State
-from storage.models import Task
+from storage.models import Outbox, Task, utcnow
 from tests.llm_server import ScriptedLLM, reply, tool_call
 from tests.slack_emulator import SlackEmulator
+from tests.slack_fixtures import slack_env
 from tests.worker_fixtures import RunWorker, add_task, task, wait_for
 
 NIGHTCREW = str(Path(sys.executable).with_name("nightcrew"))
@@ -110,12 +112,12 @@ def test_a_failed_task_and_a_model_that_is_down(
 
 
 def test_slack_delivery_lag_and_errors(engine: Engine, admin: str, slack: SlackEmulator) -> None:
-    env = SlackEnv(slack.bot_token, slack.app_token, slack.signing_secret, slack.api_url)
-    notifier = Notifier(engine, notifier_client(env), FAST)
+    notifier = Notifier(engine, notifier_client(slack_env(slack)), FAST)
     before = scrape(admin)
     add_task(engine)
     assert value(scrape(admin), "nightcrew_outbox_pending") == 1
-    time.sleep(0.2)  # the row waits before it is sent: that is the lag
+    with transaction(engine) as s:  # the row was written 0.2 s ago: that is the lag
+        s.execute(update(Outbox).values(created_at=utcnow() - timedelta(seconds=0.2)))
     slack.fail("chat.postMessage", status=503)
     assert notifier.deliver_due() == 1  # a transient failure: retried shortly
     wait_for(lambda: notifier.deliver_due() == 1 and bool(slack.messages()), timeout=10)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlmodel import select
@@ -12,14 +10,8 @@ from sqlmodel import select
 from storage.db import make_engine, sqlite_url, transaction
 from storage.lifecycle import State
 from storage.models import Schedule, utcnow
+from tests.cli_fixtures import Cli
 from tests.digest_fixtures import put_task
-from tests.test_cli import Cli, _fresh_composition
-
-
-@pytest.fixture
-def cli(git_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
-    yield Cli(git_repo, tmp_path / "home", monkeypatch)
-    _fresh_composition()
 
 
 def test_digest_prints_the_day_and_an_empty_one_in_one_line(cli: Cli) -> None:

@@ -7,8 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import docker
@@ -18,9 +18,12 @@ from sqlalchemy import Engine
 from bot import actions
 from storage.db import transaction
 from storage.lifecycle import State
+from storage.models import utcnow
 from storage.tasks import events
 from tests.conftest import git
+from tests.docker_fixtures import running_in
 from tests.llm_server import ScriptedLLM, reply, tool_call
+from tests.waiting import wait_for
 from tests.worker_fixtures import add_task, our_sandboxes, task
 
 HEARTBEAT_TIMEOUT_S = 2.0
@@ -49,7 +52,6 @@ class Executor:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
-        time.sleep(HEARTBEAT_TIMEOUT_S + 0.5)  # its heartbeats are now stale
 
     def stop(self) -> str:
         assert self.proc is not None
@@ -91,11 +93,10 @@ def executor(
             ex.proc.kill()
 
 
-def wait_for(what: str, condition: Callable[[], object], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+def stale(engine: Engine, task_id: int) -> bool:
+    """The killed executor's claim on the task has gone stale: the reaper may take it."""
+    beat = task(engine, task_id).heartbeat_at
+    return beat is None or utcnow() - beat > timedelta(seconds=HEARTBEAT_TIMEOUT_S)
 
 
 def test_sigkill_at_several_points_loses_nothing_and_merges_once(
@@ -116,23 +117,30 @@ def test_sigkill_at_several_points_loses_nothing_and_merges_once(
         finish,  # 2nd run: killed while the checks run
         finish,  # 3rd run: the fix is on the branch; checks pass
     ]
+
+    def running(command: str) -> bool:
+        return running_in(our_sandboxes(docker_client, engine), command)
+
+    def kill(ex: Executor) -> None:
+        ex.kill()
+        wait_for(lambda: stale(engine, task_id), 30, "the killed executor's heartbeat to go stale")
+
     with ScriptedLLM(script) as llm:
         # 1. Killed while the agent's command runs: its sandbox is left behind.
         ex = executor(llm.base_url)
-        wait_for("the long command", lambda: len(llm.requests) == 1)
-        time.sleep(1.0)
-        ex.kill()
+        wait_for(lambda: running("sleep 120"), 60, "the agent's long command")
+        kill(ex)
         assert our_sandboxes(docker_client, engine), "a kill -9 leaves its sandbox behind"
 
         # 2. Restarted: the leftover is removed, the task resumes; killed during the checks.
         ex = executor(llm.base_url)
-        wait_for("the checks", lambda: task(engine, task_id).state is State.CHECKING)
-        time.sleep(1.0)
-        ex.kill()
+        wait_for(lambda: running("sleep 4"), 60, "the checks to run")
+        assert task(engine, task_id).state is State.CHECKING
+        kill(ex)
 
         # 3. Restarted: it resumes from the branch and parks for approval.
         ex = executor(llm.base_url)
-        wait_for("approval", lambda: task(engine, task_id).state is State.AWAITING_APPROVAL)
+        wait_for(lambda: task(engine, task_id).state is State.AWAITING_APPROVAL, 60, "the approval")
         resumed = [
             r
             for r in llm.requests
@@ -151,13 +159,12 @@ def test_sigkill_at_several_points_loses_nothing_and_merges_once(
             with transaction(engine) as s:
                 return any(e.kind == "rebase" for e in events(s, task_id))
 
-        wait_for("the rebase", rebased)
-        time.sleep(1.5)
-        ex.kill()
+        wait_for(lambda: rebased() and running("sleep 4"), 60, "the checks after the rebase")
+        kill(ex)
 
         # 5. Restarted: the merge is taken over and done once.
         ex = executor(llm.base_url)
-        wait_for("the merge", lambda: task(engine, task_id).state is State.MERGED)
+        wait_for(lambda: task(engine, task_id).state is State.MERGED, 60, "the merge")
         ex.stop()
     merged = task(engine, task_id)
     with transaction(engine) as s:

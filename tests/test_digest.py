@@ -4,7 +4,7 @@ once per target and fire time whatever the restarts and the number of bot proces
 from __future__ import annotations
 
 import threading
-import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from bot.scheduler import Scheduler
+from bot.scheduler import Scheduler, Tick
 from bot.slack import digest_send as digest
 from executor.config import crontime
 from storage import digests
@@ -20,7 +20,8 @@ from storage.db import make_engine, transaction
 from storage.digests import collect
 from storage.lifecycle import State
 from storage.models import Charge, DigestRun, Outbox
-from tests.digest_fixtures import config, put_task
+from tests.digest_fixtures import config, posts, put_task
+from tests.waiting import wait_for
 
 # 08:00 in Berlin: 07:00 UTC in winter; DST starts on 29 March 2026, so 06:00 UTC from then.
 DAY1 = datetime(2026, 3, 25, 7, tzinfo=UTC)
@@ -49,10 +50,17 @@ def spend(
     )
 
 
-def posts(engine: Engine) -> list[Outbox]:
-    with transaction(engine) as session:
-        rows = session.exec(select(Outbox).where(Outbox.kind == "post").order_by(Outbox.id))
-        return list(rows.all())
+@dataclass
+class CountingScheduler(Scheduler):
+    """The real scheduler, counting its finished ticks: the sign that it looked and found
+    nothing more to do."""
+
+    ticks: int = 0
+
+    def tick(self) -> Tick:
+        done = super().tick()
+        self.ticks += 1
+        return done
 
 
 def post_text(row: Outbox) -> str:
@@ -213,13 +221,12 @@ def test_the_running_scheduler_catches_up_at_start_once(engine: Engine, tmp_path
     assert missed is not None
     with transaction(engine) as s:
         assert digests.claim_run(s, "C111", missed - timedelta(days=2))
-    with Scheduler(engine, lambda: cfg, poll_s=0.2):
-        deadline = time.monotonic() + 10
-        while not posts(engine) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)  # a few polls more: still one
-    with Scheduler(engine, lambda: cfg, poll_s=0.2):
-        time.sleep(0.6)
+    with CountingScheduler(engine, lambda: cfg, poll_s=0.2) as first:
+        wait_for(lambda: posts(engine), 10, "the catch-up digest")
+        seen = first.ticks
+        wait_for(lambda: first.ticks >= seen + 2, 10, "two more polls")  # still one after
+    with CountingScheduler(engine, lambda: cfg, poll_s=0.2) as restarted:
+        wait_for(lambda: restarted.ticks >= 2, 10, "the restart's catch-up and a poll")
     (row,) = posts(engine)
     assert row.payload["channel"] == "C111"
     with transaction(engine) as s:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import gc
 import importlib.metadata
 import importlib.util
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 
 from executor.agents.llm import LLMClient, LLMRejected
 from tests.conftest import need
+from tests.waiting import wait_for
 
 USER = [{"role": "user", "content": "Say hello in one short sentence."}]
 BASH = {
@@ -73,16 +73,16 @@ def llama_url() -> Iterator[str]:
 
 
 def wait_until_healthy(base: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def healthy() -> bool:
         try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
-                return
+            return httpx.get(base + "/health", timeout=2).status_code == 200
         except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            need("llama.cpp", f"{base}/health not ready after {timeout:g} s")
-        time.sleep(0.1)
+            return False
+
+    try:
+        wait_for(healthy, timeout, f"{base}/health")
+    except AssertionError:
+        need("llama.cpp", f"{base}/health not ready after {timeout:g} s")
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])

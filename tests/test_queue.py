@@ -17,6 +17,7 @@ from storage.lifecycle import State
 from storage.models import Priority, Task, utcnow
 from storage.queue import claim_next, heartbeat, reap_stale
 from storage.tasks import create_task, events, get_task, transition
+from tests.waiting import wait_for
 
 LATER = timedelta(seconds=31)  # just past the default heartbeat timeout
 
@@ -108,7 +109,7 @@ def test_heartbeat_refreshes_only_the_owners_claim(engine: Engine) -> None:
     task = claim(engine, "w1")
     assert task is not None and task.id is not None and task.heartbeat_at is not None
     first_beat = task.heartbeat_at
-    time.sleep(0.01)
+    wait_for(lambda: utcnow() > first_beat, 5, "the clock to move past the first beat")
     with transaction(engine) as s:
         beat = heartbeat(s, task.id, "w1")
         assert beat is not None and beat.heartbeat_at is not None

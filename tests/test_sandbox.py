@@ -25,6 +25,8 @@ from executor.sandbox.container import remove_orphans as remove_orphans_of
 from executor.sandbox.execution import parse_counters
 from executor.sandbox.image import build_image, ensure_image
 from tests.conftest import git
+from tests.docker_fixtures import running_in
+from tests.waiting import wait_for
 
 MakeSandbox = Callable[..., Sandbox]
 
@@ -219,7 +221,7 @@ def test_a_stopped_sandbox_is_reported_and_started_again(make_sandbox: MakeSandb
     results: list[ExecResult] = []
     worker = threading.Thread(target=lambda: results.append(run(sandbox, "sleep 30")))
     worker.start()
-    time.sleep(0.5)
+    wait_for(lambda: running_in([sandbox.container], "sleep 30"), message="the command to run")
     sandbox.container.kill()  # as the OOM killer taking PID 1 would, not a cancellation
     worker.join(10)
     assert results[0].killed_reason is not None
@@ -233,7 +235,7 @@ def test_kill_during_a_long_command(make_sandbox: MakeSandbox) -> None:
     results: list[ExecResult] = []
     worker = threading.Thread(target=lambda: results.append(run(sandbox, "sleep 600", 700)))
     worker.start()
-    time.sleep(0.5)
+    wait_for(lambda: running_in([sandbox.container], "sleep 600"), message="the command to run")
     started = time.monotonic()
     sandbox.kill()
     worker.join(10)

@@ -16,14 +16,13 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
-from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from executor.sandbox.container import LABEL_EXECUTOR
@@ -31,8 +30,10 @@ from storage.db import make_engine, transaction
 from storage.lifecycle import State
 from storage.models import Outbox, Task, TaskEvent
 from tests.conftest import git, need
+from tests.digest_fixtures import all_tasks as tasks
 from tests.llm_server import ScriptedLLM, reply, tool_call
 from tests.slack_emulator import SlackEmulator, slash_command
+from tests.waiting import wait_for
 from tests.worker_fixtures import our_sandboxes
 
 TASKS = 40
@@ -150,19 +151,6 @@ def start(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[s
     )
 
 
-def wait_for(what: str, condition: Callable[[], object], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return value
-
-
-def tasks(engine: Engine) -> list[Task]:
-    with transaction(engine) as s:
-        return list(s.exec(select(Task).order_by(col(Task.id))).all())
-
-
 def test_two_executors_and_a_bot_run_40_tasks_once_through_a_sigkill(
     fresh_pg_url: str,
     project: Path,
@@ -224,20 +212,18 @@ def test_two_executors_and_a_bot_run_40_tasks_once_through_a_sigkill(
                 if t.state is State.RUNNING and mark in (t.worker_id or "") and busy[number(t)]
             ]
 
-        mid_run = wait_for("the first executor mid-run", doomed_mid_run, timeout=90)
+        mid_run = wait_for(doomed_mid_run, 90, "the first executor mid-run")
         doomed.send_signal(signal.SIGKILL)
         doomed.wait(10)
         killed_at = time.monotonic()
         held = {t.id for t in tasks(engine) if mark in (t.worker_id or "")}
         assert set(mid_run) <= held
         wait_for(
-            "every task to finish",
-            lambda: all(t.state in finished for t in tasks(engine)),
-            timeout=180,
+            lambda: all(t.state in finished for t in tasks(engine)), 180, "every task to finish"
         )
         done_after = time.monotonic() - killed_at
 
-        wait_for("every card in Slack", lambda: all(t.thread_ts for t in tasks(engine)), timeout=60)
+        wait_for(lambda: all(t.thread_ts for t in tasks(engine)), 60, "every card in Slack")
 
         def the_dead_ones() -> list:  # the survivor may still hold a warm spare: its own
             return [
@@ -246,7 +232,7 @@ def test_two_executors_and_a_bot_run_40_tasks_once_through_a_sigkill(
                 if mark in (c.attrs.get("Labels") or {}).get(LABEL_EXECUTOR, "")
             ]
 
-        wait_for("the dead executor's sandboxes swept", lambda: not the_dead_ones(), timeout=30)
+        wait_for(lambda: not the_dead_ones(), 30, "the dead executor's sandboxes swept")
     finally:
         for proc in procs:
             if proc.poll() is None:

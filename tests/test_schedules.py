@@ -17,8 +17,9 @@ from bot.scheduler import Scheduler
 from executor.config.schema import Config
 from storage.db import make_engine, transaction
 from storage.lifecycle import State
-from storage.models import Outbox, Schedule, Task, TaskEvent
+from storage.models import Outbox, Schedule, TaskEvent
 from storage.schedules import ScheduleNotFound, list_schedules
+from tests.digest_fixtures import all_tasks as queued
 from tests.digest_fixtures import config
 
 CREATED = datetime(2026, 11, 18, 12, tzinfo=UTC)  # a Wednesday
@@ -39,11 +40,6 @@ def add_weekly(engine: Engine, cfg: Config, *, channel: str | None = "C111") -> 
         assert added.id is not None
         s.execute(update(Schedule).where(col(Schedule.id) == added.id).values(created_at=CREATED))
         return added.id
-
-
-def queued(engine: Engine) -> list[Task]:
-    with transaction(engine) as s:
-        return list(s.exec(select(Task).order_by(Task.id)).all())
 
 
 def fire(engine: Engine, cfg: Config, now: datetime) -> list[schedules.Fired]:

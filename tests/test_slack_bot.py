@@ -17,15 +17,17 @@ from sqlmodel import select
 
 from bot.slack import blocks
 from bot.slack.app import SlackEnv, build_app, notifier_client
+from bot.slack.handle import is_task_thread, thread_context
 from bot.slack.notifier import Notifier
 from bot.slack.run import http_mode, socket_mode
 from executor.config.schema import Config, RepoConfig
 from storage import outbox
 from storage.db import transaction
 from storage.lifecycle import State
-from storage.models import Nudge, Task, TaskEvent
+from storage.models import Nudge, TaskEvent
 from storage.queue import claim_next
 from storage.tasks import create_task, get_task, take_nudges, transition
+from tests.digest_fixtures import all_tasks as tasks
 from tests.slack_emulator import (
     SlackEmulator,
     block_action,
@@ -33,6 +35,7 @@ from tests.slack_emulator import (
     view_submission,
 )
 from tests.slack_fixtures import FAST, card_of, to_awaiting_approval
+from tests.waiting import wait_for
 
 REQUESTER, STRANGER, APPROVER = "U111", "U222", "U999"
 ROOT = Path(__file__).parent.parent
@@ -59,11 +62,6 @@ def socket(app: App, env: SlackEnv, slack: SlackEmulator) -> Iterator[None]:
         yield
         handler.client.auto_reconnect_enabled = False
         slack.close_connections()
-
-
-def tasks(engine: Engine) -> list[Task]:
-    with transaction(engine) as session:
-        return list(session.exec(select(Task)).all())
 
 
 def test_a_signed_slash_command_creates_a_task_and_the_notifier_posts_its_card(
@@ -201,8 +199,8 @@ def test_a_notifier_killed_mid_delivery_and_restarted_posts_nothing_twice(
     assert len(slack.messages("C111")) == 2
     second = Notifier(engine, notifier_client(env), FAST)
     assert second.deliver_due() == 0  # task 1's lease still holds
-    time.sleep(max(0.0, died + dead_lease - time.monotonic()))
-    assert second.deliver_due() == 1
+    wait_for(lambda: second.deliver_due() == 1, dead_lease + 10, "task 1's lease to run out")
+    assert time.monotonic() >= died + dead_lease - 0.5  # not before it ran out
     assert sorted(m.text for m in slack.messages("C111")) == [
         f"Task {i + 1} (queued): task number {i}" for i in range(3)
     ]
@@ -221,7 +219,12 @@ def test_a_permanent_error_is_recorded_and_not_retried(
 
     (event,) = slack.wait_until(logged, what="the slack_error event")
     assert event.payload["error"] == "channel_not_found"
-    time.sleep(0.3)
+
+    def settled() -> bool:  # given up on: no notifier will try it again
+        with transaction(engine) as session:
+            return not outbox.pending(session)
+
+    wait_for(settled, 10, "the card's outbox row to be settled")
     assert len(slack.calls("chat.postMessage")) == 1
 
 
@@ -298,9 +301,17 @@ def test_a_redelivered_mention_adds_one_task(
     assert slack.post_to_app(url, mention).status == 200
     assert slack.post_to_app(url, mention, retry_num=1, retry_reason="http_timeout").status == 200
     slack.wait_until(lambda: slack.ephemerals(REQUESTER), what="the reply")
-    time.sleep(0.2)  # a second reply, if any, would have arrived by now
+    # A later mention's reply is the sign the redelivery was dealt with before it.
+    (later,) = [
+        e
+        for e in slack.post_as_user("C111", REQUESTER, f"<@{slack.bot_user_id}> help")
+        if e["event"]["type"] == "app_mention"
+    ]
+    assert slack.post_to_app(url, later).status == 200
+    slack.wait_until(lambda: len(slack.ephemerals(REQUESTER)) == 2, what="the help reply")
     assert [t.prompt for t in tasks(engine)] == ["bump the deps"]
-    assert len(slack.ephemerals(REQUESTER)) == 1
+    first, second = slack.ephemerals(REQUESTER)
+    assert "queued task 1" in first.all_text and "/agent add" in second.all_text
 
 
 def test_a_mention_in_a_thread_takes_the_threads_messages_as_context(
@@ -427,3 +438,47 @@ def test_a_post_whose_answer_was_lost_is_found_in_slack_not_posted_again(
     assert [c.status for c in slack.calls("chat.postMessage")] == [0]
     (lookup,) = slack.calls("conversations.history")
     assert lookup.params["include_all_metadata"] in (True, "true", "1")
+
+
+# Which thread is a task's, and what of a thread becomes a new task's context: the database
+# side of the two paths above, edge by edge.
+
+
+def test_a_task_thread_is_known_by_its_channel_and_ts(engine: Engine) -> None:
+    with transaction(engine) as s:
+        task = create_task(s, repo="api", prompt="fix", requester="U1", channel="C111")
+        task.thread_ts = "1700000000.000100"
+        s.add(task)
+    assert is_task_thread(engine, "C111", "1700000000.000100")
+    assert not is_task_thread(engine, "C222", "1700000000.000100")  # same ts, other channel
+    assert not is_task_thread(engine, "C111", "1700000000.000200")
+
+
+def test_thread_context_keeps_peoples_earlier_messages_in_order() -> None:
+    messages = [
+        {"user": "U1", "text": "payments flake on Mondays", "ts": "1.000001"},
+        {"user": "UB", "bot_id": "B1", "text": "Task 3 started working", "ts": "1.000002"},
+        {"user": "U2", "text": "   ", "ts": "1.000003"},
+        {"text": "no author", "ts": "1.000004"},
+        {"user": "U3", "text": " timezone bug? ", "ts": "1.000005"},
+        {"user": "U1", "text": "@nightcrew fix this", "ts": "1.000006"},  # the mention
+        {"user": "U4", "text": "written after", "ts": "1.000007"},
+    ]
+    assert thread_context(messages, before_ts="1.000006") == (
+        "Context: the Slack thread this was asked in:\n"
+        "<@U1>: payments flake on Mondays\n"
+        "<@?>: no author\n"
+        "<@U3>: timezone bug?"
+    )
+
+
+def test_thread_context_keeps_the_newest_when_there_is_too_much_and_nothing_when_empty() -> None:
+    messages = [{"user": "U1", "text": f"message {i}", "ts": f"1.{i:06d}"} for i in range(10)]
+    context = thread_context(messages, before_ts="2.0", limit=30)
+    body = context.split("\n", 1)[1]
+    assert body.startswith("…") and len(body) == 31
+    assert body.endswith("<@U1>: message 9") and "message 0" not in body
+    full = thread_context(messages, before_ts="2.0")  # the default limit holds all ten
+    assert "<@U1>: message 0\n" in full and full.endswith("<@U1>: message 9")
+    assert thread_context(messages, before_ts="1.000000") == ""
+    assert thread_context([], before_ts="2.0") == ""

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from bot.slack.app import SlackEnv, build_app
-from bot.slack.run import http_mode, notifier_thread
+from bot.slack.run import notifier_thread
 from executor.config.schema import Config, RepoConfig
 from executor.costs.budget import Books, held
 from storage.db import transaction
@@ -19,7 +18,7 @@ from storage.queue import show_waiting
 from storage.spend import charge
 from storage.tasks import get_task
 from tests.slack_emulator import SlackEmulator, slash_command
-from tests.slack_fixtures import FAST
+from tests.slack_fixtures import FAST, serve_http, slack_env
 
 
 @pytest.fixture
@@ -35,9 +34,7 @@ def config(tmp_path: Path) -> Config:
 
 @pytest.fixture
 def url(engine: Engine, slack: SlackEmulator, config: Config) -> Iterator[str]:
-    env = SlackEnv(slack.bot_token, slack.app_token, slack.signing_secret, slack.api_url)
-    app = build_app(engine, lambda: config, env)
-    with notifier_thread(engine, env, FAST), http_mode(app, host="127.0.0.1", port=0) as url:
+    with notifier_thread(engine, slack_env(slack), FAST), serve_http(engine, slack, config) as url:
         yield url
 
 

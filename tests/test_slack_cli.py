@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 from sqlmodel import select
 
-from storage.db import make_engine, transaction
+from storage import outbox
+from storage.db import make_engine, sqlite_url, transaction
 from storage.models import Task
 from tests.slack_emulator import SlackEmulator, slash_command
 from tests.slack_fixtures import start_bot
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).parent.parent
 COMMANDS = 12  # the notifier keeps to one post per second per channel
@@ -87,7 +87,17 @@ def test_nightcrew_bot_over_http_serves_from_worker_processes_and_posts_each_car
                 timeout=60,
                 what="every card",
             )
-            time.sleep(1.5)  # a second notifier would post its copies meanwhile
+            # Every card row settled: a second notifier would have had them to post too.
+            database = make_engine(sqlite_url(tmp_path / "home"))
+            try:
+
+                def settled() -> bool:
+                    with transaction(database) as session:
+                        return not outbox.pending(session)
+
+                wait_for(settled, 30, "every card's outbox row to be settled")
+            finally:
+                database.dispose()
             assert len(slack.messages("C111")) == COMMANDS
             assert sorted(c.text.split(": ", 1)[1] for c in cards) == sorted(
                 f"task {i}" for i in range(COMMANDS)
@@ -95,14 +105,15 @@ def test_nightcrew_bot_over_http_serves_from_worker_processes_and_posts_each_car
         finally:
             proc.kill()  # no chance to clean up: the server must still go
             proc.wait(10)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                time.sleep(0.2)
-                continue
-            break
-        else:
-            raise AssertionError("the HTTP server outlived the bot process")
+
+        def closed() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+            except OSError:
+                return True
+            return False
+
+        wait_for(closed, 20, "the HTTP server to go with the bot process")
 
 
 def test_nightcrew_bot_without_tokens_says_how_to_connect(tmp_path: Path) -> None:

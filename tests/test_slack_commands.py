@@ -61,6 +61,22 @@ from storage.models import Priority, Task
             "schedule @weekly bump deps",
             Command("schedule", action="add", cron="@weekly", prompt="bump deps"),
         ),
+        ('add -r api --repo "web" fix it', Command("add", prompt="fix it", repo="web")),
+        (
+            'schedule "0 9 * * 1" -r api --timezone UTC say "hi" to them',
+            Command(
+                "schedule",
+                action="add",
+                cron="0 9 * * 1",
+                prompt='say "hi" to them',
+                repo="api",
+                timezone="UTC",
+            ),
+        ),
+        (
+            'schedule "0 9 * * 1"bump deps',
+            Command("schedule", action="add", cron="0 9 * * 1", prompt="bump deps"),
+        ),
         ("schedule list", Command("schedule", action="list")),
         ("schedule pause 3", Command("schedule", action="pause", schedule_id=3)),
         ("schedule delete 12", Command("schedule", action="delete", schedule_id=12)),
@@ -77,7 +93,8 @@ def test_commands_parse(text: str, expected: Command | type[CommandError]) -> No
 @pytest.mark.parametrize(
     ("text", "says"),
     [
-        ("add", "prompt is empty"),
+        ("add", "^the prompt is empty; say what the agent should do: `/agent add"),
+        ('schedule "0 9 * * 1" -r api', "^the prompt is empty; say what the agent should do: "),
         ("add --repo", "--repo needs a value"),
         ("add --priority urgent fix", "not one of high, normal, low"),
         ("add --colour red fix", "unknown option"),

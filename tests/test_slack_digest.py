@@ -10,15 +10,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from slack_bolt import App
 from sqlalchemy import Engine
 from sqlmodel import select
 
 from bot.slack import blocks
 from bot.slack import digest_send as digest
-from bot.slack.app import SlackEnv, build_app
 from bot.slack.notifier import Notifier
-from bot.slack.run import http_mode, notifier_thread
 from executor.config import crontime
 from executor.config.schema import Config
 from storage.db import make_engine, sqlite_url, transaction
@@ -27,7 +24,7 @@ from storage.models import Outbox, Schedule, Task
 from tests.digest_fixtures import config, put_task
 from tests.slack_emulator import SlackEmulator, block_action, slash_command
 from tests.slack_emulator.workspace import dm_id
-from tests.slack_fixtures import FAST, start_bot
+from tests.slack_fixtures import serve_http, start_bot
 
 REQUESTER, STRANGER = "U111", "U222"
 
@@ -38,21 +35,9 @@ def cfg(tmp_path: Path) -> Config:
 
 
 @pytest.fixture
-def env(slack: SlackEmulator) -> SlackEnv:
-    return SlackEnv(slack.bot_token, None, slack.signing_secret, slack.api_url)
-
-
-@pytest.fixture
-def url(engine: Engine, env: SlackEnv, cfg: Config) -> Iterator[str]:
-    app: App = build_app(engine, lambda: cfg, env)
-    with http_mode(app, host="127.0.0.1", port=0) as url:
+def url(engine: Engine, slack: SlackEmulator, cfg: Config) -> Iterator[str]:
+    with serve_http(engine, slack, cfg) as url:
         yield url
-
-
-@pytest.fixture
-def notifier(engine: Engine, env: SlackEnv) -> Iterator[Notifier]:
-    with notifier_thread(engine, env, FAST) as notifier:
-        yield notifier
 
 
 def command(slack: SlackEmulator, url: str, text: str, user: str = REQUESTER) -> str:

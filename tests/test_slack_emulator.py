@@ -220,7 +220,7 @@ def test_a_held_answer_comes_after_the_call_took_effect(
     )
     sender.start()
     slack.wait_until(lambda: slack.messages("C1"), what="the post to take effect")
-    time.sleep(0.2)
+    time.sleep(0.2)  # the held call blocks by design: no signal says "still held" but time
     assert answer == []  # Slack has it; the app does not know yet
     release.set()
     sender.join(5)

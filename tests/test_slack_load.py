@@ -16,16 +16,19 @@ from slack_bolt import App
 from sqlalchemy import Engine
 from sqlmodel import select
 
-from bot.slack.app import SlackEnv, build_app, notifier_client
+from bot.slack.app import build_app, notifier_client
 from bot.slack.notifier import Notifier, Tunables
 from bot.slack.run import http_mode
 from executor.config.schema import Config, RepoConfig
+from storage import outbox
 from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import Task
 from storage.queue import claim_next
 from storage.tasks import record, transition
 from tests.slack_emulator import SlackEmulator, slash_command
+from tests.slack_fixtures import slack_env
+from tests.waiting import wait_for
 
 EDIT_INTERVAL = 0.2
 FAST = Tunables(card_edit_interval_s=EDIT_INTERVAL, channel_interval_s=0.0, idle_poll_s=0.02)
@@ -33,9 +36,8 @@ FAST = Tunables(card_edit_interval_s=EDIT_INTERVAL, channel_interval_s=0.0, idle
 
 @pytest.fixture
 def app(slack: SlackEmulator, engine: Engine, tmp_path: Path) -> App:
-    env = SlackEnv(slack.bot_token, None, slack.signing_secret, slack.api_url)
     config = Config(repos={"api": RepoConfig(path=tmp_path)})
-    return build_app(engine, lambda: config, env)
+    return build_app(engine, lambda: config, slack_env(slack, socket_mode=False))
 
 
 def test_concurrent_slash_commands_are_each_acked_and_add_one_task(
@@ -61,8 +63,7 @@ def test_concurrent_slash_commands_are_each_acked_and_add_one_task(
 def run_whole_task(slack: SlackEmulator, engine: Engine, app: App) -> tuple[list[str], Any]:
     """A task's whole life as Slack sees it: added by slash command, 30 turns, checks, review,
     approval, merge. Returns the Web API calls made and the final card (used by bench/ack.py)."""
-    env = SlackEnv(slack.bot_token, None, slack.signing_secret, slack.api_url)
-    notifier = Notifier(engine, notifier_client(env), FAST)
+    notifier = Notifier(engine, notifier_client(slack_env(slack, socket_mode=False)), FAST)
     stop = threading.Event()
     thread = threading.Thread(target=notifier.run, args=(stop,), daemon=True)
     thread.start()
@@ -92,7 +93,12 @@ def run_whole_task(slack: SlackEmulator, engine: Engine, app: App) -> tuple[list
             ],
             what="the card showing the merge commit",
         )[0]
-        time.sleep(EDIT_INTERVAL * 2)  # let any straggling edit land before counting
+
+        def settled() -> bool:  # every card edit made: nothing is left to send
+            with transaction(engine) as session:
+                return not outbox.pending(session)
+
+        wait_for(settled, 10, "every outbox row to be settled")
     finally:
         stop.set()
         thread.join(5)

@@ -18,6 +18,7 @@ from storage.db import transaction
 from storage.lifecycle import State
 from storage.tasks import events
 from tests.conftest import git
+from tests.docker_fixtures import running_in
 from tests.llm_server import (
     Fault,
     ScriptedLLM,
@@ -107,8 +108,10 @@ def test_cancel_during_a_long_command_stops_it_within_seconds(
         worker = make_worker(llm)
         thread = threading.Thread(target=worker.work, kwargs={"drain": True})
         thread.start()
-        wait_for(lambda: len(llm.requests) == 1)
-        time.sleep(0.5)  # the command is running now
+        wait_for(
+            lambda: running_in(containers_of(docker_client, test_executor), "sleep 600"),
+            message="the agent's command to run",
+        )
         with transaction(engine) as s:
             actions.cancel(s, task_id, actor="U1")
         cancelled_at = time.monotonic()
@@ -356,8 +359,10 @@ def test_a_cancel_during_setup_is_a_cancel_not_a_failure(
     with ScriptedLLM([]) as llm:
         worker = make_worker(llm, repo_options={"setup": ["sleep 60"]})
         thread = run_in_thread(worker)
-        wait_for(lambda: task(engine, task_id).state is State.RUNNING)
-        time.sleep(0.5)
+        wait_for(
+            lambda: running_in(containers_of(docker_client, test_executor), "sleep 60"),
+            message="the setup command to run",
+        )
         with transaction(engine) as s:
             actions.cancel(s, task_id, actor="U1")
         thread.join(60)
@@ -366,7 +371,11 @@ def test_a_cancel_during_setup_is_a_cancel_not_a_failure(
 
 
 def test_an_executor_shutdown_requeues_the_task_with_its_work_saved(
-    engine: Engine, make_worker: RunWorker, project: Path
+    engine: Engine,
+    make_worker: RunWorker,
+    project: Path,
+    docker_client: docker.DockerClient,
+    test_executor: str,
 ) -> None:
     task_id = add_task(engine)
     script = [
@@ -376,8 +385,10 @@ def test_an_executor_shutdown_requeues_the_task_with_its_work_saved(
     with ScriptedLLM(script) as llm:
         worker = make_worker(llm)
         thread = run_in_thread(worker)
-        wait_for(lambda: len(llm.requests) == 2)
-        time.sleep(0.5)
+        wait_for(
+            lambda: running_in(containers_of(docker_client, test_executor), "sleep 60"),
+            message="the agent's second command to run",
+        )
         worker.stop.set()  # what SIGTERM does
         thread.join(30)
     requeued = task(engine, task_id)

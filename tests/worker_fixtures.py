@@ -6,7 +6,6 @@ Registered in the root conftest.py."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ from storage.models import Task
 from storage.tasks import get_task
 from tests.conftest import git
 from tests.llm_server import ScriptedLLM
+from tests.waiting import wait_for as wait_for  # its old home: tests import it from here
 
 BUGGY = "def add(a, b):\n    return a - b\n"
 TESTS = (
@@ -122,10 +122,3 @@ def our_sandboxes(client: docker.DockerClient, engine: Engine) -> list:
 
 def containers_of(client: docker.DockerClient, executor_id: str) -> list:
     return client.containers.list(all=True, filters={"label": f"nightcrew.executor={executor_id}"})
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
