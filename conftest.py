@@ -1,6 +1,6 @@
 """Shared test fixtures, registered once here so pytest imports (and assert-rewrites) them
-before any test module: Docker and the sandbox image, workers on a scripted model, and the
-Slack emulator, and the `nightcrew` command in-process."""
+before any test module: Docker and the sandbox image, workers on a scripted model, the
+Slack emulator, the `nightcrew` command in-process, and the forge emulators."""
 
 pytest_plugins = [
     "tests.docker_fixtures",
@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.slack_fixtures",
     "tests.cli_fixtures",
     "tests.web_fixtures",
+    "tests.forge_emulator.fixtures",
 ]

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from sqlalchemy import update
 from sqlmodel import Session, col
 
+from executor.config.schema import Config
+from executor.forge.connect import looks_like_issue_url, match_issue
 from storage.defaults import MAX_PROMPT_CHARS
 from storage.lifecycle import CLOSED, WAITING, WORKING, State
 from storage.models import Priority, Task, utcnow
@@ -50,6 +52,7 @@ def add(
     source: str = "cli",
     channel: str | None = None,
     thread_ts: str | None = None,
+    issue_url: str | None = None,
 ) -> Outcome:
     text = clean_text(prompt, what="prompt")
     task = create_task(
@@ -62,7 +65,31 @@ def add(
         channel=channel,
         thread_ts=thread_ts,
     )
+    if issue_url is not None:  # its text becomes the prompt when the task first runs
+        task.issue_url = issue_url
+        session.add(task)
+        session.flush()
     return Outcome(task, f"queued task {task.id} on {repo} (branch {task.branch})")
+
+
+def from_issue(config: Config, prompt: str, repo: str | None) -> tuple[str, str] | None:
+    """(repo, issue URL) when the whole prompt is an issue URL (Slack's `<url>` or
+    `<url|label>` included) of a `pull_request` repo in the config; None for any other
+    prompt. An issue URL of no configured repo is refused rather than run as a prompt."""
+    text = prompt.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1].split("|", 1)[0]
+    if not looks_like_issue_url(text):
+        return None
+    found = match_issue(config, text)
+    if found is None:
+        raise ActionError(
+            f"{text} is an issue of no repo here: nightcrew.yaml needs a repo with merge "
+            "policy pull_request on that forge and project"
+        )
+    if repo is not None and repo != found.repo:
+        raise ActionError(f"{text} is an issue of repo {found.repo}, not {repo}")
+    return found.repo, found.url
 
 
 def check_may_decide(task: Task, actor: str, approvers: Collection[str], verb: str) -> None:

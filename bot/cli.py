@@ -431,13 +431,19 @@ def add(
         except KeyError:
             raise ActionError(f"priority {priority!r} is not one of high, normal, low") from None
         cfg = config()
+        issue = actions.from_issue(cfg, prompt, repo)  # an issue URL: fetched as the prompt
         try:
-            repo_name_ = cfg.repo_for(repo)
+            repo_name_ = issue[0] if issue else cfg.repo_for(repo)
         except ConfigError as exc:  # an unknown --repo is the user's slip, not a broken file
             raise ActionError(str(exc)) from None
         with transaction(engine()) as session:
             outcome = actions.add(
-                session, repo=repo_name_, prompt=prompt, requester=local_user(), priority=prio
+                session,
+                repo=repo_name_,
+                prompt=prompt,
+                requester=local_user(),
+                priority=prio,
+                issue_url=issue[1] if issue else None,
             )
     out.print(outcome.task.id if quiet else outcome.message)
 

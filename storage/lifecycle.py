@@ -56,8 +56,9 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.REVISING: frozenset({S.CHECKING, S.REVIEWING, S.AWAITING_APPROVAL, *_WORK_EXITS}),
     # A reply resumes the task (re-queued so any worker can pick it up); retry starts over.
     S.NEEDS_INPUT: frozenset({S.QUEUED, S.CANCELLED, S.REJECTED, S.FAILED}),
-    # Approve -> MERGING; "request changes" -> QUEUED for a revision round.
-    S.AWAITING_APPROVAL: frozenset({S.MERGING, S.QUEUED, S.REJECTED, S.CANCELLED}),
+    # Approve -> MERGING; "request changes" -> QUEUED for a revision round; MERGED: a person
+    # merged its pull request on the forge (the forge's answer says so).
+    S.AWAITING_APPROVAL: frozenset({S.MERGING, S.QUEUED, S.REJECTED, S.CANCELLED, S.MERGED}),
     # A merge that cannot be done parks the task for a human with the reason.
     S.MERGING: frozenset({S.MERGED, S.NEEDS_INPUT, S.AWAITING_APPROVAL, S.FAILED}),
     S.FAILED: frozenset({S.QUEUED}),  # retry

@@ -120,6 +120,15 @@ class Task(SQLModel, table=True):
     # The commit the merge is about to put on the base, recorded before any ref moves: the
     # only way a resumed merge learns that it already landed (never from commit text).
     landing_commit: str | None = None
+    # A `pull_request` repo's PR (GitHub) or MR (GitLab), as the forge's API last answered:
+    # its number, web URL, state ("open", "closed", "merged"), and the commit nightcrew last
+    # pushed to its branch (a different head on the forge means someone else pushed).
+    pr_number: int | None = None
+    pr_url: str | None = None
+    pr_state: str | None = None
+    pr_head: str | None = None
+    # The forge issue the task was started from (its text becomes the prompt when it runs).
+    issue_url: str | None = None
 
 
 class TaskEvent(SQLModel, table=True):

@@ -73,7 +73,8 @@ def test_full_config_loads_with_paths_resolved(git_repo: Path) -> None:
         ),
         (
             "repos:\n  app:\n    path: app\n    merge: {policy: rebase}\n",
-            "repos.app.merge.policy: Input should be 'merge', 'squash' or 'ff' (got 'rebase')",
+            "repos.app.merge.policy: Input should be 'merge', 'squash', 'ff' or 'pull_request'"
+            " (got 'rebase')",
         ),
         (
             "repos:\n  app: {base_branch: main}\n",

@@ -72,11 +72,12 @@ LEGAL_MOVES: frozenset[tuple[str, str]] = frozenset(
         ("needs_input", "cancelled"),
         ("needs_input", "rejected"),
         ("needs_input", "failed"),
-        # awaiting_approval: approve, request changes, reject, cancel
+        # awaiting_approval: approve, request changes, reject, cancel, merged on the forge
         ("awaiting_approval", "merging"),
         ("awaiting_approval", "queued"),
         ("awaiting_approval", "rejected"),
         ("awaiting_approval", "cancelled"),
+        ("awaiting_approval", "merged"),  # its pull request merged on the forge by a person
         # merging: done, parked for a person (with the reason), or failed
         ("merging", "merged"),
         ("merging", "needs_input"),

@@ -4,6 +4,7 @@ section text), cutting long text with a note instead of being refused by Slack."
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -140,6 +141,8 @@ def card(
         blocks.append(section(f"*Waiting for budget:* {escape(waiting)}"))
     elif task.reason and state is not State.QUEUED:
         blocks.append(section(f"*Why:* {escape(task.reason)}"))
+    if task.pr_url and task.pr_number is not None:
+        blocks.append(section(_pr_line(task)))
     if task.merge_commit:
         blocks.append(section(f"*Merged* as `{task.merge_commit[:12]}`"))
     elif state is State.AWAITING_APPROVAL and task.approved_commit not in (None, task.head_commit):
@@ -157,6 +160,16 @@ def card(
         blocks.append({"type": "actions", "block_id": f"task-{task.id}", "elements": actions})
     text = f"Task {task.id} ({state.value}): {escape(task.prompt)}"
     return cut(text, MAX_FALLBACK), blocks[:MAX_BLOCKS]
+
+
+def _pr_line(task: Task) -> str:
+    """The task's pull request as a link (only an http(s) URL without Slack's link syntax in
+    it becomes one; anything else is shown as text)."""
+    url, label = str(task.pr_url), f"Pull request #{task.pr_number}"
+    state = f" ({task.pr_state})" if task.pr_state else ""
+    if re.fullmatch(r"https?://[^\s<>|]+", url):
+        return f"*<{url}|{label}>*{state}"
+    return f"*{label}*{state}: {escape(url)}"
 
 
 def _quote(text: str) -> str:

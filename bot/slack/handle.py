@@ -328,7 +328,8 @@ def thread_context(messages: list[dict[str, Any]], *, before_ts: str, limit: int
 
 def _add(session: Session, config: Config, cmd: Command, user: str, channel: str) -> Outcome:
     access.check_member(config, user, "add tasks")
-    repo = config.repo_for(cmd.repo, channel=channel)
+    issue = actions.from_issue(config, cmd.prompt, cmd.repo)  # fetched when it runs
+    repo = issue[0] if issue else config.repo_for(cmd.repo, channel=channel)
     return actions.add(
         session,
         repo=repo,
@@ -337,6 +338,7 @@ def _add(session: Session, config: Config, cmd: Command, user: str, channel: str
         priority=cmd.priority,
         source="slack",
         channel=channel,
+        issue_url=issue[1] if issue else None,
     )
 
 

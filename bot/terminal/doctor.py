@@ -9,7 +9,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,8 +27,10 @@ from bot.links import ensure_secret, secret_mode_ok, secret_path
 from bot.slack.app import SLACK_API, SlackEnv
 from executor.agents.llm import DEFAULT_BASE_URL, LLMClient, LLMRejected, LLMUnavailable
 from executor.config.redact import redact
-from executor.config.schema import DEFAULT_IMAGE, Config, ConfigError, load_config
+from executor.config.schema import DEFAULT_IMAGE, Config, ConfigError, RepoConfig, load_config
 from executor.config.settings import Settings
+from executor.forge.connect import NoToken, forge_for
+from executor.forge.http import ForgeError
 from executor.git import quota
 from executor.sandbox.container import SandboxError
 from executor.sandbox.image import SANDBOX_DIR, ensure_image
@@ -317,6 +319,24 @@ def check_web_secret(home: Path) -> Result:
     return Result("web links", "ok", f"signing secret in {secret_path(home)} (0600)")
 
 
+def check_forge(name: str, repo: RepoConfig, environ: Mapping[str, str] | None = None) -> Result:
+    """A `pull_request` repo's token: set, accepted, and allowed to push and open PRs; says
+    which scope (or permission) is missing."""
+    merge = repo.merge
+    label = f"forge {name} ({merge.forge} {merge.project})"
+    try:
+        with forge_for(repo, environ) as forge:
+            access = forge.check_access()
+    except NoToken as exc:
+        return Result(label, "fail", str(exc), f"export {merge.forge_token_env}=<a token>")
+    except ForgeError as exc:
+        return Result(label, "fail", f"{merge.forge_api}: {exc}", "check api_url and the network")
+    if not access.ok:
+        scopes = ", ".join(access.missing)
+        return Result(label, "fail", access.detail, f"give the token: {scopes}")
+    return Result(label, "ok", access.detail)
+
+
 def diagnose(
     env: Settings,
     *,
@@ -347,6 +367,9 @@ def diagnose(
         add(result)
     base_url = env.openai_base_url or (config.base_url if config else None) or DEFAULT_BASE_URL
     add(check_llm(base_url, env.openai_api_key, env.model or (config and config.model)))
+    for name, repo in sorted(config.repos.items()) if config else []:
+        if repo.merge.policy == "pull_request":
+            add(check_forge(name, repo))
     slack = SlackEnv.from_env()
     add(
         check_slack(

@@ -141,6 +141,8 @@ def task_detail(
         ("wall time", _wall(task)),
         ("base / head", " / ".join(c[:12] for c in (task.base_commit, task.head_commit) if c)),
         ("merge commit", task.merge_commit or ""),
+        ("pull request", f"{task.pr_url} ({task.pr_state})" if task.pr_url else ""),
+        ("issue", task.issue_url or ""),
         ("error", task.error or ""),
         ("summary", task.summary or ""),
     ]

@@ -17,5 +17,21 @@ HIDDEN = "***"
 
 
 def redact(text: str) -> str:
-    """`text` with the user part of every URL in it replaced by ***."""
+    """`text` with the user part of every URL in it, and every registered secret, replaced
+    by ***."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, HIDDEN)
     return _USERINFO.sub(rf"\g<1>{HIDDEN}@", text)
+
+
+# Secret values this process holds (forge tokens): `redact` removes them from any text, so an
+# error that quotes a request or a forge's answer cannot carry one out. Kept as long as the
+# process lives; only values of a useful length, so "a" never blanks every "a".
+_SECRETS: set[str] = set()
+MIN_SECRET_CHARS = 8
+
+
+def register_secret(value: str | None) -> None:
+    """From now on, `redact` replaces `value` wherever it appears."""
+    if value and len(value) >= MIN_SECRET_CHARS:
+        _SECRETS.add(value)

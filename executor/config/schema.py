@@ -129,10 +129,51 @@ class Review(_Strict):
     max_rounds: Annotated[int, Field(ge=0)] = 2
 
 
+FORGE_API = {"github": "https://api.github.com", "gitlab": "https://gitlab.com/api/v4"}
+FORGE_TOKEN_ENV = {"github": "GITHUB_TOKEN", "gitlab": "GITLAB_TOKEN"}
+
+
 class Merge(_Strict):
-    policy: Literal["merge", "squash", "ff"] = "merge"
+    """How an approved task lands: merged here and pushed (merge, squash, ff), or through a
+    pull request on a forge (`pull_request`), for teams whose base branch is protected."""
+
+    policy: Literal["merge", "squash", "ff", "pull_request"] = "merge"
     delete_branch: bool = True
     push: bool = True  # push the base branch when the repo has a remote
+    # pull_request only: the forge, its REST API (GitHub Enterprise: https://host/api/v3;
+    # self-hosted GitLab: https://host/api/v4), the project ("owner/repo", "group/sub/proj"),
+    # the environment variable holding the token (read on the host only), the forge's merge
+    # method, and whether review comments on the PR reach the agent as nudges.
+    forge: Literal["github", "gitlab"] | None = None
+    api_url: str | None = None
+    project: str | None = None
+    token_env: str | None = None
+    method: Literal["merge", "squash", "rebase"] = "merge"
+    review_nudges: bool = False
+
+    @_model_validator(mode="after")
+    def _forge(self) -> Merge:
+        if self.policy != "pull_request":
+            if self.forge or self.project or self.api_url or self.token_env:
+                raise ValueError("forge, project, api_url and token_env need policy: pull_request")
+            return self
+        if self.forge is None or not self.project:
+            raise ValueError("policy: pull_request needs forge (github or gitlab) and project")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+", self.project):
+            raise ValueError(f"project must look like owner/repo (got {self.project!r})")
+        if self.api_url is not None and not re.match(r"https?://", self.api_url):
+            raise ValueError("api_url must be an http(s) URL")
+        return self
+
+    @property
+    def forge_api(self) -> str:
+        assert self.forge is not None
+        return (self.api_url or FORGE_API[self.forge]).rstrip("/")
+
+    @property
+    def forge_token_env(self) -> str:
+        assert self.forge is not None
+        return self.token_env or FORGE_TOKEN_ENV[self.forge]
 
 
 class RepoConfig(_Strict):
@@ -162,6 +203,11 @@ class RepoConfig(_Strict):
             raise ValueError("give exactly one of path (a local git repo) or url (to clone)")
         if self.agent == "command" and not self.agent_command:
             raise ValueError("agent: command needs agent_command (the command to run)")
+        if self.merge.policy == "pull_request" and self.merge.forge_token_env in self.agent_env:
+            raise ValueError(
+                f"agent_env lists {self.merge.forge_token_env}, the forge token: it stays on "
+                "the host and never enters a sandbox"
+            )
         return self
 
 

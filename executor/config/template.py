@@ -22,6 +22,8 @@ repos:                          # required: at least one repo
     # limits: {max_turns: 60, max_cost_usd: 5.0, max_wall_minutes: 60, memory: 2g, pids: 512}
     #   more limits: cpus: 2.0, disk: 10g (the workspace's size), command_timeout_s: 600
     # merge: {policy: merge, delete_branch: true, push: true}   # policy: merge | squash | ff
+    #   or through pull requests (token in GITHUB_TOKEN / GITLAB_TOKEN, on the host only):
+    #   merge: {policy: pull_request, forge: github, project: owner/repo, method: squash}
     # approvers: []             # Slack user ids who may approve besides the requester
     # network: false            # give the sandbox network access
 

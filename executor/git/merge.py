@@ -179,3 +179,10 @@ def _checked_out(repo: Path, ref: str) -> bool:
         return git("symbolic-ref", "-q", "HEAD", cwd=repo) == ref
     except (GitError, subprocess.SubprocessError):
         return False
+
+
+def push_branch(repo: Path, *, url_or_remote: str, branch: str, commit: str) -> None:
+    """Put exactly `commit` on the task's branch at the remote (a pull request's head). The
+    branch is nightcrew's own: forced, so a revision after a rebase still goes up."""
+    ref = f"{commit}:refs/heads/{branch}"
+    git("push", "--quiet", "--force", "--", url_or_remote, ref, cwd=repo, network=True)

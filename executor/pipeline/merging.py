@@ -21,7 +21,7 @@ from typing import Any
 from executor.agents.loop import Finished, NeedsHuman, render
 from executor.agents.tools import describe
 from executor.git import merge, workspace
-from executor.pipeline import stages
+from executor.pipeline import pull_request, stages
 from executor.pipeline.job import Outcome, TaskJob
 from storage.db import transaction
 from storage.lifecycle import State
@@ -31,6 +31,8 @@ MERGE_RETRIES = 3  # the base moved under us this many times: let a person look
 
 
 def perform_merge(job: TaskJob) -> tuple[Outcome, dict[str, Any]]:
+    if pull_request.uses_forge(job):  # the forge merges; its answer says whether it did
+        return pull_request.merge_through_forge(job)
     for _ in range(MERGE_RETRIES):
         try:
             return _merge(job)

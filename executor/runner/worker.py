@@ -28,6 +28,7 @@ from executor.costs.budget import WAITING, Books, held
 from executor.git import workspace
 from executor.git.workspace import Workspace, WorkspaceError
 from executor.monitoring import metrics
+from executor.pipeline import forge_sync, pull_request
 from executor.pipeline.job import Outcome, TaskJob
 from executor.pipeline.merging import perform_merge
 from executor.pipeline.watch import Interrupted, Watch
@@ -40,7 +41,7 @@ from storage.errors import Conflict
 from storage.lifecycle import CLOSED, WORKING, State
 from storage.models import Task, utcnow
 from storage.queue import claim_next, reap_stale, release, show_waiting
-from storage.tasks import transition
+from storage.tasks import events, transition
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class Worker:
     sandboxes: WarmPool | None = None  # shared by the executor's workers; none: no spares
     reload: Callable[[], Config] | None = None  # the config as the file says now (ConfigWatch)
     _next_maintenance: float = 0.0
+    # One client per forge repo, kept so its conditional GETs (ETags) are reused.
+    forges: forge_sync.Forges = field(default_factory=lambda: forge_sync.Forges())
 
     def __post_init__(self) -> None:
         if self.sandboxes is None:
@@ -108,6 +111,10 @@ class Worker:
             self.prune_workspaces()
         except Exception:  # housekeeping must never stop the work
             log.exception("maintenance failed; trying again later")
+        try:  # what happened on the forges comes back; rejected tasks' PRs are closed
+            forge_sync.sync(self.engine, self.config, self.forges)
+        except Exception:
+            log.exception("forge sync failed; trying again later")
 
     def prune_workspaces(self) -> None:
         """Remove checkouts of tasks closed since (rejected or cancelled while waiting, or
@@ -205,6 +212,7 @@ class Worker:
 
         def run() -> tuple[Outcome, dict[str, Any]]:
             nonlocal ws, sandbox
+            pull_request.fetch_issue(job)  # a task from an issue URL: its text is the prompt
             ws, sandbox = job.start_sandbox()
             fields["base_commit"] = ws.base_commit
             return job.run(ws, sandbox), {}
@@ -227,6 +235,8 @@ class Worker:
             fields |= {"head_commit": collected.head_commit}
             if outcome.state is State.AWAITING_APPROVAL and collected.diff_stat:
                 outcome.summary = f"{outcome.summary or ''}\n\n{collected.diff_stat}".strip()
+            if outcome.state is State.AWAITING_APPROVAL and pull_request.uses_forge(job):
+                self._publish(job, collected.head_commit, outcome)
         except Exception as exc:  # the checkout still holds the work: keep it, say so
             log.exception("task %s: hand-back failed", job.task_id)
             outcome = Outcome(
@@ -241,6 +251,17 @@ class Worker:
             else:
                 self.sandboxes.retire(sandbox, lambda: workspace.keep(ws, self.home, job.task_id))
         return outcome, fields
+
+    def _publish(self, job: TaskJob, head: str, outcome: Outcome) -> None:
+        """A `pull_request` repo's task parks: its branch goes up and its draft PR carries the
+        proof pack (the summary as the task will record it)."""
+        job.task.summary = outcome.summary
+        with transaction(self.engine) as s:
+            proofs = [e.payload for e in events(s, job.task_id) if e.kind == "proof"]
+        proof = proofs[-1] if proofs and proofs[-1].get("commit") == head else None
+        note = pull_request.publish_on_park(job, head, proof or {"commit": head})
+        if note:
+            outcome.reason = f"{outcome.reason}; {note}" if outcome.reason else note
 
     def _guarded(self, step: Any, *, merging: bool = False) -> tuple[Outcome, dict[str, Any]]:
         """Run `step`, turning every way it can stop into an Outcome."""
