@@ -129,6 +129,13 @@ def card(task: Task, *, now: datetime | None = None) -> tuple[str, list[Block]]:
         blocks.append(section(f"*Waiting for budget:* {escape(waiting)}"))
     elif task.reason and state is not State.QUEUED:
         blocks.append(section(f"*Why:* {escape(task.reason)}"))
+    if task.egress_refused:
+        blocks.append(
+            section(
+                f":warning: *{task.egress_refused} connection(s) refused* outside the repo's "
+                "network allowlist: hosts and ports are in the task log"
+            )
+        )
     if task.merge_commit:
         blocks.append(section(f"*Merged* as `{task.merge_commit[:12]}`"))
     elif state is State.AWAITING_APPROVAL and task.approved_commit not in (None, task.head_commit):

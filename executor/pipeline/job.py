@@ -201,13 +201,14 @@ class TaskJob:
         if not self.repo.checks:
             return []
         assert self.task.branch is not None
-        spec = replace(SandboxSpec.of(self.repo), env=tuple(SANDBOX_ENV.items()))
+        spec = replace(SandboxSpec.of(self.repo, self.llm.base_url), env=tuple(SANDBOX_ENV.items()))
         room = self.sandboxes.take(spec)
         try:
             workspace.checkout_commit(self.canonical, self.task.branch, head, into=room.workspace)
             prepare_workspace(room.workspace)  # the clone is the sandbox user's now
             self.watch.attach(room)
             checks = self._setup_then_checks(room)
+            self.note_egress(room)
             self.watch.check()  # a cancel or shutdown kills the checks: not their verdict
         finally:
             self.watch.attach(then)
@@ -321,7 +322,7 @@ class TaskJob:
         """A fresh sandbox (a warm one when ready) with a new clone of the task's branch in
         its own workspace folder."""
         assert self.task.branch is not None
-        sandbox = self.sandboxes.take(SandboxSpec.of(self.repo))
+        sandbox = self.sandboxes.take(SandboxSpec.of(self.repo, self.llm.base_url))
         try:
             ws = workspace.prepare(
                 self.home,
@@ -352,6 +353,7 @@ class TaskJob:
     def checkpoint(self, ws: Workspace, sandbox: Sandbox) -> Collected:
         """Bring the work so far into the canonical repo, with the sandbox frozen so nothing
         in it races the copy."""
+        self.note_egress(sandbox)
         workspace.commit_leftovers(exec_in(sandbox), ws, "nightcrew: work in progress")
         sandbox.container.pause()
         try:
@@ -369,6 +371,7 @@ class TaskJob:
         sandbox.exec(STOP_EXTERNAL_AGENT)  # one still running after its time limit
         workspace.commit_leftovers(exec_in(sandbox), ws, f"nightcrew: work on task {self.task_id}")
         sandbox.remove()
+        self.note_egress(sandbox)
         return workspace.collect(ws)
 
     # --- records -------------------------------------------------------------------------
@@ -390,6 +393,20 @@ class TaskJob:
 
     def _record_for(self, task_id: int, kind: str, payload: dict[str, Any]) -> None:
         self.record(kind, payload)
+
+    def note_egress(self, sandbox: Sandbox | None) -> None:
+        """Log the connections the sandbox's allowlist refused since the last look (one
+        `egress_refused` event per host:port, with its count) and count them on the card."""
+        refused = sandbox.egress.take_refusals() if sandbox and sandbox.egress else []
+        if not refused:
+            return
+        with transaction(self.engine) as s:
+            for item in refused:
+                record(s, self.task_id, "egress_refused", item)
+            current = s.get(Task, self.task_id)
+            if current is not None:
+                current.egress_refused += sum(int(str(i["count"])) for i in refused)
+                outbox.refresh_card(s, current, every_s=0)
 
     def account(self, usage: Usage | None) -> None:
         if usage is not None:
