@@ -2,4 +2,9 @@
 before any test module: Docker and the sandbox image, workers on a scripted model, and the
 Slack emulator."""
 
-pytest_plugins = ["tests.docker_fixtures", "tests.worker_fixtures", "tests.slack_fixtures"]
+pytest_plugins = [
+    "tests.docker_fixtures",
+    "tests.worker_fixtures",
+    "tests.slack_fixtures",
+    "tests.agent_fixtures",
+]

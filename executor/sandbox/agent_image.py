@@ -35,14 +35,16 @@ def normalise(agents: Iterable[str]) -> list[str]:
 
 
 def image_tag(client: docker.DockerClient, agents: list[str], base: str = DEFAULT_IMAGE) -> str:
-    """The tag a build of `agents` on `base` gets: the same recipe, base and CA, the same tag."""
+    """The tag a build of `agents` on `base` gets: the same recipe, base name and CA, the same
+    tag. (Not the base's image id: the base is rebuilt from the same package list now and
+    then, and an agent image that takes minutes to build stays good.)"""
     try:
-        base_id = str(client.images.get(base).id)
+        client.images.get(base)
     except ImageNotFound as exc:
         raise SandboxError(
             f"base image {base} is missing; build it first with sandbox/build-image.sh"
         ) from exc
-    digest = hashlib.sha256(base_id.encode())
+    digest = hashlib.sha256(base.encode())
     for name in ("Dockerfile", "install-agents.sh"):
         digest.update((RECIPE / name).read_bytes())
     if HOST_CA.is_file():

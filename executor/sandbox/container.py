@@ -299,10 +299,11 @@ class Sandbox:
         self._check_disk()
         return ExecResult(code, output.text(), timed_out, duration, "; ".join(reasons) or None)
 
-    def spawn(self, command: str) -> ExecResult:
-        """Start `command` detached, with `agent_env`, in a session of its own that survives
-        the commands after it until `release_session()` (for an external agent polled by
-        later commands). Host-written commands only: it is the one way past the cleanup."""
+    def spawn(self, command: str, env: Mapping[str, str] | None = None) -> ExecResult:
+        """Start `command` detached, with `agent_env` (over `env`, a preset's defaults), in a
+        session of its own that survives the commands after it until `release_session()`
+        (for an external agent polled by later commands). Host-written commands only: it is
+        the one way past the cleanup."""
         launch = (
             f"setsid sh -c {shlex.quote(command)} </dev/null >/dev/null 2>&1 & p=$!; "
             # Wait until it leads its own session (or is gone), and say which session.
@@ -310,7 +311,7 @@ class Sandbox:
             'set -- ${l##*) }; [ "$4" = "$p" ] && { echo "session $p"; break; }; '
             "sleep 0.01; done"
         )
-        result = self.exec(launch, _survivors="none", _env=self.agent_env)
+        result = self.exec(launch, _survivors="none", _env={**(env or {}), **self.agent_env})
         found = re.search(r"^session (\d+)$", result.output, re.MULTILINE)
         self.agent_session = int(found.group(1)) if found else None
         return result

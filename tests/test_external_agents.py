@@ -1,0 +1,112 @@
+"""Real external agents in the sandbox: aider, Codex CLI and Claude Code, installed for real
+from PyPI and npm into the agent image (tests/agent_fixtures.py), talking to the scripted
+model only through the egress allowlist proxy (`network: [model]`); nothing else reachable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from bot import actions
+from storage.db import transaction
+from storage.lifecycle import State
+from storage.tasks import events
+from tests.conftest import git
+from tests.llm_server import ScriptedLLM, reply
+from tests.worker_fixtures import RunWorker, add_task, task
+
+NIGHTCREW = str(Path(sys.executable).parent / "nightcrew")
+FIXED = "def add(a, b):\n    return a + b\n"
+# aider's "whole" edit format: the file's path, then its whole new content fenced.
+AIDER_FIX = f"I fixed the operator.\n\ncalc.py\n```\n{FIXED}```\n"
+
+
+def show(engine: Engine, project: Path, task_id: int) -> str:
+    env = {**os.environ, "NIGHTCREW_DATABASE_URL": engine.url.render_as_string(False)}
+    env.pop("NIGHTCREW_CONFIG", None)
+    shown = subprocess.run(
+        [NIGHTCREW, "show", str(task_id)], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout
+
+
+def test_aider_completes_a_task_through_the_allowlist_proxy(
+    engine: Engine, make_worker: RunWorker, project: Path, agent_image: str
+) -> None:
+    task_id = add_task(engine, "fix add() in calc.py")
+    options = {
+        "agent": "aider",
+        "image": agent_image,
+        "network": ["model"],
+        "checks": ["python3 -m unittest -q"],
+    }
+    with ScriptedLLM([reply(content=AIDER_FIX, usage=(1200, 80))]) as llm:
+        make_worker(llm, repo_options=options).work(drain=True)
+        asked = [m["content"] for m in llm.requests[0]["messages"] if m["role"] == "user"]
+    done = task(engine, task_id)
+    assert done.state is State.AWAITING_APPROVAL, done.reason
+    assert git(project, "show", f"{done.branch}:calc.py") == FIXED.strip()
+    assert any("fix add() in calc.py" in text for text in asked)
+    assert (done.turns, done.tokens_in, done.tokens_out) == (1, 1200, 80)
+    shown = show(engine, project, task_id)
+    assert "1,280" in shown or "1280" in shown, shown
+    with transaction(engine) as s:
+        logged = events(s, task_id)
+        kinds = [e.kind for e in logged]
+        refused = [e.payload for e in logged if e.kind == "egress_refused"]
+        output = "".join(e.payload.get("text", "") for e in logged if e.kind == "agent_output")
+    assert "checks_passed" in kinds
+    # aider fetches LiteLLM's price list at start: refused and logged like any other host.
+    assert refused == [{"host": "raw.githubusercontent.com", "port": 443, "count": 1}]
+    assert "Tokens: 1.2k sent, 80 received." in output
+
+
+def aider_writes(text: str, usage: tuple[int, int] = (500, 40)):
+    return reply(content=f"Done.\n\ncalc.py\n```\n{text}```\n", usage=usage)
+
+
+def user_text(request: dict) -> str:
+    return "\n".join(str(m["content"]) for m in request["messages"] if m["role"] == "user")
+
+
+def test_a_nudge_and_request_changes_reach_aider_and_failed_checks_too(
+    engine: Engine, make_worker: RunWorker, project: Path, agent_image: str
+) -> None:
+    task_id = add_task(engine, "fix add() in calc.py")
+    options = {
+        "agent": "aider",
+        "image": agent_image,
+        "network": ["model"],
+        "checks": ["python3 -m unittest -q"],
+    }
+    documented = '"""Add two numbers."""\n'
+    script = [
+        aider_writes("def add(a, b):\n    return a * b\n"),  # wrong: the checks fail
+        aider_writes(FIXED),
+        aider_writes(documented + FIXED),
+        aider_writes(documented + "# checked\n" + FIXED),
+    ]
+    with ScriptedLLM(script) as llm:
+        worker = make_worker(llm, repo_options=options)
+        worker.work(drain=True)
+        assert task(engine, task_id).state is State.AWAITING_APPROVAL
+        assert "FAIL" in user_text(llm.requests[1]) or "fail" in user_text(llm.requests[1])
+        with transaction(engine) as s:
+            actions.nudge(s, task_id, "please add a docstring", actor="U1")
+        worker.work(drain=True)
+        assert "please add a docstring" in user_text(llm.requests[2])
+        with transaction(engine) as s:  # the "Request changes" modal's path
+            actions.nudge(s, task_id, "mark it as checked", actor="U1", source="slack")
+        worker.work(drain=True)
+        assert "mark it as checked" in user_text(llm.requests[3])
+        assert llm.remaining == 0
+    done = task(engine, task_id)
+    assert done.state is State.AWAITING_APPROVAL, done.reason
+    final = git(project, "show", f"{done.branch}:calc.py")
+    assert final.startswith('"""Add two numbers."""\n# checked')
+    assert done.turns == 4 and done.tokens_in == 2000
