@@ -83,6 +83,79 @@ class ScriptedReply:
             body["usage"] = _usage(self.usage)
         h.send_json(200, body)
 
+    def serve_responses(self, h: _Handler, request: dict[str, Any]) -> None:
+        """The same reply in the Responses API's event stream (`POST /v1/responses`, as Codex
+        CLI speaks it): output items, text deltas, `response.completed` with usage."""
+        n = len(h.llm.requests)
+        output: list[dict[str, Any]] = []
+        events: list[tuple[str, dict[str, Any]]] = [
+            ("response.created", {"response": {"id": f"resp_{n}", "status": "in_progress"}})
+        ]
+        if self.content:
+            item_id = f"msg_{n}"
+            events.append(
+                (
+                    "response.output_item.added",
+                    {
+                        "output_index": 0,
+                        "item": {
+                            "type": "message",
+                            "id": item_id,
+                            "role": "assistant",
+                            "status": "in_progress",
+                            "content": [],
+                        },
+                    },
+                )
+            )
+            for piece in _split(self.content, 3):
+                events.append(
+                    (
+                        "response.output_text.delta",
+                        {"item_id": item_id, "output_index": 0, "content_index": 0, "delta": piece},
+                    )
+                )
+            text = {"type": "output_text", "text": self.content, "annotations": []}
+            output.append(
+                {
+                    "type": "message",
+                    "id": item_id,
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [text],
+                }
+            )
+        for i, call in enumerate(self.tool_calls):
+            arguments = call.arguments
+            if not isinstance(arguments, str):
+                arguments = json.dumps(arguments)
+            output.append(
+                {
+                    "type": "function_call",
+                    "id": f"fc_{n}_{i}",
+                    "call_id": call.id or f"call_{n}_{i}",
+                    "name": call.name,
+                    "arguments": arguments,
+                    "status": "completed",
+                }
+            )
+        for index, item in enumerate(output):
+            events.append(("response.output_item.done", {"output_index": index, "item": item}))
+        completed: dict[str, Any] = {"id": f"resp_{n}", "status": "completed", "output": output}
+        if self.usage is not None:
+            prompt, completion = self.usage
+            completed["usage"] = {
+                "input_tokens": prompt,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": completion,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": prompt + completion,
+            }
+        events.append(("response.completed", {"response": completed}))
+        h.send_sse(
+            f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}" for kind, data in events
+        )
+
     def chunks(self, base: dict[str, Any], include_usage: bool) -> list[dict[str, Any] | str]:
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
             choice = {"index": 0, "delta": delta, "finish_reason": finish}
@@ -304,7 +377,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+        responses = self.path.rstrip("/") in ("/v1/responses", "/responses")
+        if not responses and self.path.rstrip("/") not in (
+            "/v1/chat/completions",
+            "/chat/completions",
+        ):
             self.send_json(404, {"error": {"message": f"no route {self.path}"}})
             return
         try:
@@ -320,7 +397,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_json(500, {"error": {"message": message, "type": "script_exhausted"}})
             return
         try:
-            step.serve(self, body)
+            if responses and isinstance(step, ScriptedReply):
+                step.serve_responses(self, body)
+            else:
+                step.serve(self, body)
         except OSError:  # the client gave up on us (timeout): nothing to answer
             self.close_connection = True
 

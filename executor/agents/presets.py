@@ -107,6 +107,11 @@ def parse_aider(line: str) -> Used | None:
 # --- Codex CLI ---------------------------------------------------------------------------------
 
 
+# No update check, no analytics: a sandbox reaches its model and nothing else, and every other
+# attempt would be a refusal on the card.
+CODEX_QUIET = "-c check_for_update_on_startup=false -c analytics.enabled=false"
+
+
 def _codex(launch: Launch) -> str:
     provider = (
         'model_providers.nightcrew={name="nightcrew", '
@@ -114,7 +119,7 @@ def _codex(launch: Launch) -> str:
     )
     options = (
         f"--json --skip-git-repo-check --dangerously-bypass-approvals-and-sandbox "
-        f"-c model_provider=nightcrew -c {shlex.quote(provider)} "
+        f"-c model_provider=nightcrew -c {shlex.quote(provider)} {CODEX_QUIET} "
         f"-m {shlex.quote(launch.model)}"
     )
     if launch.session:
@@ -123,7 +128,7 @@ def _codex(launch: Launch) -> str:
 
 
 def _codex_env(launch: Launch) -> dict[str, str]:
-    return {"OPENAI_API_KEY": NO_KEY, "CODEX_HOME": "/tmp/codex-home"}
+    return {"OPENAI_API_KEY": NO_KEY}
 
 
 def parse_codex(line: str) -> Used | None:
