@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
@@ -152,6 +152,95 @@ class ScriptedReply:
                 "total_tokens": prompt + completion,
             }
         events.append(("response.completed", {"response": completed}))
+        h.send_sse(
+            f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}" for kind, data in events
+        )
+
+    def serve_messages(self, h: _Handler, request: dict[str, Any]) -> None:
+        """The same reply in Anthropic's Messages API (`POST /v1/messages`, as Claude Code
+        speaks it with ANTHROPIC_BASE_URL): text and tool_use blocks, streamed or whole."""
+        n = len(h.llm.requests)
+        blocks: list[dict[str, Any]] = []
+        if self.content:
+            blocks.append({"type": "text", "text": self.content})
+        for i, call in enumerate(self.tool_calls):
+            arguments = call.arguments
+            if isinstance(arguments, str):
+                arguments = json.loads(arguments)
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": call.id or f"toolu_{n}_{i}",
+                    "name": call.name,
+                    "input": arguments,
+                }
+            )
+        prompt, completion = self.usage or (0, 0)
+        stop = "tool_use" if self.tool_calls else "end_turn"
+        message = {
+            "id": f"msg_{n}",
+            "type": "message",
+            "role": "assistant",
+            "model": request.get("model", h.llm.model),
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": {"input_tokens": prompt, "output_tokens": completion},
+        }
+        if not request.get("stream"):
+            h.send_json(200, {**message, "content": blocks})
+            return
+        events: list[tuple[str, dict[str, Any]]] = [
+            (
+                "message_start",
+                {
+                    "message": {
+                        **message,
+                        "content": [],
+                        "stop_reason": None,
+                        "usage": {"input_tokens": prompt, "output_tokens": 1},
+                    }
+                },
+            ),
+        ]
+        for index, block in enumerate(blocks):
+            if block["type"] == "text":
+                events.append(
+                    (
+                        "content_block_start",
+                        {"index": index, "content_block": {"type": "text", "text": ""}},
+                    )
+                )
+                for piece in _split(block["text"], 3):
+                    events.append(
+                        (
+                            "content_block_delta",
+                            {"index": index, "delta": {"type": "text_delta", "text": piece}},
+                        )
+                    )
+            else:
+                start = {**block, "input": {}}
+                events.append(("content_block_start", {"index": index, "content_block": start}))
+                for piece in _split(json.dumps(block["input"]), 3):
+                    events.append(
+                        (
+                            "content_block_delta",
+                            {
+                                "index": index,
+                                "delta": {"type": "input_json_delta", "partial_json": piece},
+                            },
+                        )
+                    )
+            events.append(("content_block_stop", {"index": index}))
+        events.append(
+            (
+                "message_delta",
+                {
+                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": {"output_tokens": completion},
+                },
+            )
+        )
+        events.append(("message_stop", {}))
         h.send_sse(
             f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}" for kind, data in events
         )
@@ -313,8 +402,19 @@ def stream_error(message: str = "upstream overloaded", *, as_event: bool = False
 
 
 class ScriptedLLM:
-    def __init__(self, script: Iterable[Step] = (), *, model: str = "scripted-model") -> None:
+    def __init__(
+        self,
+        script: Iterable[Step] = (),
+        *,
+        model: str = "scripted-model",
+        background: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
+        """`background`: requests it matches (an agent's side calls, e.g. Claude Code's warm-up
+        and summaries, made concurrently in no fixed order) get a short reply and go to
+        `side_requests`, outside the script."""
         self.model = model
+        self.background = background
+        self.side_requests: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []  # every request body, in order
         self.headers: list[dict[str, str]] = []  # their headers (lower-case names)
         self.received_at: list[float] = []  # their arrival times (time.time())
@@ -359,6 +459,10 @@ class ScriptedLLM:
         self.stop()
 
     def _next(self, body: dict[str, Any], headers: dict[str, str]) -> Step | None:
+        if self.background is not None and self.background(body):
+            with self._lock:
+                self.side_requests.append(body)
+            return ScriptedReply(content="ok", usage=(1, 1))
         with self._lock:
             self.requests.append(body)
             self.headers.append(headers)
@@ -377,8 +481,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        responses = self.path.rstrip("/") in ("/v1/responses", "/responses")
-        if not responses and self.path.rstrip("/") not in (
+        route = self.path.split("?")[0].rstrip("/")
+        responses = route in ("/v1/responses", "/responses")
+        messages = route in ("/v1/messages", "/messages")
+        if not (responses or messages) and self.path.rstrip("/") not in (
             "/v1/chat/completions",
             "/chat/completions",
         ):
@@ -399,6 +505,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if responses and isinstance(step, ScriptedReply):
                 step.serve_responses(self, body)
+            elif messages and isinstance(step, ScriptedReply):
+                step.serve_messages(self, body)
             else:
                 step.serve(self, body)
         except OSError:  # the client gave up on us (timeout): nothing to answer

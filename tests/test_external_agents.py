@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine
 
 from bot import actions
@@ -158,3 +159,54 @@ def test_claude_code_is_installed_and_runs_headless_in_the_image(
     assert sandbox.exec("claude --version").output.strip().endswith("(Claude Code)")
     assert sandbox.exec("aider --version").output.strip() == "aider 0.86.2"
     assert sandbox.exec("codex --version").output.strip() == "codex-cli 0.171.0"
+
+
+def claude_side_call(body: dict) -> bool:
+    """Claude Code's warm-ups and its small model's summaries run beside the main loop."""
+    first = body["messages"][0]["content"]
+    text = first if isinstance(first, str) else first[0].get("text", "")
+    return text == "Warmup" or "haiku" in str(body.get("model"))
+
+
+def test_claude_code_completes_a_task_against_a_scripted_anthropic_server(
+    engine: Engine,
+    make_worker: RunWorker,
+    project: Path,
+    agent_image: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    task_id = add_task(engine, "fix add() in calc.py")
+    fix = f"printf '%s' '{FIXED}' > calc.py"
+    script = [
+        reply(tool_call("Bash", {"command": fix, "description": "fix"}), usage=(3000, 50)),
+        reply(content="Fixed add().", usage=(3200, 12)),
+    ]
+    with ScriptedLLM(script, background=claude_side_call) as llm:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", llm.base_url.removesuffix("/v1"))
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-scripted")
+        options = {
+            "agent": "claude-code",
+            "image": agent_image,
+            "network": ["model"],  # the scripted server speaks both APIs on one port
+            "agent_env": ["ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"],
+            "checks": ["python3 -m unittest -q"],
+        }
+        make_worker(llm, repo_options=options).work(drain=True)
+        assert llm.remaining == 0
+        assert "fix add() in calc.py" in json.dumps(llm.requests[0]["messages"])
+        assert llm.headers[0]["x-api-key"] == "sk-ant-scripted"
+    done = task(engine, task_id)
+    assert done.state is State.AWAITING_APPROVAL, done.reason
+    assert git(project, "show", f"{done.branch}:calc.py") == FIXED.strip()
+    with transaction(engine) as s:
+        output = "".join(
+            e.payload.get("text", "") for e in events(s, task_id) if e.kind == "agent_output"
+        )
+        refused = [e.payload for e in events(s, task_id) if e.kind == "egress_refused"]
+    result = json.loads(output.strip().splitlines()[-1])  # its documented JSON result
+    assert result["type"] == "result" and result["num_turns"] == done.turns == 2
+    assert (done.tokens_in, done.tokens_out) == (6200, 62)
+    assert done.cost_nanos == round(result["total_cost_usd"] * 1_000_000_000)
+    # One call of its own to Anthropic's API (not through ANTHROPIC_BASE_URL), refused:
+    # with the real API that host is on the allowlist anyway.
+    assert refused == [{"host": "api.anthropic.com", "port": 443, "count": 1}]

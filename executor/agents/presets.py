@@ -151,15 +151,15 @@ def parse_codex(line: str) -> Used | None:
 
 
 def _claude(launch: Launch) -> str:
+    # Its model is Claude Code's own choice (ANTHROPIC_MODEL in agent_env to pick one), at
+    # ANTHROPIC_BASE_URL (agent_env) or Anthropic's API: not the OpenAI-compatible model.
     resume = f"--resume {shlex.quote(launch.session)} " if launch.session else ""
-    return (
-        f"claude -p {_PROMPT} {resume}--output-format json --dangerously-skip-permissions "
-        f"--model {shlex.quote(launch.model)}"
-    )
+    return f"claude -p {_PROMPT} {resume}--output-format json --dangerously-skip-permissions"
 
 
 def _claude_env(launch: Launch) -> dict[str, str]:
-    return {"DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1"}
+    # No update check, telemetry or error reports: only the model is on the allowlist.
+    return {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1"}
 
 
 def parse_claude(line: str) -> Used | None:
