@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from storage.db import transaction
 from storage.lifecycle import State
 from storage.tasks import events
 from tests.conftest import git
-from tests.llm_server import ScriptedLLM, reply, tool_call
+from tests.llm_server import ScriptedLLM, hang, reply, tool_call
 from tests.worker_fixtures import RunWorker, add_task, task
 
 NIGHTCREW = str(Path(sys.executable).parent / "nightcrew")
@@ -210,3 +211,22 @@ def test_claude_code_completes_a_task_against_a_scripted_anthropic_server(
     # One call of its own to Anthropic's API (not through ANTHROPIC_BASE_URL), refused:
     # with the real API that host is on the allowlist anyway.
     assert refused == [{"host": "api.anthropic.com", "port": 443, "count": 1}]
+
+
+def test_a_token_limit_kills_aider_mid_run(
+    engine: Engine, make_worker: RunWorker, project: Path, agent_image: str
+) -> None:
+    task_id = add_task(engine, "fix add() in calc.py")
+    options = {"agent": "aider", "image": agent_image, "network": ["model"]}
+    # Naming a file of the repo makes aider add it to the chat and ask the model again; that
+    # second call would hang for a minute. The first reply's tokens are over the limit: the
+    # agent is killed instead of waited for, and the task parks with the reason.
+    first = reply(content="Let me read test_calc.py first.", usage=(1500, 80))
+    with ScriptedLLM([first, hang(60)]) as llm:
+        started = time.monotonic()
+        make_worker(llm, repo_options=options, max_tokens=1000).work(drain=True)
+        assert time.monotonic() - started < 45, "the agent was stopped, not waited for"
+    stopped = task(engine, task_id)
+    assert stopped.state is State.NEEDS_INPUT
+    assert stopped.reason == "token limit reached (1,580 of 1,000)"
+    assert (stopped.tokens_in, stopped.tokens_out) == (1500, 80), "what it used is charged"

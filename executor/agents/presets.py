@@ -138,7 +138,7 @@ def parse_codex(line: str) -> Used | None:
     if event.get("type") == "thread.started" and isinstance(event.get("thread_id"), str):
         return Used(session=event["thread_id"])
     if event.get("type") == "turn.completed":
-        usage = event.get("usage") or {}
+        usage = _mapping(event.get("usage"))
         return Used(
             turns=1,
             tokens_in=_int(usage.get("input_tokens")),
@@ -166,7 +166,7 @@ def parse_claude(line: str) -> Used | None:
     result = _json(line)
     if result is None or result.get("type") != "result":
         return None
-    usage = result.get("usage") or {}
+    usage = _mapping(result.get("usage"))
     tokens_in = sum(
         _int(usage.get(key))
         for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
@@ -191,6 +191,10 @@ def _json(line: str) -> dict | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def _mapping(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _int(value: object) -> int:
