@@ -230,3 +230,33 @@ def test_a_token_limit_kills_aider_mid_run(
     assert stopped.state is State.NEEDS_INPUT
     assert stopped.reason == "token limit reached (1,580 of 1,000)"
     assert (stopped.tokens_in, stopped.tokens_out) == (1500, 80), "what it used is charged"
+
+
+def test_failed_checks_resume_codex_in_its_own_conversation(
+    engine: Engine, make_worker: RunWorker, project: Path, agent_image: str
+) -> None:
+    task_id = add_task(engine, "fix add() in calc.py")
+    options = {
+        "agent": "codex",
+        "image": agent_image,
+        "network": ["model"],
+        "checks": ["python3 -m unittest -q"],
+    }
+    wrong = "printf '%s' 'def add(a, b):\n    return a * b\n' > calc.py"
+    right = f"printf '%s' '{FIXED}' > calc.py"
+    script = [
+        reply(tool_call("exec_command", {"cmd": wrong, "tty": False})),
+        reply(content="Done."),
+        reply(tool_call("exec_command", {"cmd": right, "tty": False})),
+        reply(content="Fixed for real."),
+    ]
+    with ScriptedLLM(script) as llm:
+        make_worker(llm, repo_options=options).work(drain=True)
+        assert llm.remaining == 0
+        resumed = json.dumps(llm.requests[2]["input"])
+    done = task(engine, task_id)
+    assert done.state is State.AWAITING_APPROVAL, done.reason
+    assert git(project, "show", f"{done.branch}:calc.py") == FIXED.strip()
+    assert "FAIL" in resumed or "failed" in resumed, "the failed checks reached codex"
+    assert "return a * b" in resumed, "in the same conversation: its earlier call is there"
+    assert done.turns == 2

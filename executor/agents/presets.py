@@ -123,7 +123,7 @@ def _codex(launch: Launch) -> str:
         f"-m {shlex.quote(launch.model)}"
     )
     if launch.session:
-        return f"codex exec {options} resume {shlex.quote(launch.session)} {_PROMPT}"
+        return f"codex exec resume {options} {shlex.quote(launch.session)} {_PROMPT}"
     return f"codex exec {options} {_PROMPT}"
 
 
