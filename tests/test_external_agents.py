@@ -12,10 +12,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import docker
 import pytest
 from sqlalchemy import Engine
 
 from bot import actions
+from bot.terminal import doctor
 from executor.sandbox.container import Sandbox
 from storage.db import transaction
 from storage.lifecycle import State
@@ -260,3 +262,28 @@ def test_failed_checks_resume_codex_in_its_own_conversation(
     assert "FAIL" in resumed or "failed" in resumed, "the failed checks reached codex"
     assert "return a * b" in resumed, "in the same conversation: its earlier call is there"
     assert done.turns == 2
+
+
+def test_doctor_says_when_a_repos_agent_is_missing_from_its_image(
+    docker_client: docker.DockerClient, sandbox_image: str, agent_image: str
+) -> None:
+    missing = doctor.check_agent(docker_client, sandbox_image, "aider")
+    assert missing.failed and "`aider` is not in the image" in missing.detail
+    assert "nightcrew image build --agents aider" in (missing.fix or "")
+    for agent in ("aider", "codex", "claude-code"):
+        assert not doctor.check_agent(docker_client, agent_image, agent).failed
+
+
+def test_image_build_reuses_the_built_image_and_refuses_unknown_agents(agent_image: str) -> None:
+    built = subprocess.run(
+        [NIGHTCREW, "image", "build", "--agents", "claude-code,aider,codex,aider"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.strip().splitlines()[-1] == agent_image, "same recipe, same image"
+    unknown = subprocess.run(
+        [NIGHTCREW, "image", "build", "--agents", "aider,cursor"], capture_output=True, text=True
+    )
+    assert unknown.returncode == 1 and "unknown agents cursor" in unknown.stderr
