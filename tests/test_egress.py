@@ -111,3 +111,48 @@ def test_an_allowlist_is_lower_case_and_keeps_the_model_shortcut() -> None:
     repo = RepoConfig(path=Path("/x"), network=["API.openai.com:443", "model", "[::1]:8000"])
     assert repo.network == ("api.openai.com:443", "model", "[::1]:8000")
     assert RepoConfig(path=Path("/x"), network=True).network is True
+
+
+# Raw requests a hostile agent writes to the proxy itself, to slip past the allowlist.
+SMUGGLE = r"""
+import socket, sys
+allowed = sys.argv[1]
+tricks = {
+    "userinfo": f"GET http://{allowed}@example.com/ HTTP/1.1\r\nHost: {allowed}\r\n\r\n",
+    "trailing_dot": f"CONNECT {allowed.replace(':', '.:')} HTTP/1.1\r\n\r\n",
+    "no_port": "CONNECT example.com HTTP/1.1\r\n\r\n",
+    "origin_form": f"GET / HTTP/1.1\r\nHost: {allowed}\r\n\r\n",
+    "https_absolute": f"GET https://{allowed}/ HTTP/1.1\r\n\r\n",
+    "garbage": "\x00\x01\x02 hello\r\n\r\n",
+    "huge_head": "GET http://" + "a" * 70000 + "/ HTTP/1.1\r\n\r\n",
+}
+for name, raw in tricks.items():
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=10)
+    try:
+        s.sendall(raw.encode("latin-1"))
+    except OSError:
+        pass
+    try:
+        answer = s.recv(200).decode("latin-1").split("\r\n")[0]
+    except OSError as exc:
+        answer = repr(exc)
+    print(name, "=>", answer or "(closed)")
+"""
+
+
+def test_requests_smuggled_past_the_allowlist_are_refused(make_sandbox) -> None:
+    with ScriptedLLM([]) as llm:
+        allowed = llm.base_url.split("/")[2]
+        sandbox = make_sandbox(egress=(allowed,))
+        sandbox.exec(f"cat > /tmp/smuggle.py <<'EOF'\n{SMUGGLE}\nEOF")
+        out = sandbox.exec(f"python3 /tmp/smuggle.py {allowed}").output
+        assert llm.requests == [], "nothing reached the allowed server"
+    answers = dict(line.split(" => ", 1) for line in out.splitlines() if " => " in line)
+    assert answers["userinfo"].startswith("HTTP/1.1 403"), out
+    assert answers["trailing_dot"].startswith("HTTP/1.1 403"), out
+    for name in ("no_port", "origin_form", "https_absolute", "garbage"):
+        assert answers[name].startswith("HTTP/1.1 400"), out
+    assert answers["huge_head"] in ("(closed)",) or "Connection reset" in answers["huge_head"]
+    assert sandbox.egress is not None
+    hosts = {r["host"] for r in sandbox.egress.take_refusals()}
+    assert "example.com" in hosts

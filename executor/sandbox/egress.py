@@ -220,6 +220,8 @@ def _read_head(conn: socket.socket) -> tuple[bytes | None, bytes]:
             return None, b""
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
+    if len(head) > MAX_HEAD:
+        return None, b""
     return head, rest
 
 
