@@ -287,3 +287,43 @@ def test_image_build_reuses_the_built_image_and_refuses_unknown_agents(agent_ima
         [NIGHTCREW, "image", "build", "--agents", "aider,cursor"], capture_output=True, text=True
     )
     assert unknown.returncode == 1 and "unknown agents cursor" in unknown.stderr
+
+
+def codex_runs(command: str, summary: str = "Done."):
+    return [
+        reply(tool_call("exec_command", {"cmd": command, "tty": False})),
+        reply(content=summary),
+    ]
+
+
+def test_a_rebase_conflict_is_resolved_by_the_tasks_own_agent(
+    engine: Engine, make_worker: RunWorker, project: Path, agent_image: str
+) -> None:
+    options = {
+        "agent": "codex",
+        "image": agent_image,
+        "network": ["model"],
+        "checks": ["python3 -m unittest -q"],
+    }
+    one, two = add_task(engine, "mark add() one"), add_task(engine, "mark add() two")
+    write = "printf '%s' 'def add(a, b):\n    return a + b  # {}\n' > calc.py"
+    script = codex_runs(write.format("one")) + codex_runs(write.format("two"))
+    with ScriptedLLM(script) as llm:
+        make_worker(llm, repo_options=options).work(drain=True)
+    for task_id in (one, two):
+        assert task(engine, task_id).state is State.AWAITING_APPROVAL
+        with transaction(engine) as s:
+            actions.approve(s, task_id, actor="U1")
+    resolve = (
+        write.format("one, two") + " && git add calc.py && GIT_EDITOR=true git rebase --continue"
+    )
+    with ScriptedLLM(codex_runs(resolve, "Resolved.")) as llm:
+        make_worker(llm, repo_options=options).work(drain=True)
+        assert llm.remaining == 0, "codex, not the built-in agent, resolved the conflict"
+        asked = json.dumps(llm.requests[0]["input"])
+    assert "conflict" in asked.lower() and "mark add() two" in asked
+    assert task(engine, one).state is State.MERGED
+    resolved = task(engine, two)
+    assert resolved.state is State.AWAITING_APPROVAL, resolved.reason
+    assert "approve again" in (resolved.reason or "")
+    assert "# one, two" in git(project, "show", f"{resolved.branch}:calc.py")
