@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +24,8 @@ from storage.db import transaction
 from storage.lifecycle import State
 from storage.tasks import events
 from tests.conftest import git
-from tests.llm_server import ScriptedLLM, hang, reply, tool_call
-from tests.worker_fixtures import RunWorker, add_task, task
+from tests.llm_server import ScriptedLLM, hang, reply, slow, tool_call
+from tests.worker_fixtures import RunWorker, add_task, task, wait_for
 
 NIGHTCREW = str(Path(sys.executable).parent / "nightcrew")
 FIXED = "def add(a, b):\n    return a + b\n"
@@ -327,3 +328,27 @@ def test_a_rebase_conflict_is_resolved_by_the_tasks_own_agent(
     assert resolved.state is State.AWAITING_APPROVAL, resolved.reason
     assert "approve again" in (resolved.reason or "")
     assert "# one, two" in git(project, "show", f"{resolved.branch}:calc.py")
+
+
+def test_a_nudge_sent_while_aider_runs_reaches_it_in_a_follow_up_run(
+    engine: Engine, make_worker: RunWorker, project: Path, agent_image: str
+) -> None:
+    task_id = add_task(engine, "fix add() in calc.py")
+    options = {"agent": "aider", "image": agent_image, "network": ["model"]}
+    script = [slow(3, aider_writes(FIXED)), aider_writes('"""Sum."""\n' + FIXED)]
+
+    def nudge_once_asked() -> None:
+        wait_for(lambda: len(llm.requests) >= 1)
+        with transaction(engine) as s:
+            actions.nudge(s, task_id, "and document it", actor="U1")
+
+    with ScriptedLLM(script) as llm:
+        nudger = threading.Thread(target=nudge_once_asked)
+        nudger.start()
+        make_worker(llm, repo_options=options).work(drain=True)
+        nudger.join()
+        assert llm.remaining == 0
+        assert "and document it" in user_text(llm.requests[1])
+    done = task(engine, task_id)
+    assert done.state is State.AWAITING_APPROVAL, done.reason
+    assert git(project, "show", f"{done.branch}:calc.py").startswith('"""Sum."""')

@@ -37,7 +37,7 @@ from storage import outbox, spend
 from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import Task
-from storage.tasks import record, take_nudges, transition
+from storage.tasks import nudges, record, take_nudges, transition
 
 STOP_EXTERNAL_AGENT = f"kill -KILL -- -$(cat {EXTERNAL_PID} 2>/dev/null) 2>/dev/null; true"
 
@@ -281,7 +281,20 @@ class TaskJob:
     def run_preset(self, sandbox: Sandbox, feedback: str | None = None) -> str:
         """Run the repo's external agent preset: the task (or, resuming its conversation, only
         the news), then the feedback and any nudges waiting; its reported turns, tokens and
-        cost are charged as they come, and a limit stops it (work so far kept)."""
+        cost are charged as they come, and a limit stops it (work so far kept). Nudges sent
+        while it ran start another run (it cannot read them mid-run)."""
+        summary = self._run_preset_once(sandbox, feedback)
+        for _ in range(MAX_REVISION_ROUNDS):
+            if not self._nudges_waiting():
+                break
+            summary = self._run_preset_once(sandbox, None)
+        return summary
+
+    def _nudges_waiting(self) -> bool:
+        with transaction(self.engine) as s:
+            return bool(nudges(s, self.task_id, pending_only=True))
+
+    def _run_preset_once(self, sandbox: Sandbox, feedback: str | None) -> str:
         preset = PRESETS[self.repo.agent]
         news = [text for text in [feedback, *self._nudges()] if text]
         resume = self.agent_session if preset.resumes else None
