@@ -23,7 +23,10 @@ repos:                          # required: at least one repo
     #   more limits: cpus: 2.0, disk: 10g (the workspace's size), command_timeout_s: 600
     # merge: {policy: merge, delete_branch: true, push: true}   # policy: merge | squash | ff
     # approvers: []             # Slack user ids who may approve besides the requester
-    # network: false            # give the sandbox network access
+    # network: false            # true: open; [model, "pypi.org:443"]: only those, via a proxy
+    # agent: builtin            # or aider | codex | claude-code (`nightcrew image build
+    #                           # --agents ...` for the image) | command (with agent_command)
+    # agent_env: []             # host variables for an external agent only (its API key)
 
 # default_repo: $name           # where tasks go when none is named (needed with several repos)
 # channels:                     # Slack channel id -> repo, for tasks added in that channel
