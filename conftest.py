@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.cli_fixtures",
     "tests.web_fixtures",
     "tests.forge_emulator.fixtures",
+    "tests.agent_fixtures",
 ]

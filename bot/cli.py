@@ -24,6 +24,7 @@ from bot.links import Signer
 from bot.terminal import render
 from executor.config.redact import redact
 from executor.config.schema import (
+    DEFAULT_IMAGE,
     Config,
     ConfigError,
     ConfigWatch,
@@ -689,3 +690,32 @@ def schedule_delete(schedule_id: int = typer.Argument(..., min=1, help="Schedule
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+image_app = typer.Typer(help="Sandbox images.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+def image_build(
+    agents: str = typer.Option(
+        ..., "--agents", help="Comma-separated: aider, codex, claude-code (from PyPI and npm)."
+    ),
+    base: str = typer.Option(DEFAULT_IMAGE, "--base", help="The image to build on."),
+    tag: str | None = typer.Option(None, "--tag", help="Also tag the result so."),
+) -> None:
+    """Build a sandbox image with external agents on top of the registry-free base; prints
+    its tag (reused when nothing changed) for `image:` in nightcrew.yaml."""
+    import docker
+
+    from executor.sandbox.agent_image import build_agents_image, normalise
+    from executor.sandbox.container import SandboxError
+
+    try:
+        chosen = normalise(agents.split(","))
+        out.print(f"building {', '.join(chosen)} on {base} (a first build takes minutes)…")
+        built = build_agents_image(docker.from_env(), chosen, base=base, tag=tag)
+    except (ValueError, SandboxError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    out.print(built)

@@ -110,6 +110,8 @@ class Task(SQLModel, table=True):
     cost_usd: float = 0.0
     cost_nanos: int = Field(default=0, sa_type=BigInteger)
     unpriced_tokens: int = Field(default=0, sa_type=BigInteger)
+    # Connections the sandbox tried outside its `network:` allowlist (shown as a warning).
+    egress_refused: int = 0
     # Git.
     base_commit: str | None = None
     head_commit: str | None = None

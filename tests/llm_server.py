@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
@@ -82,6 +82,168 @@ class ScriptedReply:
         if self.usage is not None:
             body["usage"] = _usage(self.usage)
         h.send_json(200, body)
+
+    def serve_responses(self, h: _Handler, request: dict[str, Any]) -> None:
+        """The same reply in the Responses API's event stream (`POST /v1/responses`, as Codex
+        CLI speaks it): output items, text deltas, `response.completed` with usage."""
+        n = len(h.llm.requests)
+        output: list[dict[str, Any]] = []
+        events: list[tuple[str, dict[str, Any]]] = [
+            ("response.created", {"response": {"id": f"resp_{n}", "status": "in_progress"}})
+        ]
+        if self.content:
+            item_id = f"msg_{n}"
+            events.append(
+                (
+                    "response.output_item.added",
+                    {
+                        "output_index": 0,
+                        "item": {
+                            "type": "message",
+                            "id": item_id,
+                            "role": "assistant",
+                            "status": "in_progress",
+                            "content": [],
+                        },
+                    },
+                )
+            )
+            for piece in _split(self.content, 3):
+                events.append(
+                    (
+                        "response.output_text.delta",
+                        {"item_id": item_id, "output_index": 0, "content_index": 0, "delta": piece},
+                    )
+                )
+            text = {"type": "output_text", "text": self.content, "annotations": []}
+            output.append(
+                {
+                    "type": "message",
+                    "id": item_id,
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [text],
+                }
+            )
+        for i, call in enumerate(self.tool_calls):
+            arguments = call.arguments
+            if not isinstance(arguments, str):
+                arguments = json.dumps(arguments)
+            output.append(
+                {
+                    "type": "function_call",
+                    "id": f"fc_{n}_{i}",
+                    "call_id": call.id or f"call_{n}_{i}",
+                    "name": call.name,
+                    "arguments": arguments,
+                    "status": "completed",
+                }
+            )
+        for index, item in enumerate(output):
+            events.append(("response.output_item.done", {"output_index": index, "item": item}))
+        completed: dict[str, Any] = {"id": f"resp_{n}", "status": "completed", "output": output}
+        if self.usage is not None:
+            prompt, completion = self.usage
+            completed["usage"] = {
+                "input_tokens": prompt,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": completion,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": prompt + completion,
+            }
+        events.append(("response.completed", {"response": completed}))
+        h.send_sse(
+            f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}" for kind, data in events
+        )
+
+    def serve_messages(self, h: _Handler, request: dict[str, Any]) -> None:
+        """The same reply in Anthropic's Messages API (`POST /v1/messages`, as Claude Code
+        speaks it with ANTHROPIC_BASE_URL): text and tool_use blocks, streamed or whole."""
+        n = len(h.llm.requests)
+        blocks: list[dict[str, Any]] = []
+        if self.content:
+            blocks.append({"type": "text", "text": self.content})
+        for i, call in enumerate(self.tool_calls):
+            arguments = call.arguments
+            if isinstance(arguments, str):
+                arguments = json.loads(arguments)
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": call.id or f"toolu_{n}_{i}",
+                    "name": call.name,
+                    "input": arguments,
+                }
+            )
+        prompt, completion = self.usage or (0, 0)
+        stop = "tool_use" if self.tool_calls else "end_turn"
+        message = {
+            "id": f"msg_{n}",
+            "type": "message",
+            "role": "assistant",
+            "model": request.get("model", h.llm.model),
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": {"input_tokens": prompt, "output_tokens": completion},
+        }
+        if not request.get("stream"):
+            h.send_json(200, {**message, "content": blocks})
+            return
+        events: list[tuple[str, dict[str, Any]]] = [
+            (
+                "message_start",
+                {
+                    "message": {
+                        **message,
+                        "content": [],
+                        "stop_reason": None,
+                        "usage": {"input_tokens": prompt, "output_tokens": 1},
+                    }
+                },
+            ),
+        ]
+        for index, block in enumerate(blocks):
+            if block["type"] == "text":
+                events.append(
+                    (
+                        "content_block_start",
+                        {"index": index, "content_block": {"type": "text", "text": ""}},
+                    )
+                )
+                for piece in _split(block["text"], 3):
+                    events.append(
+                        (
+                            "content_block_delta",
+                            {"index": index, "delta": {"type": "text_delta", "text": piece}},
+                        )
+                    )
+            else:
+                start = {**block, "input": {}}
+                events.append(("content_block_start", {"index": index, "content_block": start}))
+                for piece in _split(json.dumps(block["input"]), 3):
+                    events.append(
+                        (
+                            "content_block_delta",
+                            {
+                                "index": index,
+                                "delta": {"type": "input_json_delta", "partial_json": piece},
+                            },
+                        )
+                    )
+            events.append(("content_block_stop", {"index": index}))
+        events.append(
+            (
+                "message_delta",
+                {
+                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": {"output_tokens": completion},
+                },
+            )
+        )
+        events.append(("message_stop", {}))
+        h.send_sse(
+            f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}" for kind, data in events
+        )
 
     def chunks(self, base: dict[str, Any], include_usage: bool) -> list[dict[str, Any] | str]:
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -240,8 +402,19 @@ def stream_error(message: str = "upstream overloaded", *, as_event: bool = False
 
 
 class ScriptedLLM:
-    def __init__(self, script: Iterable[Step] = (), *, model: str = "scripted-model") -> None:
+    def __init__(
+        self,
+        script: Iterable[Step] = (),
+        *,
+        model: str = "scripted-model",
+        background: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
+        """`background`: requests it matches (an agent's side calls, e.g. Claude Code's warm-up
+        and summaries, made concurrently in no fixed order) get a short reply and go to
+        `side_requests`, outside the script."""
         self.model = model
+        self.background = background
+        self.side_requests: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []  # every request body, in order
         self.headers: list[dict[str, str]] = []  # their headers (lower-case names)
         self.received_at: list[float] = []  # their arrival times (time.time())
@@ -286,6 +459,10 @@ class ScriptedLLM:
         self.stop()
 
     def _next(self, body: dict[str, Any], headers: dict[str, str]) -> Step | None:
+        if self.background is not None and self.background(body):
+            with self._lock:
+                self.side_requests.append(body)
+            return ScriptedReply(content="ok", usage=(1, 1))
         with self._lock:
             self.requests.append(body)
             self.headers.append(headers)
@@ -304,7 +481,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+        route = self.path.split("?")[0].rstrip("/")
+        responses = route in ("/v1/responses", "/responses")
+        messages = route in ("/v1/messages", "/messages")
+        if not (responses or messages) and self.path.rstrip("/") not in (
+            "/v1/chat/completions",
+            "/chat/completions",
+        ):
             self.send_json(404, {"error": {"message": f"no route {self.path}"}})
             return
         try:
@@ -320,7 +503,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_json(500, {"error": {"message": message, "type": "script_exhausted"}})
             return
         try:
-            step.serve(self, body)
+            if responses and isinstance(step, ScriptedReply):
+                step.serve_responses(self, body)
+            elif messages and isinstance(step, ScriptedReply):
+                step.serve_messages(self, body)
+            else:
+                step.serve(self, body)
         except OSError:  # the client gave up on us (timeout): nothing to answer
             self.close_connection = True
 

@@ -143,6 +143,13 @@ def card(
         blocks.append(section(f"*Why:* {escape(task.reason)}"))
     if task.pr_url and task.pr_number is not None:
         blocks.append(section(_pr_line(task)))
+    if task.egress_refused:
+        blocks.append(
+            section(
+                f":warning: *{task.egress_refused} connection(s) refused* outside the repo's "
+                "network allowlist: hosts and ports are in the task log"
+            )
+        )
     if task.merge_commit:
         blocks.append(section(f"*Merged* as `{task.merge_commit[:12]}`"))
     elif state is State.AWAITING_APPROVAL and task.approved_commit not in (None, task.head_commit):

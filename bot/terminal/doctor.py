@@ -183,6 +183,32 @@ def check_image(client: docker.DockerClient, image: str) -> Result:
     return Result(f"image {image}", "ok", f"present ({found.short_id}, {size:.0f} MB)")
 
 
+def check_agent(client: docker.DockerClient, image: str, agent: str) -> Result:
+    """A repo's external agent must be in its image: the image's label says so (images from
+    `nightcrew image build`), else its binary is looked for in a throwaway container."""
+    from executor.agents.presets import PRESETS
+    from executor.sandbox.agent_image import agents_in
+
+    name, binary = f"agent {agent} in {image}", PRESETS[agent].binary
+    build = f"`nightcrew image build --agents {agent}` and set image: to the tag it prints"
+    listed = agents_in(client, image)
+    if listed is None:
+        return Result(name, "skip", "the image is missing (see above)")
+    if agent in listed:
+        return Result(name, "ok", "installed (image label)")
+    try:
+        found = client.containers.run(
+            image,
+            ["sh", "-c", f"command -v {binary}"],
+            network_mode="none",
+            remove=True,
+            entrypoint=[],
+        )
+    except DockerException:
+        return Result(name, "fail", f"`{binary}` is not in the image", build)
+    return Result(name, "ok", f"found at {found.decode().strip()}")
+
+
 def provide_image(client: docker.DockerClient, image: str) -> Result:
     """The fix for a missing image: the default one is built (registry-free when we are
     root and have debootstrap), others are pulled."""
@@ -365,6 +391,10 @@ def diagnose(
         if result.failed and provide(image):
             result = provide_image(client, image)
         add(result)
+    external = {(r.image, r.agent) for r in config.repos.values()} if config else set()
+    for image, agent in sorted(external):
+        if agent not in ("builtin", "command") and client is not None:
+            add(check_agent(client, image, agent))
     base_url = env.openai_base_url or (config.base_url if config else None) or DEFAULT_BASE_URL
     add(check_llm(base_url, env.openai_api_key, env.model or (config and config.model)))
     for name, repo in sorted(config.repos.items()) if config else []:

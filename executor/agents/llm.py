@@ -116,7 +116,8 @@ class LLMClient:
         if not base_url.startswith(("http://", "https://")):
             shown = redact(base_url)
             raise ValueError(f"LLM base URL must start with http:// or https:// (got {shown!r})")
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.base_url = base_url.rstrip("/")  # also what `network: [model]` allows
+        self.url = self.base_url + "/chat/completions"
         self.shown = redact(self.url)  # in messages and logs: never a credential in the URL
         self.model = model
         self.stream = stream

@@ -29,6 +29,11 @@ from executor.config import crontime
 log = logging.getLogger(__name__)
 
 DEFAULT_IMAGE = "nightcrew-sandbox:latest"
+# Agents with a preset (executor/agents/presets.py): installable into an image, run headless.
+EXTERNAL_AGENTS = ("aider", "codex", "claude-code")
+AgentKind = Literal["builtin", "aider", "codex", "claude-code", "command"]
+# `network:` list entries: host:port, or `model` (the configured model endpoint).
+_DESTINATION = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})")
 Positive = Annotated[float, Field(gt=0)]
 # Money in config is read as Decimal: 0.1 + 0.2 must be 0.3 when budgets are compared.
 Dollars = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
@@ -189,13 +194,34 @@ class RepoConfig(_Strict):
     merge: Merge = Merge()
     approvers: list[str] = []
     max_concurrent: Annotated[int, Field(gt=0)] | None = None  # tasks of this repo at once
-    network: bool = False  # the sandbox has no network unless the repo opts in
+    # false: no network; true: open; a list of host:port (or `model`): only those, through
+    # nightcrew's allowlisting proxy (executor/sandbox/egress.py).
+    network: bool | tuple[str, ...] = False
     read_only_root: bool = True
-    agent: Literal["builtin", "command"] = "builtin"
+    agent: AgentKind = "builtin"
     agent_command: str | None = None
-    # Host environment variables passed into the sandbox for `agent: command` only (an
-    # external agent's own API key); nothing else from the host ever enters a sandbox.
+    # Host environment variables passed into the sandbox for an external agent only (its own
+    # API key), to its process alone; nothing else from the host ever enters a sandbox.
     agent_env: list[str] = []
+
+    @field_validator("network", mode="before")
+    @classmethod
+    def _network(cls, value: object) -> object:
+        if isinstance(value, bool):
+            return value
+        if not isinstance(value, list | tuple):
+            raise ValueError("must be false, true or a list of host:port (or model)")
+        out = []
+        for item in value:
+            text = str(item).strip().lower()
+            if text != "model":
+                found = _DESTINATION.fullmatch(text)
+                if not found or not 0 < int(found.group(2)) < 65536:
+                    raise ValueError(
+                        f"{item!r} is not host:port (e.g. api.openai.com:443) or model"
+                    )
+            out.append(text)
+        return tuple(out)
 
     @_model_validator(mode="after")
     def _source(self) -> RepoConfig:

@@ -25,7 +25,10 @@ repos:                          # required: at least one repo
     #   or through pull requests (token in GITHUB_TOKEN / GITLAB_TOKEN, on the host only):
     #   merge: {policy: pull_request, forge: github, project: owner/repo, method: squash}
     # approvers: []             # Slack user ids who may approve besides the requester
-    # network: false            # give the sandbox network access
+    # network: false            # true: open; [model, "pypi.org:443"]: only those, via a proxy
+    # agent: builtin            # or aider | codex | claude-code (`nightcrew image build
+    #                           # --agents ...` for the image) | command (with agent_command)
+    # agent_env: []             # host variables for an external agent only (its API key)
 
 # default_repo: $name           # where tasks go when none is named (needed with several repos)
 # channels:                     # Slack channel id -> repo, for tasks added in that channel

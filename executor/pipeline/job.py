@@ -16,10 +16,11 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from executor.agents.external import PID as EXTERNAL_PID
-from executor.agents.external import run_command_agent
+from executor.agents.external import run_command_agent, run_external
 from executor.agents.llm import LLMClient
 from executor.agents.llm_reply import Usage
 from executor.agents.loop import Agent, Cancelled, Finished, NeedsHuman, Turn, render
+from executor.agents.presets import PRESETS, Launch, Used
 from executor.agents.tools import describe
 from executor.config.defaults import (
     CARD_REFRESH_S,
@@ -41,7 +42,7 @@ from storage import outbox, spend
 from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import Task
-from storage.tasks import record, take_nudges, transition
+from storage.tasks import nudges, record, take_nudges, transition
 
 STOP_EXTERNAL_AGENT = f"kill -KILL -- -$(cat {EXTERNAL_PID} 2>/dev/null) 2>/dev/null; true"
 
@@ -69,6 +70,8 @@ class TaskJob:
     checkpointed: Collected | None = None  # the branch as the pipeline last checked it
     # Set when a charge finds a daily budget reached; the agent stops before its next call.
     over_budget: str | None = None
+    # An external agent's conversation (codex, claude-code): later runs resume it.
+    agent_session: str | None = None
 
     @property
     def task_id(self) -> int:
@@ -220,13 +223,14 @@ class TaskJob:
         if not self.repo.checks:
             return []
         assert self.task.branch is not None
-        spec = replace(SandboxSpec.of(self.repo), env=tuple(SANDBOX_ENV.items()))
+        spec = replace(SandboxSpec.of(self.repo, self.llm.base_url), env=tuple(SANDBOX_ENV.items()))
         room = self.sandboxes.take(spec)
         try:
             workspace.checkout_commit(self.canonical, self.task.branch, head, into=room.workspace)
             prepare_workspace(room.workspace)  # the clone is the sandbox user's now
             self.watch.attach(room)
             checks = self._setup_then_checks(room)
+            self.note_egress(room)
             self.watch.check()  # a cancel or shutdown kills the checks: not their verdict
         finally:
             self.watch.attach(then)
@@ -260,11 +264,14 @@ class TaskJob:
     def _agent_runner(self, ws: Workspace, sandbox: Sandbox) -> Callable[[str | None], str]:
         """Runs (or continues) the agent with optional feedback; returns its summary or
         raises NeedsHuman / Cancelled."""
+        if self.repo.agent in PRESETS:
+            return lambda feedback: self.run_preset(sandbox, feedback)
         if self.repo.agent == "command":
             assert self.repo.agent_command is not None
             command = self.repo.agent_command
 
             def run_command(feedback: str | None) -> str:
+                feedback = "\n\n".join(filter(None, [feedback, *self._nudges()])) or None
                 prompt = f"{self.task.prompt}\n\n{feedback}" if feedback else None
                 return run_command_agent(
                     sandbox,
@@ -289,6 +296,149 @@ class TaskJob:
             raise AssertionError("the agent loop only ends by raising")
 
         return run_builtin
+
+    def run_preset(self, sandbox: Sandbox, feedback: str | None = None) -> str:
+        """Run the repo's external agent preset: the task (or, resuming its conversation, only
+        the news), then the feedback and any nudges waiting; its reported turns, tokens and
+        cost are charged as they come, and a limit stops it (work so far kept). Nudges sent
+        while it ran start another run (it cannot read them mid-run)."""
+        summary = self._run_preset_once(sandbox, feedback)
+        for _ in range(MAX_REVISION_ROUNDS):
+            if not self._nudges_waiting():
+                break
+            summary = self._run_preset_once(sandbox, None)
+        return summary
+
+    def _nudges_waiting(self) -> bool:
+        with transaction(self.engine) as s:
+            return bool(nudges(s, self.task_id, pending_only=True))
+
+    def _run_preset_once(self, sandbox: Sandbox, feedback: str | None) -> str:
+        preset = PRESETS[self.repo.agent]
+        news = [text for text in [feedback, *self._nudges()] if text]
+        resume = self.agent_session if preset.resumes else None
+        if resume and news:
+            prompt = "\n\n".join(news)
+        else:
+            prompt = render(
+                "task",
+                task_id=self.task_id,
+                repo=self.task.repo,
+                branch=self.task.branch,
+                prompt=self.task.prompt,
+            )
+            prompt = "\n\n".join([prompt, *news])
+        launch = Launch(model=self.llm.model, model_url=self.llm.base_url, session=resume)
+        command = preset.build(launch)
+        totals = {"turns": 0, "tokens": 0}
+        limits = self.repo.limits
+
+        def on_line(line: str) -> None:
+            used = preset.parse(line)
+            if used is None:
+                return
+            if used.session:
+                self.agent_session = used.session
+            if not (used.turns or used.tokens_in or used.tokens_out):
+                return
+            current = self._charge_external(used)
+            totals["turns"] += used.turns
+            totals["tokens"] += used.tokens_in + used.tokens_out
+            if limits.max_turns <= totals["turns"]:
+                raise NeedsHuman(f"turn limit reached ({limits.max_turns} turns)")
+            if limits.max_tokens <= totals["tokens"]:
+                raise NeedsHuman(
+                    f"token limit reached ({totals['tokens']:,} of {limits.max_tokens:,})"
+                )
+            cost = current.cost_nanos / NANOS_PER_USD
+            if cost >= limits.max_cost_usd:
+                raise NeedsHuman(f"cost limit reached (${cost:.2f} of ${limits.max_cost_usd:.2f})")
+            if self.over_budget is not None:
+                raise NeedsHuman(self.over_budget)
+
+        try:
+            return run_external(
+                sandbox,
+                command,
+                self.task,
+                limits,
+                self.watch.check,
+                self._record_for,
+                shown=f"{preset.name}: {command}",
+                prompt=prompt,
+                env=preset.env(launch),
+                on_line=on_line,
+            )
+        finally:
+            self.note_egress(sandbox)
+
+    def resolve_conflicts(self, ws: Workspace, sandbox: Sandbox, instruction: str) -> None:
+        """Have the task's own agent finish a rebase that stopped on conflicts; raises
+        NeedsHuman when it cannot."""
+        if self.repo.agent in PRESETS:
+            self.run_preset(sandbox, instruction)
+            return
+        if self.repo.agent == "command":
+            assert self.repo.agent_command is not None
+            run_command_agent(
+                sandbox,
+                self.repo.agent_command,
+                self.task,
+                self.repo.limits,
+                self.watch.check,
+                self._record_for,
+                f"{self.task.prompt}\n\n{instruction}",
+            )
+            return
+        with contextlib.suppress(Finished):
+            self.agent(ws, sandbox, instruction=instruction).run()
+
+    def _nudges(self) -> list[str]:
+        """The nudges waiting for this task, taken (they reach the agent's next run)."""
+        with transaction(self.engine) as s:
+            pending = take_nudges(s, self.task_id)
+            return [render("nudge", author=n.author, text=n.text) for n in pending]
+
+    def _charge_external(self, used: Used) -> Task:
+        """Charge what an external agent said it used: its own cost when it reports one, else
+        the price table's."""
+        model, books = self.llm.model, self.books
+        usage = Usage(prompt_tokens=used.tokens_in, completion_tokens=used.tokens_out)
+        if used.cost_usd is not None:
+            nanos: int | None = int(used.cost_usd * NANOS_PER_USD)
+        else:
+            nanos = cost_nanos(price_of(model, books.prices), usage)
+        with transaction(self.engine) as s:
+            current = spend.charge(
+                s,
+                self.task_id,
+                model=f"{self.repo.agent}:{model}",
+                tokens_in=used.tokens_in,
+                tokens_out=used.tokens_out,
+                cost_nanos=nanos,
+                at=books.clock(),
+            )
+            current.turns += used.turns
+            record(
+                s,
+                self.task_id,
+                "turn",
+                {
+                    "agent": self.repo.agent,
+                    "turns": used.turns,
+                    "tokens_in": used.tokens_in,
+                    "tokens_out": used.tokens_out,
+                    "cost_usd": str(used.cost_usd) if used.cost_usd is not None else None,
+                },
+            )
+            metrics.TOKENS.labels("prompt").inc(used.tokens_in)
+            metrics.TOKENS.labels("completion").inc(used.tokens_out)
+            metrics.COST.inc((nanos or 0) / NANOS_PER_USD)
+            if books.budgets.any:
+                _, budgets = books.today(s)
+                self.over_budget = crossed(budgets, current.repo)
+            outbox.refresh_card(s, current, every_s=CARD_REFRESH_S)
+            return current
 
     def agent(self, ws: Workspace, sandbox: Sandbox, *, instruction: str | None = None) -> Agent:
         task = self.task
@@ -340,7 +490,7 @@ class TaskJob:
         """A fresh sandbox (a warm one when ready) with a new clone of the task's branch in
         its own workspace folder."""
         assert self.task.branch is not None
-        sandbox = self.sandboxes.take(SandboxSpec.of(self.repo))
+        sandbox = self.sandboxes.take(SandboxSpec.of(self.repo, self.llm.base_url))
         try:
             ws = workspace.prepare(
                 self.home,
@@ -371,6 +521,7 @@ class TaskJob:
     def checkpoint(self, ws: Workspace, sandbox: Sandbox) -> Collected:
         """Bring the work so far into the canonical repo, with the sandbox frozen so nothing
         in it races the copy."""
+        self.note_egress(sandbox)
         workspace.commit_leftovers(exec_in(sandbox), ws, "nightcrew: work in progress")
         sandbox.container.pause()
         try:
@@ -388,6 +539,7 @@ class TaskJob:
         sandbox.exec(STOP_EXTERNAL_AGENT)  # one still running after its time limit
         workspace.commit_leftovers(exec_in(sandbox), ws, f"nightcrew: work on task {self.task_id}")
         sandbox.remove()
+        self.note_egress(sandbox)
         return workspace.collect(ws)
 
     # --- records -------------------------------------------------------------------------
@@ -409,6 +561,20 @@ class TaskJob:
 
     def _record_for(self, task_id: int, kind: str, payload: dict[str, Any]) -> None:
         self.record(kind, payload)
+
+    def note_egress(self, sandbox: Sandbox | None) -> None:
+        """Log the connections the sandbox's allowlist refused since the last look (one
+        `egress_refused` event per host:port, with its count) and count them on the card."""
+        refused = sandbox.egress.take_refusals() if sandbox and sandbox.egress else []
+        if not refused:
+            return
+        with transaction(self.engine) as s:
+            for item in refused:
+                record(s, self.task_id, "egress_refused", item)
+            current = s.get(Task, self.task_id)
+            if current is not None:
+                current.egress_refused += sum(int(str(i["count"])) for i in refused)
+                outbox.refresh_card(s, current, every_s=0)
 
     def account(self, usage: Usage | None) -> None:
         if usage is not None:

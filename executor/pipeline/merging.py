@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from executor.agents.loop import Finished, NeedsHuman, render
+from executor.agents.loop import NeedsHuman, render
 from executor.agents.tools import describe
 from executor.git import merge, workspace
 from executor.pipeline import pull_request, stages
@@ -162,9 +162,7 @@ def _rebase(job: TaskJob, base_tip: str) -> tuple[Outcome, dict[str, Any]] | Non
                 "rebase_conflict", base=repo.base_branch, output=rebase.output[-3000:]
             )
             try:
-                job.agent(ws, sandbox, instruction=conflict).run()
-            except Finished:
-                pass
+                job.resolve_conflicts(ws, sandbox, conflict)  # the task's own agent
             except NeedsHuman as stop:
                 return park(f"resolving rebase conflicts: {stop}"), {}
         collected = job.checkpoint(ws, sandbox)

@@ -60,7 +60,7 @@ def run_executor(
         demand=lambda: _waiting(engine),
     )
     try:
-        sandboxes.fill({SandboxSpec.of(repo) for repo in config.repos.values()})
+        sandboxes.fill({SandboxSpec.of(repo, llm.base_url) for repo in config.repos.values()})
         workers = [
             Worker(
                 engine=engine,

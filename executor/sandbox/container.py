@@ -38,6 +38,7 @@ from executor.config.schema import DEFAULT_IMAGE, Limits
 from executor.git import quota
 from executor.git.workspace import WorkspaceError
 from executor.git.workspace import remove as remove_workspace
+from executor.sandbox.egress import EgressError, EgressProxy, proxy_env
 from executor.sandbox.execution import COUNTERS, NO_COUNTS, WRAPPER, CappedOutput, parse_counters
 
 WORKSPACE = "/workspace"
@@ -99,6 +100,9 @@ class Sandbox:
     agent_session: int | None = None
     disk_limited: bool = False  # the workspace is a filesystem of limits.disk bytes
     disk_full: bool = False  # the quota was hit: later commands are the host's hand-back
+    # With an allowlist (`network: [...]`): the proxy whose socket is the sandbox's only way
+    # out (executor/sandbox/egress.py); placed again after every (re)start.
+    egress: EgressProxy | None = None
 
     @classmethod
     def start(
@@ -116,6 +120,7 @@ class Sandbox:
         agent_env: Mapping[str, str] | None = None,
         own_workspace: bool = False,
         background: bool = False,
+        egress: tuple[str, ...] | None = None,
     ) -> Sandbox:
         """Create and start the task's container; `SandboxError` if the engine refuses.
 
@@ -130,7 +135,8 @@ class Sandbox:
         folder first, then calls prepare_workspace().
 
         `env` is the container's environment (every command sees it); `agent_env` only what
-        `spawn` starts."""
+        `spawn` starts. `egress` (host:port pairs): no network but the allowlisting proxy,
+        which every command is pointed at (`network` is then ignored)."""
         limits = limits or Limits()
         workspace = workspace.resolve()
         if own_workspace:
@@ -151,8 +157,11 @@ class Sandbox:
             "GIT_CONFIG_COUNT": "1",
             "GIT_CONFIG_KEY_0": "safe.directory",
             "GIT_CONFIG_VALUE_0": "*",
+            **(proxy_env() if egress is not None else {}),
             **(env or {}),
         }
+        if egress is not None:
+            network = False
         try:
             container = client.containers.create(
                 image,
@@ -199,6 +208,7 @@ class Sandbox:
         sandbox = cls(client, container, limits, f"{uid}:{gid}", workspace)
         sandbox.agent_env = dict(agent_env or {})
         sandbox.disk_limited = limited
+        sandbox.egress = EgressProxy(egress) if egress is not None else None
         if not background:
             sandbox._start()
             if sandbox._start_error is not None and own_workspace:
@@ -212,10 +222,25 @@ class Sandbox:
     def _start(self) -> None:
         try:
             self.container.start()
-        except APIError as exc:
+            self._place_egress()
+        except (APIError, SandboxError) as exc:
             with contextlib.suppress(APIError):
                 self.container.remove(force=True)
-            self._start_error = SandboxError(f"cannot start the sandbox: {exc.explanation or exc}")
+            detail = exc.explanation or exc if isinstance(exc, APIError) else exc
+            self._start_error = SandboxError(f"cannot start the sandbox: {detail}")
+
+    def _place_egress(self) -> None:
+        """Put the allowlisting proxy's socket into the (new) network namespace."""
+        if self.egress is None:
+            return
+        self.container.reload()
+        pid = int(self.container.attrs.get("State", {}).get("Pid") or 0)
+        try:
+            if pid <= 0:
+                raise EgressError("the container has no process")
+            self.egress.attach(pid)
+        except EgressError as exc:
+            raise SandboxError(str(exc)) from exc
 
     def started(self) -> None:
         """Wait for a start under way; `SandboxError` if it failed."""
@@ -274,10 +299,11 @@ class Sandbox:
         self._check_disk()
         return ExecResult(code, output.text(), timed_out, duration, "; ".join(reasons) or None)
 
-    def spawn(self, command: str) -> ExecResult:
-        """Start `command` detached, with `agent_env`, in a session of its own that survives
-        the commands after it until `release_session()` (for an external agent polled by
-        later commands). Host-written commands only: it is the one way past the cleanup."""
+    def spawn(self, command: str, env: Mapping[str, str] | None = None) -> ExecResult:
+        """Start `command` detached, with `agent_env` (over `env`, a preset's defaults), in a
+        session of its own that survives the commands after it until `release_session()`
+        (for an external agent polled by later commands). Host-written commands only: it is
+        the one way past the cleanup."""
         launch = (
             f"setsid sh -c {shlex.quote(command)} </dev/null >/dev/null 2>&1 & p=$!; "
             # Wait until it leads its own session (or is gone), and say which session.
@@ -285,7 +311,7 @@ class Sandbox:
             'set -- ${l##*) }; [ "$4" = "$p" ] && { echo "session $p"; break; }; '
             "sleep 0.01; done"
         )
-        result = self.exec(launch, _survivors="none", _env=self.agent_env)
+        result = self.exec(launch, _survivors="none", _env={**(env or {}), **self.agent_env})
         found = re.search(r"^session (\d+)$", result.output, re.MULTILINE)
         self.agent_session = int(found.group(1)) if found else None
         return result
@@ -321,6 +347,8 @@ class Sandbox:
             self._starting.join()  # a start racing the removal could leave it running
         with contextlib.suppress(NotFound):
             self.container.remove(force=True)
+        if self.egress is not None:
+            self.egress.close()
 
     def __enter__(self) -> Sandbox:
         return self
@@ -342,6 +370,8 @@ class Sandbox:
                 raise
             self.container.start()
             self._seen = dict(NO_COUNTS)
+            with contextlib.suppress(SandboxError):  # without it the sandbox is just offline
+                self._place_egress()
             return self._exec_id(argv, workdir, env)
 
     def _exec_id(
@@ -411,8 +441,9 @@ class Sandbox:
             time.sleep(0.02)
 
     def _restart(self) -> None:
-        with contextlib.suppress(APIError):  # killed or removed meanwhile: the stream ends
+        with contextlib.suppress(APIError, SandboxError):  # killed or removed meanwhile
             self.container.restart(timeout=0)
+            self._place_egress()
         self._seen = dict(NO_COUNTS)
 
     def _unavailable(self, exc: APIError, duration: float) -> ExecResult:

@@ -31,6 +31,7 @@ from executor.config.schema import Limits, RepoConfig
 from executor.git.workspace import WorkspaceError, private_dir
 from executor.git.workspace import remove as remove_workspace
 from executor.sandbox.container import Sandbox
+from executor.sandbox.egress import allowlist
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +56,23 @@ class SandboxSpec:
     read_only_root: bool
     env: tuple[tuple[str, str], ...]  # the container's: every command sees it
     agent_env: tuple[tuple[str, str], ...] = ()  # the external agent's process only
+    egress: tuple[str, ...] | None = None  # host:port allowed through the proxy, if a list
 
     @classmethod
-    def of(cls, repo: RepoConfig) -> SandboxSpec:
+    def of(cls, repo: RepoConfig, model_url: str | None = None) -> SandboxSpec:
+        """`model_url`: the model endpoint that `network: [model]` stands for."""
         agent_env = {}
-        if repo.agent == "command":  # an external agent brings its own model access
+        if repo.agent != "builtin":  # an external agent brings its own model access
             agent_env = {name: os.environ[name] for name in repo.agent_env if name in os.environ}
+        listed = not isinstance(repo.network, bool)
         return cls(
             repo.image,
             repo.limits,
-            repo.network,
+            repo.network is True,
             repo.read_only_root,
             tuple(SANDBOX_ENV.items()),
             tuple(agent_env.items()),
+            allowlist(repo.network, model_url) if listed else None,  # type: ignore[arg-type]
         )
 
 
@@ -194,6 +199,7 @@ class WarmPool:
             read_only_root=spec.read_only_root,
             env=dict(spec.env),
             agent_env=dict(spec.agent_env),
+            egress=spec.egress,
         )
 
 
