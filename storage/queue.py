@@ -13,7 +13,8 @@ from sqlmodel import Session, col, select
 from storage.defaults import HEARTBEAT_TIMEOUT_S, MAX_ATTEMPTS
 from storage.errors import Conflict
 from storage.lifecycle import WORKING, State, check_transition
-from storage.models import Task, utcnow
+from storage.models import Plan, Task, utcnow
+from storage.plans import exclusive_running, unmerged_prerequisite
 from storage.tasks import notify, record, transition
 
 
@@ -29,12 +30,24 @@ def claim_next(
     `exclude_repos` skips repos at their concurrency cap; `hold_repos` keeps those repos'
     queued tasks waiting (a budget) but lets their approved merges through.
 
+    Dependencies (storage/plans.py): a task starts, and an approved merge goes ahead, only
+    once every prerequisite is merged (approving a dependent early queues its merge); a plan's
+    task never starts beside a task of its plan that shares its paths and holds a worker.
+
     One statement: on SQLite the write lock (BEGIN IMMEDIATE) serialises claimers; on
-    PostgreSQL `FOR UPDATE SKIP LOCKED` lets claimers pass each other's locked rows."""
+    PostgreSQL `FOR UPDATE SKIP LOCKED` lets claimers pass each other's locked rows, and a
+    plan's claims take turns on the plan's row (`_plan_turn`)."""
     check_transition(State.QUEUED, State.PREPARING)
     now = utcnow()
-    waiting_merge = and_(col(Task.state) == State.MERGING, col(Task.worker_id).is_(None))
-    startable = and_(col(Task.state) == State.QUEUED, col(Task.repo).not_in(list(hold_repos)))
+    waiting_merge = and_(
+        col(Task.state) == State.MERGING, col(Task.worker_id).is_(None), ~unmerged_prerequisite()
+    )
+    startable = and_(
+        col(Task.state) == State.QUEUED,
+        col(Task.repo).not_in(list(hold_repos)),
+        ~unmerged_prerequisite(),
+        ~exclusive_running(),
+    )
     claimable = or_(startable, waiting_merge)
     pick = (
         select(Task.id)
@@ -59,7 +72,14 @@ def claim_next(
         )
         .returning(Task)
     )
+    postgres = session.get_bind().dialect.name == "postgresql"
+    turn = session.begin_nested() if postgres else None
     task = session.execute(stmt, execution_options={"populate_existing": True}).scalar()
+    if turn is not None:
+        if task is not None and not _plan_turn(session, task):
+            turn.rollback()
+            return None  # a task of its plan sharing its paths started meanwhile: next poll
+        turn.commit()
     if task is None:
         return None
     assert task.id is not None
@@ -70,6 +90,17 @@ def claim_next(
     record(session, task.id, "state", payload)
     notify(session, task, "state", payload)
     return task
+
+
+def _plan_turn(session: Session, task: Task) -> bool:
+    """PostgreSQL: claimers of one plan's tasks take turns on the plan's row, then look again
+    (a new statement sees what the claimer before them committed), so two tasks that share
+    paths cannot both start because each read the other as queued. Plain tasks skip this."""
+    if task.plan_id is None or task.state is State.MERGING:
+        return True
+    session.execute(select(Plan.id).where(col(Plan.id) == task.plan_id).with_for_update())
+    clash = select(Task.id).where(col(Task.id) == task.id, exclusive_running())
+    return session.execute(clash).first() is None
 
 
 def show_waiting(session: Session, reasons: Mapping[str, str], *, marker: str) -> int:

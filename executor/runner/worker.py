@@ -39,6 +39,7 @@ from storage.defaults import HEARTBEAT_TIMEOUT_S, MAX_ATTEMPTS
 from storage.errors import Conflict
 from storage.lifecycle import CLOSED, WORKING, State
 from storage.models import Task, utcnow
+from storage.plans import settle
 from storage.queue import claim_next, reap_stale, release, show_waiting
 from storage.tasks import transition
 
@@ -135,6 +136,9 @@ class Worker:
             self.config = self.reload()
         capped = {n: r.max_concurrent for n, r in self.config.repos.items() if r.max_concurrent}
         with transaction(self.engine) as s:
+            # Waiting tasks whose prerequisites merged are queued (or parked, if one failed)
+            # in the claim's own transaction: a crash in between loses and repeats nothing.
+            settle(s)
             full: list[str] = []
             if capped:
                 busy = s.exec(
