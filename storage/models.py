@@ -122,7 +122,8 @@ class Task(SQLModel, table=True):
     landing_commit: str | None = None
     # Plans (storage/plans.py): the plan the task belongs to, and the paths it may touch
     # (glob patterns; None = the repo's own allowed paths). Enforced by the scope check.
-    plan_id: int | None = Field(default=None, foreign_key="plan.id", index=True)
+    # No foreign key: SQLite adds one to an existing table only by rebuilding it (0010).
+    plan_id: int | None = Field(default=None, index=True)
     allowed_paths: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 

@@ -37,11 +37,11 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
-    with op.batch_alter_table("task") as batch:
-        batch.add_column(sa.Column("plan_id", sa.Integer(), nullable=True))
-        batch.add_column(sa.Column("allowed_paths", sa.JSON(), nullable=True))
-        batch.create_foreign_key("fk_task_plan_id", "plan", ["plan_id"], ["id"])
-        batch.create_index("ix_task_plan_id", ["plan_id"])
+    # Plain ADD COLUMN, no foreign key: SQLite adds one only by rebuilding `task`, which it
+    # cannot drop while other rows point at it. Plans are never deleted, so nothing dangles.
+    op.add_column("task", sa.Column("plan_id", sa.Integer(), nullable=True))
+    op.add_column("task", sa.Column("allowed_paths", sa.JSON(), nullable=True))
+    op.create_index("ix_task_plan_id", "task", ["plan_id"])
     op.create_table(
         "task_dependency",
         sa.Column("task_id", sa.Integer(), sa.ForeignKey("task.id"), nullable=False),
@@ -61,9 +61,8 @@ def downgrade() -> None:
     op.drop_table("task_exclusion")
     op.drop_index("ix_task_dependency_prerequisite_id", table_name="task_dependency")
     op.drop_table("task_dependency")
+    op.drop_index("ix_task_plan_id", table_name="task")
     with op.batch_alter_table("task") as batch:
-        batch.drop_index("ix_task_plan_id")
-        batch.drop_constraint("fk_task_plan_id", type_="foreignkey")
         batch.drop_column("allowed_paths")
         batch.drop_column("plan_id")
     op.drop_table("plan")
