@@ -116,6 +116,7 @@ class Sandbox:
         agent_env: Mapping[str, str] | None = None,
         own_workspace: bool = False,
         background: bool = False,
+        read_only_workspace: bool = False,
     ) -> Sandbox:
         """Create and start the task's container; `SandboxError` if the engine refuses.
 
@@ -130,7 +131,8 @@ class Sandbox:
         folder first, then calls prepare_workspace().
 
         `env` is the container's environment (every command sees it); `agent_env` only what
-        `spawn` starts."""
+        `spawn` starts. `read_only_workspace` mounts the workspace read-only (the planner:
+        it looks, it never writes)."""
         limits = limits or Limits()
         workspace = workspace.resolve()
         if own_workspace:
@@ -168,7 +170,12 @@ class Sandbox:
                 user=f"{keepalive}:{keepalive}",
                 environment=environment,
                 working_dir=WORKSPACE,
-                volumes={str(workspace): {"bind": WORKSPACE, "mode": "rw"}},
+                volumes={
+                    str(workspace): {
+                        "bind": WORKSPACE,
+                        "mode": "ro" if read_only_workspace else "rw",
+                    }
+                },
                 init=True,  # docker-init as PID 1 reaps the zombies of detached processes
                 network_mode="bridge" if network else "none",
                 cap_drop=["ALL"],
