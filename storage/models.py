@@ -128,9 +128,11 @@ class Task(SQLModel, table=True):
 
 
 class Plan(SQLModel, table=True):
-    """A spec cut into small tasks by the planner. `proposed`: shown for a decision, its
-    tasks in `proposal` (validated planner output, edited by people); `queued`: its tasks
-    exist (made in one transaction with the status change); `discarded`."""
+    """A spec cut into small tasks by the planner. `requested`: an executor should plan it
+    (`planning` while one does: `worker_id`, `updated_at` its claim); `proposed`: shown for
+    a decision, its tasks in `proposal` (validated planner output); `failed`: the planner's
+    answer was unusable (`error`); `queued`: its tasks exist (made in one transaction with the
+    status change); `discarded`."""
 
     id: int | None = Field(default=None, primary_key=True)
     repo: str
@@ -145,6 +147,8 @@ class Plan(SQLModel, table=True):
     channel: str | None = None
     thread_ts: str | None = None  # the plan card's ts in Slack
     error: str | None = Field(default=None, sa_type=Text)  # why the planner's answer failed
+    feedback: str | None = Field(default=None, sa_type=Text)  # a re-plan's request
+    worker_id: str | None = None
     created_at: datetime = _ts(nullable=False)
     updated_at: datetime = _ts(nullable=False)
 

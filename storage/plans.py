@@ -11,6 +11,7 @@ prerequisites itself, so a crash between any two steps cannot start a task early
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from datetime import timedelta
 
 from sqlalchemy import ColumnElement, and_, delete, exists, insert, select, update
 from sqlalchemy.orm import aliased
@@ -19,7 +20,7 @@ from sqlmodel import Session, col
 from storage.defaults import MAX_PREREQUISITES
 from storage.errors import Conflict, StorageError
 from storage.lifecycle import WORKING, State
-from storage.models import Plan, Task, TaskDependency, TaskExclusion, utcnow
+from storage.models import Outbox, Plan, Task, TaskDependency, TaskExclusion, utcnow
 from storage.plan_draft import PlanDraft, find_cycle, paths_overlap
 from storage.tasks import create_task, record, transition
 
@@ -266,10 +267,12 @@ def queue_plan(session: Session, plan_id: int, *, actor: str) -> list[Task]:
     draft = draft_of(plan)
     tasks: list[Task] = []
     for number, item in enumerate(draft.tasks, 1):
+        paths = ", ".join(item.allowed_paths)
         task = create_task(
             session,
             repo=plan.repo,
-            prompt=item.prompt,
+            # The agent is told its boundary; the scope check enforces it either way.
+            prompt=f"{item.prompt}\n\n(Task {number} of plan {plan_id}; change only: {paths})",
             requester=plan.requester,
             source="plan",
             channel=plan.channel,
@@ -325,3 +328,115 @@ def exclusive_running() -> ColumnElement[bool]:
         .join(other, col(other.id) == col(TaskExclusion.other_id))
         .where(col(TaskExclusion.task_id) == col(Task.id), col(other.state).in_(list(WORKING)))
     )
+
+
+# --- planning requests (Slack asks; an executor plans) ------------------------------------
+
+
+def request_plan(
+    session: Session,
+    *,
+    repo: str,
+    spec: str,
+    requester: str,
+    source: str = "slack",
+    channel: str | None = None,
+) -> Plan:
+    """A plan for an executor to make (the bot runs no sandbox). Its card is posted at once,
+    saying it is being planned."""
+    now = utcnow()
+    plan = Plan(
+        repo=repo,
+        spec=spec,
+        status="requested",
+        requester=requester,
+        source=source,
+        channel=channel,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(plan)
+    session.flush()
+    refresh_card(session, plan)
+    return plan
+
+
+def refresh_card(session: Session, plan: Plan) -> None:
+    """Ask the notifier to show the plan's card as it is now (pending rows coalesce)."""
+    if plan.channel:
+        session.add(Outbox(kind="plan", payload={"plan_id": plan.id}))
+
+
+def claim_planning(session: Session, worker_id: str, *, stale_s: float) -> Plan | None:
+    """Take a requested plan, or one whose planner stopped (`stale_s` without finishing:
+    planning writes nothing but the answer, so doing it again is safe)."""
+    cutoff = utcnow() - timedelta(seconds=stale_s)
+    due = (col(Plan.status) == "requested") | and_(
+        col(Plan.status) == "planning", col(Plan.updated_at) < cutoff
+    )
+    pick = (
+        select(Plan.id)
+        .where(due)
+        .order_by(col(Plan.id))
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    stmt = (
+        update(Plan)
+        .where(col(Plan.id) == pick, due)
+        .values(status="planning", worker_id=worker_id, updated_at=utcnow())
+        .returning(Plan)
+    )
+    return session.execute(stmt, execution_options={"populate_existing": True}).scalar()
+
+
+def finish_planning(
+    session: Session,
+    plan_id: int,
+    worker_id: str,
+    *,
+    draft: PlanDraft | None,
+    error: str | None = None,
+) -> bool:
+    """Record the planner's plan (proposed) or why it had none (failed), if this worker still
+    holds the plan; False if another took it over meanwhile."""
+    values: dict[str, object] = {"worker_id": None, "updated_at": utcnow(), "feedback": None}
+    if draft is not None:
+        values |= {
+            "status": "proposed",
+            "title": draft.title,
+            "proposal": [t.model_dump(mode="json") for t in draft.tasks],
+            "error": None,
+        }
+    else:
+        values |= {"status": "failed", "error": error}
+    stmt = (
+        update(Plan)
+        .where(
+            col(Plan.id) == plan_id,
+            col(Plan.status) == "planning",
+            col(Plan.worker_id) == worker_id,
+        )
+        .values(**values)
+        .returning(Plan)
+    )
+    plan = session.execute(stmt, execution_options={"populate_existing": True}).scalar()
+    if plan is not None:
+        refresh_card(session, plan)
+    return plan is not None
+
+
+def replan(session: Session, plan_id: int, feedback: str) -> Plan:
+    """Plan again with a person's feedback (a reply on the plan's card)."""
+    plan = get_plan(session, plan_id)
+    stmt = (
+        update(Plan)
+        .where(col(Plan.id) == plan_id, col(Plan.status).in_(["proposed", "failed"]))
+        .values(status="requested", feedback=feedback, updated_at=utcnow())
+    )
+    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+        raise Conflict(f"plan {plan_id} is {plan.status}; only a proposed plan can be re-planned")
+    plan = get_plan(session, plan_id)
+    refresh_card(session, plan)
+    return plan

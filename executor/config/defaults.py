@@ -45,3 +45,7 @@ PLANNER_MAX_TURNS = 12
 # How many answers that fail validation (bad JSON, a cycle, too many tasks) the planner gets
 # told about before its answer counts as unusable.
 PLANNER_MAX_BAD_ANSWERS = 3
+
+# A plan whose planner has not answered in this long is planned again by another worker (its
+# executor died): planning writes nothing but its answer, so a second run is harmless.
+PLANNER_STALE_S = 15 * 60

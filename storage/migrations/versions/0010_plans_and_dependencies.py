@@ -33,6 +33,8 @@ def upgrade() -> None:
         sa.Column("channel", sa.String(), nullable=True),
         sa.Column("thread_ts", sa.String(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("feedback", sa.Text(), nullable=True),
+        sa.Column("worker_id", sa.String(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
