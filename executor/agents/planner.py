@@ -160,7 +160,7 @@ def _validate(answer: Any) -> tuple[PlanDraft | None, str]:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "the plan"
         more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-        return None, f"{where}: {first['msg']}{more}"
+        return None, f"{where}: {first['msg'].removeprefix('Value error, ')}{more}"
 
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
