@@ -28,6 +28,8 @@ from storage.tasks import create_task, record, transition
 DEAD: frozenset[State] = frozenset({State.FAILED, State.CANCELLED, State.REJECTED})
 
 _Prereq = aliased(Task, name="prereq")
+# In a parked dependent's reason; front ends offer the "Run anyway" choice on seeing it.
+RUN_ANYWAY_HINT = "run it anyway"
 
 
 class BadDependency(StorageError):
@@ -172,7 +174,7 @@ def settle(session: Session) -> int:
     for tid, state in list(session.execute(stuck).all()):
         dead = [p for p in prerequisites(session, tid) if State(p.state) in DEAD]
         why = "; ".join(f"prerequisite #{p.id} {p.state}" for p in dead)
-        reason = f"{why}: run it anyway on the current base, or cancel it"
+        reason = f"{why}: {RUN_ANYWAY_HINT} on the current base, or cancel it"
         moved += _move(session, tid, State.NEEDS_INPUT, reason, State(state))
     requeued = select(Task.id).where(col(Task.state) == State.QUEUED, unmerged_prerequisite())
     for tid in list(session.execute(requeued).scalars()):

@@ -12,6 +12,7 @@ from executor.costs.budget import ALL, WAITING, Budget, Day
 from executor.costs.pricing import cost_text, usd
 from storage.lifecycle import CLOSED, WORKING, State
 from storage.models import Task, utcnow
+from storage.plans import RUN_ANYWAY_HINT
 
 Block = dict[str, Any]
 MAX_BLOCKS = 50
@@ -21,11 +22,13 @@ MAX_FALLBACK = 3000  # the notification text; Slack truncates far beyond, keep i
 # Stable action ids: listeners and old cards in Slack depend on them; the value is the task id.
 NUDGE, CANCEL, APPROVE, REJECT = "task_nudge", "task_cancel", "task_approve", "task_reject"
 CHANGES, DIFFSTAT, RETRY = "task_changes", "task_diffstat", "task_retry"
+RUN_ANYWAY = "task_run_anyway"  # a prerequisite failed: run on the current base
 # The modals: callback ids and the one text box they hold.
 CHANGES_MODAL, NUDGE_MODAL = "changes_modal", "nudge_modal"
 NOTE_BLOCK, NOTE_INPUT = "note", "text"
 
 _EMOJI = {
+    State.WAITING: ":link:",
     State.QUEUED: ":hourglass:",
     State.NEEDS_INPUT: ":raising_hand:",
     State.AWAITING_APPROVAL: ":eyes:",
@@ -44,6 +47,7 @@ _MILESTONES = {
     State.CANCELLED: "was cancelled",
     State.REJECTED: "was rejected",
     State.QUEUED: "is queued again",
+    State.WAITING: "waits for its prerequisites",
 }
 
 
@@ -94,8 +98,12 @@ def buttons_for(task: Task) -> list[Block]:
             button("Request changes", CHANGES, tid),
             button("Show diff stat", DIFFSTAT, tid),
         ]
+    if state is State.NEEDS_INPUT and task.reason and RUN_ANYWAY_HINT in task.reason:
+        return [button("Run anyway", RUN_ANYWAY, tid), button("Cancel", CANCEL, tid, "danger")]
     if state in (State.FAILED, State.NEEDS_INPUT):
         return [button("Retry", RETRY, tid), button("Nudge", NUDGE, tid)]
+    if state is State.WAITING:
+        return [button("Cancel", CANCEL, tid, "danger")]
     if (state in WORKING and state is not State.MERGING) or state is State.QUEUED:
         return [button("Nudge", NUDGE, tid), button("Cancel", CANCEL, tid, "danger")]
     return []
@@ -231,6 +239,9 @@ HELP = (
     "• reply in a task's thread to steer its agent (its requester or the repo's approvers)\n"
     "• `/agent list [mine|channel|all]`, `/agent show ID`, `/agent cancel ID`, "
     "`/agent retry ID`, `/agent repos`, `/agent budget` (today's spend against the budgets)\n"
+    "• `/agent add --after 12,14 <what to do>`: start only once tasks 12 and 14 are merged\n"
+    "• `/agent plan [--repo R] <spec>`: cut a spec into small dependent tasks; the plan's "
+    "card has Queue all and Discard, and a reply in its thread plans again with your note\n"
     "• approve, reject or request changes with the buttons on the card\n"
     "• `/agent digest`: what finished, failed and waits since the last daily digest "
     "(`mine`: only your tasks); `/agent digest subscribe|unsubscribe`: get yours by DM\n"

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from bot import actions
-from bot.slack import access, blocks
+from bot.slack import access, blocks, plan_listeners
 from bot.slack.handle import (
     USER_ERRORS,
     delivery_key,
@@ -277,6 +277,7 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
         client.views_publish(user_id=user, view=blocks.home(groups))
 
     app.event("app_home_opened")(ack=just_ack, lazy=[home])
+    plan_listeners.register(app, engine, config)
 
 
 _WAIT = ("awaiting_approval", "needs_input")
