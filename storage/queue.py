@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, false, func, null, or_, update
 from sqlmodel import Session, col, select
@@ -72,14 +73,10 @@ def claim_next(
         )
         .returning(Task)
     )
-    postgres = session.get_bind().dialect.name == "postgresql"
-    turn = session.begin_nested() if postgres else None
-    task = session.execute(stmt, execution_options={"populate_existing": True}).scalar()
-    if turn is not None:
-        if task is not None and not _plan_turn(session, task):
-            turn.rollback()
-            return None  # a task of its plan sharing its paths started meanwhile: next poll
-        turn.commit()
+    if session.get_bind().dialect.name == "postgresql":
+        task = _claim_in_turn(session, stmt)
+    else:
+        task = session.execute(stmt, execution_options={"populate_existing": True}).scalar()
     if task is None:
         return None
     assert task.id is not None
@@ -90,6 +87,19 @@ def claim_next(
     record(session, task.id, "state", payload)
     notify(session, task, "state", payload)
     return task
+
+
+def _claim_in_turn(session: Session, stmt: Any, tries: int = 3) -> Task | None:
+    """PostgreSQL: the claim in a savepoint, undone if a task of its plan that shares its
+    paths started meanwhile (`_plan_turn`); then the next pick no longer offers that one."""
+    for _ in range(tries):
+        turn = session.begin_nested()
+        task = session.execute(stmt, execution_options={"populate_existing": True}).scalar()
+        if task is None or _plan_turn(session, task):
+            turn.commit()
+            return task
+        turn.rollback()
+    return None
 
 
 def _plan_turn(session: Session, task: Task) -> bool:

@@ -267,3 +267,18 @@ def test_kill_9_while_queueing_a_plan_queues_none_of_it_and_it_can_be_queued_aga
         tasks = queue_plan(s, plan.id or 0, actor="U1")
     assert len(tasks) == 4
     assert {claim(engine), claim(engine), claim(engine)} == {tasks[0].id, tasks[1].id, None}
+
+
+def test_two_processes_never_start_two_overlapping_tasks_of_one_plan(
+    engine: Engine, db_url: str
+) -> None:
+    from tests.test_queue import _run_claimers
+
+    plans = [
+        queued_plan(engine, draft(("a", ["src/**"], []), ("b", ["src/x.py"], [])))
+        for _ in range(30)
+    ]
+    results = _run_claimers(db_url, ["alpha", "beta"])
+    claimed = set(results["alpha"] + results["beta"])
+    for pair in plans:  # each plan: one of its two started, the other waits for it
+        assert len(claimed & set(pair)) == 1, (pair, results)
