@@ -459,6 +459,8 @@ def plan(
     from bot.terminal import plans as plan_render
     from executor.agents.llm import DEFAULT_BASE_URL, LLMClient
     from executor.agents.planner import PlanUnusable
+    from executor.costs.budget import Books
+    from executor.costs.plan_estimate import estimate_nanos, over_budget
     from executor.pipeline.planning import plan_spec
     from executor.runner.fleet import connect_docker, new_executor_id
     from executor.sandbox.container import SandboxError
@@ -499,8 +501,15 @@ def plan(
                 session, repo=name, spec=text, draft=planned.draft, requester=local_user()
             )
             assert made.id is not None
-            message = plan_actions.queue_all(session, made.id, actor=local_user()) if yes else None
+            estimate = estimate_nanos(planned.draft, cfg.repos[name])
+            note = over_budget(session, Books.of(cfg), name, estimate)
         out.print(plan_render.proposal(made, planned.draft))
+        if note:  # said before anything is queued
+            err.print(f"[yellow]warning:[/yellow] {escape(note)}")
+        message = None
+        if yes:
+            with transaction(engine()) as session:
+                message = plan_actions.queue_all(session, made.id, actor=local_user())
         out.print(message or f"queue it with: nightcrew plan --queue {made.id}")
 
 

@@ -148,6 +148,7 @@ class Plan(SQLModel, table=True):
     thread_ts: str | None = None  # the plan card's ts in Slack
     error: str | None = Field(default=None, sa_type=Text)  # why the planner's answer failed
     feedback: str | None = Field(default=None, sa_type=Text)  # a re-plan's request
+    note: str | None = Field(default=None, sa_type=Text)  # e.g. over today's budget
     worker_id: str | None = None
     created_at: datetime = _ts(nullable=False)
     updated_at: datetime = _ts(nullable=False)

@@ -400,6 +400,7 @@ def finish_planning(
     *,
     draft: PlanDraft | None,
     error: str | None = None,
+    note: str | None = None,
 ) -> bool:
     """Record the planner's plan (proposed) or why it had none (failed), if this worker still
     holds the plan; False if another took it over meanwhile."""
@@ -410,6 +411,7 @@ def finish_planning(
             "title": draft.title,
             "proposal": [t.model_dump(mode="json") for t in draft.tasks],
             "error": None,
+            "note": note,
         }
     else:
         values |= {"status": "failed", "error": error}

@@ -56,3 +56,15 @@ def test_an_unusable_planner_answer_is_one_clear_error_and_no_task(cli: Cli, mod
     err = cli.fails("plan", "--yes", "add subtraction")
     assert "the planner's answer was unusable: the plan: task 1 comes after task 5" in err
     assert "no tasks" in cli.ok("ls")
+
+
+def test_a_plan_over_todays_budget_says_so_before_it_is_queued(cli: Cli, model) -> None:  # noqa: F811
+    # Four tasks (S, S, M, M) of a repo whose tasks may cost $4 each: up to $6; $5 a day.
+    (cli.repo / "nightcrew.yaml").write_text(
+        "repos:\n  app: {path: ., limits: {max_cost_usd: 4}}\nbudgets: {daily_usd: 5}\n"
+    )
+    model(reply(tool_call("submit_plan", FOUR)))
+    result = cli("plan", "--yes", "add subtraction")
+    assert result.returncode == 0, result.stderr
+    assert "may cost up to $6.00, more than the $5.00 left of today's budget" in result.stderr
+    assert "queued plan 1" in result.stdout

@@ -85,6 +85,8 @@ def plan_card(
         )
     blocks.append(section("\n".join(lines)))
     if plan.status == "proposed":
+        if plan.note:
+            blocks.append(section(f":warning: {escape(plan.note)}"))
         blocks.append(context("Reply in this thread to plan again with your feedback."))
         blocks.append(
             {

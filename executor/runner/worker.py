@@ -26,6 +26,7 @@ from executor.agents.planner import PlanUnusable
 from executor.config.defaults import IDLE_POLL_S, PLANNER_STALE_S
 from executor.config.schema import Config, RepoConfig
 from executor.costs.budget import WAITING, Books, held
+from executor.costs.plan_estimate import estimate_nanos, over_budget
 from executor.git import workspace
 from executor.git.workspace import Workspace, WorkspaceError
 from executor.monitoring import metrics
@@ -108,8 +109,8 @@ class Worker:
         assert plan.id is not None
         draft: PlanDraft | None = None
         error: str | None = None
+        repo = self.config.repos.get(plan.repo)
         try:
-            repo = self.config.repos.get(plan.repo)
             if repo is None:
                 raise PlanUnusable(f"repo {plan.repo} is not in the config any more")
             previous = None
@@ -133,7 +134,10 @@ class Worker:
             log.exception("%s: planning plan %s failed", self.worker_id, plan.id)
             error = f"planning failed: {type(exc).__name__}: {exc}"
         with transaction(self.engine) as s:
-            finish_planning(s, plan.id, self.worker_id, draft=draft, error=error)
+            note = None
+            if draft is not None and repo is not None:  # said on the card, before queueing
+                note = over_budget(s, self.books, plan.repo, estimate_nanos(draft, repo))
+            finish_planning(s, plan.id, self.worker_id, draft=draft, error=error, note=note)
         return True
 
     def maintain(self) -> None:

@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("thread_ts", sa.String(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("feedback", sa.Text(), nullable=True),
+        sa.Column("note", sa.Text(), nullable=True),
         sa.Column("worker_id", sa.String(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
