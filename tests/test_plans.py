@@ -282,3 +282,24 @@ def test_two_processes_never_start_two_overlapping_tasks_of_one_plan(
     claimed = set(results["alpha"] + results["beta"])
     for pair in plans:  # each plan: one of its two started, the other waits for it
         assert len(claimed & set(pair)) == 1, (pair, results)
+
+
+def test_the_digest_groups_a_plans_tasks_under_the_plan(engine: Engine) -> None:
+    import json
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    from bot.slack.digest import render
+    from storage.digests import collect
+    from storage.models import utcnow
+
+    with transaction(engine) as s:
+        create_task(s, repo="app", prompt="alone before", requester="U1")
+    one, *_ = queued_plan(engine)
+    with transaction(engine) as s:
+        create_task(s, repo="app", prompt="alone after", requester="U1")
+        data = collect(s, utcnow() - timedelta(hours=1), utcnow())
+    _, blocks = render(data, tz=ZoneInfo("UTC"))
+    text = json.dumps(blocks, ensure_ascii=False)
+    assert text.index("alone after") < text.index(f"*{one}* `app` _queued_ _plan 1_")
+    assert "_waiting_ _plan 1_ · api on the model" in text
