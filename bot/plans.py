@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+import yaml
+from pydantic import ValidationError
 from sqlmodel import Session
 
 from bot.actions import ActionError, clean_text
 from storage.errors import Conflict
 from storage.models import Plan
+from storage.plan_draft import PlanDraft, problem
 from storage.plans import (
+    edit_proposal,
     get_plan,
     queue_plan,
     refresh_card,
@@ -59,6 +63,38 @@ def discard(session: Session, plan_id: int, *, actor: str, approvers: Collection
         raise ActionError(str(exc)) from None
     refresh_card(session, get_plan(session, plan_id))
     return f"discarded plan {plan_id}"
+
+
+def edit_text(plan: Plan) -> str:
+    """The proposal as YAML for the Edit modal: what people change, drop or add."""
+    tasks = [{k: v for k, v in t.items() if k != "after" or v} for t in plan.proposal]
+    return yaml.safe_dump(
+        {"title": plan.title, "tasks": tasks}, sort_keys=False, allow_unicode=True, width=1000
+    )
+
+
+def edit(
+    session: Session, plan_id: int, text: str, *, actor: str, approvers: Collection[str] = ()
+) -> str:
+    """Replace a proposed plan's tasks with the edited YAML, validated as the planner's answer
+    is (people's text is untrusted too); refused with the first problem, writing nothing."""
+    plan = get_plan(session, plan_id)
+    check_may_decide(plan, actor, approvers, "edit")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ActionError(f"that is not YAML{where}; keep the layout of the plan") from None
+    try:
+        draft = PlanDraft.model_validate(data)
+    except ValidationError as exc:
+        raise ActionError(problem(exc)) from None
+    try:
+        edit_proposal(session, plan_id, draft)
+    except Conflict as exc:
+        raise ActionError(str(exc)) from None
+    return f"plan {plan_id} now has {len(draft.tasks)} tasks"
 
 
 def feedback(

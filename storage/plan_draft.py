@@ -11,7 +11,14 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from storage.defaults import MAX_PLAN_TASK_PATHS, MAX_PLAN_TASKS, MAX_PROMPT_CHARS
 
@@ -71,6 +78,14 @@ class PlanDraft(BaseModel):
                 seen.add(n)
                 todo.extend(self.tasks[n - 1].after)
         return seen
+
+
+def problem(exc: ValidationError) -> str:
+    """A validation failure in one line a person (or the planner) can act on."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "the plan"
+    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}{more}"
 
 
 def find_cycle(after: dict[int, list[int]]) -> list[str]:

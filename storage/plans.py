@@ -312,6 +312,23 @@ def queue_plan(session: Session, plan_id: int, *, actor: str) -> list[Task]:
     return [session.get(Task, t.id, populate_existing=True) or t for t in tasks]
 
 
+def edit_proposal(session: Session, plan_id: int, draft: PlanDraft) -> None:
+    """A person's edit of a proposed plan (validated by the caller through PlanDraft)."""
+    stmt = (
+        update(Plan)
+        .where(col(Plan.id) == plan_id, col(Plan.status) == "proposed")
+        .values(
+            title=draft.title,
+            proposal=[t.model_dump(mode="json") for t in draft.tasks],
+            note=None,  # the cost estimate was for the plan as it was
+            updated_at=utcnow(),
+        )
+    )
+    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+        raise Conflict(f"plan {plan_id} is {get_plan(session, plan_id).status}, not proposed")
+    refresh_card(session, get_plan(session, plan_id))
+
+
 def plan_tasks(session: Session, plan_id: int) -> list[Task]:
     return list(
         session.exec(

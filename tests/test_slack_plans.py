@@ -15,7 +15,7 @@ from sqlmodel import select
 from bot.slack import blocks
 from bot.slack.app import SlackEnv, build_app
 from bot.slack.notifier import Notifier
-from bot.slack.plan_blocks import DISCARD, QUEUE_ALL
+from bot.slack.plan_blocks import DISCARD, EDIT, PLAN_BLOCK, PLAN_INPUT, QUEUE_ALL
 from bot.slack.run import http_mode
 from executor.config.schema import Config, RepoConfig
 from storage.db import transaction
@@ -25,7 +25,13 @@ from storage.plan_draft import PlanDraft
 from storage.plans import claim_planning, finish_planning, get_plan, settle
 from storage.queue import claim_next
 from storage.tasks import transition
-from tests.slack_emulator import Message, SlackEmulator, block_action, slash_command
+from tests.slack_emulator import (
+    Message,
+    SlackEmulator,
+    block_action,
+    slash_command,
+    view_submission,
+)
 from tests.slack_fixtures import card_of
 from tests.test_planner import FOUR
 
@@ -76,7 +82,7 @@ def test_plan_card_queue_all_once_for_the_requester_and_progress_on_the_card(
     plan_card(slack, engine, "Planning: add subtraction")
     plan_by_executor(engine, FOUR)
     card = plan_card(slack, engine, "add sub() to calc.py")
-    assert "(after 1)" in card.all_text and card.action_ids == [QUEUE_ALL, DISCARD]
+    assert "(after 1)" in card.all_text and card.action_ids == [QUEUE_ALL, EDIT, DISCARD]
     message = card.to_api()
     slack.post_to_app(url, block_action(QUEUE_ALL, user=STRANGER, message=message))
     refusal = slack.wait_until(slack.responses, what="the refusal")[-1]
@@ -147,3 +153,37 @@ def test_add_after_and_run_anyway_when_the_prerequisite_fails(
     with transaction(engine) as s:
         task = claim_next(s, "w1")
         assert task is not None and task.id == 2  # runs on the base as it is
+
+
+def test_edit_changes_drops_and_adds_tasks_and_refuses_garbage_in_the_modal(
+    slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier
+) -> None:
+    slack.post_to_app(url, slash_command("plan add subtraction", user_id=REQUESTER))
+    plan_by_executor(engine, FOUR)
+    message = plan_card(slack, engine, "add sub() to calc.py").to_api()
+    slack.post_to_app(url, block_action(EDIT, user=STRANGER, message=message))
+    refusal = slack.wait_until(slack.responses, what="the refusal")[-1]
+    assert "only the requester or an approver of plan 1 may edit" in refusal.all_text
+    assert slack.opened_views() == []
+    slack.post_to_app(url, block_action(EDIT, user=REQUESTER, message=message))
+    (view,) = slack.wait_until(slack.opened_views, what="the modal")
+    shown = view["blocks"][0]["element"]["initial_value"]
+    assert "title: add subtraction" in shown and "after:\n  - 1" in shown
+
+    def submit(text: str) -> str:
+        values = {PLAN_BLOCK: {PLAN_INPUT: text}}
+        answer = slack.post_to_app(url, view_submission(values=values, user=REQUESTER, view=view))
+        return answer.text
+
+    circle = "title: t\ntasks:\n- {prompt: a, allowed_paths: [a], after: [2]}\n" + (
+        "- {prompt: b, allowed_paths: [b], after: [1]}\n"
+    )
+    assert "circle: 1 -> 2 -> 1" in submit(circle)
+    assert "not YAML at line" in submit("title: [unclosed\ntasks: {")
+    assert "Extra inputs" in submit("title: t\ntasks:\n- {prompt: a, allowed_paths: [a], rm: x}")
+    with transaction(engine) as s:
+        assert len(get_plan(s, 1).proposal) == 4  # refused edits wrote nothing
+    edited = "title: smaller\ntasks:\n- {prompt: only sub(), allowed_paths: [calc.py], size: S}\n"
+    assert submit(edited) == ""
+    card = plan_card(slack, engine, "only sub()")
+    assert "smaller" in card.all_text and "add sub() to calc.py" not in card.all_text

@@ -11,7 +11,9 @@ from bot.slack.blocks import Block, context, cost_text, cut, escape, section
 from storage.lifecycle import State
 from storage.models import Plan, Task
 
-QUEUE_ALL, DISCARD = "plan_queue_all", "plan_discard"
+QUEUE_ALL, DISCARD, EDIT = "plan_queue_all", "plan_discard", "plan_edit"
+EDIT_MODAL, PLAN_BLOCK, PLAN_INPUT = "plan_edit_modal", "plan", "yaml"
+MAX_INPUT = 3000  # Slack's limit for a plain_text_input
 MAX_SHOWN = 20  # a plan has at most 12 tasks; room to spare within Slack's 50 blocks
 
 _PROGRESS = {
@@ -94,8 +96,38 @@ def plan_card(
                 "block_id": f"plan-{plan.id}",
                 "elements": [
                     _button("Queue all", QUEUE_ALL, plan.id, "primary"),
+                    _button("Edit", EDIT, plan.id),
                     _button("Discard", DISCARD, plan.id, "danger"),
                 ],
             }
         )
     return cut(f"Plan {plan.id}: {plan.title}"), blocks
+
+
+def edit_modal(plan_id: int, text: str) -> Block:
+    """The plan as YAML in one text box: change, drop or add tasks, then Save."""
+    return {
+        "type": "modal",
+        "callback_id": EDIT_MODAL,
+        "private_metadata": str(plan_id),
+        "title": {"type": "plain_text", "text": f"Edit plan {plan_id}"[:24]},
+        "submit": {"type": "plain_text", "text": "Save"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": PLAN_BLOCK,
+                "label": {
+                    "type": "plain_text",
+                    "text": "Tasks (prompt, allowed_paths, after, size)",
+                },
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": PLAN_INPUT,
+                    "multiline": True,
+                    "max_length": MAX_INPUT,
+                    "initial_value": text,
+                },
+            }
+        ],
+    }

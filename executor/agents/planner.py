@@ -23,7 +23,7 @@ from executor.agents.loop import render
 from executor.agents.tools import SCHEMAS, Environment, run_tool
 from executor.config.defaults import PLANNER_MAX_BAD_ANSWERS, PLANNER_MAX_TURNS
 from storage.defaults import MAX_PLAN_TASKS
-from storage.plan_draft import PlanDraft
+from storage.plan_draft import PlanDraft, problem
 
 READ_TOOLS = frozenset({"bash", "read_file"})
 
@@ -157,10 +157,7 @@ def _validate(answer: Any) -> tuple[PlanDraft | None, str]:
     try:
         return PlanDraft.model_validate(answer), ""
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "the plan"
-        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-        return None, f"{where}: {first['msg'].removeprefix('Value error, ')}{more}"
+        return None, problem(exc)
 
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
