@@ -386,13 +386,24 @@ def refresh_card(session: Session, plan: Plan) -> None:
         session.add(Outbox(kind="plan", payload={"plan_id": plan.id}))
 
 
+def _planning_due(stale_s: float) -> ColumnElement[bool]:
+    cutoff = utcnow() - timedelta(seconds=stale_s)
+    return (col(Plan.status) == "requested") | and_(
+        col(Plan.status) == "planning", col(Plan.updated_at) < cutoff
+    )
+
+
+def planning_due(session: Session, *, stale_s: float) -> bool:
+    """Whether any plan waits for a planner: a read, so idle workers' polls take no lock."""
+    return (
+        session.execute(select(Plan.id).where(_planning_due(stale_s)).limit(1)).first() is not None
+    )
+
+
 def claim_planning(session: Session, worker_id: str, *, stale_s: float) -> Plan | None:
     """Take a requested plan, or one whose planner stopped (`stale_s` without finishing:
     planning writes nothing but the answer, so doing it again is safe)."""
-    cutoff = utcnow() - timedelta(seconds=stale_s)
-    due = (col(Plan.status) == "requested") | and_(
-        col(Plan.status) == "planning", col(Plan.updated_at) < cutoff
-    )
+    due = _planning_due(stale_s)
     pick = (
         select(Plan.id)
         .where(due)

@@ -85,3 +85,31 @@ def test_a_plan_runs_in_parallel_where_it_may_and_merges_in_dependency_order(
     log = git(project, "log", "--format=%H", "main").split()
     order = [log.index(task(engine, t).merge_commit or "") for t in (one, three, four)]
     assert order[0] > order[1] and order[0] > order[2]  # the prerequisite is older
+
+
+def test_a_worker_plans_a_requested_plan_or_records_why_not(
+    engine: Engine, make_worker: RunWorker
+) -> None:
+    from storage.plans import get_plan, request_plan
+    from tests.test_planner import FOUR
+
+    with transaction(engine) as s:
+        request_plan(s, repo="app", spec="subtraction", requester="U1", channel="C1")
+        request_plan(s, repo="app", spec="again", requester="U1", channel="C1")
+    with ScriptedLLM([reply(tool_call("submit_plan", FOUR)), *[reply(content="no")] * 3]) as llm:
+        worker = make_worker(
+            llm,
+            max_cost_usd=4,
+            config_options={"budgets": {"daily_usd": 5}},
+        )
+        assert worker.plan_once() and worker.plan_once()
+        assert not worker.plan_once()  # nothing left: a read, no claim
+    with transaction(engine) as s:
+        good, bad = get_plan(s, 1), get_plan(s, 2)
+    assert (good.status, len(good.proposal), good.worker_id) == ("proposed", 4, None)
+    assert good.note and "more than the $5.00 left of today's budget" in good.note
+    assert bad.status == "failed"
+    assert bad.error == (
+        "the planner's answer was unusable: the answer was neither a submit_plan call nor a"
+        " JSON plan"
+    )

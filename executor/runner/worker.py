@@ -37,13 +37,13 @@ from executor.pipeline.watch import Interrupted, Watch
 from executor.runner.fleet import remove_dead_sandboxes
 from executor.sandbox.container import Sandbox
 from executor.sandbox.warm import WarmPool, discard
-from storage.db import transaction
+from storage.db import reading, transaction
 from storage.defaults import HEARTBEAT_TIMEOUT_S, MAX_ATTEMPTS
 from storage.errors import Conflict
 from storage.lifecycle import CLOSED, WORKING, State
 from storage.models import Task, utcnow
 from storage.plan_draft import PlanDraft
-from storage.plans import claim_planning, draft_of, finish_planning, settle
+from storage.plans import claim_planning, draft_of, finish_planning, planning_due, settle
 from storage.queue import claim_next, reap_stale, release, show_waiting
 from storage.tasks import transition
 
@@ -102,6 +102,9 @@ class Worker:
     def plan_once(self) -> bool:
         """Plan one requested plan (from Slack), if any: the planner's sandbox and model run
         here, not in the bot. Its answer, or why there is none, lands on the plan's card."""
+        with reading(self.engine) as s:
+            if not planning_due(s, stale_s=PLANNER_STALE_S):
+                return False
         with transaction(self.engine) as s:
             plan = claim_planning(s, self.worker_id, stale_s=PLANNER_STALE_S)
         if plan is None:
