@@ -113,3 +113,30 @@ def test_a_worker_plans_a_requested_plan_or_records_why_not(
         "the planner's answer was unusable: the answer was neither a submit_plan call nor a"
         " JSON plan"
     )
+
+
+def test_a_hostile_agent_of_a_planned_task_cannot_leave_its_own_paths(
+    engine: Engine, make_worker: RunWorker, project: Path
+) -> None:
+    """The repo allows everything; the plan gave this task docs/** only. The agent edits
+    calc.py anyway and insists: it is sent back, then parked; nothing reaches the base."""
+    base = git(project, "rev-parse", "main")
+    docs_only = PlanDraft.model_validate(
+        {"title": "docs", "tasks": [{"prompt": "document calc", "allowed_paths": ["docs/**"]}]}
+    )
+    with transaction(engine) as s:
+        plan = create_plan(s, repo="app", spec="docs", draft=docs_only, requester="U1")
+        (task_id,) = [t.id or 0 for t in queue_plan(s, plan.id or 0, actor="U1")]
+    script = [
+        reply(tool_call("write_file", {"path": "calc.py", "content": "import os\n"})),
+        *[reply(tool_call("finish", {"summary": "documented"}))] * 4,
+    ]
+    with ScriptedLLM(script) as llm:
+        make_worker(llm).work(drain=True)
+        told = [m["content"] for m in llm.requests[2]["messages"] if m["role"] == "user"]
+    assert "Task 1 of plan 1; change only: docs/**" in llm.requests[0]["messages"][1]["content"]
+    assert any("docs/**" in t and "calc.py" in t for t in told)  # the scope feedback
+    parked = task(engine, task_id)
+    assert parked.state is State.NEEDS_INPUT
+    assert parked.reason == "changed files outside allowed_paths: calc.py (after 3 rounds)"
+    assert git(project, "rev-parse", "main") == base
