@@ -129,3 +129,19 @@ def test_an_unreachable_model_is_a_clear_error(run_planner: Any) -> None:
         pytest.raises(PlanUnusable, match=r"the planner's model failed: .*model not found"),
     ):
         run_planner(llm)
+
+
+def test_a_re_plan_shows_the_planner_its_last_plan_and_the_feedback(run_planner: Any) -> None:
+    from storage.plan_draft import PlanDraft
+
+    smaller = {"title": "smaller", "tasks": FOUR["tasks"][:1]}
+    with ScriptedLLM([reply(tool_call("submit_plan", smaller))]) as llm:
+        planned = run_planner(
+            llm, previous=PlanDraft.model_validate(FOUR), feedback="one task only", author="U1"
+        )
+        asked = llm.requests[0]["messages"][-1]["content"]
+    assert (
+        "add sub() to calc.py" in asked
+        and "Change it according to this feedback from U1: one task only" in asked
+    )
+    assert planned.draft.title == "smaller"

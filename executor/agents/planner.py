@@ -92,8 +92,8 @@ class Planner:
             {"role": "system", "content": render("planner_system", max_tasks=MAX_PLAN_TASKS)},
             {"role": "user", "content": render("planner_request", repo=repo, spec=spec)},
         ]
-        if previous is not None and feedback:
-            shown = previous.model_dump_json(indent=1)
+        if feedback:  # a re-plan: the last plan (if there was a usable one) and the note
+            shown = previous.model_dump_json(indent=1) if previous else "(none was usable)"
             messages.append(
                 {
                     "role": "user",
