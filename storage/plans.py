@@ -19,7 +19,7 @@ from sqlmodel import Session, col
 
 from storage.defaults import MAX_PREREQUISITES
 from storage.errors import Conflict, StorageError
-from storage.lifecycle import WORKING, State
+from storage.lifecycle import WORKING, IllegalTransition, State
 from storage.models import Outbox, Plan, Task, TaskDependency, TaskExclusion, utcnow
 from storage.plan_draft import PlanDraft, find_cycle, paths_overlap
 from storage.tasks import create_task, record, transition
@@ -185,17 +185,12 @@ def settle(session: Session) -> int:
 
 
 def _move(session: Session, task_id: int, to: State, reason: str, src: State) -> int:
+    # Still as judged: in `src`, and (a merge) still unclaimed.
+    where = [col(Task.state) == src, col(Task.worker_id).is_(None)]
     try:
-        transition(
-            session,
-            task_id,
-            to,
-            reason=reason,
-            actor="dependencies",
-            where=[col(Task.state) == src],
-        )
-    except Conflict:
-        return 0  # another executor moved it first
+        transition(session, task_id, to, reason=reason, actor="dependencies", where=where)
+    except (Conflict, IllegalTransition):
+        return 0  # another executor moved it first (perhaps on, where this move is illegal)
     return 1
 
 
