@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 from storage.defaults import HEARTBEAT_TIMEOUT_S, MAX_ATTEMPTS
 from storage.errors import Conflict
 from storage.lifecycle import WORKING, State, check_transition
-from storage.models import Plan, Task, utcnow
+from storage.models import Outbox, Plan, Task, utcnow
 from storage.plans import exclusive_running, unmerged_prerequisite
 from storage.tasks import notify, record, transition
 
@@ -86,6 +86,8 @@ def claim_next(
     payload = {"from": "queued", "to": "preparing", "by": worker_id, "attempt": task.attempts}
     record(session, task.id, "state", payload)
     notify(session, task, "state", payload)
+    if task.plan_id is not None and task.channel:  # the plan's card shows it started
+        session.add(Outbox(kind="plan", payload={"plan_id": task.plan_id}))
     return task
 
 

@@ -101,6 +101,8 @@ def test_plan_card_queue_all_once_for_the_requester_and_progress_on_the_card(
     with transaction(engine) as s:
         first = claim_next(s, "w1")
         assert first is not None and first.id == 1
+    plan_card(slack, engine, "preparing")  # a claim refreshes the plan card too
+    with transaction(engine) as s:
         transition(s, 1, State.RUNNING)
         transition(s, 1, State.AWAITING_APPROVAL)
     card_of(slack, engine, 1)
