@@ -14,9 +14,14 @@ from sqlalchemy import update
 from sqlmodel import Session, col
 
 from storage.defaults import MAX_PROMPT_CHARS
+from storage.dependencies import (
+    BadDependency,
+    add_prerequisites,
+    drop_prerequisites,
+    prerequisites,
+)
 from storage.lifecycle import CLOSED, WAITING, WORKING, State
 from storage.models import Priority, Task, utcnow
-from storage.plans import BadDependency, add_prerequisites, drop_prerequisites, prerequisites
 from storage.tasks import add_nudge, create_task, get_task, record, transition
 from storage.text import clean
 

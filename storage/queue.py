@@ -12,10 +12,10 @@ from sqlalchemy import ColumnElement, and_, case, false, func, null, or_, update
 from sqlmodel import Session, col, select
 
 from storage.defaults import HEARTBEAT_TIMEOUT_S, MAX_ATTEMPTS
+from storage.dependencies import exclusive_running, unmerged_prerequisite
 from storage.errors import Conflict
 from storage.lifecycle import WORKING, State, check_transition
 from storage.models import Outbox, Plan, Task, utcnow
-from storage.plans import exclusive_running, unmerged_prerequisite
 from storage.tasks import notify, record, transition
 
 

@@ -18,11 +18,12 @@ from sqlmodel import select
 
 from bot import actions
 from storage.db import transaction
+from storage.dependencies import settle
 from storage.errors import Conflict
 from storage.lifecycle import State
 from storage.models import Plan, Task
 from storage.plan_draft import PlanDraft, paths_overlap
-from storage.plans import create_plan, get_plan, plan_tasks, queue_plan, settle
+from storage.plans import create_plan, get_plan, plan_tasks, queue_plan
 from storage.queue import claim_next
 from storage.tasks import create_task, get_task, transition
 

@@ -19,10 +19,11 @@ from bot.slack.plan_blocks import DISCARD, EDIT, PLAN_BLOCK, PLAN_INPUT, QUEUE_A
 from bot.slack.run import http_mode
 from executor.config.schema import Config, RepoConfig
 from storage.db import transaction
+from storage.dependencies import settle
 from storage.lifecycle import State
 from storage.models import Plan, Task
 from storage.plan_draft import PlanDraft
-from storage.plans import claim_planning, finish_planning, get_plan, settle
+from storage.plans import claim_planning, finish_planning, get_plan
 from storage.queue import claim_next
 from storage.tasks import transition
 from tests.slack_emulator import (

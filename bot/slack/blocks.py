@@ -10,9 +10,9 @@ from typing import Any
 
 from executor.costs.budget import ALL, WAITING, Budget, Day
 from executor.costs.pricing import cost_text, usd
+from storage.dependencies import RUN_ANYWAY_HINT
 from storage.lifecycle import CLOSED, WORKING, State
 from storage.models import Task, utcnow
-from storage.plans import RUN_ANYWAY_HINT
 
 Block = dict[str, Any]
 MAX_BLOCKS = 50

@@ -39,11 +39,12 @@ from executor.sandbox.container import Sandbox
 from executor.sandbox.warm import WarmPool, discard
 from storage.db import reading, transaction
 from storage.defaults import HEARTBEAT_TIMEOUT_S, MAX_ATTEMPTS
+from storage.dependencies import settle
 from storage.errors import Conflict
 from storage.lifecycle import CLOSED, WORKING, State
 from storage.models import Task, utcnow
 from storage.plan_draft import PlanDraft
-from storage.plans import claim_planning, draft_of, finish_planning, planning_due, settle
+from storage.plans import claim_planning, draft_of, finish_planning, planning_due
 from storage.queue import claim_next, reap_stale, release, show_waiting
 from storage.tasks import transition
 
