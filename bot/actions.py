@@ -16,6 +16,12 @@ from sqlmodel import Session, col
 from executor.config.schema import Config
 from executor.forge.connect import looks_like_issue_url, match_issue
 from storage.defaults import MAX_PROMPT_CHARS
+from storage.dependencies import (
+    BadDependency,
+    add_prerequisites,
+    drop_prerequisites,
+    prerequisites,
+)
 from storage.lifecycle import CLOSED, WAITING, WORKING, State
 from storage.models import Priority, Task, utcnow
 from storage.tasks import add_nudge, create_task, get_task, record, transition
@@ -53,7 +59,10 @@ def add(
     channel: str | None = None,
     thread_ts: str | None = None,
     issue_url: str | None = None,
+    after: Collection[int] = (),
 ) -> Outcome:
+    """Queue a task; with `after`, it waits until those tasks are merged (refused, writing
+    nothing, if one cannot be waited for or the wait would be circular)."""
     text = clean_text(prompt, what="prompt")
     task = create_task(
         session,
@@ -69,6 +78,13 @@ def add(
         task.issue_url = issue_url
         session.add(task)
         session.flush()
+    if after:
+        try:
+            task = add_prerequisites(session, task, list(after))
+        except BadDependency as exc:
+            raise ActionError(str(exc)) from None  # the caller's transaction rolls back
+        if task.state is State.WAITING:
+            return Outcome(task, f"task {task.id} on {repo} {task.reason}, then starts")
     return Outcome(task, f"queued task {task.id} on {repo} (branch {task.branch})")
 
 
@@ -160,6 +176,30 @@ def retry(session: Session, task_id: int, *, actor: str) -> Outcome:
     return Outcome(task, f"re-queued task {task_id}")
 
 
+def run_anyway(
+    session: Session, task_id: int, *, actor: str, approvers: Collection[str] = ()
+) -> Outcome:
+    """A task parked because a prerequisite failed, was rejected or cancelled: drop its
+    prerequisites and queue it on the base as it is now."""
+    task = get_task(session, task_id)
+    check_may_decide(task, actor, approvers, "run anyway")
+    if State(task.state) is not State.NEEDS_INPUT:
+        raise ActionError(f"task {task_id} is {task.state}; only a parked task can run anyway")
+    dropped = drop_prerequisites(session, task_id)
+    if not dropped:
+        raise ActionError(f"task {task_id} waits for no other task; reply or retry instead")
+    task = transition(
+        session,
+        task_id,
+        State.QUEUED,
+        reason=f"run anyway by {actor}, without " + ", ".join(f"#{i}" for i in dropped),
+        actor=actor,
+        attempts=0,
+        finished_at=None,
+    )
+    return Outcome(task, f"task {task_id} runs on the current base without its prerequisites")
+
+
 def approve(
     session: Session, task_id: int, *, actor: str, approvers: Collection[str] = ()
 ) -> Outcome:
@@ -172,11 +212,14 @@ def approve(
         raise ActionError(
             f"task {task_id} is {state}; only tasks awaiting approval can be approved"
         )
+    unmerged = [p.id for p in prerequisites(session, task_id) if p.state is not State.MERGED]
+    after = ", ".join(f"#{i}" for i in unmerged)
     task = transition(
         session,
         task_id,
         State.MERGING,
-        reason=f"approved by {actor}",
+        # The claim holds the merge until they merge: a plan lands in dependency order.
+        reason=f"approved by {actor}" + (f"; merges after {after}" if unmerged else ""),
         actor=actor,
         approved_by=actor,
         approved_at=utcnow(),

@@ -424,6 +424,9 @@ def add(
     repo: str | None = typer.Option(None, "--repo", "-r", help="Repo name from nightcrew.yaml."),
     priority: str = typer.Option("normal", "--priority", "-p", help="high, normal or low."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the new task's id."),
+    after: str = typer.Option(
+        "", "--after", help="Wait until these tasks are merged (ids, comma-separated)."
+    ),
 ) -> None:
     """Queue a task."""
     with user_errors():
@@ -438,6 +441,7 @@ def add(
         except ConfigError as exc:  # an unknown --repo is the user's slip, not a broken file
             raise ActionError(str(exc)) from None
         with transaction(engine()) as session:
+            prerequisites = [actions.parse_task_id(i) for i in after.split(",") if i.strip()]
             outcome = actions.add(
                 session,
                 repo=repo_name_,
@@ -445,6 +449,7 @@ def add(
                 requester=local_user(),
                 priority=prio,
                 issue_url=issue[1] if issue else None,
+                after=prerequisites,
             )
     out.print(outcome.task.id if quiet else outcome.message)
 
@@ -491,8 +496,10 @@ def _state(text: str) -> State:
 
 
 @app.command()
-def show(task_id: str = typer.Argument(..., help="Task id.")) -> None:
+def show(task_id: str = typer.Argument(..., help="Task id (or p<id> for a plan).")) -> None:
     """Show one task: state, accounting, git refs, nudges and recent events."""
+    if task_id.strip().lower().startswith("p"):
+        return _show_plan(task_id.strip()[1:])
     with user_errors():
         tid = actions.parse_task_id(task_id)
         with transaction(engine()) as session:
@@ -503,6 +510,92 @@ def show(task_id: str = typer.Argument(..., help="Task id.")) -> None:
                 task, nudges(session, tid), log[-10:], proof=proof, runs=render.claims(log)
             )
     out.print(detail)
+
+
+def _show_plan(plan_id: str) -> None:
+    from bot.terminal import plans as plan_render
+    from storage.plans import draft_of, get_plan, plan_tasks
+
+    with user_errors():
+        pid = actions.parse_task_id(plan_id)
+        with transaction(engine()) as session:
+            plan = get_plan(session, pid)
+            tasks = plan_tasks(session, pid)
+            shown = (
+                plan_render.progress(plan, tasks)
+                if tasks
+                else plan_render.proposal(plan, draft_of(plan))
+                if plan.proposal
+                else f"plan {pid} is {plan.status}" + (f": {plan.error}" if plan.error else "")
+            )
+    out.print(shown)
+
+
+@app.command()
+def plan(
+    spec: str = typer.Argument("", help="What to build; the planner cuts it into tasks."),
+    repo: str | None = typer.Option(None, "--repo", "-r", help="Repo name from nightcrew.yaml."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Queue the plan's tasks at once."),
+    queue: int = typer.Option(0, "--queue", help="Queue the proposed plan with this id."),
+) -> None:
+    """Cut a spec into small dependent tasks (a planner run, read-only in a sandbox), print
+    the plan; `--yes` (or later `--queue ID`) queues all of it in one go."""
+    from bot import plans as plan_actions
+    from bot.terminal import plans as plan_render
+    from executor.agents.llm import DEFAULT_BASE_URL, LLMClient
+    from executor.agents.planner import PlanUnusable
+    from executor.costs.budget import Books
+    from executor.costs.plan_estimate import estimate_nanos, over_budget
+    from executor.pipeline.planning import plan_spec
+    from executor.runner.fleet import connect_docker, new_executor_id
+    from executor.sandbox.container import SandboxError
+    from storage.plans import create_plan
+
+    with user_errors():
+        if queue:
+            with transaction(engine()) as session:
+                message = plan_actions.queue_all(session, queue, actor=local_user())
+            out.print(message)
+            return
+        text = actions.clean_text(spec, what="spec")
+        cfg, env = config(), settings()
+        try:
+            name = cfg.repo_for(repo)
+        except ConfigError as exc:
+            raise ActionError(str(exc)) from None
+        model = env.model or cfg.model
+        if not model:
+            raise ConfigError("no model: set NIGHTCREW_MODEL, or `model:` in nightcrew.yaml")
+        base_url = env.openai_base_url or cfg.base_url or DEFAULT_BASE_URL
+        llm = LLMClient(base_url=base_url, api_key=env.openai_api_key, model=model)
+        try:
+            with llm:
+                planned = plan_spec(
+                    client=connect_docker(),
+                    llm=llm,
+                    home=env.home,
+                    repo_name=name,
+                    repo=cfg.repos[name],
+                    spec=text,
+                    executor_id=new_executor_id(engine()),
+                )
+        except (PlanUnusable, SandboxError) as exc:
+            raise ActionError(str(exc)) from None
+        with transaction(engine()) as session:
+            made = create_plan(
+                session, repo=name, spec=text, draft=planned.draft, requester=local_user()
+            )
+            assert made.id is not None
+            estimate = estimate_nanos(planned.draft, cfg.repos[name])
+            note = over_budget(session, Books.of(cfg), name, estimate)
+        out.print(plan_render.proposal(made, planned.draft))
+        if note:  # said before anything is queued
+            err.print(f"[yellow]warning:[/yellow] {escape(note)}")
+        message = None
+        if yes:
+            with transaction(engine()) as session:
+                message = plan_actions.queue_all(session, made.id, actor=local_user())
+        out.print(message or f"queue it with: nightcrew plan --queue {made.id}")
 
 
 @app.command()

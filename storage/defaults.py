@@ -15,3 +15,13 @@ MAX_ATTEMPTS = 3
 
 # Longest prompt accepted from any front end; Slack's own message limit is 40,000 chars.
 MAX_PROMPT_CHARS = 20_000
+
+# A plan is a handful of small tasks; more than this is a spec that needs cutting by a person
+# (and a model answer asking for hundreds of tasks is garbage, not a plan).
+MAX_PLAN_TASKS = 12
+
+# Paths one planned task may list; a longer list is no boundary at all.
+MAX_PLAN_TASK_PATHS = 20
+
+# Prerequisites one task may name (`--after`).
+MAX_PREREQUISITES = 20

@@ -18,7 +18,7 @@ from storage.lifecycle import WORKING, State
 from storage.models import Charge, DigestRun, DigestSubscriber, Outbox, Task, TaskEvent, utcnow
 
 PROMPT_CHARS = 200  # a digest line shows the start of a prompt; the rest stays in the DB
-OPEN = frozenset({*WORKING, State.QUEUED, State.NEEDS_INPUT})
+OPEN = frozenset({*WORKING, State.WAITING, State.QUEUED, State.NEEDS_INPUT})
 LISTED = frozenset({*OPEN, State.AWAITING_APPROVAL})  # listed as they are now, however old
 _RISK_ORDER = {"high": 0, "medium": 1, "low": 2}  # a task without a proof pack counts as medium
 
@@ -32,6 +32,7 @@ class DigestTask:
     requester: str
     reason: str | None
     proof: dict[str, Any] | None = None  # awaiting approval only: the latest proof pack
+    plan_id: int | None = None  # the digest groups a plan's tasks under it
 
     @property
     def risk(self) -> str:
@@ -97,6 +98,7 @@ def collect(
             Task.requester,
             Task.reason,
             Task.turns,
+            Task.plan_id,
             touched.label("touched"),
             finished.label("finished"),
         )
@@ -108,14 +110,14 @@ def collect(
     open_: list[DigestTask] = []
     rows = session.connection().execute(query).all()  # one fetchall: row by row costs more
     for row in rows:
-        tid, repo, state, prompt, who, reason, n_turns = row[:7]
+        tid, repo, state, prompt, who, reason, n_turns, plan_id = row[:8]
         if row.touched:
             tasks, turns = tasks + 1, turns + n_turns
         state = State(state)
         if state in OPEN:
-            open_.append(DigestTask(tid, repo, state, prompt, who, reason))
+            open_.append(DigestTask(tid, repo, state, prompt, who, reason, plan_id=plan_id))
         elif state in LISTED or row.finished:  # cancelled or rejected count in the totals only
-            lists[state].append(DigestTask(tid, repo, state, prompt, who, reason))
+            lists[state].append(DigestTask(tid, repo, state, prompt, who, reason, plan_id=plan_id))
     awaiting = lists[State.AWAITING_APPROVAL]
     proofs = _proofs(session, [t.id for t in awaiting])
     return DigestData(

@@ -10,6 +10,8 @@ from enum import StrEnum
 
 
 class State(StrEnum):
+    # Queued behind prerequisites (other tasks that must merge first); see storage/plans.py.
+    WAITING = "waiting"
     QUEUED = "queued"
     PREPARING = "preparing"
     RUNNING = "running"
@@ -47,7 +49,11 @@ WAITING: frozenset[State] = frozenset({S.NEEDS_INPUT, S.AWAITING_APPROVAL})
 _WORK_EXITS = {S.NEEDS_INPUT, S.FAILED, S.CANCELLED, S.QUEUED}  # QUEUED: re-queued by the reaper
 
 TRANSITIONS: dict[State, frozenset[State]] = {
-    S.QUEUED: frozenset({S.PREPARING, S.CANCELLED, S.FAILED}),
+    # WAITING -> QUEUED: every prerequisite merged; -> NEEDS_INPUT: one failed, was rejected
+    # or cancelled (the person chooses: run anyway, or cancel).
+    S.WAITING: frozenset({S.QUEUED, S.NEEDS_INPUT, S.CANCELLED}),
+    # QUEUED -> WAITING: a task re-queued (retry, reply) while a prerequisite is not merged.
+    S.QUEUED: frozenset({S.PREPARING, S.WAITING, S.CANCELLED, S.FAILED}),
     S.PREPARING: frozenset({S.RUNNING, *_WORK_EXITS}),
     # RUNNING -> AWAITING_APPROVAL: a repo with no checks and no review parks straight away.
     S.RUNNING: frozenset({S.CHECKING, S.REVIEWING, S.AWAITING_APPROVAL, *_WORK_EXITS}),

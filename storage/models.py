@@ -132,6 +132,58 @@ class Task(SQLModel, table=True):
     # The forge issue the task was started from (its text becomes the prompt when it runs).
     issue_url: str | None = None
 
+    # Plans (storage/plans.py): the plan the task belongs to, and the paths it may touch
+    # (glob patterns; None = the repo's own allowed paths). Enforced by the scope check.
+    # No foreign key: SQLite adds one to an existing table only by rebuilding it (0010).
+    plan_id: int | None = Field(default=None, index=True)
+    allowed_paths: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class Plan(SQLModel, table=True):
+    """A spec cut into small tasks by the planner. `requested`: an executor should plan it
+    (`planning` while one does: `worker_id`, `updated_at` its claim); `proposed`: shown for
+    a decision, its tasks in `proposal` (validated planner output); `failed`: the planner's
+    answer was unusable (`error`); `queued`: its tasks exist (made in one transaction with the
+    status change); `discarded`."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    repo: str
+    spec: str = Field(sa_type=Text)
+    title: str = ""
+    status: str = "proposed"
+    proposal: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    requester: str
+    source: str = "cli"
+    channel: str | None = None
+    thread_ts: str | None = None  # the plan card's ts in Slack
+    error: str | None = Field(default=None, sa_type=Text)  # why the planner's answer failed
+    feedback: str | None = Field(default=None, sa_type=Text)  # a re-plan's request
+    note: str | None = Field(default=None, sa_type=Text)  # e.g. over today's budget
+    worker_id: str | None = None
+    created_at: datetime = _ts(nullable=False)
+    updated_at: datetime = _ts(nullable=False)
+
+
+class TaskDependency(SQLModel, table=True):
+    """`task_id` starts only once `prerequisite_id` is merged, and merges after it."""
+
+    __tablename__ = "task_dependency"
+
+    task_id: int = Field(foreign_key="task.id", primary_key=True)
+    prerequisite_id: int = Field(foreign_key="task.id", primary_key=True, index=True)
+
+
+class TaskExclusion(SQLModel, table=True):
+    """Two tasks of one plan whose allowed paths overlap and neither needs the other: they
+    never run at once. Stored both ways round, so the claim looks up one column."""
+
+    __tablename__ = "task_exclusion"
+
+    task_id: int = Field(foreign_key="task.id", primary_key=True)
+    other_id: int = Field(foreign_key="task.id", primary_key=True)
+
 
 class TaskEvent(SQLModel, table=True):
     """One line of a task's story: a state change, an agent turn, a nudge, a note."""

@@ -6,14 +6,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, false, func, null, or_, update
 from sqlmodel import Session, col, select
 
 from storage.defaults import HEARTBEAT_TIMEOUT_S, MAX_ATTEMPTS
+from storage.dependencies import exclusive_running, unmerged_prerequisite
 from storage.errors import Conflict
 from storage.lifecycle import WORKING, State, check_transition
-from storage.models import Task, utcnow
+from storage.models import Outbox, Plan, Task, utcnow
 from storage.tasks import notify, record, transition
 
 
@@ -29,12 +31,24 @@ def claim_next(
     `exclude_repos` skips repos at their concurrency cap; `hold_repos` keeps those repos'
     queued tasks waiting (a budget) but lets their approved merges through.
 
+    Dependencies (storage/plans.py): a task starts, and an approved merge goes ahead, only
+    once every prerequisite is merged (approving a dependent early queues its merge); a plan's
+    task never starts beside a task of its plan that shares its paths and holds a worker.
+
     One statement: on SQLite the write lock (BEGIN IMMEDIATE) serialises claimers; on
-    PostgreSQL `FOR UPDATE SKIP LOCKED` lets claimers pass each other's locked rows."""
+    PostgreSQL `FOR UPDATE SKIP LOCKED` lets claimers pass each other's locked rows, and a
+    plan's claims take turns on the plan's row (`_plan_turn`)."""
     check_transition(State.QUEUED, State.PREPARING)
     now = utcnow()
-    waiting_merge = and_(col(Task.state) == State.MERGING, col(Task.worker_id).is_(None))
-    startable = and_(col(Task.state) == State.QUEUED, col(Task.repo).not_in(list(hold_repos)))
+    waiting_merge = and_(
+        col(Task.state) == State.MERGING, col(Task.worker_id).is_(None), ~unmerged_prerequisite()
+    )
+    startable = and_(
+        col(Task.state) == State.QUEUED,
+        col(Task.repo).not_in(list(hold_repos)),
+        ~unmerged_prerequisite(),
+        ~exclusive_running(),
+    )
     claimable = or_(startable, waiting_merge)
     pick = (
         select(Task.id)
@@ -59,7 +73,10 @@ def claim_next(
         )
         .returning(Task)
     )
-    task = session.execute(stmt, execution_options={"populate_existing": True}).scalar()
+    if session.get_bind().dialect.name == "postgresql":
+        task = _claim_in_turn(session, stmt)
+    else:
+        task = session.execute(stmt, execution_options={"populate_existing": True}).scalar()
     if task is None:
         return None
     assert task.id is not None
@@ -69,7 +86,33 @@ def claim_next(
     payload = {"from": "queued", "to": "preparing", "by": worker_id, "attempt": task.attempts}
     record(session, task.id, "state", payload)
     notify(session, task, "state", payload)
+    if task.plan_id is not None and task.channel:  # the plan's card shows it started
+        session.add(Outbox(kind="plan", payload={"plan_id": task.plan_id}))
     return task
+
+
+def _claim_in_turn(session: Session, stmt: Any, tries: int = 3) -> Task | None:
+    """PostgreSQL: the claim in a savepoint, undone if a task of its plan that shares its
+    paths started meanwhile (`_plan_turn`); then the next pick no longer offers that one."""
+    for _ in range(tries):
+        turn = session.begin_nested()
+        task = session.execute(stmt, execution_options={"populate_existing": True}).scalar()
+        if task is None or _plan_turn(session, task):
+            turn.commit()
+            return task
+        turn.rollback()
+    return None
+
+
+def _plan_turn(session: Session, task: Task) -> bool:
+    """PostgreSQL: claimers of one plan's tasks take turns on the plan's row, then look again
+    (a new statement sees what the claimer before them committed), so two tasks that share
+    paths cannot both start because each read the other as queued. Plain tasks skip this."""
+    if task.plan_id is None or task.state is State.MERGING:
+        return True
+    session.execute(select(Plan.id).where(col(Plan.id) == task.plan_id).with_for_update())
+    clash = select(Task.id).where(col(Task.id) == task.id, exclusive_running())
+    return session.execute(clash).first() is None
 
 
 def show_waiting(session: Session, reasons: Mapping[str, str], *, marker: str) -> int:

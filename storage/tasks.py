@@ -144,6 +144,8 @@ def transition(
     payload = {"from": src.value, "to": to.value, "reason": reason, "by": actor}
     record(session, task_id, "state", payload)
     notify(session, updated, "state", payload)
+    if updated.plan_id is not None and updated.channel:  # the plan's card shows progress
+        session.add(Outbox(kind="plan", payload={"plan_id": updated.plan_id}))
     return updated
 
 

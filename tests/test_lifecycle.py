@@ -83,6 +83,12 @@ LEGAL_MOVES: frozenset[tuple[str, str]] = frozenset(
         ("merging", "needs_input"),
         ("merging", "awaiting_approval"),
         ("merging", "failed"),
+        # waiting (a dependency of a plan or `--after`): starts once its prerequisites merged,
+        # parks when one failed, or is cancelled; a queued task can go back to waiting
+        ("queued", "waiting"),
+        ("waiting", "queued"),
+        ("waiting", "needs_input"),
+        ("waiting", "cancelled"),
         # retry
         ("failed", "queued"),
         ("cancelled", "queued"),
@@ -90,6 +96,7 @@ LEGAL_MOVES: frozenset[tuple[str, str]] = frozenset(
     }
 )
 STATES = [
+    "waiting",
     "queued",
     "preparing",
     "running",

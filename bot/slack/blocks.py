@@ -11,6 +11,7 @@ from typing import Any
 
 from executor.costs.budget import ALL, WAITING, Budget, Day
 from executor.costs.pricing import cost_text, usd
+from storage.dependencies import RUN_ANYWAY_HINT
 from storage.lifecycle import CLOSED, WORKING, State
 from storage.models import Task, utcnow
 
@@ -23,11 +24,13 @@ MAX_FALLBACK = 3000  # the notification text; Slack truncates far beyond, keep i
 NUDGE, CANCEL, APPROVE, REJECT = "task_nudge", "task_cancel", "task_approve", "task_reject"
 CHANGES, DIFFSTAT, RETRY = "task_changes", "task_diffstat", "task_retry"
 OPEN = "task_open"  # a link button to the task's page; Slack still sends a click to ack
+RUN_ANYWAY = "task_run_anyway"  # a prerequisite failed: run on the current base
 # The modals: callback ids and the one text box they hold.
 CHANGES_MODAL, NUDGE_MODAL = "changes_modal", "nudge_modal"
 NOTE_BLOCK, NOTE_INPUT = "note", "text"
 
 _EMOJI = {
+    State.WAITING: ":link:",
     State.QUEUED: ":hourglass:",
     State.NEEDS_INPUT: ":raising_hand:",
     State.AWAITING_APPROVAL: ":eyes:",
@@ -46,6 +49,7 @@ _MILESTONES = {
     State.CANCELLED: "was cancelled",
     State.REJECTED: "was rejected",
     State.QUEUED: "is queued again",
+    State.WAITING: "waits for its prerequisites",
 }
 
 
@@ -103,8 +107,16 @@ def buttons_for(task: Task, open_url: str | None = None) -> list[Block]:
             button("Show diff stat", DIFFSTAT, tid),
             *opener,
         ]
+    if state is State.NEEDS_INPUT and task.reason and RUN_ANYWAY_HINT in task.reason:
+        return [
+            button("Run anyway", RUN_ANYWAY, tid),
+            button("Cancel", CANCEL, tid, "danger"),
+            *opener,
+        ]
     if state in (State.FAILED, State.NEEDS_INPUT):
         return [button("Retry", RETRY, tid), button("Nudge", NUDGE, tid), *opener]
+    if state is State.WAITING:
+        return [button("Cancel", CANCEL, tid, "danger"), *opener]
     if (state in WORKING and state is not State.MERGING) or state is State.QUEUED:
         return [button("Nudge", NUDGE, tid), button("Cancel", CANCEL, tid, "danger"), *opener]
     return opener
@@ -307,6 +319,9 @@ HELP = (
     "• reply in a task's thread to steer its agent (its requester or the repo's approvers)\n"
     "• `/agent list [mine|channel|all]`, `/agent show ID`, `/agent cancel ID`, "
     "`/agent retry ID`, `/agent repos`, `/agent budget` (today's spend against the budgets)\n"
+    "• `/agent add --after 12,14 <what to do>`: start only once tasks 12 and 14 are merged\n"
+    "• `/agent plan [--repo R] <spec>`: cut a spec into small dependent tasks; the plan's "
+    "card has Queue all and Discard, and a reply in its thread plans again with your note\n"
     "• approve, reject or request changes with the buttons on the card\n"
     "• `/agent digest`: what finished, failed and waits since the last daily digest "
     "(`mine`: only your tasks); `/agent digest subscribe|unsubscribe`: get yours by DM\n"

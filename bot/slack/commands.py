@@ -9,7 +9,7 @@ from bot.actions import ActionError, parse_task_id
 from storage.models import Priority
 
 USAGE = (
-    "`/agent add [--repo R] [--priority high|normal|low] <what to do>` (or just "
+    "`/agent add [--repo R] [--priority high|normal|low] [--after ID,ID] <what to do>` (or just "
     "`/agent <what to do>`), `/agent list [mine|all]`, `/agent show ID`, `/agent cancel ID`, "
     "`/agent retry ID`, `/agent review`, `/agent repos`, `/agent budget`, "
     "`/agent digest [mine|subscribe|unsubscribe]`, "
@@ -50,6 +50,7 @@ class Command:
     cron: str = ""  # schedule add
     timezone: str | None = None  # schedule add
     schedule_id: int | None = None  # schedule pause, resume, delete
+    after: tuple[int, ...] = ()  # add --after: tasks that must merge first
 
 
 def parse(text: str) -> Command:
@@ -61,6 +62,11 @@ def parse(text: str) -> Command:
     verb = head.lower()
     if verb == "add":
         return _parse_add(rest)
+    if verb == "plan":
+        add = _parse_add(rest)  # the same options; the "prompt" is the spec
+        if add.after or add.priority is not Priority.NORMAL:
+            raise CommandError("`/agent plan [--repo R] <spec>` takes only --repo")
+        return Command("plan", prompt=add.prompt, repo=add.repo)
     if verb in _WITH_ID:
         if not rest or len(rest.split()) != 1:
             raise CommandError(f"`/agent {verb}` needs one task id, like `/agent {verb} 7`")
@@ -149,10 +155,16 @@ def _looks_like_id(text: str) -> bool:
 def _parse_add(rest: str) -> Command:
     repo: str | None = None
     priority = Priority.NORMAL
+    after: tuple[int, ...] = ()
     while rest.startswith("-"):
         option, value, rest = _take_option(rest)
         if option in ("--repo", "-r"):
             repo = value
+        elif option == "--after":
+            try:
+                after = tuple(parse_task_id(i) for i in value.split(",") if i.strip())
+            except ActionError as exc:
+                raise CommandError(f"--after {value}: {exc}") from None
         elif option in ("--priority", "-p"):
             try:
                 priority = Priority[value.upper()]
@@ -162,7 +174,7 @@ def _parse_add(rest: str) -> Command:
             raise CommandError(f"unknown option {option!r}; {USAGE}")
     if not rest:
         raise CommandError("the prompt is empty; say what the agent should do: " + USAGE)
-    return Command("add", prompt=rest, repo=repo, priority=priority)
+    return Command("add", prompt=rest, repo=repo, priority=priority, after=after)
 
 
 def _take_option(text: str) -> tuple[str, str, str]:

@@ -118,6 +118,8 @@ def _listed(heading: str, tasks: list[DigestTask], line: Any) -> list[Block]:
     if not tasks:
         return [section(f"{heading}: none")]
     text = f"{heading} ({len(tasks):,})"
+    # A plan's tasks together, under their plan; the rest first, in their order (stable sort).
+    tasks = sorted(tasks, key=lambda t: t.plan_id or 0)
     for shown, task in enumerate(tasks):
         more = f"\n… and {len(tasks) - shown:,} more: `/agent list all`"
         candidate = f"{text}\n• {line(task)}"
@@ -142,6 +144,11 @@ def _open_line(task: DigestTask) -> str:
 
 
 def _prompt(task: DigestTask) -> str:
+    plan = f"_plan {task.plan_id}_ · " if task.plan_id is not None else ""
+    return plan + _prompt_text(task)
+
+
+def _prompt_text(task: DigestTask) -> str:
     text = " ".join(task.prompt.split())
     if len(text) > PROMPT_SHOWN:
         text = text[: PROMPT_SHOWN - 1] + "…"

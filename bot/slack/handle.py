@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from bot import actions, review, schedules
+from bot import actions, plans, review, schedules
 from bot.actions import ActionError, Outcome
 from bot.links import Signer
 from bot.slack import access, blocks
@@ -25,7 +25,7 @@ from storage import deliveries, digests, outbox
 from storage.db import reading, transaction, writer_turn
 from storage.errors import StorageError
 from storage.lifecycle import IllegalTransition
-from storage.models import Nudge, Task, TaskEvent, utcnow
+from storage.models import Nudge, Plan, Task, TaskEvent, utcnow
 from storage.queue import waiting_by_repo
 from storage.schedules import list_schedules
 from storage.tasks import get_task, record
@@ -66,7 +66,7 @@ def _thread_reply(
             select(Task).where(Task.channel == channel, Task.thread_ts == thread_ts)
         ).first()
         if task is None or task.id is None:
-            return None
+            return _plan_reply(session, config, channel, thread_ts, user, text)
         if session.exec(
             select(Nudge.id).where(Nudge.task_id == task.id, Nudge.slack_ts == ts)
         ).first():
@@ -86,6 +86,25 @@ def _thread_reply(
         outbox.queue_reaction(session, task.id, ts, "eyes")
         outbox.queue_reaction(session, task.id, ts, "white_check_mark", after_nudge=nudge_id)
         return outcome
+
+
+def _plan_reply(
+    session: Session, config: Config, channel: str, thread_ts: str, user: str, text: str
+) -> str | None:
+    """A reply on a plan's card: plan it again with that note (requester or approvers)."""
+    plan = session.exec(
+        select(Plan).where(Plan.channel == channel, Plan.thread_ts == thread_ts)
+    ).first()
+    if plan is None or plan.id is None:
+        return None
+    repo = config.repos.get(plan.repo)
+    try:
+        access.check_member(config, user, "re-plan")
+        return plans.feedback(
+            session, plan.id, text, actor=user, approvers=repo.approvers if repo else []
+        )
+    except USER_ERRORS as exc:
+        return str(exc)
 
 
 def once(
@@ -216,6 +235,11 @@ def _act(
     session: Session, config: Config, cmd: Command, user: str, channel: str, event_ts: str | None
 ) -> dict[str, Any]:
     """add, retry, cancel."""
+    if cmd.verb == "plan":
+        access.check_member(config, user, "plan")
+        repo = config.repo_for(cmd.repo, channel=channel)
+        plan = plans.request(session, repo=repo, spec=cmd.prompt, requester=user, channel=channel)
+        return {"text": f"planning plan {plan.id} on {repo}; its card appears in this channel"}
     if cmd.verb == "add":
         if event_ts is not None and _seen_mention(session, channel, event_ts):
             return {}  # answered the first time
@@ -339,6 +363,7 @@ def _add(session: Session, config: Config, cmd: Command, user: str, channel: str
         source="slack",
         channel=channel,
         issue_url=issue[1] if issue else None,
+        after=cmd.after,
     )
 
 

@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from bot import actions
 from bot.links import Signer
-from bot.slack import access, blocks
+from bot.slack import access, blocks, plan_listeners
 from bot.slack.handle import (
     USER_ERRORS,
     delivery_key,
@@ -300,6 +300,7 @@ def register(
         client.views_publish(user_id=user, view=view)
 
     app.event("app_home_opened")(ack=just_ack, lazy=[home])
+    plan_listeners.register(app, engine, config)
 
 
 _WAIT = ("awaiting_approval", "needs_input")

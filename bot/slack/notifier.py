@@ -30,12 +30,14 @@ from sqlmodel import Session, col, select
 
 from bot.links import Signer
 from bot.slack import blocks
+from bot.slack.plan_blocks import plan_card
 from executor.monitoring import metrics
 from executor.runner.fleet import installation_id
 from storage import outbox
 from storage.db import transaction, writer_turn
 from storage.lifecycle import CLOSED, State
-from storage.models import Nudge, Outbox, Task, TaskEvent, utcnow
+from storage.models import Nudge, Outbox, Plan, Task, TaskEvent, utcnow
+from storage.plans import plan_tasks
 from storage.tasks import record
 
 log = logging.getLogger(__name__)
@@ -128,13 +130,15 @@ class Notifier:
             task = session.get(Task, row.task_id) if row.task_id else None
             if task is not None:
                 session.expunge(task)
-        if row.kind == "post":  # not about one task: the digest, a schedule's warning
+        if row.kind in ("post", "plan"):  # not about one task: the digest, a plan's card
             task = None
         elif task is None or not task.channel:
             self._settle(lambda s: outbox.give_up(s, row.id, error="no task or channel"))
             return
         try:
-            if task is None:
+            if task is None and row.kind == "plan":
+                self._plan(row)
+            elif task is None:
                 self._post(row)
             elif row.kind == "card":
                 self._card(row, task)
@@ -178,6 +182,63 @@ class Notifier:
         )
         self._sent(row)
         self._last_edit[task.id] = time.monotonic()
+        self._settle(lambda s: outbox.mark_delivered(s, row.id))
+
+    def _plan(self, row: Outbox) -> None:
+        """Post the plan's card (its ts becomes the plan's thread) or edit it to show the plan
+        as it is now; a row with a newer one pending for the same plan is settled unsent."""
+        assert row.id is not None
+        plan_id = int(row.payload.get("plan_id") or 0)
+        with self._transaction() as session:
+            plan = session.get(Plan, plan_id)
+            newer = (
+                plan is not None
+                and plan.thread_ts is not None
+                and any(
+                    (r.payload or {}).get("plan_id") == plan_id
+                    for r in session.exec(
+                        select(Outbox).where(
+                            Outbox.kind == "plan",
+                            col(Outbox.delivered_at).is_(None),
+                            col(Outbox.id) > row.id,
+                        )
+                    ).all()
+                )
+            )
+            tasks = plan_tasks(session, plan_id)
+            session.expunge_all()
+        if plan is None or not plan.channel:
+            self._settle(lambda s: outbox.give_up(s, row.id, error="no plan or channel"))
+            return
+        if newer:  # that one shows the plan as it is now
+            self._settle(lambda s: outbox.mark_delivered(s, row.id))
+            return
+        channel = plan.channel
+        links = {
+            t.id: f"https://slack.com/archives/{t.channel}/p{t.thread_ts.replace('.', '')}"
+            for t in tasks
+            if t.id is not None and t.channel and t.thread_ts
+        }
+        text, card = plan_card(plan, tasks, links=links)
+        if plan.thread_ts is None:
+            ts, adopted = self._post_once(row, channel, text=text, blocks=card)
+
+            def posted(session: Any) -> None:
+                stored = session.get(Plan, plan_id)
+                if stored is not None and stored.thread_ts is None:
+                    stored.thread_ts = ts
+                    session.add(stored)
+                outbox.mark_delivered(session, row.id)
+                if adopted:  # it shows the plan as it was then: edit it to now
+                    session.add(Outbox(kind="plan", payload={"plan_id": plan_id}))
+
+            self._sent(row)
+            self._settle(posted)
+            return
+        self._call(
+            self.client.chat_update, channel=channel, ts=plan.thread_ts, text=text, blocks=card
+        )
+        self._sent(row)
         self._settle(lambda s: outbox.mark_delivered(s, row.id))
 
     def _post(self, row: Outbox) -> None:

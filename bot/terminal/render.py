@@ -26,6 +26,7 @@ from storage.models import Nudge, Priority, Task, TaskEvent, utcnow
 from storage.text import clean
 
 STATE_STYLE = {
+    State.WAITING: "cyan",
     State.QUEUED: "cyan",
     State.NEEDS_INPUT: "bold yellow",
     State.AWAITING_APPROVAL: "bold magenta",
@@ -68,6 +69,8 @@ def task_table(tasks: Sequence[Task], now: datetime | None = None) -> Table:
         state = state_text(State(task.state))
         if waits_for_budget(task):
             state.append(" (budget)", style="yellow")
+        if task.plan_id is not None:
+            state.append(f" (plan {task.plan_id})", style="dim")
         table.add_row(
             str(task.id),
             state,

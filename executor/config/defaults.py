@@ -40,3 +40,15 @@ MAX_REVISION_ROUNDS = 3
 # A working task's Slack card shows its turns, tokens and cost; refreshing it at most this
 # often keeps a long run visible without spending Slack's rate limits on every turn.
 CARD_REFRESH_S = 60.0
+
+# The planner explores a little, then answers; a planner that has not produced a usable plan
+# in this many model turns is not going to (each turn is one model call, paid for).
+PLANNER_MAX_TURNS = 12
+
+# How many answers that fail validation (bad JSON, a cycle, too many tasks) the planner gets
+# told about before its answer counts as unusable.
+PLANNER_MAX_BAD_ANSWERS = 3
+
+# A plan whose planner has not answered in this long is planned again by another worker (its
+# executor died): planning writes nothing but its answer, so a second run is harmless.
+PLANNER_STALE_S = 15 * 60

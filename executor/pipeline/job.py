@@ -103,12 +103,14 @@ class TaskJob:
             self.move(State.CHECKING)
             collected = self.checkpoint(ws, sandbox)
             checks: list[stages.CheckResult] = []
-            outside = stages.out_of_scope(collected.files_changed, self.repo.allowed_paths)
+            outside = stages.out_of_scope(
+                collected.files_changed, self.repo.allowed_paths, self.task.allowed_paths
+            )
             if outside:
                 self.record("scope", {"outside": outside})
                 feedback = render(
                     "scope",
-                    allowed=", ".join(self.repo.allowed_paths),
+                    allowed=", ".join(self.task.allowed_paths or self.repo.allowed_paths),
                     files="\n".join(f"- {f}" for f in outside),
                     base_commit=ws.base_commit,
                 )

@@ -72,7 +72,7 @@ def _merge(job: TaskJob) -> tuple[Outcome, dict[str, Any]]:
     if unproven and not all(c.passed for c in job.prove(head, after="merge")):
         return park(f"checks fail on the latest {base}: see the checks"), {}
     outside = stages.out_of_scope(
-        merge.touched_files(canonical, base_tip, head), repo.allowed_paths
+        merge.touched_files(canonical, base_tip, head), repo.allowed_paths, task.allowed_paths
     )
     if outside:
         return park(f"changes outside allowed_paths: {', '.join(outside[:5])}"), {}

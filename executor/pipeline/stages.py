@@ -47,9 +47,18 @@ def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
-def out_of_scope(files: list[str], allowed: list[str]) -> list[str]:
-    """The changed files no `allowed_paths` pattern covers."""
-    return [f for f in files if not any(_glob(p).fullmatch(f) for p in allowed)]
+def out_of_scope(
+    files: list[str], allowed: list[str], task_allowed: list[str] | None = None
+) -> list[str]:
+    """The changed files no `allowed_paths` pattern covers: the repo's, and the task's own
+    (a planned task's boundary) when it has one; a file must be inside both."""
+
+    def inside(f: str, patterns: list[str]) -> bool:
+        return any(_glob(p).fullmatch(f) for p in patterns)
+
+    return [
+        f for f in files if not inside(f, allowed) or (task_allowed and not inside(f, task_allowed))
+    ]
 
 
 # --- checks ------------------------------------------------------------------------------

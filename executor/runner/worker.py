@@ -22,24 +22,30 @@ from sqlmodel import col, select
 
 from executor.agents.llm import LLMClient
 from executor.agents.loop import Cancelled
-from executor.config.defaults import IDLE_POLL_S
+from executor.agents.planner import PlanUnusable
+from executor.config.defaults import IDLE_POLL_S, PLANNER_STALE_S
 from executor.config.schema import Config, RepoConfig
 from executor.costs.budget import WAITING, Books, held
+from executor.costs.plan_estimate import estimate_nanos, over_budget
 from executor.git import workspace
 from executor.git.workspace import Workspace, WorkspaceError
 from executor.monitoring import metrics
 from executor.pipeline import forge_sync, pull_request
 from executor.pipeline.job import Outcome, TaskJob
 from executor.pipeline.merging import perform_merge
+from executor.pipeline.planning import plan_spec
 from executor.pipeline.watch import Interrupted, Watch
 from executor.runner.fleet import remove_dead_sandboxes
 from executor.sandbox.container import Sandbox
 from executor.sandbox.warm import WarmPool, discard
-from storage.db import transaction
+from storage.db import reading, transaction
 from storage.defaults import HEARTBEAT_TIMEOUT_S, MAX_ATTEMPTS
+from storage.dependencies import settle
 from storage.errors import Conflict
 from storage.lifecycle import CLOSED, WORKING, State
 from storage.models import Task, utcnow
+from storage.plan_draft import PlanDraft
+from storage.plans import claim_planning, draft_of, finish_planning, planning_due
 from storage.queue import claim_next, reap_stale, release, show_waiting
 from storage.tasks import events, transition
 
@@ -81,6 +87,8 @@ class Worker:
         while not self.stop.is_set():
             self.maintain()
             try:
+                if self.plan_once():
+                    continue
                 task = self.claim()
             except Exception:  # the database is away: wait and try again, don't die
                 log.exception("%s: claiming failed; retrying", self.worker_id)
@@ -94,6 +102,50 @@ class Worker:
             self.perform(task)
             done += 1
         return done
+
+    def plan_once(self) -> bool:
+        """Plan one requested plan (from Slack), if any: the planner's sandbox and model run
+        here, not in the bot. Its answer, or why there is none, lands on the plan's card."""
+        with reading(self.engine) as s:
+            if not planning_due(s, stale_s=PLANNER_STALE_S):
+                return False
+        with transaction(self.engine) as s:
+            plan = claim_planning(s, self.worker_id, stale_s=PLANNER_STALE_S)
+        if plan is None:
+            return False
+        assert plan.id is not None
+        draft: PlanDraft | None = None
+        error: str | None = None
+        repo = self.config.repos.get(plan.repo)
+        try:
+            if repo is None:
+                raise PlanUnusable(f"repo {plan.repo} is not in the config any more")
+            previous = None
+            if plan.feedback and plan.proposal:
+                with contextlib.suppress(ValueError):
+                    previous = draft_of(plan)
+            draft = plan_spec(
+                client=self.docker,
+                llm=self.llm,
+                home=self.home,
+                repo_name=plan.repo,
+                repo=repo,
+                spec=plan.spec,
+                executor_id=self.executor_id,
+                previous=previous,
+                feedback=plan.feedback,
+            ).draft
+        except PlanUnusable as exc:
+            error = str(exc)
+        except Exception as exc:  # a bug in planning must not kill the worker
+            log.exception("%s: planning plan %s failed", self.worker_id, plan.id)
+            error = f"planning failed: {type(exc).__name__}: {exc}"
+        with transaction(self.engine) as s:
+            note = None
+            if draft is not None and repo is not None:  # said on the card, before queueing
+                note = over_budget(s, self.books, plan.repo, estimate_nanos(draft, repo))
+            finish_planning(s, plan.id, self.worker_id, draft=draft, error=error, note=note)
+        return True
 
     def maintain(self) -> None:
         if time.monotonic() < self._next_maintenance:
@@ -142,6 +194,9 @@ class Worker:
             self.config = self.reload()
         capped = {n: r.max_concurrent for n, r in self.config.repos.items() if r.max_concurrent}
         with transaction(self.engine) as s:
+            # Waiting tasks whose prerequisites merged are queued (or parked, if one failed)
+            # in the claim's own transaction: a crash in between loses and repeats nothing.
+            settle(s)
             full: list[str] = []
             if capped:
                 busy = s.exec(

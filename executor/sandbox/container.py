@@ -121,6 +121,7 @@ class Sandbox:
         own_workspace: bool = False,
         background: bool = False,
         egress: tuple[str, ...] | None = None,
+        read_only_workspace: bool = False,
     ) -> Sandbox:
         """Create and start the task's container; `SandboxError` if the engine refuses.
 
@@ -136,7 +137,8 @@ class Sandbox:
 
         `env` is the container's environment (every command sees it); `agent_env` only what
         `spawn` starts. `egress` (host:port pairs): no network but the allowlisting proxy,
-        which every command is pointed at (`network` is then ignored)."""
+        which every command is pointed at (`network` is then ignored). `read_only_workspace`
+        mounts the workspace read-only (the planner: it looks, it never writes)."""
         limits = limits or Limits()
         workspace = workspace.resolve()
         if own_workspace:
@@ -177,7 +179,12 @@ class Sandbox:
                 user=f"{keepalive}:{keepalive}",
                 environment=environment,
                 working_dir=WORKSPACE,
-                volumes={str(workspace): {"bind": WORKSPACE, "mode": "rw"}},
+                volumes={
+                    str(workspace): {
+                        "bind": WORKSPACE,
+                        "mode": "ro" if read_only_workspace else "rw",
+                    }
+                },
                 init=True,  # docker-init as PID 1 reaps the zombies of detached processes
                 network_mode="bridge" if network else "none",
                 cap_drop=["ALL"],

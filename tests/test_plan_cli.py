@@ -1,0 +1,70 @@
+"""`nightcrew add --after`, `nightcrew plan` (a real sandboxed planner run against the
+scripted model) and how plans show in `ls` and `show`."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.cli_fixtures import Cli
+from tests.llm_server import ScriptedLLM, reply, tool_call
+from tests.test_planner import FOUR
+
+
+def test_add_after_waits_and_bad_prerequisites_write_nothing(cli: Cli) -> None:
+    cli.ok("add", "first")
+    assert "task 2 on app waits for #1 to merge, then starts" in cli.ok(
+        "add", "--after", "1", "second"
+    )
+    assert "waiting" in cli.ok("ls")
+    assert "there is no task 9" in cli.fails("add", "--after", "1,9", "third")
+    assert "not a task id" in cli.fails("add", "--after", "x", "third")
+
+
+@pytest.fixture
+def model(cli: Cli, monkeypatch: pytest.MonkeyPatch, sandbox_image: str):
+    def use(*script: object) -> ScriptedLLM:
+        llm = ScriptedLLM(script).start()  # type: ignore[arg-type]
+        monkeypatch.setenv("OPENAI_BASE_URL", llm.base_url)
+        monkeypatch.setenv("NIGHTCREW_MODEL", "scripted-model")
+        started.append(llm)
+        return llm
+
+    started: list[ScriptedLLM] = []
+    yield use
+    for llm in started:
+        llm.stop()
+
+
+def test_plan_prints_the_plan_and_queue_queues_all_of_it_once(cli: Cli, model) -> None:
+    model(reply(tool_call("submit_plan", FOUR)))
+    printed = cli.ok("plan", "add subtraction to calc")
+    assert "Plan 1: add subtraction" in printed
+    assert "3. [M] after 1 test sub()" in printed and "paths: test_sub.py" in printed
+    assert "nightcrew plan --queue 1" in printed
+    assert "no tasks" in cli.ok("ls")  # proposed, not queued
+    assert "queued plan 1: tasks #1, #2, #3, #4" in cli.ok("plan", "--queue", "1")
+    listing = cli.ok("ls")
+    assert listing.count("(plan 1)") == 4 and listing.count("waiting") == 2
+    shown = cli.ok("show", "p1")
+    assert "Plan 1 (queued): add subtraction" in shown and "#3 waiting" in shown
+    assert "plan 1 is queued, not proposed" in cli.fails("plan", "--queue", "1")
+
+
+def test_an_unusable_planner_answer_is_one_clear_error_and_no_task(cli: Cli, model) -> None:
+    bad = {"title": "x", "tasks": [{"prompt": "a", "allowed_paths": ["a"], "after": [5]}]}
+    model(*[reply(tool_call("submit_plan", bad))] * 3)
+    err = cli.fails("plan", "--yes", "add subtraction")
+    assert "the planner's answer was unusable: the plan: task 1 comes after task 5" in err
+    assert "no tasks" in cli.ok("ls")
+
+
+def test_a_plan_over_todays_budget_says_so_before_it_is_queued(cli: Cli, model) -> None:
+    # Four tasks (S, S, M, M) of a repo whose tasks may cost $4 each: up to $6; $5 a day.
+    (cli.repo / "nightcrew.yaml").write_text(
+        "repos:\n  app: {path: ., limits: {max_cost_usd: 4}}\nbudgets: {daily_usd: 5}\n"
+    )
+    model(reply(tool_call("submit_plan", FOUR)))
+    result = cli("plan", "--yes", "add subtraction")
+    assert result.returncode == 0, result.stderr
+    assert "may cost up to $6.00, more than the $5.00 left of today's budget" in result.stderr
+    assert "queued plan 1" in result.stdout
