@@ -57,9 +57,13 @@ def git(
     config: Mapping[str, str] | None = None,
     network: bool = False,
     timeout: float | None = None,
+    strip: bool = True,
 ) -> str:
-    """Run `git <args>` with the hardening above and return its stdout (stripped)."""
-    code, out, err = git_status(*args, cwd=cwd, config=config, network=network, timeout=timeout)
+    """Run `git <args>` with the hardening above and return its stdout (stripped unless
+    `strip` is False: a patch's last context line may be a lone space)."""
+    code, out, err = git_status(
+        *args, cwd=cwd, config=config, network=network, timeout=timeout, strip=strip
+    )
     if code != 0:
         raise GitError(redact(f"git {' '.join(args)} (in {cwd or '.'}): {err or out}"))
     return out
@@ -71,6 +75,7 @@ def git_status(
     config: Mapping[str, str] | None = None,
     network: bool = False,
     timeout: float | None = None,
+    strip: bool = True,
 ) -> tuple[int, str, str]:
     """As git(), for commands whose exit code is an answer (`merge-tree`: 1 = conflicts):
     exit code, stdout and stderr (stripped)."""
@@ -95,7 +100,8 @@ def git_status(
         # from None: the TimeoutExpired's own text holds the command line, URL included.
         said = f"git {' '.join(args)}: timed out after {exc.timeout:.0f} s"
         raise GitError(redact(said)) from None
-    return result.returncode, result.stdout.strip(), (result.stderr or "").strip()
+    stdout = result.stdout.strip() if strip else result.stdout
+    return result.returncode, stdout, (result.stderr or "").strip()
 
 
 def _env(network: bool) -> dict[str, str]:
