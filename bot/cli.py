@@ -64,7 +64,11 @@ def main() -> None:
 @app.callback()
 def _everywhere(
     verbose: bool = typer.Option(
-        False, "--verbose", "-v", help="Also show the libraries' warnings and notes."
+        False,
+        "--verbose",
+        "-v",
+        envvar="NIGHTCREW_VERBOSE",
+        help="Also show the libraries' warnings and notes (before the command: nightcrew -v up).",
     ),
 ) -> None:
     """Run a fleet of AI coding agents in Docker sandboxes; steer them from Slack or here."""

@@ -35,7 +35,8 @@ from storage import migrate
 from storage.db import make_engine, normalize_url
 
 Status = Literal["ok", "fail", "skip"]
-MANIFEST = Path(__file__).resolve().parent.parent / "manifest.yml"
+# Shipped inside the package, so `nightcrew slack-manifest` works from any install.
+MANIFEST = Path(__file__).resolve().parent.parent / "slack" / "manifest.yml"
 LLM_TIMEOUT_S = 30.0  # a cold local model may take a while for its first token
 
 
@@ -297,7 +298,8 @@ def check_slack(
             "slack",
             "fail",
             f"{who}: missing scopes {', '.join(missing)}",
-            "add them from manifest.yml (OAuth & Permissions → Scopes) and reinstall the app",
+            "add them (`nightcrew slack-manifest` lists them; OAuth & Permissions → Scopes) "
+            "and reinstall the app",
         )
     return Result("slack", "ok", f"{who}; all {len(wanted)} scopes of manifest.yml granted")
 
