@@ -329,7 +329,7 @@ def doctor(
         raise typer.Exit(2) from None
 
     def provide(image: str) -> bool:
-        if fix or _ask(f"{image} is missing; build or pull it now?"):
+        if fix or _ask(f"{image} is missing or out of date; build or pull it now?"):
             out.print(f"providing {image} (a build takes a few minutes)…")
             return True
         return False

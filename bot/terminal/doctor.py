@@ -6,8 +6,6 @@ all in order."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +14,7 @@ from typing import Literal
 
 import docker
 import yaml
-from docker.errors import DockerException, ImageNotFound
+from docker.errors import APIError, ContainerError, DockerException, ImageNotFound
 from rich.text import Text
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -31,6 +29,7 @@ from executor.config.settings import Settings
 from executor.git import quota
 from executor.sandbox.container import SandboxError
 from executor.sandbox.image import SANDBOX_DIR, ensure_image
+from executor.sandbox.recipe import freshness
 from storage import migrate
 from storage.db import make_engine, normalize_url
 
@@ -166,35 +165,80 @@ def check_disk_quota() -> Result:
     return Result("disk quota", "skip", f"not enforced: {why} (a runaway write can fill the disk)")
 
 
-def check_image(client: docker.DockerClient, image: str) -> Result:
+def check_image(client: docker.DockerClient, image: str, *, context: Path = SANDBOX_DIR) -> Result:
+    """Present, and for ours (the default image, or one built from `context`) built from
+    the current recipe (executor/sandbox/recipe.py)."""
+    ours = image == DEFAULT_IMAGE or context != SANDBOX_DIR
     try:
         found = client.images.get(image)
     except ImageNotFound:
-        if image == DEFAULT_IMAGE:
+        if ours:
             fix = "`nightcrew doctor --fix` builds it (sandbox/build-image.sh without a registry)"
         else:
             fix = f"`nightcrew doctor --fix` pulls it, or `docker pull {image}`"
         return Result(f"image {image}", "fail", "not on the engine", fix)
     except DockerException as exc:
         return Result(f"image {image}", "fail", str(exc).splitlines()[0], "is the engine healthy?")
+    state = freshness(client, image, context)
+    if ours and state.stale:
+        fix = (
+            "`nightcrew doctor --fix` rebuilds it (the executor also does before its first "
+            "task), or `sandbox/build-image.sh` as root without a registry"
+        )
+        return Result(f"image {image}", "fail", state.describe(image), fix)
     size = (found.attrs.get("Size") or 0) / 1e6
     return Result(f"image {image}", "ok", f"present ({found.short_id}, {size:.0f} MB)")
 
 
-def provide_image(client: docker.DockerClient, image: str) -> Result:
-    """The fix for a missing image: the default one is built (registry-free when we are
-    root and have debootstrap), others are pulled."""
-    script = SANDBOX_DIR / "build-image.sh"
+# What the executor runs inside every sandbox: a POSIX shell for every command (sh -c), the
+# command's time limit (timeout), the agent's git and the process listing the tools use (ps).
+NEEDED_TOOLS = ("git", "ps", "timeout")
+TOOLS_TIMEOUT_S = 60
+
+
+def check_tools(client: docker.DockerClient, image: str) -> Result:
+    """Start the image once (no network) and look for the tools the executor needs."""
+    probe = "for t in " + " ".join(NEEDED_TOOLS) + "; do command -v $t >/dev/null || echo $t; done"
+    name = f"tools in {image}"
     try:
-        if image == DEFAULT_IMAGE and os.geteuid() == 0 and shutil.which("debootstrap"):
-            done = subprocess.run([script, image], capture_output=True, text=True, timeout=1800)
-            if done.returncode != 0:
-                raise SandboxError(f"{script} failed: {done.stderr.strip()[-300:]}")
-        else:
-            ensure_image(client, image)
+        output = client.containers.run(
+            image,
+            ["sh", "-c", probe],
+            entrypoint=[],
+            network_disabled=True,
+            remove=True,
+            stdout=True,
+            stderr=True,
+        )
+    except ContainerError as exc:
+        return Result(name, "fail", f"the probe failed: {exc}", "rebuild or fix the image")
+    except APIError as exc:  # `sh` itself is missing: the container cannot start
+        detail = f"no shell (sh) to run commands in: {exc.explanation or exc}"
+        return Result(name, "fail", detail, "use an image with /bin/sh, git, ps and timeout")
+    except DockerException as exc:
+        return Result(name, "fail", str(exc).splitlines()[0], "is the engine healthy?")
+    missing = output.decode("utf-8", "replace").split()
+    if missing:
+        return Result(
+            name,
+            "fail",
+            f"missing: {', '.join(missing)}",
+            "install them in the image (for the default image: sandbox/packages.txt, then "
+            "`nightcrew doctor --fix`)",
+        )
+    return Result(name, "ok", "sh, " + ", ".join(NEEDED_TOOLS))
+
+
+def provide_image(
+    client: docker.DockerClient, image: str, *, context: Path = SANDBOX_DIR
+) -> Result:
+    """The fix for a missing or stale image: ours is built (registry-free when we are root
+    and have debootstrap), others are pulled."""
+    try:
+        ensure_image(client, image, context=context)
     except SandboxError as exc:
         return Result(f"image {image}", "fail", str(exc), "build or pull it by hand, see README")
-    return check_image(client, image)
+    return check_image(client, image, context=context)
 
 
 def check_llm(base_url: str, api_key: str | None, model: str | None) -> Result:
@@ -332,6 +376,8 @@ def diagnose(
         if result.failed and provide(image):
             result = provide_image(client, image)
         add(result)
+        if not result.failed:
+            add(check_tools(client, image))
     base_url = env.openai_base_url or (config.base_url if config else None) or DEFAULT_BASE_URL
     add(check_llm(base_url, env.openai_api_key, env.model or (config and config.model)))
     slack = SlackEnv.from_env()
