@@ -25,10 +25,10 @@ LONG = (
 
 
 def env_for(home: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "NIGHTCREW_HOME": str(home), **extra}
+    env = {**os.environ, "NIGHTCREW_HOME": str(home)}
     for name in ("NIGHTCREW_CONFIG", "NIGHTCREW_DATABASE_URL", "FORCE_COLOR", "NO_COLOR"):
         env.pop(name, None)
-    return env
+    return env | extra
 
 
 def run(repo: Path, home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -43,10 +43,10 @@ def run(repo: Path, home: Path, *args: str, **env: str) -> subprocess.CompletedP
     )
 
 
-def run_in_terminal(repo: Path, home: Path, *args: str, columns: int = 120) -> str:
+def run_in_terminal(repo: Path, home: Path, *args: str, columns: int = 120, **extra: str) -> str:
     """`nightcrew ARGS` on a real pseudo-terminal, as a person runs it; what it showed."""
     leader, follower = pty.openpty()
-    env = env_for(home, COLUMNS=str(columns), TERM="xterm-256color")
+    env = env_for(home, COLUMNS=str(columns), TERM="xterm-256color", **extra)
     proc = subprocess.Popen(
         [NIGHTCREW, *args], cwd=repo, env=env, stdin=follower, stdout=follower, stderr=follower
     )

@@ -22,9 +22,9 @@ _STYLES = (
 )
 
 
-def coloured(patch: str) -> Text:
+def coloured(patch: bytes) -> Text:
     text = Text()
-    for line in patch.splitlines():
+    for line in patch.decode("utf-8", "replace").splitlines():
         safe = clean(line)
         style = next((s for prefix, s in _STYLES if safe.startswith(prefix)), "")
         text.append(safe + "\n", style=style)

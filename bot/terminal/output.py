@@ -46,12 +46,18 @@ class Output:
         indent = 2 if self.terminal else None
         self._write([json.dumps(data, indent=indent, ensure_ascii=False, default=str)])
 
-    def verbatim(self, text: str) -> None:
-        """Text exactly as given, never wrapped: our own (a manifest), or in a pipe only,
-        untrusted text such as a patch for `git apply` (on a terminal it goes through
-        `clean` first: escape sequences)."""
-        self.console.file.write(text)
-        self.console.file.flush()
+    def verbatim(self, data: str | bytes) -> None:
+        """Text or bytes exactly as given, never wrapped: our own (a manifest), or in a pipe
+        only, untrusted bytes such as a patch for `git apply` (on a terminal a patch goes
+        through `clean` first: escape sequences)."""
+        file = self.console.file
+        if isinstance(data, bytes):
+            file.flush()
+            file.buffer.write(data)  # type: ignore[attr-defined]  # a text stream's bytes
+            file.buffer.flush()  # type: ignore[attr-defined]
+        else:
+            file.write(data)
+        file.flush()
 
     def _write(self, lines: Iterable[str]) -> None:
         file = self.console.file

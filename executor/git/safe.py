@@ -57,13 +57,9 @@ def git(
     config: Mapping[str, str] | None = None,
     network: bool = False,
     timeout: float | None = None,
-    strip: bool = True,
 ) -> str:
-    """Run `git <args>` with the hardening above and return its stdout (stripped unless
-    `strip` is False: a patch's last context line may be a lone space)."""
-    code, out, err = git_status(
-        *args, cwd=cwd, config=config, network=network, timeout=timeout, strip=strip
-    )
+    """Run `git <args>` with the hardening above and return its stdout (stripped)."""
+    code, out, err = git_status(*args, cwd=cwd, config=config, network=network, timeout=timeout)
     if code != 0:
         raise GitError(redact(f"git {' '.join(args)} (in {cwd or '.'}): {err or out}"))
     return out
@@ -75,7 +71,6 @@ def git_status(
     config: Mapping[str, str] | None = None,
     network: bool = False,
     timeout: float | None = None,
-    strip: bool = True,
 ) -> tuple[int, str, str]:
     """As git(), for commands whose exit code is an answer (`merge-tree`: 1 = conflicts):
     exit code, stdout and stderr (stripped)."""
@@ -100,8 +95,27 @@ def git_status(
         # from None: the TimeoutExpired's own text holds the command line, URL included.
         said = f"git {' '.join(args)}: timed out after {exc.timeout:.0f} s"
         raise GitError(redact(said)) from None
-    stdout = result.stdout.strip() if strip else result.stdout
-    return result.returncode, stdout, (result.stderr or "").strip()
+    return result.returncode, result.stdout.strip(), (result.stderr or "").strip()
+
+
+def git_bytes(*args: str, cwd: Path | None = None) -> bytes:
+    """As git() on local repos, with stdout exactly as git wrote it: a patch keeps its CRs,
+    its last blank context line and files in any encoding (text mode would lose them)."""
+    cmd = ["git"]
+    for key, value in ALWAYS.items():
+        cmd += ["-c", f"{key}={value}"]
+    result = subprocess.run(
+        [*cmd, *args],
+        cwd=cwd,
+        env=_env(False),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        start_new_session=True,
+    )
+    if result.returncode != 0:
+        said = result.stderr.decode("utf-8", "replace").strip()
+        raise GitError(redact(f"git {' '.join(args)} (in {cwd or '.'}): {said}"))
+    return result.stdout
 
 
 def _env(network: bool) -> dict[str, str]:
