@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from sqlalchemy import Engine, func
 from sqlmodel import select
@@ -377,7 +377,10 @@ def init(force: bool = typer.Option(False, "--force", help="Overwrite existing f
         out.print(f"wrote {path}")
     if _ignore(root / ".gitignore", [".nightcrew/", ".env"]):
         out.print(f"added .nightcrew/ and .env to {root / '.gitignore'}")
-    out.print('next: edit nightcrew.yaml, then `nightcrew add "<what to do>"`')
+    out.print(
+        "next: set the model in .env (see .env.example), `nightcrew doctor --fix`, "
+        '`nightcrew up`, then in another terminal `nightcrew add "<what to do>"`'
+    )
 
 
 def _ignore(gitignore: Path, patterns: list[str]) -> bool:
@@ -599,7 +602,12 @@ def budget(as_json: bool = AS_JSON, no_header: bool = NO_HEADER) -> None:
         out.json(records.budgets(day, budgets, waiting))
         return
     out.header = not no_header
-    out.print(render.budget_table(day, budgets, waiting))
+    head, table, note = render.budget_table(day, budgets, waiting).renderables
+    if out.terminal:
+        out.print(Group(head, table, note))
+    else:  # a script reads the rows; the day and the note are for people
+        err.print(head)
+        out.print(table)
     if not books.budgets.any:
         err.print("no budgets set; add `budgets: {daily_usd: 20}` to nightcrew.yaml")
 
