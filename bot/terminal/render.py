@@ -160,6 +160,7 @@ def task_detail(
     parts: list[Table | Text] = [grid, Text("\nprompt", style="bold"), plain(task.prompt)]
     if proof:
         parts += proof_lines(proof)
+        parts.append(Text(f"  full diff: nightcrew diff {task.id}", style="dim"))
     if nudges:
         parts.append(Text("\nnudges", style="bold"))
         for n in nudges:

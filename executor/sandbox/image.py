@@ -63,7 +63,10 @@ def provide_image(
     script = context / "build-image.sh"
     if script.is_file() and os.geteuid() == 0 and shutil.which("debootstrap"):
         done = subprocess.run(
-            [str(script), image], capture_output=True, text=True, timeout=BUILD_SCRIPT_TIMEOUT_S
+            ["sh", str(script), image],
+            capture_output=True,
+            text=True,
+            timeout=BUILD_SCRIPT_TIMEOUT_S,
         )
         if done.returncode != 0:
             raise SandboxError(f"{script} failed: {done.stderr.strip()[-300:]}")
