@@ -50,7 +50,7 @@ def test_commits_carry_the_title_summary_and_task_id(
     assert work.splitlines()[0] == (
         "fix add() in calc.py so that it adds instead of subtracting, and keep…"
     )
-    assert "Fixed the sign in add()." in work and f"Nightcrew-Task: {task_id}" in work
+    assert "Fixed the sign in add()." in work and f"Nightcrew-Work: {task_id}" in work
     assert "\x1b" not in work and "\x07" not in work
 
     with transaction(engine) as s:

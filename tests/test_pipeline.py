@@ -151,7 +151,7 @@ def test_checks_send_it_back_review_requests_a_change_then_it_parks_with_proof(
         f"✓ {CHECK}",
         "review: approve: correct and tested",
         "revision rounds: 2",
-        "wall time",
+        "working time",
     ):
         assert expected in shown, shown
 

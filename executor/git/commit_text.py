@@ -1,7 +1,8 @@
 """Commit messages made from the task, for a history a team would keep.
 
-A title from the task's prompt, the agent's summary as the body, and a `Nightcrew-Task`
-trailer that names the task for people. The trailer is never read back: what a merge did is
+A title from the task's prompt, the agent's summary as the body, and a trailer that names
+the task for people: `Nightcrew-Task` on the commit that lands it, `Nightcrew-Work` on the
+agent's work commits. The trailer is never read back: what a merge did is
 known from the database alone (executor/git/merge.py). The prompt and the summary are
 untrusted text (a Slack user's, a model's): control characters are dropped, so no escape
 sequence reaches a `git log` on someone's terminal, and the body is bounded."""
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 from storage.text import clean
 
-TRAILER = "Nightcrew-Task"
+TRAILER = "Nightcrew-Task"  # on the commit that lands the task (merge or squash)
+WORK_TRAILER = "Nightcrew-Work"  # on the agent's work commits nightcrew makes
 TITLE_CHARS = 72  # what `git log --oneline` and most forges show in full
 BODY_CHARS = 8000
 
@@ -42,5 +44,8 @@ def compose(
 
 def work_message(task_id: int, prompt: str, summary: str | None) -> str:
     """The agent's commit of its work: with its summary once it finished, else marked as
-    unfinished (the task failed, was cancelled or waits for input)."""
-    return compose(task_id, prompt, summary or "Unfinished: the agent had not finished yet.")
+    unfinished (the task failed, was cancelled or waits for input). Its trailer is
+    `Nightcrew-Work`: `Nightcrew-Task` marks the one commit that landed the task."""
+    body_ = summary or "Unfinished: the agent had not finished yet."
+    parts = [title(task_id, prompt), body(body_), f"{WORK_TRAILER}: {task_id}"]
+    return "\n\n".join(p for p in parts if p) + "\n"
