@@ -201,8 +201,14 @@ def run_anyway(
 
 
 def approve(
-    session: Session, task_id: int, *, actor: str, approvers: Collection[str] = ()
+    session: Session,
+    task_id: int,
+    *,
+    actor: str,
+    approvers: Collection[str] = (),
+    base: str | None = None,
 ) -> Outcome:
+    """`base`: the branch it merges into, for the message (the front end knows the config)."""
     task = get_task(session, task_id)
     check_may_decide(task, actor, approvers, "approve")
     state = State(task.state)
@@ -226,7 +232,8 @@ def approve(
         approved_commit=task.head_commit,  # exactly what lands, or a clean rebase of it
         attempts=0,  # merge attempts count from here
     )
-    return Outcome(task, f"approved task {task_id}; it merges into {task.repo} next")
+    into = f" into {base}" if base else ""
+    return Outcome(task, f"approved task {task_id}; branch {task.branch} merges{into} next")
 
 
 def reject(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from sqlalchemy import Engine, func
 from sqlmodel import select
@@ -21,7 +21,8 @@ from sqlmodel import select
 from bot import actions
 from bot.actions import ActionError, Outcome
 from bot.links import Signer
-from bot.terminal import render
+from bot.terminal import records, render
+from bot.terminal.output import Output
 from executor.config.redact import redact
 from executor.config.schema import (
     DEFAULT_IMAGE,
@@ -51,13 +52,31 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},
 )
-out = Console(highlight=False)
+out = Output(Console(highlight=False))  # tables and colour on a terminal, plain lines in a pipe
 err = Console(stderr=True, highlight=False)
 
 
 def main() -> None:
     app()
+
+
+@app.callback()
+def _everywhere(
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        envvar="NIGHTCREW_VERBOSE",
+        help="Also show the libraries' warnings and notes (before the command: nightcrew -v up).",
+    ),
+) -> None:
+    """Run a fleet of AI coding agents in Docker sandboxes; steer them from Slack or here."""
+    from bot.terminal import noise
+
+    noise.configure(verbose)
 
 
 # --- composition -------------------------------------------------------------------------
@@ -177,16 +196,24 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def act(action: Callable[..., Outcome], task_id: str, *args: str, decides: bool = False) -> None:
+def act(
+    action: Callable[..., Outcome],
+    task_id: str,
+    *args: str,
+    decides: bool = False,
+    names_base: bool = False,
+) -> None:
     """Run a user action as the local user; `decides`: it needs the requester or an
-    approver of the task's repo."""
+    approver of the task's repo; `names_base`: its message names the base branch."""
     with user_errors():
         tid = actions.parse_task_id(task_id)
         with transaction(engine()) as session:
-            extra = {}
+            extra: dict = {}
+            repo = config().repos.get(get_task(session, tid).repo) if decides else None
             if decides:
-                repo = config().repos.get(get_task(session, tid).repo)
                 extra["approvers"] = repo.approvers if repo else []
+            if names_base and repo:
+                extra["base"] = repo.base_branch
             outcome = action(session, tid, *args, actor=local_user(), **extra)
         out.print(outcome.message)
 
@@ -215,8 +242,9 @@ def up(
             if slack is None:
                 err.print(
                     "[yellow]Slack is not connected:[/yellow] set SLACK_BOT_TOKEN and "
-                    "SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode); see "
-                    "manifest.yml. Running the executor only; queue tasks with `nightcrew add`."
+                    "SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode); "
+                    "`nightcrew slack-manifest` prints the Slack app's manifest. Running the "
+                    "executor only; queue tasks with `nightcrew add`."
                 )
                 with Scheduler(engine(), config, digests=False):  # scheduled tasks still fire
                     _run_executor(concurrency, drain=False)
@@ -274,7 +302,10 @@ def bot(
     with user_errors():
         slack = SlackEnv.from_env()
         if slack is None:
-            raise ActionError("SLACK_BOT_TOKEN is not set; create the app from manifest.yml")
+            raise ActionError(
+                "SLACK_BOT_TOKEN is not set; create the Slack app from the manifest that "
+                "`nightcrew slack-manifest` prints"
+            )
         if not http and not slack.app_token:
             raise ActionError("Socket Mode needs SLACK_APP_TOKEN; or use --http")
         if http and not slack.signing_secret:
@@ -362,7 +393,7 @@ def doctor(
         raise typer.Exit(2) from None
 
     def provide(image: str) -> bool:
-        if fix or _ask(f"{image} is missing; build or pull it now?"):
+        if fix or _ask(f"{image} is missing or out of date; build or pull it now?"):
             out.print(f"providing {image} (a build takes a few minutes)…")
             return True
         return False
@@ -376,6 +407,15 @@ def doctor(
 def _ask(question: str) -> bool:
     """Ask only a person at a terminal; scripts get the fix printed instead."""
     return sys.stdin.isatty() and typer.confirm(question, default=True)
+
+
+@app.command("slack-manifest")
+def slack_manifest() -> None:
+    """Print the Slack app's manifest (YAML), to paste at api.slack.com/apps when creating
+    the app from a manifest."""
+    from bot.terminal.doctor import MANIFEST
+
+    out.verbatim(MANIFEST.read_text(encoding="utf-8"))  # our own file: safe anywhere
 
 
 @app.command()
@@ -405,7 +445,10 @@ def init(force: bool = typer.Option(False, "--force", help="Overwrite existing f
 
     ensure_secret(settings().home)  # signs the task pages' links (0600)
     out.print(f"link secret in {secret_path(settings().home)}")
-    out.print('next: edit nightcrew.yaml, then `nightcrew add "<what to do>"`')
+    out.print(
+        "next: set the model in .env (see .env.example), `nightcrew doctor --fix`, "
+        '`nightcrew up`, then in another terminal `nightcrew add "<what to do>"`'
+    )
 
 
 def _ignore(gitignore: Path, patterns: list[str]) -> bool:
@@ -454,6 +497,10 @@ def add(
     out.print(outcome.task.id if quiet else outcome.message)
 
 
+AS_JSON = typer.Option(False, "--json", help="Print JSON instead (docs/CLI.md lists the fields).")
+NO_HEADER = typer.Option(False, "--no-header", help="Leave out the table's header line.")
+
+
 @app.command()
 def review() -> None:
     """The tasks awaiting approval, riskiest first, with why (the same order as `/agent
@@ -474,17 +521,32 @@ def ls(
     state: list[str] = typer.Option([], "--state", "-s", help="Only these states (repeatable)."),
     all_: bool = typer.Option(False, "--all", "-a", help="Include merged, cancelled, rejected."),
     repo: str | None = typer.Option(None, "--repo", "-r", help="Only this repo."),
+    mine: bool = typer.Option(False, "--mine", help="Only tasks you (the local user) asked for."),
     limit: int = typer.Option(50, "--limit", "-n", help="At most this many, newest first."),
+    as_json: bool = AS_JSON,
+    no_header: bool = NO_HEADER,
 ) -> None:
-    """List tasks (open ones unless --all or --state)."""
+    """List tasks, open ones unless --all or --state; the filters combine."""
     with user_errors():
         states = [_state(s) for s in state] or None
         with transaction(engine()) as session:
-            tasks = list_tasks(session, states=states, include_closed=all_, repo=repo, limit=limit)
-    if not tasks:
-        out.print("no tasks" + ("" if all_ or states else " open (use --all to see closed ones)"))
+            tasks = list_tasks(
+                session,
+                states=states,
+                include_closed=all_,
+                repo=repo,
+                requester=local_user() if mine else None,
+                limit=limit,
+            )
+    if as_json:
+        out.json([records.task(t) for t in tasks])
         return
-    out.print(render.task_table(tasks))
+    if not tasks:  # a message for people; a script sees no rows (stderr stays out of pipes)
+        note = "no tasks" + ("" if all_ or states else " open (use --all to see closed ones)")
+        (out if out.terminal else err).print(note)
+        return
+    out.header = not no_header
+    out.print(render.task_table(tasks, prompt_width=60 if out.terminal else None))
 
 
 def _state(text: str) -> State:
@@ -496,8 +558,13 @@ def _state(text: str) -> State:
 
 
 @app.command()
-def show(task_id: str = typer.Argument(..., help="Task id (or p<id> for a plan).")) -> None:
-    """Show one task: state, accounting, git refs, nudges and recent events."""
+def show(
+    task_id: str = typer.Argument(..., help="Task id (or p<id> for a plan)."),
+    with_diff: bool = typer.Option(False, "--diff", help="Also print the task's full diff."),
+    as_json: bool = AS_JSON,
+) -> None:
+    """Show one task: state, accounting, time spent, git refs, proof, nudges and recent
+    events. `p<id>` shows a plan and its tasks."""
     if task_id.strip().lower().startswith("p"):
         return _show_plan(task_id.strip()[1:])
     with user_errors():
@@ -505,11 +572,17 @@ def show(task_id: str = typer.Argument(..., help="Task id (or p<id> for a plan).
         with transaction(engine()) as session:
             task = get_task(session, tid)
             log = events(session, tid)
-            proof = next((e.payload for e in reversed(log) if e.kind == "proof"), None)
-            detail = render.task_detail(
-                task, nudges(session, tid), log[-10:], proof=proof, runs=render.claims(log)
+            taken = nudges(session, tid)
+        proof = next((e.payload for e in reversed(log) if e.kind == "proof"), None)
+        runs, times = render.claims(log), render.time_split(log)
+        if as_json:
+            out.json(records.detail(task, taken, log[-10:], proof=proof, runs=runs, times=times))
+        else:
+            out.print(
+                render.task_detail(task, taken, log[-10:], proof=proof, runs=runs, times=times)
             )
-    out.print(detail)
+        if with_diff:
+            _print_diff(task)
 
 
 def _show_plan(plan_id: str) -> None:
@@ -602,6 +675,9 @@ def plan(
 def log(
     task_id: str = typer.Argument(..., help="Task id."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events."),
+    as_json: bool = typer.Option(
+        False, "--json", help="One JSON object per event and line (docs/CLI.md)."
+    ),
 ) -> None:
     """Print a task's event log; --follow waits for more until the task stops working."""
     with user_errors():
@@ -612,7 +688,10 @@ def log(
                 batch = events(session, tid, after_id=last)
                 state = State(get_task(session, tid).state)
             for event in batch:
-                out.print(render.event_line(event))
+                if as_json:
+                    out.json(records.event(event))
+                else:
+                    out.print(render.event_line(event, full=not out.terminal))
                 last = event.id or last
             if not follow or (state not in WORKING and state is not State.QUEUED):
                 break
@@ -620,6 +699,41 @@ def log(
                 time.sleep(1.0)
             except KeyboardInterrupt:
                 break
+
+
+@app.command()
+def diff(task_id: str = typer.Argument(..., help="Task id.")) -> None:
+    """Print a task's full diff: coloured on a terminal, and in a pipe exactly as `git apply`
+    takes it on the base branch."""
+    with user_errors():
+        tid = actions.parse_task_id(task_id)
+        with transaction(engine()) as session:
+            task = get_task(session, tid)
+        _print_diff(task)
+
+
+def _print_diff(task: Task) -> None:
+    from bot.terminal.diff import coloured
+    from executor.git.patch import GitError, task_patch
+    from executor.git.workspace import canonical_path
+
+    repo = config().repos.get(task.repo)
+    if repo is None:
+        raise ActionError(f"task {task.id}: repo {task.repo!r} is not in the configuration")
+    if not task.head_commit:
+        raise ActionError(f"task {task.id} has no commits yet ({task.state.value})")
+    canonical = canonical_path(settings().home, task.repo, repo)
+    landed = task.base_commit if task.state is State.MERGED else None
+    try:
+        patch = task_patch(canonical, repo.base_branch, task.head_commit, landed_from=landed)
+    except GitError as exc:
+        raise ActionError(f"task {task.id}: cannot read its diff: {exc}") from None
+    if not patch:
+        err.print(f"task {task.id} changes nothing")
+    elif out.terminal:
+        out.print(coloured(patch))
+    else:  # a pipe: byte for byte, for `git apply`
+        out.verbatim(patch)
 
 
 @app.command()
@@ -646,7 +760,7 @@ def retry(task_id: str = typer.Argument(..., help="Task id.")) -> None:
 @app.command()
 def approve(task_id: str = typer.Argument(..., help="Task id.")) -> None:
     """Approve a task awaiting approval; it is merged next."""
-    act(actions.approve, task_id, decides=True)
+    act(actions.approve, task_id, decides=True, names_base=True)
 
 
 @app.command()
@@ -656,7 +770,7 @@ def reject(task_id: str = typer.Argument(..., help="Task id.")) -> None:
 
 
 @app.command()
-def budget() -> None:
+def budget(as_json: bool = AS_JSON, no_header: bool = NO_HEADER) -> None:
     """Show today's spend against the daily budgets (nightcrew.yaml `budgets:`), per repo."""
     from executor.costs.budget import WAITING, Books
     from storage.queue import waiting_by_repo
@@ -666,24 +780,38 @@ def budget() -> None:
         with transaction(engine()) as session:
             day, budgets = books.today(session)
             waiting = waiting_by_repo(session, marker=WAITING)
-    out.print(render.budget_table(day, budgets, waiting))
+    if as_json:
+        out.json(records.budgets(day, budgets, waiting))
+        return
+    out.header = not no_header
+    head, table, note = render.budget_table(day, budgets, waiting).renderables
+    if out.terminal:
+        out.print(Group(head, table, note))
+    else:  # a script reads the rows; the day and the note are for people
+        err.print(head)
+        out.print(table)
     if not books.budgets.any:
-        out.print("no budgets set; add `budgets: {daily_usd: 20}` to nightcrew.yaml")
+        err.print("no budgets set; add `budgets: {daily_usd: 20}` to nightcrew.yaml")
 
 
 @app.command()
-def repos() -> None:
+def repos(as_json: bool = AS_JSON, no_header: bool = NO_HEADER) -> None:
     """List the configured repos."""
     with user_errors():
         cfg = config()
+    if as_json:
+        out.json(records.repos(cfg))
+        return
+    out.header = not no_header
     out.print(render.repos_table(cfg))
     if cfg.source is None:
-        out.print("(no nightcrew.yaml: using the current git repo; `nightcrew init` writes one)")
+        err.print("(no nightcrew.yaml: using the current git repo; `nightcrew init` writes one)")
 
 
 @app.command()
 def digest(
     mine: bool = typer.Option(False, "--mine", help="Only tasks you (the local user) asked for."),
+    as_json: bool = AS_JSON,
 ) -> None:
     """Print the digest now: since the last scheduled one, what waits for approval (riskiest
     first), what merged, failed or is still open, and the totals. Sends nothing."""
@@ -696,7 +824,10 @@ def digest(
         with transaction(engine()) as session:
             requester = local_user() if mine else None
             data, _, _ = digests.on_demand(session, cfg, utcnow(), requester=requester)
-    out.print(render.digest(data, ZoneInfo(cfg.digest.timezone)))
+    if as_json:
+        out.json(records.digest(data))
+        return
+    out.print(render.digest(data, ZoneInfo(cfg.digest.timezone), full=not out.terminal))
 
 
 schedule_app = typer.Typer(

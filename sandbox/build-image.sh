@@ -5,7 +5,10 @@
 #
 #   sandbox/build-image.sh [--force] [TAG]     (root needed for debootstrap)
 #
-# Does nothing if TAG (default nightcrew-sandbox:latest) exists, unless --force.
+# Does nothing if TAG (default nightcrew-sandbox:latest) exists and was built from this
+# Dockerfile and packages.txt (its nightcrew.recipe label: sha256 of the two files, as
+# executor/sandbox/recipe.py computes it); rebuilds it when it was built from anything else
+# (an older package list, another project's image). --force rebuilds anyway.
 # NIGHTCREW_DEBIAN_MIRROR overrides the Debian mirror (default http://deb.debian.org/debian).
 set -eu
 
@@ -14,17 +17,23 @@ tag=nightcrew-sandbox:latest
 for arg in "$@"; do
     case "$arg" in
         --force) force=1 ;;
-        -h | --help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
         -*) echo "build-image.sh: unknown option $arg" >&2; exit 2 ;;
         *) tag=$arg ;;
     esac
 done
 mirror=${NIGHTCREW_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 here=$(cd "$(dirname "$0")" && pwd)
+recipe=$(cat "$here/Dockerfile" "$here/packages.txt" | sha256sum | cut -c1-64)
 
 if [ "$force" = 0 ] && docker image inspect "$tag" >/dev/null 2>&1; then
-    echo "build-image.sh: $tag exists (use --force to rebuild)"
-    exit 0
+    built_from=$(docker image inspect --format '{{index .Config.Labels "nightcrew.recipe"}}' "$tag" 2>/dev/null || true)
+    if [ "$built_from" = "$recipe" ]; then
+        echo "build-image.sh: $tag exists and is built from this recipe (use --force to rebuild)"
+        exit 0
+    fi
+    echo "build-image.sh: $tag was built from another Dockerfile or package list" \
+        "(${built_from:-no nightcrew.recipe label}); rebuilding"
 fi
 if [ "$(id -u)" != 0 ]; then
     echo "build-image.sh: debootstrap needs root; run it with sudo" >&2
@@ -70,6 +79,7 @@ tar --numeric-owner -C "$rootfs" -c . | docker import \
     --change 'USER agent' \
     --change 'WORKDIR /workspace' \
     --change 'CMD ["sleep", "infinity"]' \
+    --change "LABEL nightcrew.recipe=$recipe" \
     --message "nightcrew sandbox (debootstrap bookworm)" \
     - "$tag" >/dev/null
 echo "build-image.sh: built $tag"

@@ -15,12 +15,13 @@ from typing import Any
 
 import docker
 import pytest
-from docker.errors import DockerException, ImageNotFound
+from docker.errors import DockerException
 from docker.models.containers import Container
 
 from executor.config.schema import DEFAULT_IMAGE
 from executor.sandbox.container import Sandbox, SandboxError, remove_orphans
 from executor.sandbox.image import SANDBOX_DIR, ensure_image
+from executor.sandbox.recipe import freshness
 from tests.conftest import need
 
 # Every container the tests start carries this executor id, so a session cleans up only its
@@ -50,12 +51,11 @@ def docker_client() -> Iterator[docker.DockerClient]:
 @pytest.fixture(scope="session")
 def sandbox_image(docker_client: docker.DockerClient) -> str:
     """The default sandbox image, built registry-free by sandbox/build-image.sh if missing
-    (about a minute, once per machine), else from the Dockerfile where a registry is up."""
-    try:
-        docker_client.images.get(DEFAULT_IMAGE)
+    or built from another recipe (about a minute, once per machine), else from the
+    Dockerfile where a registry is up."""
+    state = freshness(docker_client, DEFAULT_IMAGE)
+    if state.present and not state.stale:
         return DEFAULT_IMAGE
-    except ImageNotFound:
-        pass
     if os.geteuid() == 0 and shutil.which("debootstrap"):
         script = SANDBOX_DIR / "build-image.sh"
         result = subprocess.run([script], capture_output=True, text=True, timeout=900)

@@ -275,7 +275,7 @@ def test_doctor_asks_at_a_terminal_before_providing_an_image(
     output, _ = proc.communicate(timeout=120)
     os.close(primary)
     assert proc.returncode == 1
-    assert f"{MISSING_IMAGE} is missing; build or pull it now?" in output
+    assert f"{MISSING_IMAGE} is missing or out of date; build or pull it now?" in output
     if answer == "n":
         assert "providing" not in output and "not on the engine" in output
     else:

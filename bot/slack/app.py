@@ -64,7 +64,8 @@ def build_app(
         # Ack functions answer in the request itself; Bolt's default would run them in a
         # thread and poll for the ack every 10 ms. Slow work runs in lazy listeners.
         process_before_response=True,
-        logger=log,
+        # Bolt's own logger (not ours): its notes are a library's, shown with --verbose only.
+        logger=logging.getLogger("slack_bolt.App"),
     )
     register(app, engine, config, signer)
     return app

@@ -6,8 +6,6 @@ all in order."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,7 +14,7 @@ from typing import Literal
 
 import docker
 import yaml
-from docker.errors import DockerException, ImageNotFound
+from docker.errors import APIError, ContainerError, DockerException, ImageNotFound
 from rich.text import Text
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -34,11 +32,13 @@ from executor.forge.http import ForgeError
 from executor.git import quota
 from executor.sandbox.container import SandboxError
 from executor.sandbox.image import SANDBOX_DIR, ensure_image
+from executor.sandbox.recipe import freshness
 from storage import migrate
 from storage.db import make_engine, normalize_url
 
 Status = Literal["ok", "fail", "skip"]
-MANIFEST = Path(__file__).resolve().parent.parent / "manifest.yml"
+# Shipped inside the package, so `nightcrew slack-manifest` works from any install.
+MANIFEST = Path(__file__).resolve().parent.parent / "slack" / "manifest.yml"
 LLM_TIMEOUT_S = 30.0  # a cold local model may take a while for its first token
 
 
@@ -168,19 +168,68 @@ def check_disk_quota() -> Result:
     return Result("disk quota", "skip", f"not enforced: {why} (a runaway write can fill the disk)")
 
 
-def check_image(client: docker.DockerClient, image: str) -> Result:
+def check_image(client: docker.DockerClient, image: str, *, context: Path = SANDBOX_DIR) -> Result:
+    """Present, and for ours (the default image, or one built from `context`) built from
+    the current recipe (executor/sandbox/recipe.py)."""
+    ours = image == DEFAULT_IMAGE or context != SANDBOX_DIR
     try:
         found = client.images.get(image)
     except ImageNotFound:
-        if image == DEFAULT_IMAGE:
+        if ours:
             fix = "`nightcrew doctor --fix` builds it (sandbox/build-image.sh without a registry)"
         else:
             fix = f"`nightcrew doctor --fix` pulls it, or `docker pull {image}`"
         return Result(f"image {image}", "fail", "not on the engine", fix)
     except DockerException as exc:
         return Result(f"image {image}", "fail", str(exc).splitlines()[0], "is the engine healthy?")
+    state = freshness(client, image, context)
+    if ours and state.stale:
+        fix = (
+            "`nightcrew doctor --fix` rebuilds it (the executor also does before its first "
+            "task), or `sandbox/build-image.sh` as root without a registry"
+        )
+        return Result(f"image {image}", "fail", state.describe(image), fix)
     size = (found.attrs.get("Size") or 0) / 1e6
     return Result(f"image {image}", "ok", f"present ({found.short_id}, {size:.0f} MB)")
+
+
+# What the executor runs inside every sandbox: a POSIX shell for every command (sh -c), the
+# command's time limit (timeout), the agent's git and the process listing the tools use (ps).
+NEEDED_TOOLS = ("git", "ps", "timeout")
+TOOLS_TIMEOUT_S = 60
+
+
+def check_tools(client: docker.DockerClient, image: str) -> Result:
+    """Start the image once (no network) and look for the tools the executor needs."""
+    probe = "for t in " + " ".join(NEEDED_TOOLS) + "; do command -v $t >/dev/null || echo $t; done"
+    name = f"tools in {image}"
+    try:
+        output = client.containers.run(
+            image,
+            ["sh", "-c", probe],
+            entrypoint=[],
+            network_disabled=True,
+            remove=True,
+            stdout=True,
+            stderr=True,
+        )
+    except ContainerError as exc:
+        return Result(name, "fail", f"the probe failed: {exc}", "rebuild or fix the image")
+    except APIError as exc:  # `sh` itself is missing: the container cannot start
+        detail = f"no shell (sh) to run commands in: {exc.explanation or exc}"
+        return Result(name, "fail", detail, "use an image with /bin/sh, git, ps and timeout")
+    except DockerException as exc:
+        return Result(name, "fail", str(exc).splitlines()[0], "is the engine healthy?")
+    missing = output.decode("utf-8", "replace").split()
+    if missing:
+        return Result(
+            name,
+            "fail",
+            f"missing: {', '.join(missing)}",
+            "install them in the image (for the default image: sandbox/packages.txt, then "
+            "`nightcrew doctor --fix`)",
+        )
+    return Result(name, "ok", "sh, " + ", ".join(NEEDED_TOOLS))
 
 
 def check_agent(client: docker.DockerClient, image: str, agent: str) -> Result:
@@ -209,20 +258,16 @@ def check_agent(client: docker.DockerClient, image: str, agent: str) -> Result:
     return Result(name, "ok", f"found at {found.decode().strip()}")
 
 
-def provide_image(client: docker.DockerClient, image: str) -> Result:
-    """The fix for a missing image: the default one is built (registry-free when we are
-    root and have debootstrap), others are pulled."""
-    script = SANDBOX_DIR / "build-image.sh"
+def provide_image(
+    client: docker.DockerClient, image: str, *, context: Path = SANDBOX_DIR
+) -> Result:
+    """The fix for a missing or stale image: ours is built (registry-free when we are root
+    and have debootstrap), others are pulled."""
     try:
-        if image == DEFAULT_IMAGE and os.geteuid() == 0 and shutil.which("debootstrap"):
-            done = subprocess.run([script, image], capture_output=True, text=True, timeout=1800)
-            if done.returncode != 0:
-                raise SandboxError(f"{script} failed: {done.stderr.strip()[-300:]}")
-        else:
-            ensure_image(client, image)
+        ensure_image(client, image, context=context)
     except SandboxError as exc:
         return Result(f"image {image}", "fail", str(exc), "build or pull it by hand, see README")
-    return check_image(client, image)
+    return check_image(client, image, context=context)
 
 
 def check_llm(base_url: str, api_key: str | None, model: str | None) -> Result:
@@ -327,7 +372,8 @@ def check_slack(
             "slack",
             "fail",
             f"{who}: missing scopes {', '.join(missing)}",
-            "add them from manifest.yml (OAuth & Permissions → Scopes) and reinstall the app",
+            "add them (`nightcrew slack-manifest` lists them; OAuth & Permissions → Scopes) "
+            "and reinstall the app",
         )
     return Result("slack", "ok", f"{who}; all {len(wanted)} scopes of manifest.yml granted")
 
@@ -391,15 +437,14 @@ def diagnose(
         if result.failed and provide(image):
             result = provide_image(client, image)
         add(result)
+        if not result.failed:
+            add(check_tools(client, image))
     external = {(r.image, r.agent) for r in config.repos.values()} if config else set()
     for image, agent in sorted(external):
         if agent not in ("builtin", "command") and client is not None:
             add(check_agent(client, image, agent))
     base_url = env.openai_base_url or (config.base_url if config else None) or DEFAULT_BASE_URL
     add(check_llm(base_url, env.openai_api_key, env.model or (config and config.model)))
-    for name, repo in sorted(config.repos.items()) if config else []:
-        if repo.merge.policy == "pull_request":
-            add(check_forge(name, repo))
     slack = SlackEnv.from_env()
     add(
         check_slack(

@@ -21,7 +21,7 @@ from executor.config.schema import Config
 from executor.costs.budget import ALL, WAITING, Budget, Day
 from executor.costs.pricing import cost_text, usd
 from storage.digests import DigestData
-from storage.lifecycle import State
+from storage.lifecycle import WORKING, State
 from storage.models import Nudge, Priority, Task, TaskEvent, utcnow
 from storage.text import clean
 
@@ -56,12 +56,17 @@ def state_text(state: State) -> Text:
     return Text(state.value, style=STATE_STYLE.get(state, "blue"))
 
 
-def one_line(text: str, width: int = 60) -> str:
+def one_line(text: str, width: int | None = 60) -> str:
+    """`text` on one line, cut to `width` with `…` (None: never cut, for scripts)."""
     flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
+    return flat if width is None or len(flat) <= width else flat[: width - 1] + "…"
 
 
-def task_table(tasks: Sequence[Task], now: datetime | None = None) -> Table:
+def task_table(
+    tasks: Sequence[Task], now: datetime | None = None, prompt_width: int | None = 60
+) -> Table:
+    """`prompt_width`: None is for scripts (a pipe: `ls | grep word`): each prompt in full,
+    and the creation time as an ISO 8601 UTC time rather than an age that changes."""
     table = Table(box=None, header_style="bold")
     for column in ("ID", "STATE", "REPO", "PROMPT", "BY", "CREATED", "COST"):
         table.add_column(column, justify="right" if column in ("ID", "COST") else "left")
@@ -75,9 +80,11 @@ def task_table(tasks: Sequence[Task], now: datetime | None = None) -> Table:
             str(task.id),
             state,
             plain(task.repo),
-            plain(one_line(task.prompt)),
+            plain(one_line(task.prompt, prompt_width)),
             plain(task.requester),
-            ago(task.created_at, now),
+            ago(task.created_at, now)
+            if prompt_width
+            else task.created_at.isoformat(timespec="seconds"),
             cost_cell(task),
         )
     return table
@@ -116,8 +123,11 @@ def task_detail(
     now: datetime | None = None,
     proof: dict | None = None,
     runs: Sequence[str] = (),
+    times: dict[str, float | None] | None = None,
 ) -> Group:
-    """`runs`: who claimed the task, attempt by attempt (see `claims`)."""
+    """`runs`: who claimed the task, attempt by attempt (see `claims`); `times`: the
+    working time and the wait for approval (see `time_split`)."""
+    times = times or {}
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
@@ -141,7 +151,8 @@ def task_detail(
         ("turns", str(task.turns)),
         ("tokens", f"{task.tokens_in:,} in / {task.tokens_out:,} out"),
         ("cost", cost_text(task.cost_nanos, task.unpriced_tokens, places=4)),
-        ("wall time", _wall(task)),
+        ("working time", _duration(times.get("working_s"))),
+        ("awaiting approval", _duration(times.get("awaiting_approval_s"))),
         ("base / head", " / ".join(c[:12] for c in (task.base_commit, task.head_commit) if c)),
         ("merge commit", task.merge_commit or ""),
         ("pull request", f"{task.pr_url} ({task.pr_state})" if task.pr_url else ""),
@@ -155,6 +166,7 @@ def task_detail(
     parts: list[Table | Text] = [grid, Text("\nprompt", style="bold"), plain(task.prompt)]
     if proof:
         parts += proof_lines(proof)
+        parts.append(Text(f"  full diff: nightcrew diff {task.id}", style="dim"))
     if nudges:
         parts.append(Text("\nnudges", style="bold"))
         for n in nudges:
@@ -222,16 +234,53 @@ def since_approval_lines(since: dict | None) -> list[Text]:
     return lines
 
 
-def _wall(task: Task) -> str:
-    if task.started_at is None:
+def time_split(events: Sequence[TaskEvent], now: datetime | None = None) -> dict[str, float | None]:
+    """Seconds the task spent working (preparing to merging) and waiting for a person's
+    approval, from its state changes: the wait is not the agent's time. A task still in a
+    state counts it up to `now`."""
+    totals = {"working_s": 0.0, "awaiting_approval_s": 0.0, "needs_input_s": 0.0}
+    state: State | None = None
+    since: datetime | None = None
+
+    def count(until: datetime) -> None:
+        if state is None or since is None:
+            return
+        key = (
+            "working_s"
+            if state in WORKING
+            else {
+                State.AWAITING_APPROVAL: "awaiting_approval_s",
+                State.NEEDS_INPUT: "needs_input_s",
+            }.get(state)
+        )
+        if key:
+            totals[key] += max(0.0, (until - since).total_seconds())
+
+    for e in events:
+        if e.kind == "state" and e.payload.get("to"):
+            count(e.created_at)
+            state, since = State(e.payload["to"]), e.created_at
+    count(now or utcnow())
+    return {k: round(v, 1) for k, v in totals.items()}
+
+
+def _duration(seconds: float | None) -> str:
+    if not seconds:
         return ""
-    end = task.finished_at or task.updated_at
-    seconds = int((end - task.started_at).total_seconds())
-    return f"{seconds // 60}m {seconds % 60}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{seconds:.1f}s"
+    return (
+        f"{whole // 3600}h {whole % 3600 // 60}m"
+        if whole >= 3600
+        else f"{whole // 60}m {whole % 60}s"
+    )
 
 
-def event_line(event: TaskEvent) -> Text:
+def event_line(event: TaskEvent, full: bool = False) -> Text:
+    """`full`: long texts are never cut (a pipe); else cut to a screen's line with `…`."""
     p = event.payload
+    cut = None if full else 200
     when = event.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
     if event.kind == "state":
         body = f"{p.get('from')} → {p.get('to')}"
@@ -242,29 +291,29 @@ def event_line(event: TaskEvent) -> Text:
     elif event.kind == "created":
         body = f"created by {p.get('by')} on {p.get('repo')}"
     elif event.kind == "nudge":
-        body = f"nudge from {p.get('by')}: {one_line(str(p.get('text', '')), 200)}"
+        body = f"nudge from {p.get('by')}: {one_line(str(p.get('text', '')), cut)}"
     elif event.kind == "cancel_requested":
         body = f"cancel requested by {p.get('by')}"
     elif event.kind in ("waiting", "waiting_over"):
         body = str(p.get("reason") or "no longer waiting for budget")
     elif event.kind == "turn":
-        body = _turn_text(p)
+        body = _turn_text(p, full)
     elif event.kind == "setup":
-        body = f"setup `{p.get('command')}`: {one_line(str(p.get('output', '')), 200)}"
+        body = f"setup `{p.get('command')}`: {one_line(str(p.get('output', '')), cut)}"
     elif event.kind in ("agent_output", "agent_command"):
         body = str(p.get("text") or p.get("command") or "").rstrip()
     else:
-        body = one_line(json.dumps(p, ensure_ascii=False, default=str), 300)
+        body = one_line(json.dumps(p, ensure_ascii=False, default=str), None if full else 300)
     return Text.assemble((when, "dim"), " ", (clean(f"{event.kind:<16}"), "bold"), " ", plain(body))
 
 
-def _turn_text(p: dict) -> str:
+def _turn_text(p: dict, full: bool = False) -> str:
     """`turn 3 (1,200 in / 80 out): bash `pytest -q` → exit code 0 …`"""
     head = f"turn {p.get('turn')} ({p.get('tokens_in', 0):,} in / {p.get('tokens_out', 0):,} out)"
-    parts = [one_line(p["content"], 200)] if p.get("content") else []
+    parts = [one_line(p["content"], None if full else 200)] if p.get("content") else []
     for call in p.get("calls", []):
-        arguments = one_line(str(call.get("arguments", "")), 120)
-        output = one_line(str(call.get("output", "")), 160)
+        arguments = one_line(str(call.get("arguments", "")), None if full else 120)
+        output = one_line(str(call.get("output", "")), None if full else 160)
         parts.append(f"{call.get('tool')} {arguments} → {output}")
     return f"{head}: " + " | ".join(parts or ["(no tool call)"])
 
@@ -317,8 +366,9 @@ def budget_table(
     return Group(head, table, note)
 
 
-def digest(data: DigestData, tz: ZoneInfo) -> Group:
-    """The digest for `nightcrew digest`: the same sections as in Slack, every task listed."""
+def digest(data: DigestData, tz: ZoneInfo, full: bool = False) -> Group:
+    """The digest for `nightcrew digest`: the same sections as in Slack, every task listed;
+    `full`: prompts and reasons never cut (a pipe)."""
     since = f"{data.since.astimezone(tz):%a %d %b %H:%M} ({tz.key})"
     if data.empty:
         return Group(Text(f"nothing happened since {since}, and nothing is waiting"))
@@ -333,13 +383,14 @@ def digest(data: DigestData, tz: ZoneInfo) -> Group:
     for heading, tasks, state in sections:
         parts.append(Text(f"\n{heading}: {len(tasks) or 'none'}", style=STATE_STYLE[state]))
         for task in tasks:
-            line = f"  {task.id:>5}  {task.repo}  {one_line(task.prompt)}"
+            line = f"  {task.id:>5}  {task.repo}  {one_line(task.prompt, None if full else 60)}"
             if state is State.QUEUED:  # the open section: say which state
                 line += f"  [{task.state.value}]"
             if task.proof is not None:
                 line += f"\n         risk {task.risk}; {_digest_proof(task.proof)}"
             elif task.state is State.FAILED:
-                line += f"\n         {one_line(task.reason or 'no reason recorded', 100)}"
+                reason = one_line(task.reason or "no reason recorded", None if full else 100)
+                line += f"\n         {reason}"
             parts.append(plain(line))
     t = data.totals
     parts.append(

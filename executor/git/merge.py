@@ -14,9 +14,9 @@ import subprocess
 from pathlib import Path
 from typing import Literal
 
+from executor.git.commit_text import compose
 from executor.git.safe import GitError, git, git_status
 
-TRAILER = "Nightcrew-Task"
 IDENTITY = {"user.name": "nightcrew", "user.email": "nightcrew@nightcrew.invalid"}
 Policy = Literal["merge", "squash", "ff"]
 
@@ -111,10 +111,9 @@ def remote_has(repo: Path, *, remote: str, base: str, commit: str) -> bool:
 
 
 def message(*, task_id: int, prompt: str, summary: str | None, approved_by: str | None) -> str:
-    title = " ".join(prompt.split())[:72] or f"task {task_id}"
-    body = (summary or "").strip()
-    trailers = f"{TRAILER}: {task_id}" + (f"\nApproved-by: {approved_by}" if approved_by else "")
-    return f"{title}\n\n{body}\n\n{trailers}\n" if body else f"{title}\n\n{trailers}\n"
+    """The merge or squash commit's message: the task's title, the agent's summary, the task
+    id and who approved it (commit_text.compose; control characters dropped)."""
+    return compose(task_id, prompt, summary, {"Approved-by": approved_by} if approved_by else None)
 
 
 def make_commit(repo: Path, *, base_tip: str, head: str, policy: Policy, text: str) -> str:

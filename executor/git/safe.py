@@ -98,6 +98,26 @@ def git_status(
     return result.returncode, result.stdout.strip(), (result.stderr or "").strip()
 
 
+def git_bytes(*args: str, cwd: Path | None = None) -> bytes:
+    """As git() on local repos, with stdout exactly as git wrote it: a patch keeps its CRs,
+    its last blank context line and files in any encoding (text mode would lose them)."""
+    cmd = ["git"]
+    for key, value in ALWAYS.items():
+        cmd += ["-c", f"{key}={value}"]
+    result = subprocess.run(
+        [*cmd, *args],
+        cwd=cwd,
+        env=_env(False),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        start_new_session=True,
+    )
+    if result.returncode != 0:
+        said = result.stderr.decode("utf-8", "replace").strip()
+        raise GitError(redact(f"git {' '.join(args)} (in {cwd or '.'}): {said}"))
+    return result.stdout
+
+
 def _env(network: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     env["GIT_TERMINAL_PROMPT"] = "0"

@@ -31,7 +31,7 @@ from executor.config.defaults import (
 from executor.config.schema import RepoConfig
 from executor.costs.budget import Books, crossed
 from executor.costs.pricing import NANOS_PER_USD, cost_nanos, cost_usd, price_of
-from executor.git import merge, workspace
+from executor.git import commit_text, merge, workspace
 from executor.git.workspace import Collected, Workspace
 from executor.monitoring import metrics
 from executor.pipeline import stages
@@ -101,7 +101,7 @@ class TaskJob:
             except NeedsHuman as stop:
                 return Outcome(State.NEEDS_INPUT, str(stop))
             self.move(State.CHECKING)
-            collected = self.checkpoint(ws, sandbox)
+            collected = self.checkpoint(ws, sandbox, summary)
             checks: list[stages.CheckResult] = []
             outside = stages.out_of_scope(
                 collected.files_changed, self.repo.allowed_paths, self.task.allowed_paths
@@ -520,11 +520,12 @@ class TaskJob:
             self.watch.attach(None)
             discard(sandbox)
 
-    def checkpoint(self, ws: Workspace, sandbox: Sandbox) -> Collected:
+    def checkpoint(self, ws: Workspace, sandbox: Sandbox, summary: str | None) -> Collected:
         """Bring the work so far into the canonical repo, with the sandbox frozen so nothing
-        in it races the copy."""
+        in it races the copy; what is left uncommitted is committed with the agent's summary."""
         self.note_egress(sandbox)
-        workspace.commit_leftovers(exec_in(sandbox), ws, "nightcrew: work in progress")
+        text = commit_text.work_message(self.task_id, self.task.prompt, summary)
+        workspace.commit_leftovers(exec_in(sandbox), ws, text)
         sandbox.container.pause()
         try:
             self.checkpointed = workspace.collect(ws)
@@ -539,7 +540,8 @@ class TaskJob:
         with contextlib.suppress(docker.errors.APIError):
             sandbox.container.start()  # a cancel killed it; the hand-back needs it running
         sandbox.exec(STOP_EXTERNAL_AGENT)  # one still running after its time limit
-        workspace.commit_leftovers(exec_in(sandbox), ws, f"nightcrew: work on task {self.task_id}")
+        text = commit_text.work_message(self.task_id, self.task.prompt, None)
+        workspace.commit_leftovers(exec_in(sandbox), ws, text)
         sandbox.remove()
         self.note_egress(sandbox)
         return workspace.collect(ws)

@@ -165,7 +165,7 @@ def _rebase(job: TaskJob, base_tip: str) -> tuple[Outcome, dict[str, Any]] | Non
                 job.resolve_conflicts(ws, sandbox, conflict)  # the task's own agent
             except NeedsHuman as stop:
                 return park(f"resolving rebase conflicts: {stop}"), {}
-        collected = job.checkpoint(ws, sandbox)
+        collected = job.checkpoint(ws, sandbox, task.summary)
     head = collected.head_commit
     if not merge.is_ancestor(ws.canonical, base_tip, head):
         return park(f"could not rebase onto the latest {repo.base_branch}: conflicts unresolved"), {
