@@ -502,13 +502,16 @@ NO_HEADER = typer.Option(False, "--no-header", help="Leave out the table's heade
 
 
 @app.command()
-def review() -> None:
+def review(as_json: bool = AS_JSON) -> None:
     """The tasks awaiting approval, riskiest first, with why (the same order as `/agent
     review` and the App Home), and a link to the review page."""
     from bot import review as queue
 
     with user_errors(), transaction(engine()) as session:
         entries = queue.waiting(session)
+    if as_json:
+        out.json([records.review_entry(e.task, e.score, e.reasons) for e in entries])
+        return
     if not entries:
         out.print("nothing awaits approval")
         return

@@ -4,6 +4,7 @@ review` and the /review page list the same tasks in the same order, riskiest fir
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -114,7 +115,7 @@ def home_order(slack: SlackEmulator, url: str, user: str) -> list[int]:
     return waiting
 
 
-def cli_order(engine: Engine, home: Path) -> list[int]:
+def cli_order(engine: Engine, home: Path, *options: str) -> list[int]:
     env = {
         **os.environ,
         "NIGHTCREW_DATABASE_URL": engine.url.render_as_string(hide_password=False),
@@ -122,7 +123,7 @@ def cli_order(engine: Engine, home: Path) -> list[int]:
         "COLUMNS": "220",
     }
     out = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "review"],
+        [sys.executable, "-m", "bot.cli", "review", *options],
         cwd=home,
         env=env,
         capture_output=True,
@@ -130,6 +131,10 @@ def cli_order(engine: Engine, home: Path) -> list[int]:
         timeout=60,
         check=True,
     ).stdout
+    if "--json" in options:
+        entries = json.loads(out)
+        assert all(e["risk_reasons"] and "risk_score" in e for e in entries[:1])
+        return [e["id"] for e in entries]
     return [int(m[1]) for m in re.finditer(r"^\s*\d+\s+(\d+)\s+(?:high|medium|low)", out, re.M)]
 
 
@@ -146,6 +151,7 @@ def test_every_surface_lists_the_same_tasks_in_the_same_order(
     # The terminal is the host's user: every task waiting, in the same order.
     everything = cli_order(engine, tmp_path)
     assert [n for n in everything if n in mine] == mine and len(everything) == 5
+    assert cli_order(engine, tmp_path, "--json") == everything  # scripts get the same order
     # Each entry says why and carries Approve, Open and Request changes.
     text = str(shown)
     assert "touches storage/migrations/" in text and "412 lines changed" in text

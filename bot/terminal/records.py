@@ -58,6 +58,11 @@ def task(t: Task) -> dict[str, Any]:
     }
 
 
+def review_entry(t: Task, score: int, reasons: Sequence[str]) -> dict[str, Any]:
+    """A task in the review queue: the task, its risk score and the reasons, worst first."""
+    return task(t) | {"risk_score": score, "risk_reasons": list(reasons)}
+
+
 def event(e: TaskEvent) -> dict[str, Any]:
     return {
         "id": e.id,
