@@ -62,6 +62,38 @@ MAX_OUTPUT_BYTES = 1_000_000
 HOST_GRACE_S = 5.0
 
 
+class _Folder:
+    """`quota.make_folder` in a thread of its own, so it overlaps the container's creation."""
+
+    def __init__(self, workspace: Path, size: int) -> None:
+        self.workspace = workspace
+        self._limited = False
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._make, args=(size,), daemon=True)
+        self._thread.start()
+
+    def _make(self, size: int) -> None:
+        try:
+            self._limited = quota.make_folder(self.workspace, size)
+        except OSError as exc:
+            self._error = exc
+
+    def made(self) -> bool:
+        """Whether the folder has its own filesystem (a quota); raises what making it did."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._limited
+
+    def discard(self) -> None:
+        """The container was never made: the folder goes too."""
+        self._thread.join()
+        with contextlib.suppress(OSError):
+            quota.release(self.workspace)
+        with contextlib.suppress(OSError):
+            self.workspace.rmdir()
+
+
 class SandboxError(Exception):
     """The sandbox cannot be created or its image cannot be found or built."""
 
@@ -164,6 +196,9 @@ class Sandbox:
         }
         if egress is not None:
             network = False
+        # The workspace's own filesystem (mkfs, mount: tens of ms) is made while the engine
+        # creates the container; it must be mounted before the container starts.
+        folder = _Folder(workspace, limits.disk_bytes) if own_workspace else None
         try:
             container = client.containers.create(
                 image,
@@ -199,16 +234,20 @@ class Sandbox:
                 pids_limit=limits.pids,
             )
         except ImageNotFound as exc:
+            if folder is not None:
+                folder.discard()
             raise SandboxError(
                 f"sandbox image {image} is missing; call ensure_image() or, without a registry,"
                 " run sandbox/build-image.sh"
             ) from exc
         except APIError as exc:
+            if folder is not None:
+                folder.discard()
             raise SandboxError(f"cannot create the sandbox: {exc.explanation or exc}") from exc
         limited = False
-        if own_workspace:
+        if folder is not None:
             try:
-                limited = quota.make_folder(workspace, limits.disk_bytes)
+                limited = folder.made()
             except OSError as exc:
                 container.remove(force=True)
                 raise SandboxError(f"cannot make the sandbox's workspace: {exc}") from exc
