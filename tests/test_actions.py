@@ -237,7 +237,11 @@ def test_approve_resets_the_attempts_and_says_who_and_when(engine: Engine) -> No
     with transaction(engine) as s:
         get_task(s, task_id).attempts = 2  # the run's crash retries, spent
     outcome = run(engine, actions.approve, task_id, actor="U1")
-    assert outcome.message == f"approved task {task_id}; it merges into app next"
+    assert outcome.message == f"approved task {task_id}; branch {outcome.task.branch} merges next"
+    with transaction(engine) as s:  # a front end that knows the config names the base branch
+        transition(s, task_id, State.AWAITING_APPROVAL)
+    said = run(engine, actions.approve, task_id, actor="U1", base="main").message
+    assert said.endswith(f"branch {outcome.task.branch} merges into main next")
     assert outcome.task.attempts == 0 and outcome.task.approved_at is not None
     assert last_state_event(engine, task_id) == {
         "from": "awaiting_approval",

@@ -415,7 +415,9 @@ def test_approve_merges_for_the_requester_and_is_refused_to_a_stranger(
     assert refused.startswith(":no_entry: only the requester or an approver")
     assert bot.task(task_id).state is State.AWAITING_APPROVAL
     said = bot.click(blocks.APPROVE, task_id)
-    assert said == f"approved task {task_id}; it merges into api next"
+    assert (
+        said == f"approved task {task_id}; branch {bot.task(task_id).branch} merges into main next"
+    )
     task = bot.task(task_id)
     assert (task.state, task.approved_by) == (State.MERGING, REQUESTER)
     assert bot.events(task_id)[-1]["by"] == REQUESTER

@@ -94,8 +94,13 @@ def register(
                 outcome = actions.retry(session, task_id, actor=actor)
             else:
                 verb = DECIDE[action["action_id"]]
-                approvers = access.approvers(config(), get_task(session, task_id))
-                outcome = verb(session, task_id, actor=actor, approvers=approvers)
+                task = get_task(session, task_id)
+                approvers = access.approvers(config(), task)
+                options: dict[str, Any] = {"approvers": approvers}
+                repo = config().repos.get(task.repo)
+                if verb is actions.approve and repo is not None:
+                    options["base"] = repo.base_branch  # "… merges into main next"
+                outcome = verb(session, task_id, actor=actor, **options)
             return {"text": outcome.message}
 
         try:
