@@ -445,6 +445,9 @@ def diagnose(
             add(check_agent(client, image, agent))
     base_url = env.openai_base_url or (config.base_url if config else None) or DEFAULT_BASE_URL
     add(check_llm(base_url, env.openai_api_key, env.model or (config and config.model)))
+    for name, repo in sorted(config.repos.items()) if config else []:
+        if repo.merge.policy == "pull_request":
+            add(check_forge(name, repo))
     slack = SlackEnv.from_env()
     add(
         check_slack(
