@@ -161,6 +161,9 @@ def test_huge_prompts_are_refused_and_odd_text_is_kept(engine: Engine) -> None:
     too_long = pytest.raises(ActionError, match="20,001 characters; the limit is 20,000")
     with too_long, transaction(engine) as s:
         actions.add(s, repo="app", prompt="x" * 20_001, requester="U1")
+    with transaction(engine) as s:  # the limit itself is allowed; from the terminal by default
+        at_limit = actions.add(s, repo="app", prompt="y" * 20_000, requester="U1").task
+        assert at_limit.source == "cli"
     odd = 'réparer le 🐛 in `src/*.py` — "quotes" & <tags>; DROP TABLE task;--'
     with transaction(engine) as s:
         task = actions.add(s, repo="app", prompt=odd, requester="U1").task

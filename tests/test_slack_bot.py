@@ -113,6 +113,15 @@ def test_a_thread_reply_becomes_a_nudge_once_and_gets_eyes(
     with transaction(engine) as session:
         (nudge,) = session.exec(select(Nudge)).all()
     assert (nudge.text, nudge.author, nudge.slack_ts) == ("use pathlib please", APPROVER, reply_ts)
+
+    def only_the_check_mark_waits() -> bool:  # 👀 delivered; ✅ held for the agent
+        with transaction(engine) as session:
+            return [row.payload.get("name") for row in outbox.pending(session)] == [
+                "white_check_mark"
+            ]
+
+    wait_for(only_the_check_mark_waits, 10, "the 👀 delivered and the ✅ held back")
+    assert "white_check_mark" not in slack.message("C111", reply_ts).reactions
     with transaction(engine) as session:  # the agent reads it at its next turn
         take_nudges(session, 1)
     slack.wait_until(
@@ -478,6 +487,8 @@ def test_thread_context_keeps_the_newest_when_there_is_too_much_and_nothing_when
     body = context.split("\n", 1)[1]
     assert body.startswith("…") and len(body) == 31
     assert body.endswith("<@U1>: message 9") and "message 0" not in body
+    exact = thread_context(messages[:1], before_ts="2.0", limit=len("<@U1>: message 0"))
+    assert exact.endswith("\n<@U1>: message 0")  # exactly at the limit: nothing cut
     full = thread_context(messages, before_ts="2.0")  # the default limit holds all ten
     assert "<@U1>: message 0\n" in full and full.endswith("<@U1>: message 9")
     assert thread_context(messages, before_ts="1.000000") == ""

@@ -466,7 +466,20 @@ def test_replies_in_a_tasks_thread_become_nudges_once_each_and_other_threads_are
         ("use pathlib", APPROVER),
         ("and type hints", APPROVER),
     ]
+    assert {n.source for n in bot.nudges(task_id)} == {"slack"}
     assert bot.task(task_id).state is State.QUEUED  # read at the agent's next turn
+    # A mention in the task's thread is a reply to the task, not a new task.
+    mention = bot.slack.post_as_user(
+        API, STRANGER, f"<@{bot.slack.bot_user_id}> also X", thread_ts=card.ts
+    )
+    for event in mention:
+        assert bot.slack.post_to_app(bot.url, event).status == 200
+    assert [t.id for t in all_tasks(bot.engine)] == [task_id] and len(bot.nudges(task_id)) == 3
+    # On a closed task a reply gets a hint, in the thread, seen only by its writer.
+    bot.command(f"cancel {task_id}")
+    reply("one more thing")
+    (hint,) = bot.slack.wait_until(lambda: bot.slack.ephemerals(STRANGER), what="the hint")
+    assert (hint.thread_ts, hint.channel) == (card.ts, API) and "cancelled" in hint.all_text
 
 
 def test_the_retry_button_requeues_a_failed_task(bot: Bot, notifier: Notifier) -> None:
@@ -486,6 +499,7 @@ def test_the_cancel_button_cancels(bot: Bot, notifier: Notifier) -> None:
         gone = create_task(s, repo="gone", prompt="old work", requester=REQUESTER, channel=API)
         assert gone.id is not None
     assert "may cancel it (requested by" in bot.click(blocks.CANCEL, gone.id, user=APPROVER)
+    assert "may cancel it" in bot.command(f"cancel {gone.id}", user=APPROVER)
     assert bot.click(blocks.CANCEL, gone.id) == f"cancelled task {gone.id}"
 
 
@@ -495,6 +509,37 @@ def test_the_diff_button_shows_the_diff_stat_of_the_proof(bot: Bot, notifier: No
     said = bot.click(blocks.DIFFSTAT, task_id)
     assert said == "``` app.py | 2 +-\n 1 file changed```"
     assert bot.task(task_id).state is State.AWAITING_APPROVAL  # looking changes nothing
+    with transaction(bot.engine) as s:  # a revision's proof is newer: that one is shown
+        record(s, task_id, "proof", PROOF | {"diff_stat": " app.py | 9 +++++----"})
+    assert bot.click(blocks.DIFFSTAT, task_id) == "``` app.py | 9 +++++----```"
+    other = bot.add("another task")  # its proof has no diff stat: it says so
+    with transaction(bot.engine) as s:
+        record(s, other, "proof", {"files": []})
+    bot.move(other, State.PREPARING, State.RUNNING, State.AWAITING_APPROVAL)
+    with transaction(bot.engine) as s:  # the newest proof, of this task, is the one read
+        record(s, other, "proof", {"files": []})
+    assert bot.click(blocks.DIFFSTAT, other) == "```no diff stat recorded```"
+
+
+def test_the_home_tab_groups_the_persons_own_tasks(bot: Bot, notifier: Notifier) -> None:
+    running, waiting, done = bot.add("running one"), bot.add("waiting one"), bot.add("done one")
+    bot.add("their task", user=STRANGER)
+    bot.move(running, State.PREPARING, State.RUNNING)
+    bot.move(waiting, State.PREPARING, State.RUNNING, State.NEEDS_INPUT)
+    bot.command(f"cancel {done}")
+    opened = {"type": "app_home_opened", "user": REQUESTER, "tab": "home"}
+    event = bot.slack.post_as_user(API, REQUESTER, "hi")[0] | {"event": opened}
+    assert bot.slack.post_to_app(bot.url, event).status == 200
+    home = bot.slack.wait_until(lambda: bot.slack.home(REQUESTER), what="the home tab")
+    lines = [b["text"]["text"] for b in home["blocks"] if b["type"] == "section"]
+    assert lines == [
+        "*Running*",
+        f"*{running}* `running` `api` running one",
+        "*Waiting for you*",
+        f"*{waiting}* `needs_input` `api` waiting one",
+        "*Recent*",
+        f"*{done}* `cancelled` `api` done one",
+    ]
 
 
 def test_nudge_opens_a_modal_whose_note_reaches_the_agent(bot: Bot, notifier: Notifier) -> None:
