@@ -470,7 +470,7 @@ def test_replies_in_a_tasks_thread_become_nudges_once_each_and_other_threads_are
     assert bot.task(task_id).state is State.QUEUED  # read at the agent's next turn
     # A mention in the task's thread is a reply to the task, not a new task.
     mention = bot.slack.post_as_user(
-        API, STRANGER, f"<@{bot.slack.bot_user_id}> also X", thread_ts=card.ts
+        API, APPROVER, f"<@{bot.slack.bot_user_id}> also X", thread_ts=card.ts
     )
     for event in mention:
         assert bot.slack.post_to_app(bot.url, event).status == 200
@@ -478,7 +478,7 @@ def test_replies_in_a_tasks_thread_become_nudges_once_each_and_other_threads_are
     # On a closed task a reply gets a hint, in the thread, seen only by its writer.
     bot.command(f"cancel {task_id}")
     reply("one more thing")
-    (hint,) = bot.slack.wait_until(lambda: bot.slack.ephemerals(STRANGER), what="the hint")
+    (hint,) = bot.slack.wait_until(lambda: bot.slack.ephemerals(APPROVER), what="the hint")
     assert (hint.thread_ts, hint.channel) == (card.ts, API) and "cancelled" in hint.all_text
 
 
@@ -535,7 +535,8 @@ def test_the_home_tab_groups_the_persons_own_tasks(bot: Bot, notifier: Notifier)
     assert lines == [
         "*Running*",
         f"*{running}* `running` `api` running one",
-        "*Waiting for you*",
+        "*Waiting for your approval*: none",
+        "*Waiting for your input*",
         f"*{waiting}* `needs_input` `api` waiting one",
         "*Recent*",
         f"*{done}* `cancelled` `api` done one",
