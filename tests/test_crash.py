@@ -57,7 +57,9 @@ class Executor:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=60)
+        # A graceful stop lets the work in hand finish its step (a hand-back, a merge): on a
+        # loaded 2-core machine that took over 60 s once.
+        out, _ = self.proc.communicate(timeout=150)
         return out
 
 

@@ -41,7 +41,7 @@ def test_plan_prints_the_plan_and_queue_queues_all_of_it_once(cli: Cli, model) -
     assert "Plan 1: add subtraction" in printed
     assert "3. [M] after 1 test sub()" in printed and "paths: test_sub.py" in printed
     assert "nightcrew plan --queue 1" in printed
-    assert "no tasks" in cli.ok("ls")  # proposed, not queued
+    assert cli("ls").stderr.startswith("no tasks")  # proposed, not queued (a pipe: stderr)
     assert "queued plan 1: tasks #1, #2, #3, #4" in cli.ok("plan", "--queue", "1")
     listing = cli.ok("ls")
     assert listing.count("(plan 1)") == 4 and listing.count("waiting") == 2
@@ -55,7 +55,7 @@ def test_an_unusable_planner_answer_is_one_clear_error_and_no_task(cli: Cli, mod
     model(*[reply(tool_call("submit_plan", bad))] * 3)
     err = cli.fails("plan", "--yes", "add subtraction")
     assert "the planner's answer was unusable: the plan: task 1 comes after task 5" in err
-    assert "no tasks" in cli.ok("ls")
+    assert cli("ls").stderr.startswith("no tasks")  # nothing queued
 
 
 def test_a_plan_over_todays_budget_says_so_before_it_is_queued(cli: Cli, model) -> None:
