@@ -34,7 +34,7 @@ from tests.slack_emulator import (
     slash_command,
     view_submission,
 )
-from tests.slack_fixtures import FAST, card_of, to_awaiting_approval
+from tests.slack_fixtures import FAST, card_of, slack_env, to_awaiting_approval
 from tests.waiting import wait_for
 
 REQUESTER, STRANGER, APPROVER = "U111", "U222", "U999"
