@@ -24,6 +24,8 @@ from storage.tasks import get_task, record, transition
 from tests.slack_emulator import Message, SlackEmulator
 
 if TYPE_CHECKING:  # Bolt is imported by the tests that use it, not by every test run
+    from slack_bolt import App
+
     from bot.slack.app import SlackEnv
     from bot.slack.notifier import Notifier
     from executor.config.schema import Config
@@ -79,6 +81,27 @@ def serve_http(engine: Engine, slack: SlackEmulator, config: Config) -> Iterator
 def env(slack: SlackEmulator) -> SlackEnv:
     """The bot's Slack settings for `slack`: Socket Mode and HTTP mode both possible."""
     return slack_env(slack)
+
+
+@pytest.fixture
+def url(app: App) -> Iterator[str]:
+    """The module's `app` fixture served in HTTP mode (signatures checked); its URL."""
+    from bot.slack.run import http_mode
+
+    with http_mode(app, host="127.0.0.1", port=0) as url:
+        yield url
+
+
+@pytest.fixture
+def socket(app: App, env: SlackEnv, slack: SlackEmulator) -> Iterator[None]:
+    """The module's `app` fixture connected to `slack` over Socket Mode."""
+    from bot.slack.run import socket_mode
+
+    with socket_mode(app, env) as handler:
+        slack.wait_connected()
+        yield
+        handler.client.auto_reconnect_enabled = False
+        slack.close_connections()
 
 
 def card_of(slack: SlackEmulator, engine: Engine, task_id: int = 1) -> Message:

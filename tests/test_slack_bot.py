@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from bot.slack import blocks
 from bot.slack.app import SlackEnv, build_app, notifier_client
 from bot.slack.handle import is_task_thread, thread_context
 from bot.slack.notifier import Notifier
-from bot.slack.run import http_mode, socket_mode
+from bot.slack.run import http_mode
 from executor.config.schema import Config, RepoConfig
 from storage import outbox
 from storage.db import transaction
@@ -47,21 +46,6 @@ def app(engine: Engine, env: SlackEnv, tmp_path: Path) -> App:
         repos={"api": RepoConfig(path=tmp_path, approvers=[APPROVER])}, channels={"C111": "api"}
     )
     return build_app(engine, lambda: config, env)
-
-
-@pytest.fixture
-def url(app: App) -> Iterator[str]:
-    with http_mode(app, host="127.0.0.1", port=0) as url:
-        yield url
-
-
-@pytest.fixture
-def socket(app: App, env: SlackEnv, slack: SlackEmulator) -> Iterator[None]:
-    with socket_mode(app, env) as handler:
-        slack.wait_connected()
-        yield
-        handler.client.auto_reconnect_enabled = False
-        slack.close_connections()
 
 
 def test_a_signed_slash_command_creates_a_task_and_the_notifier_posts_its_card(

@@ -7,7 +7,6 @@ process takes it, it makes one task, one nudge, one approval, and one answer."""
 from __future__ import annotations
 
 import socket as sockets
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from sqlmodel import col, select
 from bot import actions
 from bot.slack import blocks
 from bot.slack.app import SlackEnv, build_app
-from bot.slack.run import http_mode, socket_mode
 from executor.config.schema import Config, RepoConfig
 from storage.db import transaction
 from storage.models import Nudge, Task, TaskEvent
@@ -33,21 +31,6 @@ REQUESTER = "U111"
 def app(engine: Engine, env: SlackEnv, tmp_path: Path) -> App:
     config = Config(repos={"api": RepoConfig(path=tmp_path)}, channels={"C111": "api"})
     return build_app(engine, lambda: config, env)
-
-
-@pytest.fixture
-def url(app: App) -> Iterator[str]:
-    with http_mode(app, host="127.0.0.1", port=0) as url:
-        yield url
-
-
-@pytest.fixture
-def socket(app: App, env: SlackEnv, slack: SlackEmulator) -> Iterator[None]:
-    with socket_mode(app, env) as handler:
-        slack.wait_connected()
-        yield
-        handler.client.auto_reconnect_enabled = False
-        slack.close_connections()
 
 
 def prompts(engine: Engine) -> list[str]:
