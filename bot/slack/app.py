@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from bot.links import Signer
 from bot.slack.listeners import register
 from executor.config.schema import Config
+from executor.config.settings import Settings
 
 log = logging.getLogger(__name__)
 SLACK_API = "https://slack.com/api/"
@@ -31,6 +32,7 @@ class SlackEnv:
     app_token: str | None = None
     signing_secret: str | None = None
     api_url: str = SLACK_API
+    file_max_bytes: int = 100_000  # a reply's text file reaches the agent up to this size
 
     @classmethod
     def from_env(cls) -> SlackEnv | None:
@@ -45,6 +47,7 @@ class SlackEnv:
             app_token=env.get("SLACK_APP_TOKEN") or None,
             signing_secret=env.get("SLACK_SIGNING_SECRET") or None,
             api_url=env.get("SLACK_API_URL") or SLACK_API,
+            file_max_bytes=Settings().slack_file_max_bytes,
         )
 
 
@@ -67,7 +70,7 @@ def build_app(
         # Bolt's own logger (not ours): its notes are a library's, shown with --verbose only.
         logger=logging.getLogger("slack_bolt.App"),
     )
-    register(app, engine, config, signer)
+    register(app, engine, config, signer, file_max_bytes=env.file_max_bytes)
     return app
 
 

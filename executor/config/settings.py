@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     # How long a page link works: a week covers a review that waits over a weekend.
     link_ttl_days: float = Field(7.0, gt=0, le=366, validation_alias="NIGHTCREW_LINK_TTL_DAYS")
 
+    # A text file attached to a reply in a task's thread reaches the agent up to this size.
+    slack_file_max_bytes: int = Field(
+        100_000, ge=1, le=10_000_000, validation_alias="NIGHTCREW_SLACK_FILE_MAX_BYTES"
+    )
+
     @property
     def db_url(self) -> str:
         return self.database_url or sqlite_url(self.home)
