@@ -189,12 +189,19 @@ class SlackEmulator:
                 Call("file_download", {"path": path}, token, time.monotonic(), status, None)
             )
             self._changed.notify_all()
+        if status == 200 and self.workspace.files.redirect_to:
+            return Reply(302, b"", "text/html", {"Location": self.workspace.files.redirect_to})
         if status == 302:
             signin = f"https://{self.workspace.domain}.slack.com/?redir={path}"
             return Reply(302, b"", "text/html", {"Location": signin})
         if data is None:
             return Reply(404, b"not found", "text/plain")
         return Reply(200, data, "application/octet-stream")
+
+    def redirect_files(self, url: str | None) -> None:
+        """Answer every authorised file download with a redirect to `url` (None: stop)."""
+        with self._changed:
+            self.workspace.files.redirect_to = url
 
     def uploaded(self, channel: str | None = None) -> list[Message]:
         """The messages that share files, oldest first (optionally in one channel)."""

@@ -78,6 +78,7 @@ class Files:
         self.uploads: dict[str, Upload] = {}
         self._by_token: dict[str, Upload] = {}
         self.shared: dict[str, tuple[dict[str, Any], bytes]] = {}  # people's files: object, bytes
+        self.redirect_to: str | None = None  # answer downloads with a redirect there
 
     def add_shared(
         self, *, name: str, data: bytes, mimetype: str, user: str, team: str, **fields: Any
