@@ -5,6 +5,7 @@ nightcrew cannot use a reply. The attacks on files are in tests/hostile/test_rep
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,14 +15,17 @@ from sqlmodel import select
 
 from bot.slack.app import SlackEnv, build_app
 from bot.slack.notifier import Notifier
+from bot.slack.run import http_mode
 from executor.config.schema import Config, RepoConfig
 from storage.db import transaction
 from storage.models import Nudge, TaskEvent
 from storage.tasks import take_nudges
+from tests.llm_server import ScriptedLLM, reply, tool_call
 from tests.slack_emulator import SlackEmulator, slash_command
 from tests.slack_emulator.payloads import thread_reply
 from tests.slack_fixtures import card_of
 from tests.waiting import wait_for
+from tests.worker_fixtures import RunWorker
 
 REQUESTER, STRANGER, APPROVER = "U111", "U222", "U999"
 CAP = 2_000  # bytes: the file cap of these tests' bot
@@ -185,3 +189,42 @@ def test_a_strangers_file_is_not_fetched(
     slack.post_to_app(url, event)
     assert "only the requester or an approver" in told(slack, STRANGER)
     assert slack.calls("file_download") == [] and nudge_texts(engine) == []
+
+
+def test_a_broadcast_reply_and_a_text_file_reach_the_model_at_its_next_turn(
+    slack: SlackEmulator,
+    engine: Engine,
+    env: SlackEnv,
+    notifier: Notifier,
+    make_worker: RunWorker,
+    project: Path,
+) -> None:
+    """End to end: a real worker runs the task in Docker against the scripted model; while
+    its first command runs, the requester replies twice in the task's thread ("Also send to
+    channel", and a text file); the model's next request carries both."""
+    config = Config(repos={"app": RepoConfig(path=project)}, channels={"C111": "app"})
+    app = build_app(engine, lambda: config, env)
+    with http_mode(app, host="127.0.0.1", port=0) as url:
+        thread = start_task(slack, engine, url)
+        script = [
+            reply(tool_call("bash", {"command": "sleep 6"})),
+            reply(tool_call("finish", {"summary": "done"})),
+        ]
+        with ScriptedLLM(script) as llm:
+            worker = make_worker(llm)
+            running = threading.Thread(target=worker.work, kwargs={"drain": True})
+            running.start()
+            wait_for(lambda: len(llm.requests) == 1, 60, "the agent's first turn")
+            said = slack.broadcast_as_user("C111", REQUESTER, "also log it", thread_ts=thread)
+            slack.post_to_app(url, said)
+            log = [("err.log", b"KeyError: 'user_id' at calc.py:2\n", "text/plain")]
+            shared = slack.share_file_as_user("C111", REQUESTER, "the trace", log, thread_ts=thread)
+            slack.post_to_app(url, shared)
+            wait_for(lambda: len(nudge_texts(engine)) == 2, 10, "both replies stored")
+            running.join(120)
+    assert len(llm.requests) == 2
+    news = [m["content"] for m in llm.requests[1]["messages"] if m["role"] == "user"]
+    told_model = "\n".join(news)
+    assert f"Message from {REQUESTER}" in told_model and "also log it" in told_model
+    assert "the trace" in told_model and "KeyError: 'user_id' at calc.py:2" in told_model
+    assert 'File "err.log"' in told_model
