@@ -4,6 +4,7 @@ notifier's client. How the app runs (Socket Mode, HTTP, the notifier thread) is 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -80,12 +81,21 @@ def notifier_client(env: SlackEnv) -> WebClient:
     return WebClient(token=env.bot_token, base_url=env.api_url, retry_handlers=[], timeout=30)
 
 
-def wsgi_app(app: App) -> Callable[..., Any]:
+Health = Callable[[], tuple[str, dict[str, Any]]]
+
+
+def wsgi_app(app: App, health: Health | None = None) -> Callable[..., Any]:
     """Bolt's WSGI handler behind two guards: only POST /slack/events, and a body Bolt cannot
-    parse (it parses before verifying the signature) is a 400, not a 500 with a traceback."""
+    parse (it parses before verifying the signature) is a 400, not a 500 with a traceback.
+    With `health`, GET /healthz answers it (status line, JSON body): a load balancer in
+    front of the Slack endpoint probes the same port."""
     bolt = SlackRequestHandler(app)
 
     def handle(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if health is not None and environ.get("PATH_INFO") == "/healthz":
+            status, body = health()
+            start_response(status, [("Content-Type", "application/json")])
+            return [json.dumps(body).encode()]
         if environ.get("PATH_INFO") != "/slack/events" or environ["REQUEST_METHOD"] != "POST":
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found"]
