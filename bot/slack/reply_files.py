@@ -49,13 +49,11 @@ def trusted_origins(api_url: str) -> set[tuple[str, str, int]]:
     return {o for o in found if o is not None}
 
 
-def fetch_all(
-    client: WebClient, files: list[dict[str, Any]], *, cap: int, http: httpx.Client | None = None
-) -> list[Attached]:
+def fetch_all(client: WebClient, files: list[dict[str, Any]], *, cap: int) -> list[Attached]:
     """Each file of a reply as the agent gets it (read, or named with why not)."""
     trusted = trusted_origins(client.base_url)
     out: list[Attached] = []
-    with http or httpx.Client(timeout=TIMEOUT_S, follow_redirects=False) as session:
+    with httpx.Client(timeout=TIMEOUT_S, follow_redirects=False) as session:
         for index, file in enumerate(files):
             if index >= replies.MAX_FILES:
                 out.append(_named(file, f"more than {replies.MAX_FILES} files in one reply"))
