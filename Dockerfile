@@ -39,10 +39,13 @@ ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     NIGHTCREW_HOME=/var/lib/nightcrew \
     NIGHTCREW_ADMIN_PORT=9090 \
-    NIGHTCREW_ADMIN_HOST=0.0.0.0
+    NIGHTCREW_ADMIN_HOST=0.0.0.0 \
+    NIGHTCREW_HOST=0.0.0.0 \
+    NIGHTCREW_WEB_HOST=0.0.0.0
 USER nightcrew
 WORKDIR /var/lib/nightcrew
-EXPOSE 9090
+# 9090: /healthz and /metrics; 3000: Slack's HTTP mode; 8780: the task pages.
+EXPOSE 9090 3000 8780
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('NIGHTCREW_ADMIN_PORT', '9090'), timeout=4)"]
 ENTRYPOINT ["nightcrew"]

@@ -73,6 +73,7 @@ def bot_process(
         **slack.env(),
         "NIGHTCREW_HOME": str(root / "home"),
         "NIGHTCREW_CONFIG": str(root / "nightcrew.yaml"),
+        "NIGHTCREW_WEB_PORT": "-1",  # no pages: a taken 8780 would stop the start
     }
     nightcrew = str(Path(sys.executable).with_name("nightcrew"))
     proc = subprocess.Popen(

@@ -269,10 +269,19 @@ def nudge(
     actor: str,
     source: str = "cli",
     slack_ts: str | None = None,
+    attachments: str = "",
 ) -> Outcome:
     """Steer a task. Working or queued: the agent reads it at its next turn. Waiting or
-    failed: it starts a revision round (the task is queued again, with the nudge)."""
-    text = clean_text(text, what="nudge")
+    failed: it starts a revision round (the task is queued again, with the nudge).
+    `attachments`: files that came with the note (`bot.slack.replies.files_note`), kept
+    after it; the note itself may then be empty, and only the note counts for its limit."""
+    if attachments.strip():
+        typed = clean(text).strip()
+        if len(typed) > MAX_PROMPT_CHARS:
+            clean_text(typed, what="nudge")  # raises, saying the limit
+        text = "\n\n".join(filter(None, [typed, clean(attachments).strip()]))
+    else:
+        text = clean_text(text, what="nudge")
     task = get_task(session, task_id)
     state = State(task.state)
     if state in CLOSED:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import getpass
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console, Group
@@ -102,9 +104,33 @@ def local_user() -> str:
     return f"local:{getpass.getuser()}"
 
 
+# Every server a command opens, with its options and environment variables (docs/CLI.md).
+ADMIN_OPTION = "--admin-port (NIGHTCREW_ADMIN_PORT)"
+WEB_OPTION = "--web-port (NIGHTCREW_WEB_PORT; -1: no pages)"
+SLACK_OPTION = "--port (NIGHTCREW_PORT)"
+
+
+def addresses(**given: object) -> None:
+    """The command line's addresses over the environment's (`Settings`: NIGHTCREW_HOST,
+    NIGHTCREW_PORT, NIGHTCREW_ADMIN_HOST, …); None: not given."""
+    env = settings()
+    for name, value in given.items():
+        if value is not None:
+            setattr(env, name, value)
+
+
+def cannot_listen(what: str, host: str, port: int, option: str, exc: OSError) -> ActionError:
+    """One clear line for a server that cannot open its port: which, why, what to change."""
+    if exc.errno == errno.EADDRINUSE:
+        why = "the port is in use (another nightcrew, or another program)"
+    else:
+        why = exc.strerror or str(exc)
+    return ActionError(f"cannot serve {what} on {host}:{port}: {why}; choose another with {option}")
+
+
 @contextmanager
 def admin_port(role: str) -> Iterator[None]:
-    """/healthz and /metrics on NIGHTCREW_ADMIN_PORT while the process runs (if set)."""
+    """/healthz and /metrics on the admin port while the process runs (if set)."""
     env = settings()
     if not env.admin_port:
         yield
@@ -112,12 +138,11 @@ def admin_port(role: str) -> Iterator[None]:
     from executor.monitoring.admin import serve_admin
 
     with ExitStack() as stack:
+        host, port = env.admin_host, env.admin_port
         try:
-            url = stack.enter_context(
-                serve_admin(engine(), role=role, host=env.admin_host, port=env.admin_port)
-            )
+            url = stack.enter_context(serve_admin(engine(), role=role, host=host, port=port))
         except OSError as exc:  # the port is taken, or the address is not ours
-            raise ActionError(f"cannot serve the admin port {env.admin_port}: {exc}") from None
+            raise cannot_listen("the admin port", host, port, ADMIN_OPTION, exc) from None
         out.print(f"admin: {url}/healthz and {url}/metrics")
         yield
 
@@ -151,8 +176,8 @@ def _secrets() -> list[str | None]:
 
 @contextmanager
 def web_pages() -> Iterator[None]:
-    """The task pages and the review queue on NIGHTCREW_WEB_HOST:NIGHTCREW_WEB_PORT while
-    the process runs (-1: none)."""
+    """The task pages and the review queue on the web host and port while the process runs
+    (-1: none)."""
     env = settings()
     if env.web_port < 0:
         yield
@@ -171,13 +196,9 @@ def web_pages() -> Iterator[None]:
                     secrets=_secrets(),
                 )
             )
-        except OSError as exc:  # the rest still works: cards, files, approvals
-            err.print(
-                f"[yellow]task pages not served:[/yellow] port {env.web_port}: {exc}; set "
-                "NIGHTCREW_WEB_PORT to a free port (0: any) or -1 for none"
-            )
-            yield
-            return
+        except OSError as exc:
+            where = (env.web_host, env.web_port)
+            raise cannot_listen("the task pages", *where, WEB_OPTION, exc) from None
         public = env.public_url or "(set NIGHTCREW_PUBLIC_URL to the address people reach)"
         out.print(f"pages: {url}; links point at {public}", soft_wrap=True, markup=False)
         yield
@@ -221,9 +242,59 @@ def act(
 # --- commands ----------------------------------------------------------------------------
 
 
+def _host(flag: str, what: str, env: str) -> Any:
+    return typer.Option(
+        None, flag, help=f"Address {what} listens on [env {env}; default 127.0.0.1]."
+    )
+
+
+def _port(flag: str, what: str, env: str, default: str, low: int = 0) -> Any:
+    return typer.Option(
+        None,
+        flag,
+        min=low,
+        max=65535,
+        help=f"Port {what} listens on; 0: any free one [env {env}; default {default}].",
+    )
+
+
+SLACK_HOST = _host("--host", "the Slack HTTP server (HTTP mode)", "NIGHTCREW_HOST")
+SLACK_PORT = _port("--port", "the Slack HTTP server (HTTP mode)", "NIGHTCREW_PORT", "3000")
+ADMIN_HOST = _host("--admin-host", "/healthz and /metrics", "NIGHTCREW_ADMIN_HOST")
+ADMIN_PORT = _port("--admin-port", "/healthz and /metrics", "NIGHTCREW_ADMIN_PORT", "off")
+WEB_HOST = _host("--web-host", "the task pages", "NIGHTCREW_WEB_HOST")
+WEB_PORT = _port("--web-port", "the task pages (-1: none)", "NIGHTCREW_WEB_PORT", "8780", -1)
+
+
+@contextmanager
+def slack_listener(slack: SlackEnv | None, *, http: bool) -> Iterator[socket.socket | None]:
+    """HTTP mode's listening socket, bound before anything starts, so a taken port is one
+    clear error at once (None: Socket Mode, or no Slack)."""
+    if slack is None or not (http or not slack.app_token) or not slack.signing_secret:
+        yield None
+        return
+    from bot.slack.http_server import listen
+
+    env = settings()
+    try:
+        listener = listen(env.host, env.port)
+    except OSError as exc:
+        raise cannot_listen("Slack's HTTP mode", env.host, env.port, SLACK_OPTION, exc) from None
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
 @app.command()
 def up(
     concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Tasks at once."),
+    host: str | None = SLACK_HOST,
+    port: int | None = SLACK_PORT,
+    admin_host: str | None = ADMIN_HOST,
+    admin_port_: int | None = ADMIN_PORT,
+    web_host: str | None = WEB_HOST,
+    web_port: int | None = WEB_PORT,
 ) -> None:
     """Run nightcrew in one process: the executor and the scheduler, plus the Slack bot, its
     notifier and the digest when Slack tokens are set."""
@@ -231,6 +302,14 @@ def up(
     from bot.slack.app import SlackEnv
 
     with user_errors():
+        addresses(
+            host=host,
+            port=port,
+            admin_host=admin_host,
+            admin_port=admin_port_,
+            web_host=web_host,
+            web_port=web_port,
+        )
         cfg = config()
         with transaction(engine()) as session:
             counts = dict(session.exec(select(Task.state, func.count()).group_by(Task.state)).all())
@@ -238,7 +317,7 @@ def up(
         out.print(f"repos: {', '.join(cfg.repos)}")
         out.print(f"tasks: {counts.get(State.QUEUED, 0)} queued, {sum(counts.values())} in all")
         slack = SlackEnv.from_env()
-        with admin_port("up"), web_pages():
+        with slack_listener(slack, http=False) as listener, admin_port("up"), web_pages():
             if slack is None:
                 err.print(
                     "[yellow]Slack is not connected:[/yellow] set SLACK_BOT_TOKEN and "
@@ -249,12 +328,12 @@ def up(
                 with Scheduler(engine(), config, digests=False):  # scheduled tasks still fire
                     _run_executor(concurrency, drain=False)
                 return
-            with _bot_in_background(slack):
+            with _bot_in_background(slack, listener):
                 _run_executor(concurrency, drain=False)
 
 
 @contextmanager
-def _bot_in_background(slack: SlackEnv) -> Iterator[None]:
+def _bot_in_background(slack: SlackEnv, listener: socket.socket | None) -> Iterator[None]:
     """The Slack bot and notifier in threads beside the executor; they meet in the
     database, so neither calls the other."""
     import threading
@@ -267,7 +346,15 @@ def _bot_in_background(slack: SlackEnv) -> Iterator[None]:
     def serve() -> None:
         try:
             with Scheduler(engine(), config):  # the digest and scheduled tasks
-                run_bot(engine(), config, slack, stop=stop, say=out.print, signer=signer())
+                run_bot(
+                    engine(),
+                    config,
+                    slack,
+                    stop=stop,
+                    say=out.print,
+                    signer=signer(),
+                    listener=listener,
+                )
         except Exception as exc:  # say so; the executor keeps running CLI-queued tasks
             err.print(f"[red]Slack bot stopped:[/red] {exc}")
 
@@ -287,10 +374,15 @@ def bot(
         "--http",
         help="HTTP mode (/slack/events) instead of Socket Mode; needs SLACK_SIGNING_SECRET.",
     ),
-    port: int = typer.Option(3000, "--port", "-p", help="Port for HTTP mode."),
+    host: str | None = SLACK_HOST,
+    port: int | None = SLACK_PORT,
     workers: int = typer.Option(
         1, "--workers", "-w", min=1, help="HTTP mode: server processes (the notifier runs once)."
     ),
+    admin_host: str | None = ADMIN_HOST,
+    admin_port_: int | None = ADMIN_PORT,
+    web_host: str | None = WEB_HOST,
+    web_port: int | None = WEB_PORT,
 ) -> None:
     """Run the Slack bot and its notifier alone (executors run elsewhere on the same DB)."""
     import threading
@@ -300,6 +392,14 @@ def bot(
     from bot.slack.run import run_bot
 
     with user_errors():
+        addresses(
+            host=host,
+            port=port,
+            admin_host=admin_host,
+            admin_port=admin_port_,
+            web_host=web_host,
+            web_port=web_port,
+        )
         slack = SlackEnv.from_env()
         if slack is None:
             raise ActionError(
@@ -316,14 +416,19 @@ def bot(
         # it is sending and records it, so a restart does not post it again.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
-            with admin_port("bot"), web_pages(), Scheduler(engine(), config):
+            with (
+                slack_listener(slack, http=http) as listener,
+                admin_port("bot"),
+                web_pages(),
+                Scheduler(engine(), config),
+            ):
                 run_bot(
                     engine(),
                     config,
                     slack,
                     stop=stop,
                     http=http,
-                    port=port,
+                    listener=listener,
                     workers=workers,
                     say=out.print,
                     signer=signer(),
@@ -336,10 +441,14 @@ def bot(
 def executor(
     concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Tasks at once."),
     drain: bool = typer.Option(False, "--drain", help="Exit when the queue is empty."),
+    admin_host: str | None = ADMIN_HOST,
+    admin_port_: int | None = ADMIN_PORT,
 ) -> None:
     """Run tasks from the queue in Docker sandboxes."""
-    with user_errors(), admin_port("executor"):
-        _run_executor(concurrency, drain=drain)
+    with user_errors():
+        addresses(admin_host=admin_host, admin_port=admin_port_)
+        with admin_port("executor"):
+            _run_executor(concurrency, drain=drain)
 
 
 def _run_executor(concurrency: int, *, drain: bool) -> None:

@@ -198,8 +198,16 @@ def nudges(session: Session, task_id: int, *, pending_only: bool = False) -> Seq
 
 
 def take_nudges(session: Session, task_id: int) -> list[Nudge]:
-    """The task's unconsumed nudges, marked consumed (the agent has now been told)."""
-    pending = list(nudges(session, task_id, pending_only=True))
+    """The task's unconsumed nudges, marked consumed (the agent has now been told). Their
+    rows are locked while read (PostgreSQL), so an edit racing this either lands first and
+    is what the agent reads, or finds the nudge taken (`edit_nudge`)."""
+    query = (
+        select(Nudge)
+        .where(Nudge.task_id == task_id, col(Nudge.consumed_at).is_(None))
+        .order_by(col(Nudge.id))
+        .with_for_update()
+    )
+    pending = list(session.exec(query).all())
     now = utcnow()
     for nudge in pending:
         nudge.consumed_at = now
@@ -207,3 +215,20 @@ def take_nudges(session: Session, task_id: int) -> list[Nudge]:
     if pending:
         record(session, task_id, "nudges_taken", {"ids": [n.id for n in pending]})
     return pending
+
+
+def edit_nudge(session: Session, nudge_id: int, text: str, *, by: str) -> bool:
+    """Replace a nudge's text if the agent has not taken it yet (one conditional UPDATE, so
+    a racing `take_nudges` and this agree on which text the agent read); False if taken."""
+    done = session.execute(
+        update(Nudge)
+        .where(col(Nudge.id) == nudge_id, col(Nudge.consumed_at).is_(None))
+        .values(text=text)
+    )
+    if not done.rowcount:  # type: ignore[attr-defined]
+        return False
+    nudge = session.get(Nudge, nudge_id)
+    assert nudge is not None
+    session.refresh(nudge)
+    record(session, nudge.task_id, "nudge_edited", {"id": nudge_id, "by": by, "text": text})
+    return True

@@ -241,13 +241,15 @@ def test_a_taken_admin_port_is_a_clear_error(tmp_path: Path, git_repo: Path) -> 
             timeout=60,
         )
     assert done.returncode == 1
-    assert done.stderr.startswith(f"error: cannot serve the admin port {port}:")
+    assert done.stderr.startswith(f"error: cannot serve the admin port on 127.0.0.1:{port}:")
+    assert "choose another with --admin-port (NIGHTCREW_ADMIN_PORT)" in done.stderr
     assert "Traceback" not in done.stderr
 
 
 def _clean_env() -> dict[str, str]:
     prefixes = ("NIGHTCREW_", "SLACK_", "OPENAI_", "DOCKER_HOST")
-    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)} | {"COLUMNS": "200"}
+    kept = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    return kept | {"COLUMNS": "200", "NIGHTCREW_WEB_PORT": "0"}  # tests run side by side
 
 
 def _answers(url: str) -> bool:

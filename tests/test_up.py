@@ -46,6 +46,7 @@ class Up:
             "NIGHTCREW_HOME": str(home),
             "NIGHTCREW_CONFIG": str(config),
             "NIGHTCREW_MODEL": MODEL,
+            "NIGHTCREW_WEB_PORT": "0",  # tests run side by side
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None

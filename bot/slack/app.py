@@ -4,6 +4,7 @@ notifier's client. How the app runs (Socket Mode, HTTP, the notifier thread) is 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from sqlalchemy import Engine
 from bot.links import Signer
 from bot.slack.listeners import register
 from executor.config.schema import Config
+from executor.config.settings import Settings
 
 log = logging.getLogger(__name__)
 SLACK_API = "https://slack.com/api/"
@@ -31,6 +33,7 @@ class SlackEnv:
     app_token: str | None = None
     signing_secret: str | None = None
     api_url: str = SLACK_API
+    file_max_bytes: int = 100_000  # a reply's text file reaches the agent up to this size
 
     @classmethod
     def from_env(cls) -> SlackEnv | None:
@@ -45,6 +48,7 @@ class SlackEnv:
             app_token=env.get("SLACK_APP_TOKEN") or None,
             signing_secret=env.get("SLACK_SIGNING_SECRET") or None,
             api_url=env.get("SLACK_API_URL") or SLACK_API,
+            file_max_bytes=Settings().slack_file_max_bytes,
         )
 
 
@@ -67,7 +71,7 @@ def build_app(
         # Bolt's own logger (not ours): its notes are a library's, shown with --verbose only.
         logger=logging.getLogger("slack_bolt.App"),
     )
-    register(app, engine, config, signer)
+    register(app, engine, config, signer, file_max_bytes=env.file_max_bytes)
     return app
 
 
@@ -77,12 +81,21 @@ def notifier_client(env: SlackEnv) -> WebClient:
     return WebClient(token=env.bot_token, base_url=env.api_url, retry_handlers=[], timeout=30)
 
 
-def wsgi_app(app: App) -> Callable[..., Any]:
+Health = Callable[[], tuple[str, dict[str, Any]]]
+
+
+def wsgi_app(app: App, health: Health | None = None) -> Callable[..., Any]:
     """Bolt's WSGI handler behind two guards: only POST /slack/events, and a body Bolt cannot
-    parse (it parses before verifying the signature) is a 400, not a 500 with a traceback."""
+    parse (it parses before verifying the signature) is a 400, not a 500 with a traceback.
+    With `health`, GET /healthz answers it (status line, JSON body): a load balancer in
+    front of the Slack endpoint probes the same port."""
     bolt = SlackRequestHandler(app)
 
     def handle(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if health is not None and environ.get("PATH_INFO") == "/healthz":
+            status, body = health()
+            start_response(status, [("Content-Type", "application/json")])
+            return [json.dumps(body).encode()]
         if environ.get("PATH_INFO") != "/slack/events" or environ["REQUEST_METHOD"] != "POST":
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found"]

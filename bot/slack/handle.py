@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 from bot import actions, plans, review, schedules
 from bot.actions import ActionError, Outcome
 from bot.links import Signer
-from bot.slack import access, blocks
+from bot.slack import access, blocks, replies
 from bot.slack import digest_send as digest
 from bot.slack.commands import SCHEDULE_USAGE, Command, CommandError, parse
 from executor.config.schema import Config, ConfigError
@@ -28,7 +28,8 @@ from storage.lifecycle import IllegalTransition
 from storage.models import Nudge, Plan, Task, TaskEvent, utcnow
 from storage.queue import waiting_by_repo
 from storage.schedules import list_schedules
-from storage.tasks import get_task, record
+from storage.tasks import edit_nudge, get_task, record
+from storage.text import clean
 
 # What a person can get wrong; each becomes an ephemeral message and changes nothing.
 USER_ERRORS = (ActionError, CommandError, ConfigError, StorageError, IllegalTransition)
@@ -47,26 +48,46 @@ def writing(engine: Engine) -> Iterator[Session]:
 
 
 def thread_reply(
-    engine: Engine, config: Config, channel: str, thread_ts: str, ts: str, user: str, text: str
+    engine: Engine,
+    config: Config,
+    channel: str,
+    thread_ts: str,
+    ts: str,
+    user: str,
+    text: str,
+    attachments: str = "",
 ) -> Outcome | str | None:
     """A person's reply in a thread: a nudge (Outcome) if it is a task's thread and theirs to
     steer, a hint (str) if that task cannot take one or it is not theirs, None if it is not a
-    task's thread or seen before (Slack redelivers events it thinks we missed)."""
+    task's thread or seen before (Slack redelivers events it thinks we missed).
+    `attachments`: the reply's files as the agent gets them (`replies.files_note`)."""
     try:
-        return _thread_reply(engine, config, channel, thread_ts, ts, user, text)
+        return _thread_reply(engine, config, channel, thread_ts, ts, user, text, attachments)
     except IntegrityError:  # the same reply taken at once by another worker process: it has it
         return None
 
 
+def _task_of_thread(session: Session, channel: str, thread_ts: str) -> Task | None:
+    return session.exec(
+        select(Task).where(Task.channel == channel, Task.thread_ts == thread_ts)
+    ).first()
+
+
 def _thread_reply(
-    engine: Engine, config: Config, channel: str, thread_ts: str, ts: str, user: str, text: str
+    engine: Engine,
+    config: Config,
+    channel: str,
+    thread_ts: str,
+    ts: str,
+    user: str,
+    text: str,
+    attachments: str,
 ) -> Outcome | str | None:
     with writing(engine) as session:
-        task = session.exec(
-            select(Task).where(Task.channel == channel, Task.thread_ts == thread_ts)
-        ).first()
+        task = _task_of_thread(session, channel, thread_ts)
         if task is None or task.id is None:
-            return _plan_reply(session, config, channel, thread_ts, user, text)
+            note = "\n\n".join(filter(None, [text.strip(), attachments]))
+            return _plan_reply(session, config, channel, thread_ts, user, note)
         if session.exec(
             select(Nudge.id).where(Nudge.task_id == task.id, Nudge.slack_ts == ts)
         ).first():
@@ -76,7 +97,15 @@ def _thread_reply(
         except ActionError as exc:
             return str(exc)
         try:
-            outcome = actions.nudge(session, task.id, text, actor=user, source="slack", slack_ts=ts)
+            outcome = actions.nudge(
+                session,
+                task.id,
+                text,
+                actor=user,
+                source="slack",
+                slack_ts=ts,
+                attachments=attachments,
+            )
         except USER_ERRORS as exc:
             return f"{exc}. Start a new task with `/agent add …`."
         nudge_id = session.exec(
@@ -86,6 +115,92 @@ def _thread_reply(
         outbox.queue_reaction(session, task.id, ts, "eyes")
         outbox.queue_reaction(session, task.id, ts, "white_check_mark", after_nudge=nudge_id)
         return outcome
+
+
+def may_steer(
+    engine: Engine, config: Config, channel: str, thread_ts: str, user: str
+) -> tuple[bool, str | None]:
+    """Before fetching a reply's files: is this a thread whose replies nightcrew takes (a
+    task's or a plan's), and if so, the refusal for `user` (None: they may steer it)."""
+    with reading(engine) as session:
+        task = _task_of_thread(session, channel, thread_ts)
+        if task is None:
+            plan = session.exec(
+                select(Plan.id).where(Plan.channel == channel, Plan.thread_ts == thread_ts)
+            ).first()
+            if plan is None:
+                return False, None
+            try:
+                access.check_member(config, user, "re-plan")
+            except ActionError as exc:
+                return True, str(exc)
+            return True, None
+        try:
+            access.check_may_act(config, task, user, "nudge")
+        except ActionError as exc:
+            return True, str(exc)
+        return True, None
+
+
+ALREADY_READ = (
+    "task {task}'s agent had already read your reply when you edited it, so it still has "
+    "the first version; send the correction as a new reply"
+)
+
+
+def edited_reply(
+    engine: Engine,
+    config: Config,
+    reply: replies.Reply,
+) -> Outcome | str | None:
+    """A reply edited in a task's thread. Not read by the agent yet: the edit replaces it
+    (files it came with stay). Read already: say so (str). A reply that never became a
+    nudge (refused, or sent before the thread was a task's): taken as a new reply."""
+    with writing(engine) as session:
+        task = _task_of_thread(session, reply.channel, reply.thread_ts)
+        if task is None or task.id is None:
+            return None
+        nudge = session.exec(
+            select(Nudge).where(Nudge.task_id == task.id, Nudge.slack_ts == reply.ts)
+        ).first()
+        if nudge is not None:
+            if nudge.author != reply.user or nudge.id is None:
+                return None
+            typed = actions.clean_text(reply.text, what="nudge") if reply.text.strip() else ""
+            before = clean(reply.previous_text).strip()
+            if not before:  # a reply of files only: the text goes before them
+                rest = "\n\n" + nudge.text
+            elif nudge.text.startswith(before):  # what follows it: its files, if any
+                rest = nudge.text[len(before) :]
+            else:
+                rest = ""
+            text = (typed + rest).strip()
+            if not text:
+                return f"task {task.id}'s agent keeps your reply: an edit cannot empty it"
+            if not edit_nudge(session, nudge.id, text, by=reply.user):
+                return ALREADY_READ.format(task=task.id)
+            return f"your edit replaces your reply to task {task.id}; its agent reads it next"
+    return thread_reply(
+        engine, config, reply.channel, reply.thread_ts, reply.ts, reply.user, reply.text
+    )
+
+
+def unusable_reply(engine: Engine, reply: replies.Reply) -> str | None:
+    """A message in a task's thread nightcrew cannot pass on: what to tell its author."""
+    with reading(engine) as session:
+        task = _task_of_thread(session, reply.channel, reply.thread_ts)
+    if task is None:
+        return None
+    return replies.UNUSABLE.format(subtype=reply.subtype or "message", task=task.id)
+
+
+def bot_in_thread(engine: Engine, reply: replies.Reply) -> None:
+    """Another bot's message in a task's thread is not passed on; a reaction says so (an
+    ephemeral message cannot reach a bot, and answering bots in words invites loops)."""
+    with writing(engine) as session:
+        task = _task_of_thread(session, reply.channel, reply.thread_ts)
+        if task is not None and task.id is not None:
+            outbox.queue_reaction(session, task.id, reply.ts, replies.BOT_REACTION)
 
 
 def _plan_reply(

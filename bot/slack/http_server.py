@@ -6,7 +6,7 @@ share the listening socket instead (`gthread` workers: keep-alive, a few threads
 notifier is not here: it stays in the `nightcrew bot` process that starts this server as a
 child, so it runs exactly once however many workers there are.
 
-    python -m bot.slack.http_server --bind 0.0.0.0:3000 --workers 1
+    python -m bot.slack.http_server --bind 127.0.0.1:3000 --workers 1
 
 The workers build the app from the same environment and working directory as the parent
 (`NIGHTCREW_*`, `SLACK_*`, `.env`, `nightcrew.yaml`). The server stops when its parent dies."""
@@ -42,6 +42,7 @@ def application() -> Callable[..., Any]:
     from bot.slack.app import SlackEnv, build_app, wsgi_app
     from executor.config.schema import Config, load_config
     from executor.config.settings import Settings
+    from executor.monitoring.admin import health
     from storage.db import make_engine
 
     env = SlackEnv.from_env()
@@ -55,7 +56,8 @@ def application() -> Callable[..., Any]:
 
     engine = make_engine(settings.db_url, create=False, autocheckpoint=False)
     signer = Signer.from_settings(settings)  # page links in `/agent review` and the App Home
-    return wsgi_app(build_app(engine, config, env, signer=signer))
+    app = build_app(engine, config, env, signer=signer)
+    return wsgi_app(app, health=lambda: health(engine, "bot"))
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -84,7 +86,7 @@ def _die_with_parent(_server: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="nightcrew's Slack HTTP server (gunicorn)")
-    parser.add_argument("--bind", default="0.0.0.0:3000", help="HOST:PORT or fd://FD")
+    parser.add_argument("--bind", default="127.0.0.1:3000", help="HOST:PORT or fd://FD")
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     _Gunicorn(
@@ -115,11 +117,24 @@ class Served:
             raise RuntimeError(f"the Slack HTTP server exited (code {self.child.returncode})")
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The HTTP server's listening socket (OSError if the address is taken or not ours)."""
+    return socket.create_server((host, port), backlog=512)
+
+
 @contextmanager
-def http_workers(*, host: str = "0.0.0.0", port: int = 3000, workers: int = 1) -> Iterator[Served]:
+def http_workers(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 3000,
+    workers: int = 1,
+    listener: socket.socket | None = None,
+) -> Iterator[Served]:
     """Run the server as a child process until the block ends. The listening socket is made
-    here and handed over (`fd://`): connections queue from the start, and port 0 works."""
-    listener = socket.create_server((host, port), backlog=512)
+    here (or given, already bound: a taken port is then an error before anything starts)
+    and handed over (`fd://`): connections queue from the start, and port 0 works."""
+    listener = listener or listen(host, port)
+    host = listener.getsockname()[0]
     listener.set_inheritable(True)
     bound = listener.getsockname()[1]
     command = [sys.executable, "-m", "bot.slack.http_server"]

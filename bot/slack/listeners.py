@@ -16,16 +16,20 @@ from sqlmodel import Session, col, select
 
 from bot import actions
 from bot.links import Signer
-from bot.slack import access, blocks, plan_listeners
+from bot.slack import access, blocks, plan_listeners, replies, reply_files
 from bot.slack.handle import (
     USER_ERRORS,
+    bot_in_thread,
     delivery_key,
+    edited_reply,
     is_task_thread,
+    may_steer,
     once,
     review_queue,
     run_command,
     thread_context,
     thread_reply,
+    unusable_reply,
     writing,
 )
 from executor.config.schema import Config
@@ -52,7 +56,12 @@ VERBS = {
 
 
 def register(
-    app: App, engine: Engine, config: Callable[[], Config], signer: Signer | None = None
+    app: App,
+    engine: Engine,
+    config: Callable[[], Config],
+    signer: Signer | None = None,
+    *,
+    file_max_bytes: int = 100_000,
 ) -> None:
     """Attach every listener to `app`; `config` is read per request (cheap, cached).
 
@@ -208,26 +217,61 @@ def register(
         ack()
 
     def message(ack: Ack, event: dict[str, Any], context: BoltContext) -> None:
+        """Every kind of reply in a task's thread: plain, "Also send to channel", with files,
+        edited. What nightcrew cannot use gets an answer (an ephemeral message, or for a
+        bot a reaction), never silence; the app's own messages get nothing (no loops)."""
         ack()  # an event's ack carries nothing; the write below is what matters
-        # People's replies in a task's thread only: not bots, edits, joins or top-level posts.
-        if event.get("subtype") or event.get("bot_id") or not event.get("user"):
+        reply = replies.classify(event, own_bot_id=context.bot_id, own_user=context.bot_user_id)
+        answer: Any = None
+        if reply.kind == "reply" and reply.files:
+            context["files"] = True  # fetched after the ack (a Slack call), then written
             return
-        thread, ts = event.get("thread_ts"), event.get("ts")
-        if not thread or thread == ts:
-            return
-        text = MENTION.sub("", event.get("text", ""))
-        reply = thread_reply(engine, config(), event["channel"], thread, ts, event["user"], text)
-        if isinstance(reply, str):
-            context["reply"] = blocks.escape(reply)
+        if reply.kind == "reply":
+            answer = thread_reply(
+                engine, config(), reply.channel, reply.thread_ts, reply.ts, reply.user, reply.text
+            )
+        elif reply.kind == "edit":
+            try:
+                answer = edited_reply(engine, config(), reply)
+            except USER_ERRORS as exc:
+                answer = str(exc)
+        elif reply.kind == "unusable":
+            answer = unusable_reply(engine, reply)
+        elif reply.kind == "bot":
+            bot_in_thread(engine, reply)
+        if isinstance(answer, str):
+            context["reply"] = blocks.escape(answer)
 
     def hint_in_thread(event: dict[str, Any], context: BoltContext, client: WebClient) -> None:
+        if context.get("files"):
+            _take_files(event, context, client)
         if context.get("reply"):
+            where = event.get("message") or event  # an edit's thread is in its message
             client.chat_postEphemeral(
                 channel=event["channel"],
-                user=event["user"],
-                thread_ts=event.get("thread_ts"),
+                user=where["user"],
+                thread_ts=where.get("thread_ts"),
                 text=context["reply"],
             )
+
+    def _take_files(event: dict[str, Any], context: BoltContext, client: WebClient) -> None:
+        """A reply with files: fetched (text files up to the cap), then a nudge like any."""
+        reply = replies.classify(event, own_bot_id=context.bot_id, own_user=context.bot_user_id)
+        cfg = config()
+        ours, refusal = may_steer(engine, cfg, reply.channel, reply.thread_ts, reply.user)
+        if not ours or refusal:
+            if refusal:
+                context["reply"] = blocks.escape(refusal)
+            return
+        attached = reply_files.fetch_all(client, reply.files, cap=file_max_bytes)
+        note = replies.files_note(attached)
+        args = (reply.channel, reply.thread_ts, reply.ts, reply.user, reply.text)
+        answer = thread_reply(engine, cfg, *args, attachments=note)
+        said = [answer] if isinstance(answer, str) else []
+        if answer is not None and not isinstance(answer, str):
+            said += filter(None, [replies.not_passed(attached)])
+        if said:
+            context["reply"] = blocks.escape("\n".join(said))
 
     app.event("message")(ack=message, lazy=[hint_in_thread])
 

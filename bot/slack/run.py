@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -70,7 +71,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 @contextmanager
-def http_mode(app: App, *, host: str = "0.0.0.0", port: int = 3000) -> Iterator[str]:
+def http_mode(app: App, *, host: str = "127.0.0.1", port: int = 3000) -> Iterator[str]:
     """Serve /slack/events from threads of this process (tests; `nightcrew bot --http`
     runs worker processes instead, see http_server.py); yields its URL."""
     server = make_server(host, port, wsgi_app(app), _ThreadingServer, _QuietHandler)
@@ -100,19 +101,22 @@ def run_bot(
     *,
     stop: threading.Event,
     http: bool = False,
+    host: str = "127.0.0.1",
     port: int = 3000,
+    listener: socket.socket | None = None,
     workers: int = DEFAULT_WORKERS,
     say: Callable[[str], None] = print,
     signer: Signer | None = None,
 ) -> None:
     """Run the bot and the notifier until `stop` is set. HTTP mode serves from `workers`
     child processes (bot/slack/http_server.py); the notifier runs here, once. The scheduler
-    (digest, scheduled tasks) is started beside it by the composition root (bot/cli.py)."""
+    (digest, scheduled tasks) is started beside it by the composition root (bot/cli.py).
+    HTTP mode listens on `host`:`port`, or on `listener` when the caller bound it already."""
     with notifier_thread(engine, env, signer=signer):
         if http or not env.app_token:
             if not env.signing_secret:
                 raise ValueError("HTTP mode needs SLACK_SIGNING_SECRET")
-            with http_workers(port=port, workers=workers) as served:
+            with http_workers(host=host, port=port, workers=workers, listener=listener) as served:
                 say(f"Slack bot: HTTP mode at {served.url} ({workers} worker processes)")
                 while not stop.wait(0.5):  # short waits keep signals (Ctrl-C, SIGTERM) prompt
                     served.check()

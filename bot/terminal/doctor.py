@@ -319,6 +319,7 @@ BOT_SCOPES = (
     "users:read",
     "metadata.message:read",
     "files:write",
+    "files:read",
 )
 
 

@@ -26,6 +26,13 @@ class Settings(BaseSettings):
         HEARTBEAT_TIMEOUT_S, gt=0, validation_alias="NIGHTCREW_HEARTBEAT_TIMEOUT_S"
     )
 
+    # Every server a process opens has a host and a port, here and as options of `up`, `bot`
+    # and `executor` (`--host`, `--admin-port`, …; docs/CLI.md). Loopback by default; the
+    # Docker image sets the hosts to 0.0.0.0.
+    # The Slack HTTP server (HTTP mode's /slack/events, and /healthz) of `up` and `bot`.
+    host: str = Field("127.0.0.1", validation_alias="NIGHTCREW_HOST")
+    port: int = Field(3000, ge=0, le=65535, validation_alias="NIGHTCREW_PORT")
+
     # /healthz and /metrics of `up`, `bot` and `executor`; unset or 0: no admin port.
     admin_port: int | None = Field(None, ge=0, le=65535, validation_alias="NIGHTCREW_ADMIN_PORT")
     # Loopback by default: metrics name repos and costs. A container sets 0.0.0.0.
@@ -39,6 +46,11 @@ class Settings(BaseSettings):
     public_url: str | None = Field(None, validation_alias="NIGHTCREW_PUBLIC_URL")
     # How long a page link works: a week covers a review that waits over a weekend.
     link_ttl_days: float = Field(7.0, gt=0, le=366, validation_alias="NIGHTCREW_LINK_TTL_DAYS")
+
+    # A text file attached to a reply in a task's thread reaches the agent up to this size.
+    slack_file_max_bytes: int = Field(
+        100_000, ge=1, le=10_000_000, validation_alias="NIGHTCREW_SLACK_FILE_MAX_BYTES"
+    )
 
     @property
     def db_url(self) -> str:

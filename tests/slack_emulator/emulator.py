@@ -23,7 +23,7 @@ from tests.slack_samples import load_text
 T = TypeVar("T")
 SCOPES = (
     "app_mentions:read,channels:history,chat:write,commands,groups:history,im:history,"
-    "metadata.message:read,im:write,reactions:write,users:read,files:write"
+    "metadata.message:read,im:write,reactions:write,users:read,files:write,files:read"
 )
 SLACK_HOOKS = "https://hooks.slack.com/"
 SERVER_ERROR_BODY = "<html><body><h1>{status} Service Unavailable</h1></body></html>"
@@ -176,6 +176,33 @@ class SlackEmulator:
             self._changed.notify_all()
         return answer
 
+    def serve_file(self, path: str, authorization: str) -> Reply:
+        """GET of a file's url_private(_download): its bytes for a bot token of this
+        workspace; without one, Slack's answer to a browser that is not signed in (a
+        redirect to the sign-in page). Every download is recorded as a `file_download` call."""
+        token = authorization.removeprefix("Bearer ").strip() or None
+        with self._changed:
+            data = self.workspace.files.download(path)
+            allowed = token in self.tokens and not (token or "").startswith("xapp-")
+            status = 200 if data is not None and allowed else (302 if not allowed else 404)
+            self._calls.append(
+                Call("file_download", {"path": path}, token, time.monotonic(), status, None)
+            )
+            self._changed.notify_all()
+        if status == 200 and self.workspace.files.redirect_to:
+            return Reply(302, b"", "text/html", {"Location": self.workspace.files.redirect_to})
+        if status == 302:
+            signin = f"https://{self.workspace.domain}.slack.com/?redir={path}"
+            return Reply(302, b"", "text/html", {"Location": signin})
+        if data is None:
+            return Reply(404, b"not found", "text/plain")
+        return Reply(200, data, "application/octet-stream")
+
+    def redirect_files(self, url: str | None) -> None:
+        """Answer every authorised file download with a redirect to `url` (None: stop)."""
+        with self._changed:
+            self.workspace.files.redirect_to = url
+
     def uploaded(self, channel: str | None = None) -> list[Message]:
         """The messages that share files, oldest first (optionally in one channel)."""
         return [m for m in self.messages(channel) if m.files]
@@ -280,6 +307,75 @@ class SlackEmulator:
                 )
             )
         return events
+
+    def broadcast_as_user(
+        self, channel: str, user: str, text: str, *, thread_ts: str
+    ) -> dict[str, Any]:
+        """`user` replies in the thread with "Also send to channel" ticked: the message is
+        stored (in the thread and the channel) and its `thread_broadcast` event returned."""
+        ts = payloads.new_ts()
+        with self._changed:
+            root = self.workspace.messages.get((channel, thread_ts))
+            message = Message(
+                channel, ts, user, text, thread_ts=thread_ts, team=self.workspace.team_id
+            )
+            self.workspace.messages[channel, ts] = message
+            self._changed.notify_all()
+        fields = {"user": root.user, "text": root.text} if root else {}
+        return payloads.thread_broadcast(channel, thread_ts, user, text, ts=ts, root=fields)
+
+    def share_file_as_user(
+        self,
+        channel: str,
+        user: str,
+        text: str,
+        files: list[tuple[str, bytes, str]],
+        *,
+        thread_ts: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """`user` posts `text` with files (name, bytes, mimetype), in the thread `thread_ts`
+        if given: the files are kept (served at their url_private_download to a bot token,
+        described by files.info) and the `file_share` event returned. `fields` override every
+        file object's (e.g. a `url_private_download` pointing elsewhere)."""
+        ts = payloads.new_ts()
+        with self._changed:
+            team = self.workspace.team_id
+            objects = [
+                self.workspace.files.add_shared(
+                    name=name, data=data, mimetype=kind, user=user, team=team, **fields
+                )
+                for name, data, kind in files
+            ]
+            root = self.workspace.messages.get((channel, thread_ts or ""))
+            message = Message(channel, ts, user, text, thread_ts=thread_ts, team=team)
+            message.files = objects
+            self.workspace.messages[channel, ts] = message
+            self._changed.notify_all()
+        parent = root.user if root else self.bot_user_id
+        return payloads.file_share(
+            channel, user, text, objects, thread_ts=thread_ts, ts=ts, parent_user_id=parent
+        )
+
+    def edit_as_user(self, channel: str, ts: str, text: str) -> dict[str, Any]:
+        """The author of message `ts` edits it to `text`: stored, and the `message_changed`
+        event returned."""
+        with self._changed:
+            message = self.workspace.messages[channel, ts]
+            previous = message.text
+            message.versions.append({"text": previous, "blocks": message.blocks})
+            message.text = text
+            self._changed.notify_all()
+            snapshot = copy.deepcopy(message)
+        return payloads.message_changed(
+            channel,
+            ts=ts,
+            thread_ts=snapshot.thread_ts,
+            user=snapshot.user,
+            text=text,
+            previous_text=previous,
+            files=snapshot.files,
+        )
 
     def _own_response_urls(self, payload: dict[str, Any]) -> dict[str, Any]:
         """`payload` with its response_url(s) on this emulator instead of hooks.slack.com:

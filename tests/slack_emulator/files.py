@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -76,6 +77,60 @@ class Files:
         self.limit = limit
         self.uploads: dict[str, Upload] = {}
         self._by_token: dict[str, Upload] = {}
+        self.shared: dict[str, tuple[dict[str, Any], bytes]] = {}  # people's files: object, bytes
+        self.redirect_to: str | None = None  # answer downloads with a redirect there
+
+    def add_shared(
+        self, *, name: str, data: bytes, mimetype: str, user: str, team: str, **fields: Any
+    ) -> dict[str, Any]:
+        """A file a person attaches to a message: its file object (the shape of
+        event_message_file_share.json's), served at its url_private(_download) on this
+        emulator's HTTP port to a bot token only. `fields` override the object's."""
+        base = self.upload_base.removesuffix("/upload/v1/")
+        file_id = "F" + secrets.token_hex(5).upper()
+        ext = name.rsplit(".", 1)[-1].lower() if "." in name else "text"
+        created = int(time.time())
+        obj: dict[str, Any] = {
+            "id": file_id,
+            "created": created,
+            "timestamp": created,
+            "name": name,
+            "title": name,
+            "mimetype": mimetype,
+            "filetype": ext,
+            "pretty_type": ext.capitalize(),
+            "user": user,
+            "editable": False,
+            "size": len(data),
+            "mode": "hosted",
+            "is_external": False,
+            "external_type": "",
+            "is_public": True,
+            "public_url_shared": False,
+            "display_as_bot": False,
+            "username": "",
+            "url_private": f"{base}/files-pri/{team}-{file_id}/{name}",
+            "url_private_download": f"{base}/files-pri/{team}-{file_id}/download/{name}",
+            "permalink": f"https://emulated.slack.com/files/{user}/{file_id}/{name}",
+            "has_rich_preview": False,
+            **fields,
+        }
+        self.shared[file_id] = (obj, data)
+        return dict(obj)
+
+    def info(self, p: dict[str, Any]) -> dict[str, Any]:
+        """files.info: the file object (a shared file or one the app uploaded)."""
+        file_id = str(p.get("file") or "")
+        if file_id in self.shared:
+            return {"file": dict(self.shared[file_id][0])}
+        raise ApiError("file_not_found")
+
+    def download(self, path: str) -> bytes | None:
+        """The bytes at `/files-pri/<team>-<id>[/download]/<name>`, or None."""
+        parts = path.removeprefix("/files-pri/").split("/")
+        file_id = parts[0].rsplit("-", 1)[-1] if parts else ""
+        found = self.shared.get(file_id)
+        return found[1] if found is not None else None
 
     def get_upload_url(self, p: dict[str, Any]) -> dict[str, Any]:
         filename = str(p.get("filename") or "")

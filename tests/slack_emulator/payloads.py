@@ -142,6 +142,77 @@ def thread_reply(
     return body
 
 
+def thread_broadcast(
+    channel: str,
+    thread_ts: str,
+    user: str,
+    text: str,
+    *,
+    ts: str | None = None,
+    root: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A reply sent with "Also send to channel" (event_message_thread_broadcast.json):
+    `subtype: thread_broadcast`, the thread's `root` message as Slack includes it."""
+    body = _event_callback("event_message_thread_broadcast.json", BOT_USER_ID)
+    event = body["event"]
+    _message_fields(event, user=user, channel=channel, ts=ts, thread_ts=thread_ts)
+    event["text"] = text
+    event["root"].update(ts=thread_ts, thread_ts=thread_ts, **(root or {}))
+    return body
+
+
+def file_share(
+    channel: str,
+    user: str,
+    text: str,
+    files: list[dict[str, Any]],
+    *,
+    thread_ts: str | None = None,
+    ts: str | None = None,
+    parent_user_id: str = BOT_USER_ID,
+) -> dict[str, Any]:
+    """A message with files (event_message_file_share.json): `subtype: file_share`, the
+    file objects as Slack describes them; in a thread, with `thread_ts` and
+    `parent_user_id` as a thread reply carries them."""
+    body = _event_callback("event_message_file_share.json", BOT_USER_ID)
+    event = body["event"]
+    _message_fields(event, user=user, channel=channel, ts=ts, thread_ts=thread_ts)
+    event.update(text=text, files=copy.deepcopy(files))
+    event["blocks"][0]["elements"][0]["elements"] = [{"type": "text", "text": text}]
+    if thread_ts is not None:
+        event["parent_user_id"] = parent_user_id
+    return body
+
+
+def message_changed(
+    channel: str,
+    *,
+    ts: str,
+    thread_ts: str | None,
+    user: str,
+    text: str,
+    previous_text: str,
+    files: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """An edit (event_message_changed.json): the message as it is now and as it was. The
+    sample's `message` has no `ts`/`thread_ts`; Slack's documented shape has them (the edited
+    message's own ts and thread), so they are set here, as is `edited`."""
+    body = _event_callback("event_message_changed.json", BOT_USER_ID)
+    event = body["event"]
+    now = new_ts()
+    event.update(channel=channel, ts=now, event_ts=now)
+    for key, words in (("message", text), ("previous_message", previous_text)):
+        message = event[key]
+        message.update(user=user, text=words, ts=ts)
+        message["blocks"][0]["elements"][0]["elements"] = [{"type": "text", "text": words}]
+        if thread_ts is not None:
+            message["thread_ts"] = thread_ts
+        if files:
+            message["files"] = copy.deepcopy(files)
+    event["message"]["edited"] = {"user": user, "ts": now}
+    return body
+
+
 def block_action(
     action_id: str,
     value: str | None = None,

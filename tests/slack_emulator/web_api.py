@@ -79,6 +79,8 @@ class _Handler(BaseHTTPRequestHandler):
             token = url.path.removeprefix("/upload/v1/")
             status, body = self.slack.receive_upload(token, raw, ctype)
             self._send(Reply(status, body, "text/plain"))
+        elif url.path.startswith("/files-pri/") and self.command == "GET":
+            self._send(self.slack.serve_file(url.path, self.headers.get("Authorization") or ""))
         elif url.path.startswith("/hooks/") and self.command == "POST":
             self._response_url(raw)
         else:

@@ -63,6 +63,7 @@ class Workspace:
             "conversations.open": self.conversations_open,
             "files.getUploadURLExternal": self.files.get_upload_url,
             "files.completeUploadExternal": self.files_complete_upload_external,
+            "files.info": self.files.info,
         }
 
     def auth_test(self, p: Params) -> dict[str, Any]:
