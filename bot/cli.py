@@ -45,6 +45,7 @@ from storage.text import clean
 
 if TYPE_CHECKING:
     from bot.slack.app import SlackEnv
+    from bot.slack.notifier import Tunables as NotifierTunables
 
 app = typer.Typer(
     name="nightcrew",
@@ -124,6 +125,13 @@ def admin_port(role: str) -> Iterator[None]:
 
 def signer() -> Signer:
     return Signer.from_settings(settings())
+
+
+def notifier_tunables() -> NotifierTunables:
+    """The notifier's tunables, with what the environment sets (NIGHTCREW_SLACK_MAX_AGE_H)."""
+    from bot.slack.notifier import Tunables
+
+    return Tunables(max_age_s=settings().slack_max_age_h * 3600)
 
 
 def may_decide(user: str) -> Callable[[Task], bool]:
@@ -267,7 +275,15 @@ def _bot_in_background(slack: SlackEnv) -> Iterator[None]:
     def serve() -> None:
         try:
             with Scheduler(engine(), config):  # the digest and scheduled tasks
-                run_bot(engine(), config, slack, stop=stop, say=out.print, signer=signer())
+                run_bot(
+                    engine(),
+                    config,
+                    slack,
+                    stop=stop,
+                    say=out.print,
+                    signer=signer(),
+                    tunables=notifier_tunables(),
+                )
         except Exception as exc:  # say so; the executor keeps running CLI-queued tasks
             err.print(f"[red]Slack bot stopped:[/red] {exc}")
 
@@ -327,6 +343,7 @@ def bot(
                     workers=workers,
                     say=out.print,
                     signer=signer(),
+                    tunables=notifier_tunables(),
                 )
         except KeyboardInterrupt:
             stop.set()
