@@ -240,6 +240,23 @@ def refresh_card(session: Session, task: Task, *, every_s: float) -> bool:
     return True
 
 
+def card_wait_s(session: Session, task_id: int) -> float | None:
+    """None when no card row of the task is pending; else how long the card will wait at
+    least (until its rate limit ends; 0 when it may go any moment)."""
+    row = session.execute(
+        select(Outbox).where(
+            col(Outbox.task_id) == task_id,
+            col(Outbox.kind) == "card",
+            col(Outbox.delivered_at).is_(None),
+        )
+    ).scalar()
+    if row is None:
+        return None
+    if row.last_error != "ratelimited" or row.next_attempt_at is None:
+        return 0.0
+    return max(0.0, (row.next_attempt_at - utcnow()).total_seconds())
+
+
 def has_pending_card(session: Session, task_id: int) -> bool:
     return bool(
         session.execute(

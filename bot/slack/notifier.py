@@ -343,9 +343,9 @@ class Notifier:
         assert row.id is not None and task.id is not None and task.channel
         if task.thread_ts is None:
             with self._transaction() as session:
-                waiting = outbox.has_pending_card(session, task.id)
-            if waiting:  # the card (thread root) first; it is due before or with this row
-                self._defer(row, self.tunables.idle_poll_s)
+                waiting = outbox.card_wait_s(session, task.id)
+            if waiting is not None:  # the card (thread root) first
+                self._defer(row, max(waiting, self.tunables.idle_poll_s))
                 return
             # The card's own failure is already in the log; one line per milestone is noise.
             self._settle(lambda s: outbox.give_up(s, row.id, error="no card, so no thread"))
@@ -595,19 +595,26 @@ class Notifier:
     def _call(self, method: Any, **params: Any) -> Any:
         assert self.gate is not None
         name = method_name(method)
-        if (wait := self.gate.wait_s(name)) > 0:  # Slack said to wait: no call until then
+        wait, probe = self.gate.enter(name)
+        if wait > 0:  # Slack said to wait (or another call is finding out): no call yet
             raise _Retry("ratelimited", wait, answered=True, rate_limited=True)
+        limited_s: float | None = None
+        ok = False
         try:
-            return method(**params)
+            answer = method(**params)
+            ok = True
+            return answer
         except SlackApiError as exc:
             response = exc.response
             error = str(response.get("error") or f"HTTP {response.status_code}")
             if response.status_code == 429 or error == "ratelimited":
-                after = _retry_after(response.headers) or self.tunables.rate_limit_default_s
-                self.gate.close(name, after)
+                limited_s = _retry_after(response.headers)
+                if limited_s is None:
+                    limited_s = self.tunables.rate_limit_default_s
                 metrics.SLACK_RATE_LIMITED.labels(name).inc()
-                log.info("Slack rate limits %s: waiting %.1f s", name, after)
-                raise _Retry("ratelimited", after, answered=True, rate_limited=True) from None
+                log.info("Slack rate limits %s: waiting %.1f s", name, limited_s)
+                raise _Retry("ratelimited", limited_s, answered=True, rate_limited=True) from None
+            ok = response.status_code < 500  # answered, and not rate limited
             if response.status_code >= 500:  # it may have been done before the failure
                 raise _Retry(error, answered=False) from None
             if error in TRANSIENT_ERRORS:
@@ -617,6 +624,8 @@ class Notifier:
             raise _Permanent(error) from None
         except (OSError, TimeoutError) as exc:  # URLError, refused, reset, timed out
             raise _Retry(f"{type(exc).__name__}: {exc}", answered=False) from None
+        finally:
+            self.gate.leave(name, probe=probe, limited_s=limited_s, ok=ok)
 
     def _sent(self, row: Outbox) -> None:
         lag = (utcnow() - row.created_at).total_seconds()
@@ -649,10 +658,11 @@ class Notifier:
         assert row.id is not None
         age = (utcnow() - row.created_at).total_seconds()
         if age >= self.tunables.max_age_s:
-            error = f"still rate limited {age / 3600:.2f} h after it was written"
+            error = f"still rate limited {_duration(age)} after it was written"
             self._fail(row, task, error, why="too_old")
             return
-        at = utcnow() + timedelta(seconds=exc.after_s or self.tunables.rate_limit_default_s)
+        after = self.tunables.rate_limit_default_s if exc.after_s is None else exc.after_s
+        at = utcnow() + timedelta(seconds=after)
         log.debug("outbox row %s: rate limited; waiting until %s", row.id, at)
         self._settle(lambda s: outbox.rate_limited(s, row.id, at=at, not_sent=exc.not_sent))
 
@@ -696,6 +706,12 @@ class Notifier:
     def _settle(self, write: Any) -> None:
         with self._transaction() as session:
             write(session)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def _retry_after(headers: Any) -> float | None:
