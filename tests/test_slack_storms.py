@@ -135,7 +135,7 @@ def test_a_minute_long_429_storm_delivers_every_milestone_once_in_order(
         ]
     stop = threading.Event()
     drivers = [
-        threading.Thread(target=_progress, args=(engine, task_id, 2.5 + i * 0.3, stop))
+        threading.Thread(target=_progress, args=(engine, task_id, 2.0 + i * 0.25, stop))
         for i, task_id in enumerate(ids)
     ]
     with ExitStack() as running:
