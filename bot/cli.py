@@ -47,6 +47,7 @@ from storage.text import clean
 
 if TYPE_CHECKING:
     from bot.slack.app import SlackEnv
+    from bot.slack.notifier import Tunables as NotifierTunables
 
 app = typer.Typer(
     name="nightcrew",
@@ -149,6 +150,13 @@ def admin_port(role: str) -> Iterator[None]:
 
 def signer() -> Signer:
     return Signer.from_settings(settings())
+
+
+def notifier_tunables() -> NotifierTunables:
+    """The notifier's tunables, with what the environment sets (NIGHTCREW_SLACK_MAX_AGE_H)."""
+    from bot.slack.notifier import Tunables
+
+    return Tunables(max_age_s=settings().slack_max_age_h * 3600)
 
 
 def may_decide(user: str) -> Callable[[Task], bool]:
@@ -354,6 +362,7 @@ def _bot_in_background(slack: SlackEnv, listener: socket.socket | None) -> Itera
                     say=out.print,
                     signer=signer(),
                     listener=listener,
+                    tunables=notifier_tunables(),
                 )
         except Exception as exc:  # say so; the executor keeps running CLI-queued tasks
             err.print(f"[red]Slack bot stopped:[/red] {exc}")
@@ -432,6 +441,7 @@ def bot(
                     workers=workers,
                     say=out.print,
                     signer=signer(),
+                    tunables=notifier_tunables(),
                 )
         except KeyboardInterrupt:
             stop.set()

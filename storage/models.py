@@ -82,6 +82,9 @@ class Task(SQLModel, table=True):
     source: str = "cli"
     channel: str | None = None
     thread_ts: str | None = None
+    # The card when it is not the thread's root: a fresh card posted in the thread because
+    # the first could no longer be edited (bot/slack/notifier.py). None: the root is the card.
+    card_ts: str | None = None
     # Why the task is in its current state (question, limit hit, failure), shown to people.
     reason: str | None = Field(default=None, sa_type=Text)
     error: str | None = Field(default=None, sa_type=Text)
@@ -245,6 +248,9 @@ class Outbox(SQLModel, table=True):
     # When a post of this row went out with no answer recorded yet: a later attempt looks
     # for it in Slack (by its message metadata) before posting again.
     sent_at: datetime | None = _ts()
+    # When the notifier gave the row up (Slack refused it for good, the attempts ran out, or
+    # it stayed rate limited past the maximum age): `nightcrew doctor` reports these.
+    given_up_at: datetime | None = _ts()
 
 
 class DigestRun(SQLModel, table=True):

@@ -1,10 +1,11 @@
 """The outbox queries that need care: claim due rows under a lease (two notifiers never send
-the same row), settle them (delivered, retry later, given up), and coalesce card rows (a card
-row means "show the task as it is now", so only the newest pending one per task matters).
+the same row), settle them (delivered, retry later, given up), coalesce card rows (a card
+row means "show the task as it is now", so only the newest pending one per task matters),
+and keep each thread in order (a task's thread messages go out one after another).
 
 `delivered_at` means settled: delivered, superseded by a newer card row, or given up (then
-`last_error` says why). A row is due when unsettled and its `next_attempt_at` (a retry time
-or another notifier's lease) has passed."""
+`given_up_at` is set and `last_error` says why). A row is due when unsettled and its
+`next_attempt_at` (a retry time or another notifier's lease) has passed."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
 from storage.models import Outbox, Task, utcnow
+
+# Rows that post in a task's thread: they go out in the order they were written, so a
+# rate-limited or failing one holds back the later ones of its task (never overtaken).
+THREAD_KINDS = ("state", "file", "note")
 
 
 def _due(now: datetime) -> list:
@@ -31,7 +36,8 @@ def claim_due(
     """Take up to `limit` due rows, oldest first, leased for `lease_s` seconds: nobody else
     claims them until the lease runs out (a notifier that dies mid-send gives its rows back
     that way). Older pending card rows of a task are settled first: the newest one renders
-    the task as it is now, so one edit replaces them all."""
+    the task as it is now, so one edit replaces them all (only card rows: a milestone is never
+    superseded). A thread row waits while an earlier thread row of its task is unsettled."""
     now = now or utcnow()
     newer = aliased(Outbox)
     has_newer_card = (
@@ -50,8 +56,22 @@ def claim_due(
         .values(delivered_at=now)
         .execution_options(synchronize_session=False)
     )
+    earlier = aliased(Outbox)
+    has_earlier_in_thread = (
+        select(earlier.id)
+        .where(
+            earlier.task_id == Outbox.task_id,
+            earlier.kind.in_(THREAD_KINDS),
+            earlier.delivered_at.is_(None),
+            earlier.id < Outbox.id,
+        )
+        .exists()
+    )
+    in_order = or_(col(Outbox.kind).not_in(THREAD_KINDS), ~has_earlier_in_thread)
     ids = (
-        session.execute(select(Outbox.id).where(*_due(now)).order_by(col(Outbox.id)).limit(limit))
+        session.execute(
+            select(Outbox.id).where(*_due(now), in_order).order_by(col(Outbox.id)).limit(limit)
+        )
         .scalars()
         .all()
     )
@@ -77,6 +97,20 @@ def mark_delivered(session: Session, row_id: int) -> None:
         .where(col(Outbox.id) == row_id, col(Outbox.delivered_at).is_(None))
         .values(delivered_at=utcnow(), next_attempt_at=None)
     )
+
+
+def card_moved(
+    session: Session, row_id: int, task_id: int, *, thread_ts: str, card_ts: str | None, why: str
+) -> None:
+    """The old card could not be edited and a fresh one is in Slack: `card_ts` is the card
+    when it was posted in the thread `thread_ts`, None when it is the root of a new thread
+    `thread_ts` (the old thread is gone). Later edits go to the fresh card and later thread
+    messages to `thread_ts`; a short line there says why, and the row is settled."""
+    session.execute(
+        update(Task).where(col(Task.id) == task_id).values(thread_ts=thread_ts, card_ts=card_ts)
+    )
+    session.add(Outbox(task_id=task_id, kind="note", payload={"card_moved": why}))
+    mark_delivered(session, row_id)
 
 
 def card_posted(session: Session, row_id: int, task_id: int, ts: str) -> None:
@@ -119,6 +153,19 @@ def retry_later(
     )
 
 
+def rate_limited(session: Session, row_id: int, *, at: datetime, not_sent: bool = False) -> None:
+    """Slack asked us to wait (429): try again `at`, without counting an attempt; a rate
+    limit ends, so it is waited out (up to the notifier's maximum age), not given up."""
+    values: dict[str, object] = {"last_error": "ratelimited", "next_attempt_at": at}
+    if not_sent:
+        values["sent_at"] = None
+    session.execute(
+        update(Outbox)
+        .where(col(Outbox.id) == row_id, col(Outbox.delivered_at).is_(None))
+        .values(**values)
+    )
+
+
 def defer(session: Session, row_id: int, *, at: datetime) -> None:
     """Not yet (waiting for the card, or for the edit interval): no attempt is counted."""
     session.execute(
@@ -129,15 +176,30 @@ def defer(session: Session, row_id: int, *, at: datetime) -> None:
 
 
 def give_up(session: Session, row_id: int, *, error: str) -> None:
+    now = utcnow()
     session.execute(
         update(Outbox)
         .where(col(Outbox.id) == row_id, col(Outbox.delivered_at).is_(None))
         .values(
             attempts=col(Outbox.attempts) + 1,
             last_error=error,
-            delivered_at=utcnow(),
+            delivered_at=now,
+            given_up_at=now,
             next_attempt_at=None,
         )
+    )
+
+
+def given_up(session: Session, *, since: datetime) -> Sequence[Outbox]:
+    """Rows given up since `since`, newest first (`nightcrew doctor`)."""
+    return (
+        session.execute(
+            select(Outbox)
+            .where(col(Outbox.given_up_at) >= since)
+            .order_by(col(Outbox.given_up_at).desc(), col(Outbox.id).desc())
+        )
+        .scalars()
+        .all()
     )
 
 
@@ -176,6 +238,23 @@ def refresh_card(session: Session, task: Task, *, every_s: float) -> bool:
         return False
     request_card(session, task.id)
     return True
+
+
+def card_wait_s(session: Session, task_id: int) -> float | None:
+    """None when no card row of the task is pending; else how long the card will wait at
+    least (until its rate limit ends; 0 when it may go any moment)."""
+    row = session.execute(
+        select(Outbox).where(
+            col(Outbox.task_id) == task_id,
+            col(Outbox.kind) == "card",
+            col(Outbox.delivered_at).is_(None),
+        )
+    ).scalar()
+    if row is None:
+        return None
+    if row.last_error != "ratelimited" or row.next_attempt_at is None:
+        return 0.0
+    return max(0.0, (row.next_attempt_at - utcnow()).total_seconds())
 
 
 def has_pending_card(session: Session, task_id: int) -> bool:

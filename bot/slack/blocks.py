@@ -213,6 +213,21 @@ def milestone(task: Task, payload: dict[str, Any]) -> str | None:
     return cut(line)
 
 
+def card_moved(task: Task, why: str) -> str:
+    """The thread's note when the card was posted afresh because Slack refused to edit the
+    old one (`why`: its error); the fresh card is this thread's root or just above."""
+    said = f" (Slack said `{escape(why)}`)" if why else ""
+    if task.card_ts is None:
+        return (
+            f":arrows_counterclockwise: Task {task.id}'s earlier card could no longer be "
+            f"edited{said}: this is a fresh one, and the task's messages continue here."
+        )
+    return (
+        f":arrows_counterclockwise: Task {task.id}'s card could no longer be edited{said}: "
+        "the fresh one above is kept up to date from now on."
+    )
+
+
 def task_list(tasks: Sequence[Task], heading: str) -> list[Block]:
     if not tasks:
         return [section(f"{heading}: none")]

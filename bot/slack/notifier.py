@@ -7,9 +7,15 @@ learns the result (a card's `ts` becomes the task's thread in that same step). E
 carries message metadata naming its row, and the row records when a post went out; a later
 attempt at a row whose earlier post got no recorded answer (the process was killed, the
 connection dropped, Slack answered 5xx) first looks for that message in the channel or
-thread and adopts it instead of posting again. Transient failures (429 with Retry-After,
-5xx, connection errors) are retried per row with backoff; permanent ones are recorded on the
-row and in the task's log, and never retried."""
+thread and adopts it instead of posting again.
+
+A 429 is not a failed attempt: the method's gate (shared by the process's workers, see
+rate_gate.py) stays closed for Retry-After, and the row waits it out, however long, until it
+is older than `max_age_s`; then it is given up visibly (a warning, a metric, `nightcrew
+doctor`). A task's thread messages keep their order (storage/outbox.py). Other transient
+failures (5xx, connection errors) are retried per row with backoff, a bounded number of
+times; permanent ones are recorded on the row and in the task's log, and never retried. A
+card Slack will no longer let us edit is posted afresh and the task re-bound to it."""
 
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from sqlmodel import Session, col, select
 from bot.links import Signer
 from bot.slack import blocks
 from bot.slack.plan_blocks import plan_card
+from bot.slack.rate_gate import RateGate, gate_for, method_name
 from executor.monitoring import metrics
 from executor.runner.fleet import installation_id
 from storage import outbox
@@ -50,6 +57,9 @@ TRANSIENT_ERRORS = {
     "service_unavailable",
     "request_timeout",
 }
+# chat.update answers meaning this card can never be edited again: post a fresh one.
+EDIT_REFUSED = {"cant_update_message", "edit_window_closed"}  # the message is still there
+CARD_GONE = {"message_not_found", "channel_not_found", "is_archived"}
 
 
 @dataclass
@@ -60,6 +70,10 @@ class Tunables:
     backoff_base_s: float = 1.0  # doubled per failed attempt
     backoff_max_s: float = 300.0
     max_attempts: int = 10  # then the row is given up and the failure recorded
+    # A rate-limited row is waited out this long (from when it was written), then given up:
+    # a day covers any storm Slack has had; NIGHTCREW_SLACK_MAX_AGE_H sets it.
+    max_age_s: float = 24 * 3600.0
+    rate_limit_default_s: float = 5.0  # a 429 without Retry-After (Slack always sends one)
     idle_poll_s: float = 0.5  # how soon a new outbox row is noticed
     reaction_poll_s: float = 2.0  # how soon ✅ follows the agent taking a nudge
     # The diff file in a thread: Slack takes up to 1 GB, but its viewer (and a phone) chokes
@@ -76,11 +90,19 @@ LOOKUP_PAGES = 10  # then the post is taken as lost: minutes of a very busy chan
 
 
 class _Retry(Exception):
-    def __init__(self, error: str, after_s: float | None = None, *, answered: bool) -> None:
+    def __init__(
+        self,
+        error: str,
+        after_s: float | None = None,
+        *,
+        answered: bool,
+        rate_limited: bool = False,
+    ) -> None:
         super().__init__(error)
         self.error, self.after_s = error, after_s
         self.answered = answered  # Slack said it did not do it (429, an error), vs no answer
         self.not_sent = False  # set for a post Slack answered: no need to look for it later
+        self.rate_limited = rate_limited  # wait `after_s`; not a failed attempt
 
 
 class _Permanent(Exception):
@@ -97,10 +119,13 @@ class Notifier:
     _last_post: dict[str, float] = field(default_factory=dict)
     _dms: dict[str, str] = field(default_factory=dict)  # user id -> the app's DM channel id
     _install: str = ""
+    gate: RateGate | None = None  # None: the process's gate for this client's workspace
 
     def __post_init__(self) -> None:
         # Tells this installation's posts from another's in the same channel (row ids clash).
         self._install = installation_id(self.engine)
+        if self.gate is None:
+            self.gate = gate_for(str(self.client.base_url), str(self.client.token or ""))
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -144,6 +169,8 @@ class Notifier:
                 self._card(row, task)
             elif row.kind == "state":
                 self._state(row, task)
+            elif row.kind == "note":
+                self._note(row, task)
             elif row.kind == "react":
                 self._react(row, task)
             elif row.kind == "file":
@@ -177,11 +204,65 @@ class Notifier:
         if time.monotonic() < wait:  # coalesce: the row waits, newer ones replace it
             self._defer(row, wait - time.monotonic())
             return
-        self._call(
-            self.client.chat_update, channel=task.channel, ts=task.thread_ts, text=text, blocks=card
-        )
+        try:
+            self._call(
+                self.client.chat_update,
+                channel=task.channel,
+                ts=task.card_ts or task.thread_ts,
+                text=text,
+                blocks=card,
+            )
+        except _Permanent as exc:
+            if str(exc) not in EDIT_REFUSED | CARD_GONE:
+                raise
+            self._repost_card(row, task, text, card, str(exc))
+            return
         self._sent(row)
         self._last_edit[task.id] = time.monotonic()
+        self._settle(lambda s: outbox.mark_delivered(s, row.id))
+
+    def _repost_card(
+        self, row: Outbox, task: Task, text: str, card: list[blocks.Block], why: str
+    ) -> None:
+        """Slack will not let us edit the card any more (`why`): post a fresh one in its
+        thread, or as a new thread when the old one is gone (the card was the thread's root
+        and is not found), re-bind the task to it, and say why in the thread."""
+        assert row.id is not None and task.id is not None and task.channel and task.thread_ts
+        gone = why in CARD_GONE and task.card_ts is None
+        log.warning(
+            "task %s: its card cannot be edited (%s); posting a fresh one %s",
+            task.id,
+            why,
+            "as a new thread" if gone else "in its thread",
+        )
+        where = {} if gone else {"thread_ts": task.thread_ts}
+        ts, adopted = self._post_once(row, task.channel, text=text, blocks=card, **where)
+
+        def moved(session: Any) -> None:
+            outbox.card_moved(
+                session,
+                row.id,
+                task.id,
+                thread_ts=ts if gone else task.thread_ts,
+                card_ts=None if gone else ts,
+                why=why,
+            )
+            if adopted:  # it shows the task as it was then: edit it to now
+                outbox.request_card(session, task.id)
+
+        self._sent(row)
+        self._settle(moved)
+        self._last_edit[task.id] = time.monotonic()
+
+    def _note(self, row: Outbox, task: Task) -> None:
+        """A short line in the task's thread: why a fresh card was posted."""
+        assert row.id is not None and task.channel
+        if task.thread_ts is None:
+            self._settle(lambda s: outbox.give_up(s, row.id, error="no thread"))
+            return
+        line = blocks.card_moved(task, str(row.payload.get("card_moved") or ""))
+        self._post_once(row, task.channel, thread_ts=task.thread_ts, text=line)
+        self._sent(row)
         self._settle(lambda s: outbox.mark_delivered(s, row.id))
 
     def _plan(self, row: Outbox) -> None:
@@ -262,9 +343,9 @@ class Notifier:
         assert row.id is not None and task.id is not None and task.channel
         if task.thread_ts is None:
             with self._transaction() as session:
-                waiting = outbox.has_pending_card(session, task.id)
-            if waiting:  # the card (thread root) first; it is due before or with this row
-                self._defer(row, self.tunables.idle_poll_s)
+                waiting = outbox.card_wait_s(session, task.id)
+            if waiting is not None:  # the card (thread root) first
+                self._defer(row, max(waiting, self.tunables.idle_poll_s))
                 return
             # The card's own failure is already in the log; one line per milestone is noise.
             self._settle(lambda s: outbox.give_up(s, row.id, error="no card, so no thread"))
@@ -413,8 +494,8 @@ class Notifier:
             with self._transaction() as session:
                 nudge = session.get(Nudge, nudge_id)
                 taken = nudge is None or nudge.consumed_at is not None
-            if not taken and State(task.state) in CLOSED:  # no agent will read it now
-                self._settle(lambda s: outbox.give_up(s, row.id, error="task closed first"))
+            if not taken and State(task.state) in CLOSED:  # no agent will read it now: moot
+                self._settle(lambda s: outbox.mark_delivered(s, row.id))
                 return
             if not taken:  # the agent reads nudges between turns; look again shortly
                 self._defer(row, self.tunables.reaction_poll_s)
@@ -512,16 +593,28 @@ class Notifier:
         self._last_post[channel] = time.monotonic()
 
     def _call(self, method: Any, **params: Any) -> Any:
+        assert self.gate is not None
+        name = method_name(method)
+        wait, probe = self.gate.enter(name)
+        if wait > 0:  # Slack said to wait (or another call is finding out): no call yet
+            raise _Retry("ratelimited", wait, answered=True, rate_limited=True)
+        limited_s: float | None = None
+        ok = False
         try:
-            return method(**params)
+            answer = method(**params)
+            ok = True
+            return answer
         except SlackApiError as exc:
             response = exc.response
             error = str(response.get("error") or f"HTTP {response.status_code}")
-            if response.status_code == 429:
-                after = response.headers.get("retry-after") or response.headers.get("Retry-After")
-                raise _Retry(
-                    "ratelimited", float(after) if after else None, answered=True
-                ) from None
+            if response.status_code == 429 or error == "ratelimited":
+                limited_s = _retry_after(response.headers)
+                if limited_s is None:
+                    limited_s = self.tunables.rate_limit_default_s
+                metrics.SLACK_RATE_LIMITED.labels(name).inc()
+                log.info("Slack rate limits %s: waiting %.1f s", name, limited_s)
+                raise _Retry("ratelimited", limited_s, answered=True, rate_limited=True) from None
+            ok = response.status_code < 500  # answered, and not rate limited
             if response.status_code >= 500:  # it may have been done before the failure
                 raise _Retry(error, answered=False) from None
             if error in TRANSIENT_ERRORS:
@@ -531,6 +624,8 @@ class Notifier:
             raise _Permanent(error) from None
         except (OSError, TimeoutError) as exc:  # URLError, refused, reset, timed out
             raise _Retry(f"{type(exc).__name__}: {exc}", answered=False) from None
+        finally:
+            self.gate.leave(name, probe=probe, limited_s=limited_s, ok=ok)
 
     def _sent(self, row: Outbox) -> None:
         lag = (utcnow() - row.created_at).total_seconds()
@@ -538,8 +633,12 @@ class Notifier:
 
     def _retry(self, row: Outbox, task: Task | None, exc: _Retry) -> None:
         assert row.id is not None
+        if exc.rate_limited:
+            self._wait_out(row, task, exc)
+            return
         if row.attempts + 1 >= self.tunables.max_attempts:
-            self._fail(row, task, f"{exc.error} (gave up after {row.attempts + 1} attempts)")
+            error = f"{exc.error} (gave up after {row.attempts + 1} attempts)"
+            self._fail(row, task, error, why="attempts")
             return
         metrics.SLACK_ERRORS.labels("transient").inc()
         t = self.tunables
@@ -554,14 +653,32 @@ class Notifier:
             lambda s: outbox.retry_later(s, row.id, error=exc.error, at=at, not_sent=exc.not_sent)
         )
 
-    def _fail(self, row: Outbox, task: Task | None, error: str) -> None:
+    def _wait_out(self, row: Outbox, task: Task | None, exc: _Retry) -> None:
+        """Rate limited: try again when the gate opens, unless the row is too old by now."""
+        assert row.id is not None
+        age = (utcnow() - row.created_at).total_seconds()
+        if age >= self.tunables.max_age_s:
+            error = f"still rate limited {_duration(age)} after it was written"
+            self._fail(row, task, error, why="too_old")
+            return
+        after = self.tunables.rate_limit_default_s if exc.after_s is None else exc.after_s
+        at = utcnow() + timedelta(seconds=after)
+        log.debug("outbox row %s: rate limited; waiting until %s", row.id, at)
+        self._settle(lambda s: outbox.rate_limited(s, row.id, at=at, not_sent=exc.not_sent))
+
+    def _fail(self, row: Outbox, task: Task | None, error: str, *, why: str = "refused") -> None:
+        """Give the row up for good, visibly: a warning, the given-up metric (`why`: refused,
+        attempts, too_old), the row's `given_up_at` (doctor) and the task's log."""
         assert row.id is not None
         metrics.SLACK_ERRORS.labels("permanent").inc()
+        metrics.SLACK_GIVEN_UP.labels(why).inc()
         if task is None or task.id is None:  # a post: the row itself keeps the error
-            log.warning("outbox row %s (%s): %s; not retried", row.id, row.kind, error)
+            log.warning("outbox row %s (%s): %s; given up", row.id, row.kind, error)
             self._settle(lambda s: outbox.give_up(s, row.id, error=error))
             return
-        log.warning("outbox row %s for task %s: %s; not retried", row.id, task.id, error)
+        log.warning(
+            "outbox row %s (%s) for task %s: %s; given up", row.id, row.kind, task.id, error
+        )
 
         def settle(session: Any) -> None:
             outbox.give_up(session, row.id, error=error)
@@ -589,6 +706,21 @@ class Notifier:
     def _settle(self, write: Any) -> None:
         with self._transaction() as session:
             write(session)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Retry-After in seconds (Slack sends whole seconds), or None."""
+    value = headers.get("retry-after") or headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _queue_files(session: Session, task_id: int) -> None:

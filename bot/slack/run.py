@@ -107,12 +107,14 @@ def run_bot(
     workers: int = DEFAULT_WORKERS,
     say: Callable[[str], None] = print,
     signer: Signer | None = None,
+    tunables: Tunables | None = None,
 ) -> None:
-    """Run the bot and the notifier until `stop` is set. HTTP mode serves from `workers`
-    child processes (bot/slack/http_server.py); the notifier runs here, once. The scheduler
-    (digest, scheduled tasks) is started beside it by the composition root (bot/cli.py).
-    HTTP mode listens on `host`:`port`, or on `listener` when the caller bound it already."""
-    with notifier_thread(engine, env, signer=signer):
+    """Run the bot and the notifier (with `tunables`) until `stop` is set. HTTP mode serves
+    from `workers` child processes (bot/slack/http_server.py); the notifier runs here, once.
+    The scheduler (digest, scheduled tasks) is started beside it by the composition root
+    (bot/cli.py). HTTP mode listens on `host`:`port`, or on `listener` when the caller bound
+    it already."""
+    with notifier_thread(engine, env, tunables, signer=signer):
         if http or not env.app_token:
             if not env.signing_secret:
                 raise ValueError("HTTP mode needs SLACK_SIGNING_SECRET")

@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -33,13 +34,15 @@ from executor.git import quota
 from executor.sandbox.container import SandboxError
 from executor.sandbox.image import SANDBOX_DIR, ensure_image
 from executor.sandbox.recipe import freshness
-from storage import migrate
-from storage.db import make_engine, normalize_url
+from storage import migrate, outbox
+from storage.db import make_engine, normalize_url, reading
+from storage.models import utcnow
 
 Status = Literal["ok", "fail", "skip"]
 # Shipped inside the package, so `nightcrew slack-manifest` works from any install.
 MANIFEST = Path(__file__).resolve().parent.parent / "slack" / "manifest.yml"
 LLM_TIMEOUT_S = 30.0  # a cold local model may take a while for its first token
+GIVEN_UP_DAYS = 7.0  # given-up Slack messages are reported for a week: seen after a weekend
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,39 @@ def check_database(url: str) -> Result:
         )
     at = f" (migration {revision})" if revision else ""
     return Result("database", "ok", f"{_safe(url)}: connected, schema complete{at}")
+
+
+def check_deliveries(url: str, *, days: float = GIVEN_UP_DAYS) -> Result:
+    """Slack messages the notifier gave up on in the last `days` (refused by Slack, out of
+    attempts, or rate limited past NIGHTCREW_SLACK_MAX_AGE_H): people missed them."""
+    url = normalize_url(url)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return Result("slack deliveries", "skip", "no database yet")
+    try:
+        engine = make_engine(url, create=False)
+        try:
+            with reading(engine) as session:
+                rows = outbox.given_up(session, since=utcnow() - timedelta(days=days))
+        finally:
+            engine.dispose()
+    except Exception as exc:  # no database or an old schema: the database check says so
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return Result("slack deliveries", "skip", f"cannot read the outbox: {reason}")
+    if not rows:
+        return Result("slack deliveries", "ok", f"none given up in the last {days:g} days")
+    newest = rows[0]
+    about = f"task {newest.task_id}" if newest.task_id else newest.kind
+    tasks = sorted({r.task_id for r in rows if r.task_id is not None})
+    shown = ", ".join(str(t) for t in tasks[:10]) + (" …" if len(tasks) > 10 else "")
+    return Result(
+        "slack deliveries",
+        "fail",
+        f"{len(rows)} Slack message(s) given up in the last {days:g} days"
+        + (f" (tasks {shown})" if tasks else "")
+        + f"; newest: {about} ({newest.kind}): {newest.last_error}",
+        "`nightcrew show ID` has each task's slack_error; if Slack was rate limiting for "
+        "longer, raise NIGHTCREW_SLACK_MAX_AGE_H (hours, default 24)",
+    )
 
 
 def check_docker() -> tuple[Result, docker.DockerClient | None]:
@@ -427,6 +463,7 @@ def diagnose(
     result, config = check_config(env.config_path)
     add(result)
     add(check_database(env.db_url))
+    add(check_deliveries(env.db_url))
     result, client = check_docker()
     add(result)
     add(check_disk_quota())

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     public_url: str | None = Field(None, validation_alias="NIGHTCREW_PUBLIC_URL")
     # How long a page link works: a week covers a review that waits over a weekend.
     link_ttl_days: float = Field(7.0, gt=0, le=366, validation_alias="NIGHTCREW_LINK_TTL_DAYS")
+    # How long a Slack message that Slack keeps rate limiting is retried before it is given up
+    # (a warning, a metric, `nightcrew doctor`): a day outlasts any storm Slack has had.
+    slack_max_age_h: float = Field(24.0, gt=0, validation_alias="NIGHTCREW_SLACK_MAX_AGE_H")
 
     # A text file attached to a reply in a task's thread reaches the agent up to this size.
     slack_file_max_bytes: int = Field(

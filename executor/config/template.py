@@ -68,6 +68,10 @@ SLACK_APP_TOKEN=
 # NIGHTCREW_WEB_PORT=8780
 # NIGHTCREW_PUBLIC_URL=https://nightcrew.example.com
 # NIGHTCREW_LINK_TTL_DAYS=7
+
+# A Slack message Slack keeps rate limiting is retried this many hours, then given up
+# (logged, counted in /metrics, reported by `nightcrew doctor`).
+# NIGHTCREW_SLACK_MAX_AGE_H=24
 """
 
 

@@ -57,6 +57,16 @@ SLACK_ERRORS = Counter(
     "Failed Slack deliveries: transient ones are retried, permanent ones are not.",
     ["kind"],  # transient | permanent
 )
+SLACK_RATE_LIMITED = Counter(
+    "nightcrew_slack_rate_limited",
+    "429 answers from Slack, by Web API method: waited out (Retry-After), not failures.",
+    ["method"],
+)
+SLACK_GIVEN_UP = Counter(
+    "nightcrew_slack_deliveries_given_up",
+    "Outbox rows the notifier gave up on: they will never reach Slack.",
+    ["reason"],  # refused | attempts | too_old
+)
 
 
 class QueueCollector(Collector):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import random
 import threading
 import time
 from collections import defaultdict, deque
@@ -58,6 +59,8 @@ class SlackEmulator:
         self._calls: list[Call] = []
         self._responses: list[ResponsePost] = []
         self._faults: dict[str, deque[Fault]] = defaultdict(deque)
+        self._storms: dict[str, tuple[float, int, int]] = {}  # method -> (until, Retry-After)
+        self._random = random.Random(16)
         self._web = WebAPIServer(self)
         self._socket = SocketModeServer(app_id=app_id, changed=self._changed)
         self.workspace = Workspace(
@@ -138,6 +141,22 @@ class SlackEmulator:
         fault = Fault(status or 200, error, retry_after, body, drop, applied)
         with self._changed:
             self._faults[method].extend([fault] * times)
+
+    def storm(self, *methods: str, seconds: float, retry_after: tuple[int, int] = (1, 3)) -> None:
+        """A rate-limit storm: for `seconds` from now every call of `methods` is answered 429
+        (body api_error_ratelimited.json, as Slack sends it) with a Retry-After drawn from
+        `retry_after` (lowest, highest), unless a scripted fault comes first. `calls()` keeps
+        each answer's Retry-After, so a test can check the app waited as told."""
+        until = time.monotonic() + seconds
+        with self._changed:
+            for method in methods:
+                self._storms[method] = (until, *retry_after)
+
+    def refuse_update(self, channel: str, ts: str, error: str = "cant_update_message") -> None:
+        """chat.update of message `ts` fails with `error` from now on (Slack's answer for a
+        message the app may no longer edit; `message_not_found` once it was deleted)."""
+        with self._changed:
+            self.workspace.update_errors[channel, ts] = error
 
     def hold(self, method: str) -> threading.Event:
         """The next call of `method` takes effect at once, but its answer waits until the
@@ -479,16 +498,23 @@ class SlackEmulator:
     def handle_api(self, method: str, params: dict[str, Any], token: str | None) -> Reply:
         with self._changed:
             queue = self._faults.get(method)
-            fault = queue.popleft() if queue else None
+            fault = queue.popleft() if queue else self._storm_fault(method)
             reply, error = self._answer(method, params, token, fault)
             status = 0 if reply.hang_up else reply.status
             with contextlib.suppress(ApiError):  # record blocks/view decoded when they parse
                 params = decode_params(params)
-            self._calls.append(Call(method, params, token, time.monotonic(), status, error))
+            after = fault.retry_after if fault is not None and status == 429 else None
+            self._calls.append(Call(method, params, token, time.monotonic(), status, error, after))
             self._changed.notify_all()
         if fault is not None and fault.hold is not None:
             fault.hold.wait(60)  # outside the lock: the rest of Slack keeps answering
         return reply
+
+    def _storm_fault(self, method: str) -> Fault | None:
+        until, lowest, highest = self._storms.get(method, (0.0, 0, 0))
+        if time.monotonic() >= until:
+            return None
+        return Fault(429, retry_after=self._random.randint(lowest, highest))
 
     def _answer(
         self, method: str, params: dict[str, Any], token: str | None, fault: Fault | None

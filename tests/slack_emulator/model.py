@@ -15,9 +15,10 @@ class Call:
     method: str
     params: dict[str, Any]  # form fields or JSON body; JSON-valued fields (blocks, view) decoded
     token: str | None
-    at: float  # time.time() on arrival
+    at: float  # time.monotonic() on arrival
     status: int  # HTTP status sent (0: hung up without an answer)
     error: str | None  # the `error` of an `ok: false` answer
+    retry_after: int | None = None  # the Retry-After of a 429 answer, in seconds
 
     @property
     def ok(self) -> bool:

@@ -45,6 +45,7 @@ class Workspace:
         self.homes: dict[str, dict[str, Any]] = {}
         self.users: dict[str, dict[str, Any]] = {}
         self.channel_errors: dict[str, str] = {}
+        self.update_errors: dict[tuple[str, str], str] = {}  # (channel, ts) -> chat.update error
         self.files = Files(upload_base)
         self.methods: dict[str, Callable[[Params], dict[str, Any]]] = {
             "auth.test": self.auth_test,
@@ -131,7 +132,10 @@ class Workspace:
         return {"files": [{"id": u.file_id, "title": u.title or u.filename} for u in uploads]}
 
     def chat_update(self, p: Params) -> dict[str, Any]:
-        message = self._message(self._channel(p), p.get("ts"))
+        channel = self._channel(p)
+        if (channel, p.get("ts")) in self.update_errors:
+            raise ApiError(self.update_errors[channel, p["ts"]])
+        message = self._message(channel, p.get("ts"))
         if message.user != self.bot_user_id:
             raise ApiError("cant_update_message")
         self._check_content(p)
