@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from storage.lifecycle import State
 from storage.queue import claim_next
 from storage.tasks import create_task, record, transition
 from tests.conftest import need
-from tests.web_fixtures import Web, parked
+from tests.web_fixtures import Web, big_diff, parked
 
 CHROMIUM = Path("/usr/bin/chromium")
 DOCS = Path(__file__).parent.parent / "docs"
@@ -128,6 +129,23 @@ def test_a_task_page_on_a_phone_highlighted_and_without_sideways_scrolling(
     )  # type: ignore[attr-defined]
     DOCS.mkdir(exist_ok=True)
     page.screenshot(path=str(DOCS / "phone-task.png"), full_page=False)  # type: ignore[attr-defined]
+
+
+def test_a_big_diffs_later_files_get_highlighted_in_the_browser(
+    engine: Engine, web: Web, phone: object
+) -> None:
+    """Past ~500 lines the page comes plain and its script fetches each file's highlighted
+    rows; in the browser, the last file ends up highlighted without a reload."""
+    task_id = parked(engine, diff=big_diff(12, 60, last=f"return '{uuid.uuid4().hex}'"))
+    page = phone
+    assert page.goto(web.task(task_id)).status == 200  # type: ignore[attr-defined]
+    page.evaluate("window.__same_document = true")  # type: ignore[attr-defined]
+    last = page.locator("#f11 tr.add span.k").last  # type: ignore[attr-defined]
+    last.wait_for(timeout=10_000)
+    assert last.inner_text() == "return"
+    assert page.locator("[data-hl]").count() == 0  # type: ignore[attr-defined]
+    assert page.evaluate("window.__same_document") is True  # type: ignore[attr-defined]
+    no_horizontal_scroll(page)
 
 
 def test_a_running_task_page_gets_new_turns_without_a_reload(

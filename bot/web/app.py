@@ -3,6 +3,8 @@
 Routes, all GET, all read-only, every one behind a signed link (bot/links.py):
 - `/t/<id>?u&e&s`: one task's page;
 - `/t/<id>/poll?u&e&s&after=<event id>`: what changed since (the page's live updates);
+- `/t/<id>/file/<n>?u&e&s&d=<diff event id>`: file n of that task's diff as highlighted
+  rows (a big diff's page comes plain past its first ~500 lines and fetches these);
 - `/review?u&e&s`: the person's review queue, riskiest first (bot/review.py).
 A link that does not verify gets 403 and a page that names no task. Pages tell browsers not
 to cache them, send no referrer (the link is in the address) and allow no script but our
@@ -37,7 +39,7 @@ StartResponse = Callable[..., Any]
 # Who may see a task on the review page: for the link's user, whether they may decide on a
 # task (the composition root passes Slack's rule; "local:" users are the host's own).
 MayDecide = Callable[[str], Callable[[Task], bool]]
-_TASK = re.compile(r"^/t/([1-9][0-9]{0,17})(/poll)?$")
+_TASK = re.compile(r"^/t/([1-9][0-9]{0,17})(/poll|/file/([0-9]{1,5}))?$")
 
 
 def _headers(content_type: str, nonce: str | None = None) -> list[tuple[str, str]]:
@@ -85,6 +87,8 @@ def web_app(
         if grant is None:
             return forbidden(start_response)
         query = "&".join(f"{k}={params[k]}" for k in ("u", "e", "s"))
+        if match[3] is not None:
+            return _file(task_id, params.get("d", ""), int(match[3]), start_response)
         if match[2]:
             return _poll(task_id, params.get("after", "0"), start_response)
         return _task(task_id, query, start_response)
@@ -95,8 +99,9 @@ def web_app(
             if view is None:
                 start_response("404 Not Found", _headers("text/plain"))
                 return [b"no such task\n"]
-            # Only a live page has a script (its updates); a parked one runs none at all.
-            nonce = secrets.token_urlsafe(16) if view.live else None
+            # Only a live page (its updates) or one with plain files (their highlighting) has
+            # a script; a small parked one runs none at all.
+            nonce = secrets.token_urlsafe(16) if view.live or view.pending else None
             body = pages.task_page(view, query=query)
             if nonce:
                 body = body.replace("<script>", f'<script nonce="{nonce}">')
@@ -123,6 +128,17 @@ def web_app(
             }
         start_response("200 OK", _headers("application/json"))
         return [json.dumps(body).encode()]
+
+    def _file(task_id: int, event: str, index: int, start_response: StartResponse) -> list[bytes]:
+        html = None
+        if event.isdigit() and len(event) < 19:
+            with reading(engine) as session:
+                html = pages.diff_file(session, task_id, int(event), index)
+        if html is None:
+            start_response("404 Not Found", _headers("text/plain"))
+            return [b"no such file\n"]
+        start_response("200 OK", _headers("text/html; charset=utf-8"))
+        return [html.encode()]
 
     def _review(user: str, start_response: StartResponse) -> list[bytes]:
         with reading(engine) as session:
@@ -156,6 +172,7 @@ class Warmer:
         self.seen: int | None = None
 
     def run(self) -> None:
+        pages.prepare()
         while not self.stop.wait(self.every_s):
             try:
                 self.tick()
@@ -176,7 +193,7 @@ class Warmer:
             self.seen = newest
             for event in rows:
                 text = str(event.payload.get("diff") or "")
-                diffview.parse_cached((event.id or 0, len(text)), text)
+                diffview.parse_cached(diffview.key_of(event.id or 0, text), text)
         return len(rows)
 
 

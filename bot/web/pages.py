@@ -58,6 +58,12 @@ class TaskView:
     interdiff: list[diffview.FileDiff]
     checks: list[dict[str, Any]]
     approvals: list[TaskEvent]
+    diff_event_id: int = 0
+
+    @property
+    def pending(self) -> list[diffview.FileDiff]:
+        """The diff's files shown plain, whose highlighted rows the page fetches."""
+        return [f for f in self.files if not f.highlighted and not f.binary]
 
     @property
     def turns(self) -> list[TaskEvent]:
@@ -120,12 +126,37 @@ def load_task(session: Session, task_id: int) -> TaskView | None:
         nudges=nudges,
         proof=proof,
         diff=diff,
-        files=diffview.parse_cached(
-            ((diff_event.id or 0) if diff_event else 0, len(diff_text)), diff_text
+        files=diffview.for_page(
+            diffview.key_of((diff_event.id or 0) if diff_event else 0, diff_text), diff_text
         ),
-        interdiff=diffview.parse(str(since.get("diff") or "")),
+        interdiff=diffview.parse(str(since.get("diff") or ""), budget=diffview.INLINE_LINES),
         checks=checks,
         approvals=approvals,
+        diff_event_id=(diff_event.id or 0) if diff_event else 0,
+    )
+
+
+def diff_file(session: Session, task_id: int, event_id: int, index: int) -> str | None:
+    """One file of a task's recorded diff as highlighted rows (the page's fragment), or None
+    when the event is not that task's diff or has no such file."""
+    event = session.get(TaskEvent, event_id)
+    if event is None or event.task_id != task_id or event.kind != "diff":
+        return None
+    text = str(event.payload.get("diff") or "")
+    file = diffview.highlight_file(diffview.key_of(event_id, text), text, index)
+    return None if file is None else str(file.table(""))
+
+
+def prepare() -> None:
+    """What the first page would otherwise pay for, done when the server starts: the
+    templates compiled, Pygments' lexer table and the common lexers loaded."""
+    for name in ("task.html", "log.html", "review.html", "forbidden.html", "_diff.html"):
+        _env.get_template(name)
+    diffview.parse(
+        "".join(
+            f"diff --git a/x.{ext} b/x.{ext}\n--- a/x.{ext}\n+++ b/x.{ext}\n@@ -0,0 +1 @@\n+x\n"
+            for ext in ("py", "js", "ts", "go", "rs", "java", "md", "yaml", "json", "toml", "sh")
+        )
     )
 
 
