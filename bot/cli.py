@@ -605,6 +605,7 @@ def _show_plan(plan_id: str) -> None:
                 else f"plan {pid} is {plan.status}" + (f": {plan.error}" if plan.error else "")
             )
     out.print(shown)
+    out.print(f"page: {signer().plan_url(pid, local_user())}", soft_wrap=True, markup=False)
 
 
 @app.command()

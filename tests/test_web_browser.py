@@ -187,6 +187,35 @@ def test_an_expired_or_altered_link_gets_403_in_the_browser(
         no_horizontal_scroll(page)
 
 
+def test_a_plan_page_on_a_phone_with_its_graph(engine: Engine, web: Web, phone: object) -> None:
+    """The plan's page at 390 px: the graph fits the screen, every task is listed with its
+    state, and a tap on a task opens its page."""
+    from storage.plan_draft import PlanDraft
+    from storage.plans import create_plan, queue_plan
+    from tests.test_planner import FOUR
+
+    with transaction(engine) as s:
+        plan = create_plan(
+            s, repo="api", spec="subtraction", draft=PlanDraft.model_validate(FOUR), requester="U1"
+        )
+        assert plan.id is not None
+        first, *_ = queue_plan(s, plan.id, actor="U1")
+    page = phone
+    assert page.goto(web.signer.plan_url(plan.id, "U111")).status == 200  # type: ignore[attr-defined]
+    graph = page.locator("#graph")  # type: ignore[attr-defined]
+    box = graph.bounding_box()
+    assert box is not None and 0 < box["width"] <= PHONE["width"] and box["height"] > 100
+    assert page.locator("#graph g.node").count() == 4  # type: ignore[attr-defined]
+    assert page.locator("#graph line.edge").count() == 2  # type: ignore[attr-defined]
+    states = page.locator("#tasks .badge").all_inner_texts()  # type: ignore[attr-defined]
+    assert states.count("waiting") == 2 and states.count("queued") == 2
+    no_horizontal_scroll(page)
+    page.screenshot(path=str(DOCS / "phone-plan.png"), full_page=True)  # type: ignore[attr-defined]
+    page.locator("#tasks a").first.click()  # type: ignore[attr-defined]
+    page.wait_for_url(re.compile(rf"/t/{first.id}\?"))  # type: ignore[attr-defined]
+    assert "add sub() to calc.py" in page.locator("pre").first.inner_text()  # type: ignore[attr-defined]
+
+
 def test_the_review_queue_on_a_phone(engine: Engine, web: Web, phone: object) -> None:
     parked(engine, prompt="Fix a typo in the README", insertions=1, deletions=1)
     parked(

@@ -219,7 +219,8 @@ class Notifier:
             for t in tasks
             if t.id is not None and t.channel and t.thread_ts
         }
-        text, card = plan_card(plan, tasks, links=links)
+        page = self.signer.plan_url(plan_id, f"channel:{channel}") if self.signer else None
+        text, card = plan_card(plan, tasks, links=links, page=page)
         if plan.thread_ts is None:
             ts, adopted = self._post_once(row, channel, text=text, blocks=card)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bot.slack.blocks import Block, context, cost_text, cut, escape, section
+from bot.slack.blocks import Block, context, cost_text, cut, escape, link_button, section
 from storage.lifecycle import State
 from storage.models import Plan, Task
 
@@ -42,9 +42,14 @@ def _button(label: str, action_id: str, plan_id: int, style: str | None = None) 
 
 
 def plan_card(
-    plan: Plan, tasks: Sequence[Task], *, links: dict[int, str] | None = None
+    plan: Plan,
+    tasks: Sequence[Task],
+    *,
+    links: dict[int, str] | None = None,
+    page: str | None = None,
 ) -> tuple[str, list[Block]]:
-    """`links`: task id -> the permalink of its thread, where known."""
+    """`links`: task id -> the permalink of its thread, where known. `page`: a signed link
+    to the plan's web page (its dependency graph), shown as an Open button."""
     assert plan.id is not None
     title = escape(plan.title or plan.spec[:80])
     head = f":clipboard: *Plan {plan.id}* · `{escape(plan.repo)}` · *{plan.status}*"
@@ -73,6 +78,14 @@ def plan_card(
             ended = max((t.finished_at or t.updated_at) for t in tasks)
             minutes = int((ended - began).total_seconds() // 60)
             blocks.append(section(f":tada: All merged · {cost} · {minutes} min"))
+        if page:
+            blocks.append(
+                {
+                    "type": "actions",
+                    "block_id": f"plan-{plan.id}",
+                    "elements": [link_button("Open", page, plan.id)],
+                }
+            )
         return cut(f"Plan {plan.id}: {plan.title}"), blocks
     lines = []
     for number, item in enumerate(plan.proposal[:MAX_SHOWN], 1):
@@ -98,6 +111,7 @@ def plan_card(
                     _button("Queue all", QUEUE_ALL, plan.id, "primary"),
                     _button("Edit", EDIT, plan.id),
                     _button("Discard", DISCARD, plan.id, "danger"),
+                    *([link_button("Open", page, plan.id)] if page else []),
                 ],
             }
         )

@@ -5,6 +5,8 @@ Routes, all GET, all read-only, every one behind a signed link (bot/links.py):
 - `/t/<id>/poll?u&e&s&after=<event id>`: what changed since (the page's live updates);
 - `/t/<id>/file/<n>?u&e&s&d=<diff event id>`: file n of that task's diff as highlighted
   rows (a big diff's page comes plain past its first ~500 lines and fetches these);
+- `/p/<id>?u&e&s`: one plan's page: its tasks with their states and links, and the
+  dependency graph (an inline SVG);
 - `/review?u&e&s`: the person's review queue, riskiest first (bot/review.py).
 A link that does not verify gets 403 and a page that names no task. Pages tell browsers not
 to cache them, send no referrer (the link is in the address) and allow no script but our
@@ -28,7 +30,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
 from bot import review
-from bot.links import Signer
+from bot.links import Grant, Signer
 from bot.web import diffview, pages
 from executor.costs.pricing import cost_text
 from storage.db import reading
@@ -39,6 +41,7 @@ StartResponse = Callable[..., Any]
 # Who may see a task on the review page: for the link's user, whether they may decide on a
 # task (the composition root passes Slack's rule; "local:" users are the host's own).
 MayDecide = Callable[[str], Callable[[Task], bool]]
+_PLAN = re.compile(r"^/p/([1-9][0-9]{0,17})$")
 _TASK = re.compile(r"^/t/([1-9][0-9]{0,17})(/poll|/file/([0-9]{1,5}))?$")
 
 
@@ -78,6 +81,12 @@ def web_app(
             if grant is None:
                 return forbidden(start_response)
             return _review(grant.user, start_response)
+        plan = _PLAN.match(path)
+        if plan is not None:
+            grant = signer.verify(f"plan:{plan[1]}", params)
+            if grant is None:
+                return forbidden(start_response)
+            return _plan(int(plan[1]), grant, start_response)
         match = _TASK.match(path)
         if match is None:
             start_response("404 Not Found", _headers("text/plain"))
@@ -139,6 +148,18 @@ def web_app(
             return [b"no such file\n"]
         start_response("200 OK", _headers("text/html; charset=utf-8"))
         return [html.encode()]
+
+    def _plan(plan_id: int, grant: Grant, start_response: StartResponse) -> list[bytes]:
+        with reading(engine) as session:
+            view = pages.load_plan(
+                session, plan_id, signer=signer, user=grant.user, expires=grant.expires
+            )
+            if view is None:
+                start_response("404 Not Found", _headers("text/plain"))
+                return [b"no such plan\n"]
+            body = pages.plan_page(view)
+        start_response("200 OK", _headers("text/html; charset=utf-8"))
+        return [body.encode()]
 
     def _review(user: str, start_response: StartResponse) -> list[bytes]:
         with reading(engine) as session:
