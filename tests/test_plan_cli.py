@@ -3,6 +3,8 @@ scripted model) and how plans show in `ls` and `show`."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.cli_fixtures import Cli
@@ -47,6 +49,7 @@ def test_plan_prints_the_plan_and_queue_queues_all_of_it_once(cli: Cli, model) -
     assert listing.count("(plan 1)") == 4 and listing.count("waiting") == 2
     shown = cli.ok("show", "p1")
     assert "Plan 1 (queued): add subtraction" in shown and "#3 waiting" in shown
+    assert re.search(r"^page: http://\S+/p/1\?u=local%3A\S+&e=\d+&s=[0-9a-f]{64}$", shown, re.M)
     assert "plan 1 is queued, not proposed" in cli.fails("plan", "--queue", "1")
 
 
