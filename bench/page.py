@@ -8,7 +8,7 @@ review, a proof pack) and times the WSGI app answering its signed link, from the
 the last byte of the body (database reads, diff parsing, Pygments, Jinja2). The first run is
 reported apart: "cold" is a diff nobody highlighted yet, in a server that has started (its
 warmer compiled the templates and loaded the lexers at start, timed apart): the
-page highlights its first ~500 lines and sends the rest plain, then fetches each plain
+page highlights its first ~200 lines and sends the rest plain, then fetches each plain
 file's highlighted rows (`/t/<id>/file/<n>`), timed apart ("fragments"); "warmed" is the
 first view of a diff the server's warmer highlighted when it was recorded (bot/web/app.py
 `Warmer`: what a person opening a parked task's link usually gets). Between them, another

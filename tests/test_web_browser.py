@@ -134,7 +134,7 @@ def test_a_task_page_on_a_phone_highlighted_and_without_sideways_scrolling(
 def test_a_big_diffs_later_files_get_highlighted_in_the_browser(
     engine: Engine, web: Web, phone: object
 ) -> None:
-    """Past ~500 lines the page comes plain and its script fetches each file's highlighted
+    """Past ~200 lines the page comes plain and its script fetches each file's highlighted
     rows; in the browser, the last file ends up highlighted without a reload."""
     task_id = parked(engine, diff=big_diff(12, 60, last=f"return '{uuid.uuid4().hex}'"))
     page = phone

@@ -65,7 +65,7 @@ def fragment(web: Web, task_id: int, index: int, event: str, link_of: int | None
 def test_a_big_diff_comes_plain_first_and_each_file_highlighted_on_request(
     engine: Engine, web: Web
 ) -> None:
-    """Past ~500 lines the page does not wait for Pygments: later files come escaped and
+    """Past ~200 lines the page does not wait for Pygments: later files come escaped and
     numbered, marked for the page's script, which fetches each one's highlighted rows."""
     # A diff of its own per run: what a process highlighted once it shows highlighted.
     last = f"return '{uuid.uuid4().hex}'"

@@ -4,7 +4,7 @@ Routes, all GET, all read-only, every one behind a signed link (bot/links.py):
 - `/t/<id>?u&e&s`: one task's page;
 - `/t/<id>/poll?u&e&s&after=<event id>`: what changed since (the page's live updates);
 - `/t/<id>/file/<n>?u&e&s&d=<diff event id>`: file n of that task's diff as highlighted
-  rows (a big diff's page comes plain past its first ~500 lines and fetches these);
+  rows (a big diff's page comes plain past its first ~200 lines and fetches these);
 - `/p/<id>?u&e&s`: one plan's page: its tasks with their states and links, and the
   dependency graph (an inline SVG);
 - `/review?u&e&s`: the person's review queue, riskiest first (bot/review.py).

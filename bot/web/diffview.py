@@ -4,7 +4,7 @@ The diff is agent-written text: every line reaches the page either as Pygments' 
 (which escapes what it formats) or escaped by us, never as markup of its own. Lexers are
 picked by file name only (no content sniffing: `guess_lexer` is slow and agent-steerable).
 
-Pygments takes about 0.1 ms a line, so a page highlights at most `INLINE_LINES` (500) code lines
+Pygments takes about 0.1 ms a line, so a page highlights at most `INLINE_LINES` (200) code lines
 itself (small diffs: all of them); the files past that are shown plain (escaped, still
 numbered and coloured by +/-) and highlighted one at a time when the page asks for them
 (`highlight_file`, the task page's `/file/<n>` fragment). Both are remembered per diff event."""
@@ -28,7 +28,7 @@ from pygments.util import ClassNotFound
 _HUNK = re.compile(r"^@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@(.*)$")
 _FORMATTER = HtmlFormatter(nowrap=True)
 HIGHLIGHT_MAX_LINES = 20_000  # beyond this a file's lines are shown plain (still escaped)
-INLINE_LINES = 500  # code lines a page highlights while it renders (~50 ms of Pygments)
+INLINE_LINES = 200  # code lines a page highlights while it renders (~20-50 ms of Pygments)
 
 
 @dataclass
