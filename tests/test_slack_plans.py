@@ -224,3 +224,32 @@ def test_a_spent_budget_refuses_agent_plan_with_the_reason(
     assert "no new plan: daily budget reached for all repos: $6.00 of $5.00" in answer.text
     with transaction(engine) as s:
         assert s.exec(select(func.count()).select_from(Plan)).one() == 0
+
+
+def test_the_all_merged_card_counts_planning_in_the_plans_cost_and_opens_its_page() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from bot.slack.plan_blocks import plan_card
+    from storage.spend import Spent
+
+    start = datetime(2026, 12, 5, 10, tzinfo=UTC)
+    plan = Plan(id=3, repo="api", spec="s", title="t", status="queued", requester=REQUESTER)
+    tasks = [
+        Task(
+            id=n,
+            repo="api",
+            prompt=f"task {n}",
+            requester=REQUESTER,
+            state=State.MERGED,
+            cost_nanos=1_000_000_000,
+            created_at=start,
+            finished_at=start + timedelta(minutes=42),
+        )
+        for n in (7, 8)
+    ]
+    page = "https://pages.example.test/p/3?u=channel%3AC111&e=1&s=" + "a" * 64
+    _, card = plan_card(plan, tasks, page=page, planning=Spent(500_000_000, 0))
+    text = str(card)
+    assert "All merged · $2.50 (planning included) · 42 min" in text
+    (opener,) = [e for b in card if b["type"] == "actions" for e in b["elements"]]
+    assert opener["url"] == page and opener["text"]["text"] == "Open"

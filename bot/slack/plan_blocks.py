@@ -10,10 +10,12 @@ from collections.abc import Sequence
 from bot.slack.blocks import Block, context, cost_text, cut, escape, link_button, section
 from storage.lifecycle import State
 from storage.models import Plan, Task
+from storage.spend import Spent
 
 QUEUE_ALL, DISCARD, EDIT = "plan_queue_all", "plan_discard", "plan_edit"
 EDIT_MODAL, PLAN_BLOCK, PLAN_INPUT = "plan_edit_modal", "plan", "yaml"
 MAX_INPUT = 3000  # Slack's limit for a plain_text_input
+NOTHING = Spent()
 MAX_SHOWN = 20  # a plan has at most 12 tasks; room to spare within Slack's 50 blocks
 
 _PROGRESS = {
@@ -47,9 +49,11 @@ def plan_card(
     *,
     links: dict[int, str] | None = None,
     page: str | None = None,
+    planning: Spent = NOTHING,
 ) -> tuple[str, list[Block]]:
     """`links`: task id -> the permalink of its thread, where known. `page`: a signed link
-    to the plan's web page (its dependency graph), shown as an Open button."""
+    to the plan's web page (its dependency graph), shown as an Open button. `planning`: what
+    the planner's runs cost, part of the plan's total."""
     assert plan.id is not None
     title = escape(plan.title or plan.spec[:80])
     head = f":clipboard: *Plan {plan.id}* · `{escape(plan.repo)}` · *{plan.status}*"
@@ -72,12 +76,15 @@ def plan_card(
         blocks.append(section("\n".join(lines)))
         if all(t.state is State.MERGED for t in tasks):
             cost = cost_text(
-                sum(t.cost_nanos for t in tasks), sum(t.unpriced_tokens for t in tasks)
+                planning.cost_nanos + sum(t.cost_nanos for t in tasks),
+                planning.unpriced_tokens + sum(t.unpriced_tokens for t in tasks),
             )
             began = min(t.created_at for t in tasks)
             ended = max((t.finished_at or t.updated_at) for t in tasks)
             minutes = int((ended - began).total_seconds() // 60)
-            blocks.append(section(f":tada: All merged · {cost} · {minutes} min"))
+            blocks.append(
+                section(f":tada: All merged · {cost} (planning included) · {minutes} min")
+            )
         if page:
             blocks.append(
                 {
