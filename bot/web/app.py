@@ -193,7 +193,10 @@ class Warmer:
         self.seen: int | None = None
 
     def run(self) -> None:
-        pages.prepare()
+        try:
+            pages.prepare()
+        except Exception:  # only a head start: the first page does it otherwise
+            log.warning("preparing the page templates failed", exc_info=True)
         while not self.stop.wait(self.every_s):
             try:
                 self.tick()
