@@ -724,6 +724,7 @@ def _show_plan(plan_id: str) -> None:
                 else f"plan {pid} is {plan.status}" + (f": {plan.error}" if plan.error else "")
             )
     out.print(shown)
+    out.print(f"page: {signer().plan_url(pid, local_user())}", soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -740,7 +741,8 @@ def plan(
     from executor.agents.llm import DEFAULT_BASE_URL, LLMClient
     from executor.agents.planner import PlanUnusable
     from executor.costs.budget import Books
-    from executor.costs.plan_estimate import estimate_nanos, over_budget
+    from executor.costs.plan_estimate import estimate_nanos, over_budget, planning_refused
+    from executor.pipeline.planning import charge as charge_planning
     from executor.pipeline.planning import plan_spec
     from executor.runner.fleet import connect_docker, new_executor_id
     from executor.sandbox.container import SandboxError
@@ -762,6 +764,11 @@ def plan(
         if not model:
             raise ConfigError("no model: set NIGHTCREW_MODEL, or `model:` in nightcrew.yaml")
         base_url = env.openai_base_url or cfg.base_url or DEFAULT_BASE_URL
+        books = Books.of(cfg)
+        with transaction(engine()) as session:
+            refused = planning_refused(session, books, name)
+        if refused:
+            raise ActionError(refused)
         llm = LLMClient(base_url=base_url, api_key=env.openai_api_key, model=model)
         try:
             with llm:
@@ -774,15 +781,24 @@ def plan(
                     spec=text,
                     executor_id=new_executor_id(engine()),
                 )
-        except (PlanUnusable, SandboxError) as exc:
+        except PlanUnusable as exc:
+            with transaction(engine()) as session:  # no plan, but the calls were made
+                charge_planning(
+                    session, books, repo=name, plan_id=None, model=model, usage=exc.usage
+                )
+            raise ActionError(str(exc)) from None
+        except SandboxError as exc:
             raise ActionError(str(exc)) from None
         with transaction(engine()) as session:
             made = create_plan(
                 session, repo=name, spec=text, draft=planned.draft, requester=local_user()
             )
             assert made.id is not None
+            charge_planning(
+                session, books, repo=name, plan_id=made.id, model=model, usage=planned.usage
+            )
             estimate = estimate_nanos(planned.draft, cfg.repos[name])
-            note = over_budget(session, Books.of(cfg), name, estimate)
+            note = over_budget(session, books, name, estimate)
         out.print(plan_render.proposal(made, planned.draft))
         if note:  # said before anything is queued
             err.print(f"[yellow]warning:[/yellow] {escape(note)}")

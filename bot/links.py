@@ -1,7 +1,8 @@
-"""Signed, expiring, read-only links: `/t/<task>` for one task's page, `/review` for one
-person's review queue. The signature is an HMAC-SHA256 over what the link grants (the page,
-the person it was made for, its expiry) with a secret only this installation has, so a link
-cannot be widened to another task, extended, or made up; nothing in it is secret itself.
+"""Signed, expiring, read-only links: `/t/<task>` for one task's page, `/p/<plan>` for one
+plan's page, `/review` for one person's review queue. The signature is an HMAC-SHA256 over
+what the link grants (the page, the person it was made for, its expiry) with a secret only
+this installation has, so a link cannot be widened to another task (or a plan), extended, or
+made up; nothing in it is secret itself.
 
 The secret is a file under NIGHTCREW_HOME (`web-secret`, mode 0600), made by `nightcrew
 init`/`doctor` or on first use; removing it revokes every link given out."""
@@ -49,7 +50,8 @@ def secret_mode_ok(home: Path) -> bool:
 
 @dataclass(frozen=True)
 class Grant:
-    """What a verified link allows: reading `page` ("task:<id>" or "review") as `user`."""
+    """What a verified link allows: reading `page` ("task:<id>", "plan:<id>" or "review")
+    as `user`."""
 
     page: str
     user: str
@@ -80,12 +82,19 @@ class Signer:
         message = f"nightcrew-link-v1\n{page}\n{user}\n{expires}".encode()
         return hmac.new(self.secret, message, hashlib.sha256).hexdigest()
 
-    def query(self, page: str, user: str, *, now: float | None = None) -> str:
-        expires = int((now if now is not None else time.time()) + self.ttl_s)
+    def query(
+        self, page: str, user: str, *, now: float | None = None, expires: int | None = None
+    ) -> str:
+        """`expires`: no later than this (a link handed out by a page expires with it)."""
+        until = int((now if now is not None else time.time()) + self.ttl_s)
+        expires = until if expires is None else min(expires, until)
         return urlencode({"u": user, "e": expires, "s": self._mac(page, user, expires)})
 
     def task_url(self, task_id: int, user: str, *, now: float | None = None) -> str:
         return f"{self.base}/t/{task_id}?{self.query(f'task:{task_id}', user, now=now)}"
+
+    def plan_url(self, plan_id: int, user: str, *, now: float | None = None) -> str:
+        return f"{self.base}/p/{plan_id}?{self.query(f'plan:{plan_id}', user, now=now)}"
 
     def review_url(self, user: str, *, now: float | None = None) -> str:
         return f"{self.base}/review?{self.query('review', user, now=now)}"

@@ -216,12 +216,15 @@ class Nudge(SQLModel, table=True):
 
 class Charge(SQLModel, table=True):
     """What one model call cost, and when: daily budgets sum these by the clock, so a task
-    that runs across midnight is charged to each day for what it spent on it."""
+    that runs across midnight is charged to each day for what it spent on it. A task's calls
+    name the task; a planner's name its plan (`plan_id`, no task), or neither when the
+    planner made no plan (`nightcrew plan` failing): the repo's budget counts them all."""
 
     __table_args__ = (Index("ix_charge_at", "at", "repo"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    task_id: int = Field(foreign_key="task.id", index=True)
+    task_id: int | None = Field(default=None, foreign_key="task.id", index=True)
+    plan_id: int | None = Field(default=None, foreign_key="plan.id", index=True)
     repo: str
     model: str
     tokens_in: int = 0

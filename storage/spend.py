@@ -1,5 +1,6 @@
 """The spend ledger: charge a task for a model call (its counters and a `Charge` row, in the
-caller's transaction), and sum what was spent in a window, per repo."""
+caller's transaction), charge a planner run (a row naming its plan, if it made one), and
+sum what was spent in a window, per repo, or on a plan."""
 
 from __future__ import annotations
 
@@ -57,6 +58,47 @@ def charge(
             )
         )
     return task
+
+
+def charge_planner(
+    session: Session,
+    *,
+    repo: str,
+    plan_id: int | None,
+    model: str,
+    tokens_in: int,
+    tokens_out: int,
+    cost_nanos: int | None,
+    at: datetime,
+) -> None:
+    """Add a planner run's model calls to the ledger: the day's budgets and the digest count
+    them like a task's. `plan_id` None: the run made no plan to name (the repo still pays)."""
+    if tokens_in or tokens_out:
+        session.add(
+            Charge(
+                plan_id=plan_id,
+                repo=repo,
+                model=model,
+                tokens_in=tokens_in,
+                tokens_out=tokens_out,
+                cost_nanos=cost_nanos,
+                at=at,
+            )
+        )
+
+
+def spent_on_plan(session: Session, plan_id: int) -> Spent:
+    """What planning plan `plan_id` cost (its planner runs, re-plans included; not its tasks)."""
+    unpriced = case(
+        (col(Charge.cost_nanos).is_(None), col(Charge.tokens_in) + col(Charge.tokens_out)),
+        else_=0,
+    )
+    nanos, tokens = session.exec(
+        select(
+            func.coalesce(func.sum(Charge.cost_nanos), 0), func.coalesce(func.sum(unpriced), 0)
+        ).where(col(Charge.plan_id) == plan_id)
+    ).one()
+    return Spent(int(nanos), int(tokens))
 
 
 def spent_by_repo(session: Session, start: datetime, end: datetime) -> dict[str, Spent]:

@@ -3,6 +3,8 @@ scripted model) and how plans show in `ls` and `show`."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.cli_fixtures import Cli
@@ -47,6 +49,7 @@ def test_plan_prints_the_plan_and_queue_queues_all_of_it_once(cli: Cli, model) -
     assert listing.count("(plan 1)") == 4 and listing.count("waiting") == 2
     shown = cli.ok("show", "p1")
     assert "Plan 1 (queued): add subtraction" in shown and "#3 waiting" in shown
+    assert re.search(r"^page: http://\S+/p/1\?u=local%3A\S+&e=\d+&s=[0-9a-f]{64}$", shown, re.M)
     assert "plan 1 is queued, not proposed" in cli.fails("plan", "--queue", "1")
 
 
@@ -68,3 +71,48 @@ def test_a_plan_over_todays_budget_says_so_before_it_is_queued(cli: Cli, model) 
     assert result.returncode == 0, result.stderr
     assert "may cost up to $6.00, more than the $5.00 left of today's budget" in result.stderr
     assert "queued plan 1" in result.stdout
+
+
+PRICED = (
+    "repos:\n  app: {path: .}\n"
+    "prices: {scripted-model: {prompt: 2, completion: 10}}\n"  # USD per million tokens
+)
+
+
+def spent_today(cli: Cli) -> dict[str, object]:
+    import json
+
+    budgets = json.loads(cli.ok("budget", "--json"))["budgets"]
+    return next(b for b in budgets if b["scope"] == "all")["spent"]
+
+
+def test_the_planners_model_calls_are_charged_to_todays_spend(cli: Cli, model) -> None:
+    """A plan costs model calls before any task runs: `nightcrew budget` counts them."""
+    (cli.repo / "nightcrew.yaml").write_text(PRICED)
+    # One read_file turn, then the plan: 2 calls of 1M prompt + 100k completion tokens.
+    usage = (1_000_000, 100_000)
+    model(
+        reply(tool_call("read_file", {"path": "calc.py"}), usage=usage),
+        reply(tool_call("submit_plan", FOUR), usage=usage),
+    )
+    assert "Plan 1: add subtraction" in cli.ok("plan", "add subtraction to calc")
+    # 2 calls of ($2 + $1) = $6.00, before any task ran.
+    assert spent_today(cli) == {"usd": 6.0, "nanos": 6_000_000_000, "unpriced_tokens": 0}
+    # An answer the planner could not use costs what its calls cost too.
+    bad = {"title": "x", "tasks": [{"prompt": "a", "allowed_paths": ["a"], "after": [5]}]}
+    model(*[reply(tool_call("submit_plan", bad), usage=usage)] * 3)
+    assert "unusable" in cli.fails("plan", "add subtraction")
+    assert spent_today(cli) == {"usd": 15.0, "nanos": 15_000_000_000, "unpriced_tokens": 0}
+
+
+def test_a_spent_budget_refuses_a_new_plan_before_the_planner_runs(cli: Cli, model) -> None:
+    (cli.repo / "nightcrew.yaml").write_text(PRICED + "budgets: {daily_usd: 5}\n")
+    usage = (1_000_000, 400_000)  # $6 of a $5 day
+    model(reply(tool_call("submit_plan", FOUR), usage=usage))
+    cli.ok("plan", "add subtraction to calc")
+    llm = model(reply(tool_call("submit_plan", FOUR)))
+    err = cli.fails("plan", "add multiplication")
+    assert "no new plan: daily budget reached for all repos: $6.00 of $5.00 spent today" in err
+    assert "raise the budget in nightcrew.yaml" in err
+    assert llm.requests == []  # the planner never ran
+    assert "no plan 2" in cli.fails("show", "p2") or "not" in cli.fails("show", "p2")

@@ -140,3 +140,50 @@ def test_a_hostile_agent_of_a_planned_task_cannot_leave_its_own_paths(
     assert parked.state is State.NEEDS_INPUT
     assert parked.reason == "changed files outside allowed_paths: calc.py (after 3 rounds)"
     assert git(project, "rev-parse", "main") == base
+
+
+def test_a_workers_planner_run_is_charged_and_a_spent_budget_plans_nothing(
+    engine: Engine, make_worker: RunWorker
+) -> None:
+    """A plan asked for in Slack is planned by a worker: its model calls are on the ledger
+    under the plan (today's budget and the digest count them); once the day's budget is
+    spent, the next requested plan fails with the reason and the model is not called."""
+    from sqlmodel import select
+
+    from storage.digests import collect
+    from storage.models import Charge
+    from storage.plans import get_plan, request_plan
+    from storage.spend import spent_on_plan
+    from tests.test_planner import FOUR
+
+    with transaction(engine) as s:
+        request_plan(s, repo="app", spec="subtraction", requester="U1", channel="C1")
+    options = {
+        "prices": {"scripted-model": {"prompt": 2, "completion": 10}},
+        "budgets": {"daily_usd": 5},
+    }
+    usage = (1_000_000, 400_000)  # $2 + $4
+    with ScriptedLLM([reply(tool_call("submit_plan", FOUR), usage=usage)]) as llm:
+        worker = make_worker(llm, config_options=options)
+        assert worker.plan_once()
+    with transaction(engine) as s:
+        rows = s.exec(select(Charge)).all()
+        assert [(r.plan_id, r.task_id, r.repo, r.tokens_in) for r in rows] == [
+            (1, None, "app", 1_000_000)
+        ]
+        assert spent_on_plan(s, 1).cost_nanos == 6_000_000_000
+        _, budgets = worker.books.today(s)
+        assert budgets[0].reached
+        digest = collect(s, since=rows[0].at.replace(year=2000), until=rows[0].at)
+    assert digest.totals.cost_nanos == 6_000_000_000
+    with transaction(engine) as s:
+        request_plan(s, repo="app", spec="multiplication", requester="U1", channel="C1")
+    with ScriptedLLM([reply(tool_call("submit_plan", FOUR))]) as llm:
+        assert make_worker(llm, config_options=options).plan_once()
+        assert llm.requests == []
+    with transaction(engine) as s:
+        refused = get_plan(s, 2)
+    assert refused.status == "failed"
+    assert refused.error and refused.error.startswith(
+        "no new plan: daily budget reached for all repos: $6.00 of $5.00 spent today"
+    )

@@ -1,7 +1,12 @@
 """The README's Quick start works as written: its command blocks run in order, in a fresh
 repo of the user's own, with nightcrew installed the way it says (`uv tool install`), against
 the scripted model, until the task waits for approval and merges. Only two things are
-substituted: where nightcrew's checkout is, and the model server's URL."""
+substituted: where nightcrew's checkout is, and the model server's URL.
+
+Every other `sh` block of the README is either run here too or says, in a
+`<!-- not run by tests: <why> -->` comment on the line above it, why no test runs it; a
+command block in any other fence (`bash`, `console`, an unlabelled one with commands) fails,
+so no block goes untested unseen."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,6 +26,73 @@ from tests.llm_server import ScriptedLLM, reply, tool_call
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_URL = "http://localhost:8080/v1"  # the README's example of a local server
 BLOCK_TIMEOUT_S = 300
+
+
+SKIP = re.compile(r"^<!-- not run by tests: (.{20,}?) -->$")
+FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```$", re.S | re.M)
+SHELLS = {"bash", "shell", "console", "zsh", "shell-session", "sh-session"}
+COMMAND = re.compile(r"^\s*(\$ |nightcrew |uv |docker |git |cd |sudo |export )", re.M)
+
+
+@dataclass(frozen=True)
+class Block:
+    lang: str
+    body: str
+    section: str  # the `## ` heading it is under
+    line: int  # where its fence opens (1-based)
+    skip: str | None  # the reason on the line above, if any
+
+
+def readme_blocks() -> list[Block]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    out = []
+    for match in FENCE.finditer(text):
+        before = text[: match.start()]
+        headings = re.findall(r"^## (.+)$", before, flags=re.M)
+        above = before.rstrip("\n").rsplit("\n", 1)[-1]
+        skip = SKIP.match(above)
+        out.append(
+            Block(
+                lang=match[1],
+                body=match[2],
+                section=headings[-1] if headings else "",
+                line=before.count("\n") + 1,
+                skip=skip[1] if skip else None,
+            )
+        )
+    return out
+
+
+def test_every_sh_block_is_run_or_says_why_not() -> None:
+    """The Quick start's blocks are run (below), none of them skipped; every other `sh` block
+    carries its reason for not being run."""
+    blocks = [b for b in readme_blocks() if b.lang == "sh"]
+    run = [b for b in blocks if b.section == "Quick start"]
+    assert [b.body for b in run] == quick_start() and len(run) >= 5
+    assert [b.line for b in run if b.skip] == [], "the Quick start is run whole"
+    unmarked = [(b.line, b.body) for b in blocks if b.section != "Quick start" and not b.skip]
+    assert unmarked == [], (
+        "README sh blocks no test runs, without `<!-- not run by tests: <why> -->` above them"
+    )
+
+
+def test_no_command_block_hides_from_the_test_in_another_fence() -> None:
+    hidden = [
+        (b.line, b.lang, b.body)
+        for b in readme_blocks()
+        if b.lang in SHELLS or (b.lang == "" and COMMAND.search(b.body))
+    ]
+    assert hidden == [], "command blocks must be ```sh so tests/test_readme.py sees them"
+
+
+def test_the_skip_marker_is_seen_and_needs_a_reason() -> None:
+    """The check above cannot pass by accident: a marker without a reason, or a block with
+    none, is found."""
+    assert SKIP.match("<!-- not run by tests: needs a Slack workspace and its tokens -->")
+    assert not SKIP.match("<!-- not run by tests: -->")
+    assert not SKIP.match("<!-- not run by tests: later -->")
+    skipped = [b for b in readme_blocks() if b.skip]
+    assert skipped and all(b.lang == "sh" and b.section != "Quick start" for b in skipped)
 
 
 def quick_start() -> list[str]:
@@ -122,7 +195,8 @@ def test_the_quick_start_runs_as_written(tmp_path: Path, sandbox_image: str) -> 
     assert "Added CONTRIBUTING.md" in git(repo, "log", "-1", "--format=%B", "main")
 
 
-@pytest.mark.parametrize("block", quick_start())
-def test_every_quick_start_block_is_shell(block: str) -> None:
-    """What the test above runs is what a person pastes: plain shell, nothing hidden."""
+@pytest.mark.parametrize("block", [b.body for b in readme_blocks() if b.lang == "sh"])
+def test_every_sh_block_is_shell(block: str) -> None:
+    """What the test above runs (and what the skipped blocks show) is what a person pastes:
+    plain shell, nothing hidden."""
     assert subprocess.run(["bash", "-n", "-c", block], capture_output=True).returncode == 0

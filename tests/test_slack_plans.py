@@ -190,3 +190,66 @@ def test_edit_changes_drops_and_adds_tasks_and_refuses_garbage_in_the_modal(
     assert submit(edited) == ""
     card = plan_card(slack, engine, "only sub()")
     assert "smaller" in card.all_text and "add sub() to calc.py" not in card.all_text
+
+
+def test_a_spent_budget_refuses_agent_plan_with_the_reason(
+    slack: SlackEmulator, engine: Engine, env: SlackEnv, tmp_path: Path
+) -> None:
+    """Planning costs model calls: once today's budget is spent, `/agent plan` says so and
+    asks no executor to plan (no plan row, no card)."""
+    from datetime import UTC, datetime
+
+    from executor.config.schema import Budgets
+    from storage.spend import charge_planner
+
+    config = Config(
+        repos={"api": RepoConfig(path=tmp_path)},
+        channels={"C111": "api"},
+        budgets=Budgets(daily_usd=5),
+    )
+    with transaction(engine) as s:  # an earlier planner run spent $6 today
+        charge_planner(
+            s,
+            repo="api",
+            plan_id=None,
+            model="m",
+            tokens_in=1,
+            tokens_out=1,
+            cost_nanos=6_000_000_000,
+            at=datetime.now(UTC),
+        )
+    app: App = build_app(engine, lambda: config, env)
+    with http_mode(app, host="127.0.0.1", port=0) as url:
+        answer = slack.post_to_app(url, slash_command("plan add subtraction", user_id=REQUESTER))
+    assert "no new plan: daily budget reached for all repos: $6.00 of $5.00" in answer.text
+    with transaction(engine) as s:
+        assert s.exec(select(func.count()).select_from(Plan)).one() == 0
+
+
+def test_the_all_merged_card_counts_planning_in_the_plans_cost_and_opens_its_page() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from bot.slack.plan_blocks import plan_card
+    from storage.spend import Spent
+
+    start = datetime(2026, 12, 5, 10, tzinfo=UTC)
+    plan = Plan(id=3, repo="api", spec="s", title="t", status="queued", requester=REQUESTER)
+    tasks = [
+        Task(
+            id=n,
+            repo="api",
+            prompt=f"task {n}",
+            requester=REQUESTER,
+            state=State.MERGED,
+            cost_nanos=1_000_000_000,
+            created_at=start,
+            finished_at=start + timedelta(minutes=42),
+        )
+        for n in (7, 8)
+    ]
+    page = "https://pages.example.test/p/3?u=channel%3AC111&e=1&s=" + "a" * 64
+    _, card = plan_card(plan, tasks, page=page, planning=Spent(500_000_000, 0))
+    text = str(card)
+    assert "All merged · $2.50 (planning included) · 42 min" in text
+    (opener,) = [e for b in card if b["type"] == "actions" for e in b["elements"]]
+    assert opener["url"] == page and opener["text"]["text"] == "Open"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from storage.lifecycle import State
 from storage.queue import claim_next
 from storage.tasks import create_task, record, transition
 from tests.conftest import need
-from tests.web_fixtures import Web, parked
+from tests.web_fixtures import Web, big_diff, parked
 
 CHROMIUM = Path("/usr/bin/chromium")
 DOCS = Path(__file__).parent.parent / "docs"
@@ -130,6 +131,23 @@ def test_a_task_page_on_a_phone_highlighted_and_without_sideways_scrolling(
     page.screenshot(path=str(DOCS / "phone-task.png"), full_page=False)  # type: ignore[attr-defined]
 
 
+def test_a_big_diffs_later_files_get_highlighted_in_the_browser(
+    engine: Engine, web: Web, phone: object
+) -> None:
+    """Past ~200 lines the page comes plain and its script fetches each file's highlighted
+    rows; in the browser, the last file ends up highlighted without a reload."""
+    task_id = parked(engine, diff=big_diff(12, 60, last=f"return '{uuid.uuid4().hex}'"))
+    page = phone
+    assert page.goto(web.task(task_id)).status == 200  # type: ignore[attr-defined]
+    page.evaluate("window.__same_document = true")  # type: ignore[attr-defined]
+    last = page.locator("#f11 tr.add span.k").last  # type: ignore[attr-defined]
+    last.wait_for(timeout=10_000)
+    assert last.inner_text() == "return"
+    assert page.locator("[data-hl]").count() == 0  # type: ignore[attr-defined]
+    assert page.evaluate("window.__same_document") is True  # type: ignore[attr-defined]
+    no_horizontal_scroll(page)
+
+
 def test_a_running_task_page_gets_new_turns_without_a_reload(
     engine: Engine, web: Web, phone: object
 ) -> None:
@@ -167,6 +185,35 @@ def test_an_expired_or_altered_link_gets_403_in_the_browser(
         assert answer.status == 403
         assert "payroll" not in page.content()  # type: ignore[attr-defined]
         no_horizontal_scroll(page)
+
+
+def test_a_plan_page_on_a_phone_with_its_graph(engine: Engine, web: Web, phone: object) -> None:
+    """The plan's page at 390 px: the graph fits the screen, every task is listed with its
+    state, and a tap on a task opens its page."""
+    from storage.plan_draft import PlanDraft
+    from storage.plans import create_plan, queue_plan
+    from tests.test_planner import FOUR
+
+    with transaction(engine) as s:
+        plan = create_plan(
+            s, repo="api", spec="subtraction", draft=PlanDraft.model_validate(FOUR), requester="U1"
+        )
+        assert plan.id is not None
+        first, *_ = queue_plan(s, plan.id, actor="U1")
+    page = phone
+    assert page.goto(web.signer.plan_url(plan.id, "U111")).status == 200  # type: ignore[attr-defined]
+    graph = page.locator("#graph")  # type: ignore[attr-defined]
+    box = graph.bounding_box()
+    assert box is not None and 0 < box["width"] <= PHONE["width"] and box["height"] > 100
+    assert page.locator("#graph g.node").count() == 4  # type: ignore[attr-defined]
+    assert page.locator("#graph line.edge").count() == 2  # type: ignore[attr-defined]
+    states = page.locator("#tasks .badge").all_inner_texts()  # type: ignore[attr-defined]
+    assert states.count("waiting") == 2 and states.count("queued") == 2
+    no_horizontal_scroll(page)
+    page.screenshot(path=str(DOCS / "phone-plan.png"), full_page=True)  # type: ignore[attr-defined]
+    page.locator("#tasks a").first.click()  # type: ignore[attr-defined]
+    page.wait_for_url(re.compile(rf"/t/{first.id}\?"))  # type: ignore[attr-defined]
+    assert "add sub() to calc.py" in page.locator("pre").first.inner_text()  # type: ignore[attr-defined]
 
 
 def test_the_review_queue_on_a_phone(engine: Engine, web: Web, phone: object) -> None:

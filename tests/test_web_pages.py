@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from html import unescape
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -18,7 +19,7 @@ from bot.links import Signer, ensure_secret, secret_mode_ok, secret_path
 from bot.web.app import serve_web
 from storage.db import transaction
 from storage.tasks import record
-from tests.web_fixtures import DIFF, Web, parked
+from tests.web_fixtures import DIFF, Web, big_diff, parked
 
 SCRIPT = "<script>alert(document.cookie)</script>"
 
@@ -53,6 +54,81 @@ def test_the_page_shows_the_diff_proof_commit_checks_and_log(engine: Engine, web
     assert "Ran 1 test" in shown and "reading calc.py" in shown
     assert page.headers["cache-control"] == "no-store"
     assert page.headers["referrer-policy"] == "no-referrer"
+
+
+def fragment(web: Web, task_id: int, index: int, event: str, link_of: int | None = None) -> str:
+    """The URL of file `index`'s highlighted rows, signed with the link of task `link_of`."""
+    query = urlsplit(web.task(link_of or task_id)).query
+    return f"{web.url}/t/{task_id}/file/{index}?{query}&d={event}"
+
+
+def test_a_big_diff_comes_plain_first_and_each_file_highlighted_on_request(
+    engine: Engine, web: Web
+) -> None:
+    """Past ~200 lines the page does not wait for Pygments: later files come escaped and
+    numbered, marked for the page's script, which fetches each one's highlighted rows."""
+    # A diff of its own per run: what a process highlighted once it shows highlighted.
+    last = f"return '{uuid.uuid4().hex}'"
+    task_id = parked(engine, diff=big_diff(12, 60, last=last))
+    page = httpx.get(web.task(task_id))
+    assert page.status_code == 200
+    pending = re.findall(r'data-hl="(\d+)"', page.text)
+    assert pending and pending[-1] == "11" and "0" not in pending  # the first file inline
+    # Plain but whole: every added line is a numbered row, the last file's too.
+    added = re.findall(r'<tr class="add"[^>]*>(.*?)</tr>', page.text)
+    assert len(added) == 12 * 60 and text_of(added[-1]) == f"60+{last}"
+    # The page's one script (with the response's nonce) fetches them.
+    nonce = re.search(r"'nonce-([^']+)'", page.headers["content-security-policy"])
+    assert nonce is not None
+    assert re.findall(r"<script[^>]*>", page.text) == [f'<script nonce="{nonce[1]}">']
+    event = re.search(r"d = (\d+);", page.text)[1]  # type: ignore[index]
+    rows = httpx.get(fragment(web, task_id, 11, event))
+    assert rows.status_code == 200 and rows.headers["cache-control"] == "no-store"
+    assert '<span class="k">return</span>' in rows.text and 'id="f11-n60"' in rows.text
+    assert "script-src 'none'" in rows.headers["content-security-policy"]
+    # Highlighted once, it is shown highlighted inline from then on.
+    again = httpx.get(web.task(task_id)).text
+    assert '"11"' not in re.findall(r'data-hl="(\d+)"', again)
+    assert httpx.get(fragment(web, task_id, 99, event)).status_code == 404
+
+
+def test_a_diff_fragment_opens_only_with_its_own_tasks_link_and_diff(
+    engine: Engine, web: Web
+) -> None:
+    secret = parked(engine, diff=big_diff(12, 60, last="PAYROLL_KEY = 1"))
+    mine = parked(engine, diff=big_diff(12, 60))
+    event = re.search(r"d = (\d+);", httpx.get(web.task(secret)).text)[1]  # type: ignore[index]
+    assert httpx.get(fragment(web, secret, 11, event)).status_code == 200
+    # Another task's link pointed at it: 403, no rows.
+    borrowed = httpx.get(fragment(web, secret, 11, event, link_of=mine))
+    assert borrowed.status_code == 403 and "PAYROLL" not in borrowed.text
+    # My own link naming the other task's diff event: 404, no rows.
+    crossed = httpx.get(fragment(web, mine, 11, event))
+    assert crossed.status_code == 404 and "PAYROLL" not in crossed.text
+    # An altered or expired link: 403.
+    good = fragment(web, secret, 11, event)
+    altered = re.sub(r"s=([0-9a-f])", lambda m: "s=" + ("0" if m[1] != "0" else "1"), good)
+    stale = Signer(web.signer.secret, web.url, ttl_s=1)
+    expired_query = urlsplit(stale.task_url(secret, "U111", now=time.time() - 60)).query
+    expired = f"{web.url}/t/{secret}/file/11?{expired_query}&d={event}"
+    for link in (altered, expired, good.replace(f"d={event}", "d=x")):
+        answer = httpx.get(link)
+        assert answer.status_code in (403, 404) and "PAYROLL" not in answer.text
+    assert httpx.get(altered).status_code == 403 and httpx.get(expired).status_code == 403
+
+
+def test_an_agents_markup_in_a_big_diff_stays_text_plain_and_highlighted(
+    engine: Engine, web: Web
+) -> None:
+    evil = f"x = '</td></tr></table>{SCRIPT}<img src=x onerror=alert(1)>{uuid.uuid4().hex}'"
+    task_id = parked(engine, diff=big_diff(12, 60, last=evil))
+    page = httpx.get(web.task(task_id)).text
+    assert "<img" not in page and page.count("<script") == 1  # ours only
+    assert evil in text_of(page)
+    event = re.search(r"d = (\d+);", page)[1]  # type: ignore[index]
+    rows = httpx.get(fragment(web, task_id, 11, event)).text
+    assert "<img" not in rows and "<script" not in rows and "</table>" not in rows[:-8]
+    assert evil in text_of(rows)
 
 
 def test_the_interdiff_since_approval_is_shown_apart(engine: Engine, web: Web) -> None:

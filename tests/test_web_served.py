@@ -10,9 +10,12 @@ import httpx
 import pytest
 
 from bot.links import Signer, ensure_secret
-from storage.db import make_engine
+from storage.db import make_engine, transaction
+from storage.plan_draft import PlanDraft
+from storage.plans import create_plan, refresh_card
 from tests.slack_emulator import SlackEmulator
 from tests.slack_fixtures import start_bot
+from tests.test_planner import FOUR
 from tests.web_fixtures import parked
 
 PUBLIC = "https://review.example.test/nightcrew"
@@ -55,6 +58,26 @@ def test_nightcrew_bot_serves_the_pages_and_the_card_links_them(
             mine = Signer(ensure_secret(home), local).task_url(task_id, "U111")
             assert httpx.get(mine).status_code == 200
             assert httpx.get(mine.replace("s=", "s=0")).status_code == 403
+            # A plan's card has an Open button too: to the plan's page with its graph.
+            with transaction(engine) as session:
+                plan = create_plan(
+                    session,
+                    repo="api",
+                    spec="pages for plans",
+                    draft=PlanDraft.model_validate(FOUR),
+                    requester="U111",
+                    channel="C111",
+                )
+                refresh_card(session, plan)
+            plan_card = slack.wait_until(
+                lambda: [m for m in slack.messages("C111") if "Plan 1" in m.all_text],
+                timeout=20,
+                what="the plan card",
+            )[0]
+            (opener,) = [b for b in plan_card.buttons if b.get("url")]
+            assert opener["url"].startswith(f"{PUBLIC}/p/{plan.id}?")
+            plan_page = httpx.get(opener["url"].replace(PUBLIC, local))
+            assert plan_page.status_code == 200 and 'id="graph"' in plan_page.text
             engine.dispose()
         finally:
             proc.terminate()

@@ -109,3 +109,20 @@ def parked(
             summary=summary,
         )
     return task_id
+
+
+def big_diff(files: int = 12, lines: int = 60, *, last: str = "return total") -> str:
+    """A Python diff of `files` files of `lines` added lines each: more than a page highlights
+    while it renders (bot/web/diffview.py INLINE_LINES), so its last files come plain first.
+    The last file's last line is `last`."""
+    out = []
+    for f in range(files):
+        out += [
+            f"diff --git a/pkg/mod{f}.py b/pkg/mod{f}.py",
+            f"--- a/pkg/mod{f}.py",
+            f"+++ b/pkg/mod{f}.py",
+            f"@@ -0,0 +1,{lines} @@",
+        ]
+        out += [f"+def f{i}(x):" if i % 2 == 0 else "+    return x" for i in range(lines - 1)]
+        out.append(f"+{last}" if f == files - 1 else "+# end")
+    return "\n".join(out) + "\n"

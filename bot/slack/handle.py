@@ -21,6 +21,7 @@ from bot.slack import digest_send as digest
 from bot.slack.commands import SCHEDULE_USAGE, Command, CommandError, parse
 from executor.config.schema import Config, ConfigError
 from executor.costs.budget import WAITING, Books
+from executor.costs.plan_estimate import planning_refused
 from storage import deliveries, digests, outbox
 from storage.db import reading, transaction, writer_turn
 from storage.errors import StorageError
@@ -353,6 +354,9 @@ def _act(
     if cmd.verb == "plan":
         access.check_member(config, user, "plan")
         repo = config.repo_for(cmd.repo, channel=channel)
+        refused = planning_refused(session, Books.of(config), repo)
+        if refused:
+            raise ActionError(refused)
         plan = plans.request(session, repo=repo, spec=cmd.prompt, requester=user, channel=channel)
         return {"text": f"planning plan {plan.id} on {repo}; its card appears in this channel"}
     if cmd.verb == "add":

@@ -45,6 +45,7 @@ from storage.db import transaction, writer_turn
 from storage.lifecycle import CLOSED, State
 from storage.models import Nudge, Outbox, Plan, Task, TaskEvent, utcnow
 from storage.plans import plan_tasks
+from storage.spend import spent_on_plan
 from storage.tasks import record
 
 log = logging.getLogger(__name__)
@@ -287,6 +288,7 @@ class Notifier:
                 )
             )
             tasks = plan_tasks(session, plan_id)
+            planning = spent_on_plan(session, plan_id)
             session.expunge_all()
         if plan is None or not plan.channel:
             self._settle(lambda s: outbox.give_up(s, row.id, error="no plan or channel"))
@@ -300,7 +302,8 @@ class Notifier:
             for t in tasks
             if t.id is not None and t.channel and t.thread_ts
         }
-        text, card = plan_card(plan, tasks, links=links)
+        page = self.signer.plan_url(plan_id, f"channel:{channel}") if self.signer else None
+        text, card = plan_card(plan, tasks, links=links, page=page, planning=planning)
         if plan.thread_ts is None:
             ts, adopted = self._post_once(row, channel, text=text, blocks=card)
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bot.slack.blocks import Block, context, cost_text, cut, escape, section
+from bot.slack.blocks import Block, context, cost_text, cut, escape, link_button, section
 from storage.lifecycle import State
 from storage.models import Plan, Task
+from storage.spend import Spent
 
 QUEUE_ALL, DISCARD, EDIT = "plan_queue_all", "plan_discard", "plan_edit"
 EDIT_MODAL, PLAN_BLOCK, PLAN_INPUT = "plan_edit_modal", "plan", "yaml"
 MAX_INPUT = 3000  # Slack's limit for a plain_text_input
+NOTHING = Spent()
 MAX_SHOWN = 20  # a plan has at most 12 tasks; room to spare within Slack's 50 blocks
 
 _PROGRESS = {
@@ -42,9 +44,16 @@ def _button(label: str, action_id: str, plan_id: int, style: str | None = None) 
 
 
 def plan_card(
-    plan: Plan, tasks: Sequence[Task], *, links: dict[int, str] | None = None
+    plan: Plan,
+    tasks: Sequence[Task],
+    *,
+    links: dict[int, str] | None = None,
+    page: str | None = None,
+    planning: Spent = NOTHING,
 ) -> tuple[str, list[Block]]:
-    """`links`: task id -> the permalink of its thread, where known."""
+    """`links`: task id -> the permalink of its thread, where known. `page`: a signed link
+    to the plan's web page (its dependency graph), shown as an Open button. `planning`: what
+    the planner's runs cost, part of the plan's total."""
     assert plan.id is not None
     title = escape(plan.title or plan.spec[:80])
     head = f":clipboard: *Plan {plan.id}* · `{escape(plan.repo)}` · *{plan.status}*"
@@ -67,12 +76,23 @@ def plan_card(
         blocks.append(section("\n".join(lines)))
         if all(t.state is State.MERGED for t in tasks):
             cost = cost_text(
-                sum(t.cost_nanos for t in tasks), sum(t.unpriced_tokens for t in tasks)
+                planning.cost_nanos + sum(t.cost_nanos for t in tasks),
+                planning.unpriced_tokens + sum(t.unpriced_tokens for t in tasks),
             )
             began = min(t.created_at for t in tasks)
             ended = max((t.finished_at or t.updated_at) for t in tasks)
             minutes = int((ended - began).total_seconds() // 60)
-            blocks.append(section(f":tada: All merged · {cost} · {minutes} min"))
+            blocks.append(
+                section(f":tada: All merged · {cost} (planning included) · {minutes} min")
+            )
+        if page:
+            blocks.append(
+                {
+                    "type": "actions",
+                    "block_id": f"plan-{plan.id}",
+                    "elements": [link_button("Open", page, plan.id)],
+                }
+            )
         return cut(f"Plan {plan.id}: {plan.title}"), blocks
     lines = []
     for number, item in enumerate(plan.proposal[:MAX_SHOWN], 1):
@@ -98,6 +118,7 @@ def plan_card(
                     _button("Queue all", QUEUE_ALL, plan.id, "primary"),
                     _button("Edit", EDIT, plan.id),
                     _button("Discard", DISCARD, plan.id, "danger"),
+                    *([link_button("Open", page, plan.id)] if page else []),
                 ],
             }
         )

@@ -3,6 +3,10 @@
 Routes, all GET, all read-only, every one behind a signed link (bot/links.py):
 - `/t/<id>?u&e&s`: one task's page;
 - `/t/<id>/poll?u&e&s&after=<event id>`: what changed since (the page's live updates);
+- `/t/<id>/file/<n>?u&e&s&d=<diff event id>`: file n of that task's diff as highlighted
+  rows (a big diff's page comes plain past its first ~200 lines and fetches these);
+- `/p/<id>?u&e&s`: one plan's page: its tasks with their states and links, and the
+  dependency graph (an inline SVG);
 - `/review?u&e&s`: the person's review queue, riskiest first (bot/review.py).
 A link that does not verify gets 403 and a page that names no task. Pages tell browsers not
 to cache them, send no referrer (the link is in the address) and allow no script but our
@@ -26,7 +30,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
 from bot import review
-from bot.links import Signer
+from bot.links import Grant, Signer
 from bot.web import diffview, pages
 from executor.costs.pricing import cost_text
 from storage.db import reading
@@ -37,7 +41,8 @@ StartResponse = Callable[..., Any]
 # Who may see a task on the review page: for the link's user, whether they may decide on a
 # task (the composition root passes Slack's rule; "local:" users are the host's own).
 MayDecide = Callable[[str], Callable[[Task], bool]]
-_TASK = re.compile(r"^/t/([1-9][0-9]{0,17})(/poll)?$")
+_PLAN = re.compile(r"^/p/([1-9][0-9]{0,17})$")
+_TASK = re.compile(r"^/t/([1-9][0-9]{0,17})(/poll|/file/([0-9]{1,5}))?$")
 
 
 def _headers(content_type: str, nonce: str | None = None) -> list[tuple[str, str]]:
@@ -76,6 +81,12 @@ def web_app(
             if grant is None:
                 return forbidden(start_response)
             return _review(grant.user, start_response)
+        plan = _PLAN.match(path)
+        if plan is not None:
+            grant = signer.verify(f"plan:{plan[1]}", params)
+            if grant is None:
+                return forbidden(start_response)
+            return _plan(int(plan[1]), grant, start_response)
         match = _TASK.match(path)
         if match is None:
             start_response("404 Not Found", _headers("text/plain"))
@@ -85,6 +96,8 @@ def web_app(
         if grant is None:
             return forbidden(start_response)
         query = "&".join(f"{k}={params[k]}" for k in ("u", "e", "s"))
+        if match[3] is not None:
+            return _file(task_id, params.get("d", ""), int(match[3]), start_response)
         if match[2]:
             return _poll(task_id, params.get("after", "0"), start_response)
         return _task(task_id, query, start_response)
@@ -95,8 +108,9 @@ def web_app(
             if view is None:
                 start_response("404 Not Found", _headers("text/plain"))
                 return [b"no such task\n"]
-            # Only a live page has a script (its updates); a parked one runs none at all.
-            nonce = secrets.token_urlsafe(16) if view.live else None
+            # Only a live page (its updates) or one with plain files (their highlighting) has
+            # a script; a small parked one runs none at all.
+            nonce = secrets.token_urlsafe(16) if view.live or view.pending else None
             body = pages.task_page(view, query=query)
             if nonce:
                 body = body.replace("<script>", f'<script nonce="{nonce}">')
@@ -123,6 +137,29 @@ def web_app(
             }
         start_response("200 OK", _headers("application/json"))
         return [json.dumps(body).encode()]
+
+    def _file(task_id: int, event: str, index: int, start_response: StartResponse) -> list[bytes]:
+        html = None
+        if event.isdigit() and len(event) < 19:
+            with reading(engine) as session:
+                html = pages.diff_file(session, task_id, int(event), index)
+        if html is None:
+            start_response("404 Not Found", _headers("text/plain"))
+            return [b"no such file\n"]
+        start_response("200 OK", _headers("text/html; charset=utf-8"))
+        return [html.encode()]
+
+    def _plan(plan_id: int, grant: Grant, start_response: StartResponse) -> list[bytes]:
+        with reading(engine) as session:
+            view = pages.load_plan(
+                session, plan_id, signer=signer, user=grant.user, expires=grant.expires
+            )
+            if view is None:
+                start_response("404 Not Found", _headers("text/plain"))
+                return [b"no such plan\n"]
+            body = pages.plan_page(view)
+        start_response("200 OK", _headers("text/html; charset=utf-8"))
+        return [body.encode()]
 
     def _review(user: str, start_response: StartResponse) -> list[bytes]:
         with reading(engine) as session:
@@ -156,6 +193,10 @@ class Warmer:
         self.seen: int | None = None
 
     def run(self) -> None:
+        try:
+            pages.prepare()
+        except Exception:  # only a head start: the first page does it otherwise
+            log.warning("preparing the page templates failed", exc_info=True)
         while not self.stop.wait(self.every_s):
             try:
                 self.tick()
@@ -176,7 +217,7 @@ class Warmer:
             self.seen = newest
             for event in rows:
                 text = str(event.payload.get("diff") or "")
-                diffview.parse_cached((event.id or 0, len(text)), text)
+                diffview.parse_cached(diffview.key_of(event.id or 0, text), text)
         return len(rows)
 
 

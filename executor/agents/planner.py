@@ -59,7 +59,12 @@ TOOLS = [s for s in SCHEMAS if s["function"]["name"] in READ_TOOLS] + [SUBMIT_PL
 
 
 class PlanUnusable(Exception):
-    """The planner gave no usable plan; the message says why, for the person who asked."""
+    """The planner gave no usable plan; the message says why, for the person who asked.
+    `usage`: what the model calls made before giving up used (they are charged all the same)."""
+
+    def __init__(self, message: str, usage: Usage | None = None) -> None:
+        super().__init__(message)
+        self.usage = usage or Usage()
 
 
 @dataclass
@@ -107,7 +112,7 @@ class Planner:
             try:
                 reply = self.llm.complete(messages, TOOLS, "auto", options=self.options)
             except LLMError as exc:
-                raise PlanUnusable(f"the planner's model failed: {exc}") from None
+                raise PlanUnusable(f"the planner's model failed: {exc}", self.usage) from None
             self.usage += reply.usage
             messages.append(reply.as_message())
             if not reply.tool_calls:
@@ -131,7 +136,7 @@ class Planner:
             if len(bad) >= self.max_bad_answers:
                 break
         why = bad[-1] if bad else f"no plan after {self.max_turns} turns"
-        raise PlanUnusable(f"the planner's answer was unusable: {why}")
+        raise PlanUnusable(f"the planner's answer was unusable: {why}", self.usage)
 
     def _call(self, call: ToolCall, bad: list[str]) -> tuple[str, PlanDraft | None]:
         if call.error or call.arguments is None:

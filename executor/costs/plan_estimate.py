@@ -1,4 +1,5 @@
-"""What a plan may cost, against what is left of today's budgets: said before it is queued.
+"""What a plan may cost, against what is left of today's budgets: said before it is queued;
+and whether a new plan may be made at all (a planner run costs model calls too).
 
 The estimate is a ceiling, not a forecast: each task's size takes a share of its repo's
 per-task cost cap (`limits.max_cost_usd`, which stops a task anyway), S a quarter, M half,
@@ -9,7 +10,7 @@ from __future__ import annotations
 from sqlmodel import Session
 
 from executor.config.schema import RepoConfig
-from executor.costs.budget import ALL, Books
+from executor.costs.budget import ALL, Books, crossed
 from executor.costs.pricing import to_nanos, usd
 from storage.plan_draft import PlanDraft, Size
 
@@ -33,3 +34,16 @@ def over_budget(session: Session, books: Books, repo_name: str, estimate: int) -
                 f" today's budget for {budget.name}: some tasks will wait for tomorrow's budget"
             )
     return None
+
+
+def planning_refused(session: Session, books: Books, repo_name: str) -> str | None:
+    """Why no planner may run for `repo_name` now (a daily budget covering it is reached),
+    or None. Checked where a plan is asked for and again where the planner would run."""
+    day, budgets = books.today(session)
+    reason = crossed(budgets, repo_name)
+    if reason is None:
+        return None
+    return (
+        f"no new plan: {reason}; planning costs model calls too. Try again after midnight"
+        f" {day.tz.key}, or raise the budget in nightcrew.yaml"
+    )

@@ -2,7 +2,8 @@
 
 The checkout is made on the host from the canonical repo (as the clean room's is), mounted
 read-only in a sandbox without network; the planner's commands run there, never on the host.
-The sandbox and the checkout are removed whatever happens."""
+The sandbox and the checkout are removed whatever happens. What the planner's model calls
+cost is charged to the spend ledger (`charge`), whether it made a plan or not."""
 
 from __future__ import annotations
 
@@ -14,15 +15,21 @@ from typing import Any
 
 import docker
 from docker.errors import APIError
+from sqlmodel import Session
 
 from executor.agents.llm import LLMClient
+from executor.agents.llm_reply import Usage
 from executor.agents.planner import Planned, Planner, PlanUnusable
 from executor.config.defaults import PLANNER_MAX_TURNS
 from executor.config.schema import RepoConfig
+from executor.costs.budget import Books
+from executor.costs.pricing import NANOS_PER_USD, cost_nanos, price_of
 from executor.git import merge, workspace
 from executor.git.safe import GitError
+from executor.monitoring import metrics
 from executor.sandbox.container import Sandbox, SandboxError
 from executor.sandbox.warm import SANDBOX_ENV
+from storage import spend
 from storage.plan_draft import PlanDraft
 
 
@@ -77,3 +84,32 @@ def plan_spec(
             workspace.remove(folder)
         if folder.exists():
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def charge(
+    session: Session,
+    books: Books,
+    *,
+    repo: str,
+    plan_id: int | None,
+    model: str,
+    usage: Usage,
+) -> int | None:
+    """Charge a planner run's model calls to the ledger (in the caller's transaction), as a
+    task's are: the day's budgets and the digest count them. Returns the cost in nanodollars
+    (None: the model has no price)."""
+    nanos = cost_nanos(price_of(model, books.prices), usage)
+    spend.charge_planner(
+        session,
+        repo=repo,
+        plan_id=plan_id,
+        model=model,
+        tokens_in=usage.prompt_tokens,
+        tokens_out=usage.completion_tokens,
+        cost_nanos=nanos,
+        at=books.clock(),
+    )
+    metrics.TOKENS.labels("prompt").inc(usage.prompt_tokens)
+    metrics.TOKENS.labels("completion").inc(usage.completion_tokens)
+    metrics.COST.inc((nanos or 0) / NANOS_PER_USD)
+    return nanos

@@ -21,18 +21,20 @@ from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
 from executor.agents.llm import LLMClient
+from executor.agents.llm_reply import Usage
 from executor.agents.loop import Cancelled
 from executor.agents.planner import PlanUnusable
 from executor.config.defaults import IDLE_POLL_S, PLANNER_STALE_S
 from executor.config.schema import Config, RepoConfig
 from executor.costs.budget import WAITING, Books, held
-from executor.costs.plan_estimate import estimate_nanos, over_budget
+from executor.costs.plan_estimate import estimate_nanos, over_budget, planning_refused
 from executor.git import workspace
 from executor.git.workspace import Workspace, WorkspaceError
 from executor.monitoring import metrics
 from executor.pipeline import forge_sync, pull_request
 from executor.pipeline.job import Outcome, TaskJob
 from executor.pipeline.merging import perform_merge
+from executor.pipeline.planning import charge as charge_planning
 from executor.pipeline.planning import plan_spec
 from executor.pipeline.watch import Interrupted, Watch
 from executor.runner.fleet import remove_dead_sandboxes
@@ -116,15 +118,20 @@ class Worker:
         assert plan.id is not None
         draft: PlanDraft | None = None
         error: str | None = None
+        usage = Usage()
         repo = self.config.repos.get(plan.repo)
         try:
             if repo is None:
                 raise PlanUnusable(f"repo {plan.repo} is not in the config any more")
+            with reading(self.engine) as s:  # the budget may have run out since it was asked
+                refused = planning_refused(s, self.books, plan.repo)
+            if refused:
+                raise PlanUnusable(refused)
             previous = None
             if plan.feedback and plan.proposal:
                 with contextlib.suppress(ValueError):
                     previous = draft_of(plan)
-            draft = plan_spec(
+            planned = plan_spec(
                 client=self.docker,
                 llm=self.llm,
                 home=self.home,
@@ -134,13 +141,17 @@ class Worker:
                 executor_id=self.executor_id,
                 previous=previous,
                 feedback=plan.feedback,
-            ).draft
+            )
+            draft, usage = planned.draft, planned.usage
         except PlanUnusable as exc:
-            error = str(exc)
+            error, usage = str(exc), exc.usage
         except Exception as exc:  # a bug in planning must not kill the worker
             log.exception("%s: planning plan %s failed", self.worker_id, plan.id)
             error = f"planning failed: {type(exc).__name__}: {exc}"
         with transaction(self.engine) as s:
+            charge_planning(
+                s, self.books, repo=plan.repo, plan_id=plan.id, model=self.llm.model, usage=usage
+            )
             note = None
             if draft is not None and repo is not None:  # said on the card, before queueing
                 note = over_budget(s, self.books, plan.repo, estimate_nanos(draft, repo))
