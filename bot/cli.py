@@ -342,6 +342,19 @@ def executor(
         _run_executor(concurrency, drain=drain)
 
 
+def model_waits(cfg: Config, env: Settings) -> dict[str, float]:
+    """The model endpoint's outage window and timeouts: the environment's, else the file's."""
+
+    def pick(from_env: float | None, from_file: float) -> float:
+        return from_file if from_env is None else from_env
+
+    return {
+        "outage_window": 60 * pick(env.model_outage_minutes, cfg.model_outage_minutes),
+        "idle_timeout": pick(env.model_idle_timeout_s, cfg.model_idle_timeout_s),
+        "timeout": pick(env.model_timeout_s, cfg.model_timeout_s),
+    }
+
+
 def _run_executor(concurrency: int, *, drain: bool) -> None:
     from executor.agents.llm import DEFAULT_BASE_URL, LLMClient
     from executor.runner.pool import run_executor
@@ -356,7 +369,11 @@ def _run_executor(concurrency: int, *, drain: bool) -> None:
 
     def make_llm() -> LLMClient:
         return LLMClient(
-            base_url=base_url, api_key=env.openai_api_key, model=model, stream=cfg.stream
+            base_url=base_url,
+            api_key=env.openai_api_key,
+            model=model,
+            stream=cfg.stream,
+            **model_waits(cfg, env),
         )
 
     try:
@@ -643,7 +660,9 @@ def plan(
         if not model:
             raise ConfigError("no model: set NIGHTCREW_MODEL, or `model:` in nightcrew.yaml")
         base_url = env.openai_base_url or cfg.base_url or DEFAULT_BASE_URL
-        llm = LLMClient(base_url=base_url, api_key=env.openai_api_key, model=model)
+        llm = LLMClient(
+            base_url=base_url, api_key=env.openai_api_key, model=model, **model_waits(cfg, env)
+        )
         try:
             with llm:
                 planned = plan_spec(
