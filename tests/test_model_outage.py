@@ -217,6 +217,7 @@ def test_three_tasks_wait_out_a_90_second_outage_then_finish(
     times = sorted(at - holder["start"] for at, _ in llm.failed_requests)
     steps = LLMClient(base_url=llm.base_url, api_key=None, model="m", backoff=1.0, max_wait=20.0)
     probes = steps.backoff.probes_within(outage, jitter=0.999)
+    print(f"outage requests at {[round(x, 1) for x in times]} s; probes allowed {probes}")
     assert tasks <= len(times) <= tasks + probes, times
     later = times[tasks:]
     assert all(b - a >= 0.7 for a, b in itertools.pairwise(later)), times
