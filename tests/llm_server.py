@@ -468,7 +468,7 @@ class ScriptedLLM:
         self.received_at: list[float] = []  # their arrival times (time.time())
         # Requests answered by an outage (`fail_for`): (arrival time.time(), body).
         self.failed_requests: list[tuple[float, dict[str, Any]]] = []
-        self._outage: tuple[float, int] | None = None  # (until, time.time(); status)
+        self._outage: tuple[float, int, str] | None = None  # until (time.time()), status, message
         self.stopping = threading.Event()
         self._script: deque[Step] = deque(script)
         self._lock = threading.Lock()
@@ -494,11 +494,14 @@ class ScriptedLLM:
         with self._lock:
             self._script.extend(steps)
 
-    def fail_for(self, seconds: float, status: int = 500) -> None:
-        """An outage from now: for `seconds`, every request is answered `status` without
-        taking a step of the script (safe to call from a step, in the server's thread)."""
+    def fail_for(
+        self, seconds: float, status: int = 500, message: str = "scripted outage: the model is down"
+    ) -> None:
+        """An outage from now: for `seconds`, every request is answered `status` (an OpenAI
+        error with `message`) without taking a step of the script (safe to call from a step,
+        in the server's thread)."""
         with self._lock:
-            self._outage = (time.time() + seconds, status)
+            self._outage = (time.time() + seconds, status, message)
 
     @property
     def outage_over(self) -> bool:
@@ -528,7 +531,7 @@ class ScriptedLLM:
         with self._lock:
             if self._outage is not None and time.time() < self._outage[0]:
                 self.failed_requests.append((time.time(), body))
-                return Fault(self._outage[1], "scripted outage: the model is down")
+                return Fault(self._outage[1], self._outage[2])
             self.requests.append(body)
             self.headers.append(headers)
             self.received_at.append(time.time())

@@ -54,6 +54,7 @@ from executor.config.defaults import (
 )
 from executor.config.redact import redact
 from executor.monitoring import metrics
+from storage.text import clean
 
 __all__ = [
     "LLMClient",
@@ -316,7 +317,8 @@ class LLMClient:
     def _log_failure(self, exc: _Transient, probe: bool) -> None:
         role = "probe" if probe else "request"
         then = "waiting for the endpoint" if exc.outage else "retrying"
-        log.warning("LLM %s: %s failed: %s; %s", self.shown, role, redact(str(exc)), then)
+        said = clean(redact(str(exc)))  # the server's words: no terminal escapes in our log
+        log.warning("LLM %s: %s failed: %s; %s", self.shown, role, said, then)
 
     def _give_up(self, call: _Call, *, window: bool = False) -> LLMUnavailable:
         failures = call.failures
