@@ -11,8 +11,8 @@ seconds, telling its `WaitListener` (the task's card), then gives up. Replies th
 usable completions are retried a few times for that call only; other 4xx are not.
 
     LLMError
-    ├── LLMUnavailable   the endpoint kept failing for the outage window (or the attempts
-    │                    given ran out), or kept answering with unusable replies
+    ├── LLMUnavailable   the endpoint kept answering with unusable replies, or:
+    │   └── ModelOutage  it kept failing for the outage window (or the attempts given ran out)
     └── LLMRejected      the endpoint refused the request (4xx): retrying would not help
 
 Tool-call arguments that are not a JSON object do not raise: the `ToolCall` carries an
@@ -61,6 +61,7 @@ __all__ = [
     "LLMError",
     "LLMRejected",
     "LLMUnavailable",
+    "ModelOutage",
     "ModelWait",
     "Reply",
     "ToolCall",
@@ -92,6 +93,11 @@ class LLMUnavailable(LLMError):
     """The endpoint kept failing (429, 5xx, timeouts, dropped connections, an error
     mid-stream) for the whole outage window, or kept sending unusable replies; the message
     says for how long and what happened."""
+
+
+class ModelOutage(LLMUnavailable):
+    """The endpoint stayed away (failures that say so, not unusable replies) until the call
+    gave up: the task waits for a person, its work kept; the model may be back later."""
 
 
 class LLMRejected(LLMError):
@@ -332,11 +338,12 @@ class LLMClient:
         last = redact(failures[-1].detail) if failures else ""  # an httpx error may quote it
         last = f"; last: {last}" if last else ""
         if window:
-            return LLMUnavailable(
+            return ModelOutage(
                 f"LLM endpoint {self.shown} kept failing for {_duration(call.waited_s())}"
                 f" (outage window {_duration(self.outage_window)}): {what}{last}"
             )
-        return LLMUnavailable(f"LLM endpoint {self.shown} failed: {what}{last}")
+        kind = ModelOutage if failures and failures[-1].outage else LLMUnavailable
+        return kind(f"LLM endpoint {self.shown} failed: {what}{last}")
 
 
 @dataclass

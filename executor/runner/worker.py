@@ -20,7 +20,7 @@ import docker
 from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
-from executor.agents.llm import LLMClient, LLMUnavailable
+from executor.agents.llm import LLMClient, ModelOutage
 from executor.agents.loop import Cancelled
 from executor.agents.planner import PlanUnusable
 from executor.config.defaults import IDLE_POLL_S, PLANNER_STALE_S
@@ -332,7 +332,7 @@ class Worker:
             if merging:  # people cannot cancel a merge; treat it as a stop, not a verdict
                 return Outcome(State.MERGING, str(stop)), {}
             return Outcome(State.CANCELLED, str(stop)), {}
-        except LLMUnavailable as exc:  # the model stayed away for the whole outage window
+        except ModelOutage as exc:  # the model stayed away for the whole outage window
             log.warning("task parked: %s", exc)
             if merging:
                 return Outcome(State.AWAITING_APPROVAL, f"not merged: {exc}; approve again"), {}
