@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.web_fixtures",
     "tests.forge_emulator.fixtures",
     "tests.agent_fixtures",
+    "tests.outage_fixtures",
 ]

@@ -461,6 +461,19 @@ def executor(
             _run_executor(concurrency, drain=drain)
 
 
+def model_waits(cfg: Config, env: Settings) -> dict[str, float]:
+    """The model endpoint's outage window and timeouts: the environment's, else the file's."""
+
+    def pick(from_env: float | None, from_file: float) -> float:
+        return from_file if from_env is None else from_env
+
+    return {
+        "outage_window": 60 * pick(env.model_outage_minutes, cfg.model_outage_minutes),
+        "idle_timeout": pick(env.model_idle_timeout_s, cfg.model_idle_timeout_s),
+        "timeout": pick(env.model_timeout_s, cfg.model_timeout_s),
+    }
+
+
 def _run_executor(concurrency: int, *, drain: bool) -> None:
     from executor.agents.llm import DEFAULT_BASE_URL, LLMClient
     from executor.runner.pool import run_executor
@@ -475,7 +488,11 @@ def _run_executor(concurrency: int, *, drain: bool) -> None:
 
     def make_llm() -> LLMClient:
         return LLMClient(
-            base_url=base_url, api_key=env.openai_api_key, model=model, stream=cfg.stream
+            base_url=base_url,
+            api_key=env.openai_api_key,
+            model=model,
+            stream=cfg.stream,
+            **model_waits(cfg, env),
         )
 
     try:
@@ -769,7 +786,9 @@ def plan(
             refused = planning_refused(session, books, name)
         if refused:
             raise ActionError(refused)
-        llm = LLMClient(base_url=base_url, api_key=env.openai_api_key, model=model)
+        llm = LLMClient(
+            base_url=base_url, api_key=env.openai_api_key, model=model, **model_waits(cfg, env)
+        )
         try:
             with llm:
                 planned = plan_spec(

@@ -115,6 +115,11 @@ class Task(SQLModel, table=True):
     unpriced_tokens: int = Field(default=0, sa_type=BigInteger)
     # Connections the sandbox tried outside its `network:` allowlist (shown as a warning).
     egress_refused: int = 0
+    # Waiting for the model endpoint (an outage): since when, and what fails and until when
+    # it keeps trying (the executor's words). Cleared when the model answers again and by
+    # every state change.
+    model_wait_since: datetime | None = _ts()
+    model_wait: str | None = Field(default=None, sa_type=Text)
     # Git.
     base_commit: str | None = None
     head_commit: str | None = None

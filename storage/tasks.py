@@ -123,6 +123,9 @@ def transition(
     check_transition(src, to)
     now = utcnow()
     values: dict[str, Any] = {"state": to, "reason": reason, "updated_at": now}
+    # A wait for the model belongs to one stint of work: whatever moved the task (the model
+    # back, a park, the reaper after a crash mid-wait) ends it.
+    values |= {"model_wait_since": None, "model_wait": None}
     if to not in WORKING:
         values |= {"worker_id": None, "heartbeat_at": None}
         if to is not State.CANCELLED:  # a cancel request is for one stint of work only

@@ -12,7 +12,8 @@ usage chunk when asked for, `data: [DONE]`. Every request body is recorded.
         assert llm.requests[1]["messages"][-1]["role"] == "tool"
 
 When the script runs out the server answers 500 "script exhausted", so a test that makes
-more calls than it scripted fails loudly."""
+more calls than it scripted fails loudly. `fail_for(seconds)` is an outage: every request in
+that time gets a 500 without taking a step, and is counted in `failed_requests`."""
 
 from __future__ import annotations
 
@@ -335,6 +336,45 @@ class Drop:
 
 
 @dataclass(frozen=True)
+class Stall:
+    """Start answering, then fall silent for `seconds` with the connection open: a streamed
+    reply stops after a few chunks; a plain one sends its headers and half its body."""
+
+    seconds: float
+
+    def serve(self, h: _Handler, request: dict[str, Any]) -> None:
+        if request.get("stream"):
+            events = ScriptedReply(content="partial reply").chunks(h.chunk_base(request), True)
+            h.send_sse(events[:3], complete=False)
+        else:
+            body = b'{"id": "chatcmpl-stall", "choices": [{"index": 0, "message": {"con'
+            h.send_raw(200, body, "application/json", {"Content-Length": str(len(body) * 2)})
+        h.wfile.flush()
+        h.llm.stopping.wait(self.seconds)
+        h.hang_up()
+
+
+@dataclass(frozen=True)
+class Trickle:
+    """A plain 200 whose body never ends: one space every `every` seconds (JSON allows
+    leading whitespace), for `seconds`: only a total timeout cuts it."""
+
+    seconds: float
+    every: float = 0.2
+
+    def serve(self, h: _Handler, request: dict[str, Any]) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", "1000000")
+        h.end_headers()
+        end = time.monotonic() + self.seconds
+        while time.monotonic() < end and not h.llm.stopping.wait(self.every):
+            h.wfile.write(b" ")
+            h.wfile.flush()
+        h.hang_up()
+
+
+@dataclass(frozen=True)
 class StreamError:
     """A 200 that fails inside: a `data: {"error": …}` chunk or an `event: error` after a
     little content. A plain request gets a 200 whose body is `{"error": …}`."""
@@ -401,6 +441,14 @@ def stream_error(message: str = "upstream overloaded", *, as_event: bool = False
     return StreamError(message, as_event)
 
 
+def stall(seconds: float) -> Stall:
+    return Stall(seconds)
+
+
+def trickle(seconds: float, every: float = 0.2) -> Trickle:
+    return Trickle(seconds, every)
+
+
 class ScriptedLLM:
     def __init__(
         self,
@@ -418,6 +466,9 @@ class ScriptedLLM:
         self.requests: list[dict[str, Any]] = []  # every request body, in order
         self.headers: list[dict[str, str]] = []  # their headers (lower-case names)
         self.received_at: list[float] = []  # their arrival times (time.time())
+        # Requests answered by an outage (`fail_for`): (arrival time.time(), body).
+        self.failed_requests: list[tuple[float, dict[str, Any]]] = []
+        self._outage: tuple[float, int, str] | None = None  # until (time.time()), status, message
         self.stopping = threading.Event()
         self._script: deque[Step] = deque(script)
         self._lock = threading.Lock()
@@ -443,6 +494,20 @@ class ScriptedLLM:
         with self._lock:
             self._script.extend(steps)
 
+    def fail_for(
+        self, seconds: float, status: int = 500, message: str = "scripted outage: the model is down"
+    ) -> None:
+        """An outage from now: for `seconds`, every request is answered `status` (an OpenAI
+        error with `message`) without taking a step of the script (safe to call from a step,
+        in the server's thread)."""
+        with self._lock:
+            self._outage = (time.time() + seconds, status, message)
+
+    @property
+    def outage_over(self) -> bool:
+        with self._lock:
+            return self._outage is None or time.time() >= self._outage[0]
+
     def start(self) -> ScriptedLLM:
         self._thread.start()
         return self
@@ -464,6 +529,9 @@ class ScriptedLLM:
                 self.side_requests.append(body)
             return ScriptedReply(content="ok", usage=(1, 1))
         with self._lock:
+            if self._outage is not None and time.time() < self._outage[0]:
+                self.failed_requests.append((time.time(), body))
+                return Fault(self._outage[1], self._outage[2])
             self.requests.append(body)
             self.headers.append(headers)
             self.received_at.append(time.time())

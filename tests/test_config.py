@@ -128,6 +128,18 @@ def test_full_config_loads_with_paths_resolved(git_repo: Path) -> None:
             "repos:\n  app: {path: app}\nprices: {m: {prompt: 1, completion: 2, cached: 1}}\n",
             "prices.m.cached: unknown key",
         ),
+        (
+            "repos:\n  app: {path: app}\nmodel_outage_minutes: -1\n",
+            "model_outage_minutes: Input should be greater than or equal to 0 (got -1)",
+        ),
+        (
+            "repos:\n  app: {path: app}\nmodel_idle_timeout_s: 0\n",
+            "model_idle_timeout_s: must be at least 1: a stream needs a moment (got 0)",
+        ),
+        (
+            "repos:\n  app: {path: app}\nmodel_timeout_s: .inf\n",
+            "model_timeout_s: must be a finite number (got inf)",
+        ),
         ("- just\n- a list\n", "top level must be a mapping"),
         ("repos:\n  app: {path: app\n", "not valid YAML"),
     ],
@@ -183,3 +195,30 @@ def test_the_cli_exits_2_on_a_broken_config(git_repo: Path, tmp_path: Path) -> N
     assert result.returncode == 2
     assert "nightcrew.yaml: repos.app.limits.max_turns:" in result.stderr
     assert "valid integer" in result.stderr
+
+
+def test_the_models_waits_come_from_the_file_and_the_environment_wins(
+    git_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.cli import model_waits
+    from executor.config.settings import Settings
+
+    path = write(
+        git_repo.parent,
+        "repos:\n  app: {path: app}\nmodel_outage_minutes: 5\nmodel_idle_timeout_s: 20\n",
+    )
+    config = load_config(path)
+    for name in ("MODEL_OUTAGE_MINUTES", "MODEL_IDLE_TIMEOUT_S", "MODEL_TIMEOUT_S"):
+        monkeypatch.delenv(f"NIGHTCREW_{name}", raising=False)
+    assert model_waits(config, Settings()) == {
+        "outage_window": 300,
+        "idle_timeout": 20,
+        "timeout": 180,  # the default
+    }
+    monkeypatch.setenv("NIGHTCREW_MODEL_OUTAGE_MINUTES", "0")  # park at the first failure
+    monkeypatch.setenv("NIGHTCREW_MODEL_TIMEOUT_S", "90")
+    assert model_waits(config, Settings()) == {
+        "outage_window": 0,
+        "idle_timeout": 20,
+        "timeout": 90,
+    }

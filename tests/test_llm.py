@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from typing import Any
 
@@ -20,8 +22,11 @@ from tests.llm_server import (
     hang,
     rate_limited,
     reply,
+    slow,
+    stall,
     stream_error,
     tool_call,
+    trickle,
 )
 
 USER = [{"role": "user", "content": "list the files"}]
@@ -244,14 +249,44 @@ def test_transient_statuses_recover(connect: Connect, status: int) -> None:
     assert len(llm.requests) == 3
 
 
-@both
-def test_hung_request_times_out_then_recovers(connect: Connect) -> None:
-    with ScriptedLLM([hang(10), reply(content="ok")]) as llm:
+def test_a_plain_request_that_hangs_is_cut_by_the_total_timeout(connect: Connect) -> None:
+    with ScriptedLLM([hang(30), reply(content="ok")]) as llm:
         start = time.monotonic()
-        got = connect(llm, timeout=0.5).complete(USER)
+        got = connect(llm, timeout=0.5, idle_timeout=60).complete(USER)
         waited = time.monotonic() - start
     assert got.content == "ok"
     assert 0.45 <= waited < 3
+
+
+def test_a_plain_reply_that_never_ends_is_cut_by_the_total_timeout(connect: Connect) -> None:
+    """A body trickling in (a byte every 0.2 s) never trips a read timeout: the total does."""
+    with ScriptedLLM([trickle(30), reply(content="ok")]) as llm:
+        start = time.monotonic()
+        got = connect(llm, timeout=1.0).complete(USER)
+        waited = time.monotonic() - start
+    assert got.content == "ok"
+    assert 0.95 <= waited < 4
+
+
+@pytest.mark.parametrize("stream", [True], ids=["stream"])
+@pytest.mark.parametrize("step", [hang(30), stall(30)], ids=["no answer", "stops midway"])
+def test_a_silent_stream_is_cut_by_the_idle_timeout(connect: Connect, step: Any) -> None:
+    """Streamed, the total time is free (a long reply keeps coming) but silence is not."""
+    with ScriptedLLM([step, reply(content="ok")]) as llm:
+        start = time.monotonic()
+        got = connect(llm, timeout=600, idle_timeout=0.5).complete(USER)
+        waited = time.monotonic() - start
+    assert got.content == "ok"
+    assert 0.45 <= waited < 3
+
+
+@pytest.mark.parametrize("stream", [True], ids=["stream"])
+def test_a_stream_is_not_held_to_the_total_timeout(connect: Connect) -> None:
+    """A reply slower than `timeout` but never silent for `idle_timeout` is not cut."""
+    with ScriptedLLM([slow(0.2, reply(content="ok"))]) as llm:
+        got = connect(llm, idle_timeout=0.5, timeout=0.1).complete(USER)
+    assert got.content == "ok"
+    assert len(llm.requests) == 1
 
 
 @both
@@ -348,3 +383,132 @@ def test_a_reply_of_the_wrong_shape_is_retried_not_a_crash(connect: Connect) -> 
     unusable = pytest.raises(LLMUnavailable, match="unexpected reply shape")
     with ScriptedLLM([Fault(200, body=json.dumps(wrong))] * 2) as llm, unusable:
         connect(llm, max_attempts=2).complete(USER)
+
+
+# --- outages: one probe at a time, the others wait; the window ends the wait --------------
+
+
+class Heard:
+    """A WaitListener that writes down what it was told; `stop_after` raises in `check`."""
+
+    def __init__(self, stop_after: float | None = None) -> None:
+        self.told: list[Any] = []
+        self.ended: list[bool] = []
+        self.checks = 0
+        self.stop_after = stop_after
+        self.started = time.monotonic()
+
+    def waiting(self, wait: Any) -> None:
+        self.told.append(wait)
+
+    def check(self) -> None:
+        self.checks += 1
+        if self.stop_after is not None and time.monotonic() - self.started > self.stop_after:
+            raise KeyboardInterrupt("cancelled")
+
+    def over(self, answered: bool) -> None:
+        self.ended.append(answered)
+
+
+def test_an_outage_is_probed_one_request_at_a_time_and_all_resume(connect: Connect) -> None:
+    """Six threads share one client (as an executor's workers do) through a 4 s outage:
+    after the first failures only one request at a time reaches the endpoint, each after
+    the backoff's wait; when one succeeds, every call carries on and none failed."""
+    calls, outage = 6, 4.0
+    with ScriptedLLM([reply(content="ok")] * calls) as llm:
+        client = connect(llm, backoff=0.2, max_wait=1.0)
+        llm.fail_for(outage)
+        start = time.time()
+        with ThreadPoolExecutor(calls) as pool:
+            replies = list(pool.map(lambda _: client.complete(USER), range(calls)))
+    assert [r.content for r in replies] == ["ok"] * calls
+    assert all(r.waited_s > 0 for r in replies)
+    times = sorted(at - start for at, _ in llm.failed_requests)
+    probes = client.backoff.probes_within(outage, jitter=0.999)
+    # Each call's first request may fail before it sees the outage; after that, probes only.
+    assert len(times) <= calls + probes, times
+    later = times[calls:]
+    gaps = [b - a for a, b in itertools.pairwise(later)]
+    assert all(gap >= 0.15 for gap in gaps), f"more than one probe at once: {times}"
+    assert len(llm.requests) == calls  # then each call once, all answered
+
+
+def test_without_a_shared_client_each_caller_probes_alone(connect: Connect) -> None:
+    """The yardstick for the test above: separate clients (separate gates) each probe."""
+    calls, outage = 6, 4.0
+    with ScriptedLLM([reply(content="ok")] * calls) as llm:
+        clients = [connect(llm, backoff=0.2, max_wait=1.0) for _ in range(calls)]
+        llm.fail_for(outage)
+        with ThreadPoolExecutor(calls) as pool:
+            list(pool.map(lambda c: c.complete(USER), clients))
+    shared_at_most = calls + clients[0].backoff.probes_within(outage, jitter=0.999)
+    assert len(llm.failed_requests) > shared_at_most
+
+
+def test_a_call_waits_out_an_outage_then_says_so_to_its_listener(connect: Connect) -> None:
+    heard = Heard()
+    with ScriptedLLM([reply(content="ok")]) as llm:
+        llm.fail_for(3.0)
+        got = connect(llm, backoff=0.2, max_wait=0.5).complete(USER, waiting=heard)
+    assert got.content == "ok" and got.waited_s >= 2.5
+    assert len(heard.told) == 1  # once, not per probe
+    (wait,) = heard.told
+    assert wait.failure.startswith("HTTP 500: scripted outage")
+    assert (wait.until - wait.since).total_seconds() == 30 * 60  # the default window
+    assert heard.ended == [True]
+    assert heard.checks >= 2  # a cancel is looked for while it waits
+
+
+def test_a_blip_is_not_news(connect: Connect) -> None:
+    heard = Heard()
+    with ScriptedLLM([error(503), reply(content="ok")]) as llm:
+        connect(llm).complete(USER, waiting=heard)
+    assert heard.told == [] and heard.ended == []
+
+
+def test_the_window_ends_the_wait_with_a_clear_error(connect: Connect) -> None:
+    heard = Heard()
+    with ScriptedLLM() as llm:
+        llm.fail_for(60)
+        client = connect(llm, backoff=0.2, max_wait=0.5, outage_window=3)
+        start = time.monotonic()
+        with pytest.raises(LLMUnavailable) as caught:
+            client.complete(USER, waiting=heard)
+        took = time.monotonic() - start
+    message = str(caught.value)
+    assert "kept failing for 3 s (outage window 3 s)" in message, message
+    assert "HTTP 500" in message and "scripted outage" in message
+    assert 2.9 <= took < 5
+    assert heard.ended == [False]
+
+
+def test_a_caller_that_stops_waiting_leaves_the_gate_to_the_others(connect: Connect) -> None:
+    """A cancel raised from the listener ends that call at once; another caller still
+    gets its answer when the endpoint is back."""
+    with ScriptedLLM([reply(content="ok")]) as llm:
+        client = connect(llm, backoff=0.2, max_wait=0.5)
+        llm.fail_for(4.0)
+        with ThreadPoolExecutor(2) as pool:
+            stopped = pool.submit(client.complete, USER, waiting=Heard(stop_after=1.0))
+            other = pool.submit(client.complete, USER)
+            with pytest.raises(KeyboardInterrupt):
+                stopped.result(timeout=10)
+            assert other.result(timeout=20).content == "ok"
+
+
+def test_window_zero_gives_up_at_the_first_failure(connect: Connect) -> None:
+    llm = ScriptedLLM([error(500, "down"), reply(content="never")])
+    with llm, pytest.raises(LLMUnavailable, match="HTTP 500 1 times"):
+        connect(llm, outage_window=0).complete(USER)
+    assert len(llm.requests) == 1
+
+
+def test_a_refusal_during_an_outage_opens_the_gate(connect: Connect) -> None:
+    """A 4xx is the endpoint answering: the callers waiting behind it go at once."""
+    with ScriptedLLM([error(503), error(400, "too long"), reply(content="ok")]) as llm:
+        client = connect(llm, backoff=0.5, max_wait=0.5)
+        with pytest.raises(LLMRejected):
+            client.complete(USER)
+        start = time.monotonic()
+        assert client.complete(USER).content == "ok"
+        assert time.monotonic() - start < 0.3

@@ -193,7 +193,7 @@ def test_limits_park_the_task_with_what_happened(
     assert (parked.state, parked.reason) == (State.NEEDS_INPUT, reason)
 
 
-def test_a_dead_model_fails_the_task_with_the_reason_and_keeps_the_work(
+def test_a_dead_model_parks_the_task_for_a_person_with_the_reason_and_keeps_the_work(
     engine: Engine, make_worker: RunWorker, project: Path
 ) -> None:
     task_id = add_task(engine)
@@ -204,10 +204,11 @@ def test_a_dead_model_fails_the_task_with_the_reason_and_keeps_the_work(
     ]
     with ScriptedLLM(script) as llm:
         make_worker(llm).work(drain=True)
-    failed = task(engine, task_id)
-    assert failed.state is State.FAILED
-    assert failed.error and "LLMUnavailable" in failed.error and "on fire" in failed.error
-    assert git(project, "show", f"{failed.branch}:partial.txt") == "half done"
+    parked = task(engine, task_id)
+    assert parked.state is State.NEEDS_INPUT  # not failed: a reply or Retry continues it
+    assert parked.reason and "the model is unavailable" in parked.reason
+    assert "on fire" in parked.reason and "kept on the branch" in parked.reason
+    assert git(project, "show", f"{parked.branch}:partial.txt") == "half done"
 
 
 def test_malformed_tool_calls_are_told_to_the_model_not_a_crash(

@@ -153,6 +153,15 @@ def card(
         blocks.append(section(f"*Waiting for budget:* {escape(waiting)}"))
     elif task.reason and state is not State.QUEUED:
         blocks.append(section(f"*Why:* {escape(task.reason)}"))
+    if waits_for_model(task):
+        assert task.model_wait_since is not None
+        since = f"{task.model_wait_since:%H:%M} UTC"
+        blocks.append(
+            section(
+                f":hourglass_flowing_sand: *Waiting for the model* since {since}:"
+                f" {escape(task.model_wait or 'the endpoint is failing')}"
+            )
+        )
     if task.pr_url and task.pr_number is not None:
         blocks.append(section(_pr_line(task)))
     if task.egress_refused:
@@ -179,6 +188,11 @@ def card(
         blocks.append({"type": "actions", "block_id": f"task-{task.id}", "elements": actions})
     text = f"Task {task.id} ({state.value}): {escape(task.prompt)}"
     return cut(text, MAX_FALLBACK), blocks[:MAX_BLOCKS]
+
+
+def waits_for_model(task: Task) -> bool:
+    """A task at work whose model call waits out an outage of the model endpoint."""
+    return task.model_wait_since is not None and State(task.state) in WORKING
 
 
 def _pr_line(task: Task) -> str:
@@ -233,7 +247,11 @@ def task_list(tasks: Sequence[Task], heading: str) -> list[Block]:
         return [section(f"{heading}: none")]
     blocks = [section(f"*{heading}*")]
     for task in tasks[: MAX_BLOCKS - 2]:
-        line = f"*{task.id}* `{State(task.state).value}` `{task.repo}` {escape(task.prompt[:120])}"
+        waits = " :hourglass_flowing_sand: waiting for the model" if waits_for_model(task) else ""
+        line = (
+            f"*{task.id}* `{State(task.state).value}`{waits} `{task.repo}`"
+            f" {escape(task.prompt[:120])}"
+        )
         blocks.append(section(line))
     if len(tasks) > MAX_BLOCKS - 2:
         blocks.append(context(f"… and {len(tasks) - (MAX_BLOCKS - 2)} more"))

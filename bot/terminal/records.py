@@ -55,6 +55,11 @@ def task(t: Task) -> dict[str, Any]:
         "approved_by": t.approved_by,
         "summary": clean(t.summary) if t.summary else None,
         "error": clean(t.error) if t.error else None,
+        "model_wait": (
+            {"since": when(t.model_wait_since), "what": clean(t.model_wait or "")}
+            if t.model_wait_since is not None
+            else None
+        ),
     }
 
 

@@ -74,6 +74,8 @@ def task_table(
         state = state_text(State(task.state))
         if waits_for_budget(task):
             state.append(" (budget)", style="yellow")
+        if waits_for_model(task):
+            state.append(" (waiting for the model)", style="yellow")
         if task.plan_id is not None:
             state.append(f" (plan {task.plan_id})", style="dim")
         table.add_row(
@@ -92,6 +94,19 @@ def task_table(
 
 def waits_for_budget(task: Task) -> bool:
     return task.state is State.QUEUED and (task.reason or "").startswith(WAITING)
+
+
+def waits_for_model(task: Task) -> bool:
+    return task.model_wait_since is not None and State(task.state) in WORKING
+
+
+def _model_wait(task: Task, now: datetime | None) -> str:
+    if not waits_for_model(task):
+        return ""
+    since = task.model_wait_since
+    assert since is not None
+    what = task.model_wait or "the endpoint fails"
+    return f"since {since:%H:%M} UTC ({ago(since, now)}): {what}"
 
 
 def cost_cell(task: Task) -> str:
@@ -135,6 +150,7 @@ def task_detail(
         ("task", f"{task.id}"),
         ("state", state_text(State(task.state))),
         ("why", task.reason or ""),
+        ("waiting for the model", _model_wait(task, now)),
         ("repo", task.repo),
         ("branch", task.branch or ""),
         ("priority", Priority(task.priority).name.lower()),
@@ -294,6 +310,10 @@ def event_line(event: TaskEvent, full: bool = False) -> Text:
         body = f"nudge from {p.get('by')}: {one_line(str(p.get('text', '')), cut)}"
     elif event.kind == "cancel_requested":
         body = f"cancel requested by {p.get('by')}"
+    elif event.kind == "model_waiting":
+        body = f"waiting for the model: {p.get('failure')}; until {p.get('until')}"
+    elif event.kind == "model_back":
+        body = f"the model answers again after {p.get('waited_s')} s"
     elif event.kind in ("waiting", "waiting_over"):
         body = str(p.get("reason") or "no longer waiting for budget")
     elif event.kind == "turn":

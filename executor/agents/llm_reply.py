@@ -19,6 +19,11 @@ class BadReply(Exception):
     a stream cut short, a body that is not a completion)."""
 
 
+class ErrorReply(BadReply):
+    """The server said it failed (an error chunk or event, a 200 whose body is an error) or
+    the stream was cut: the endpoint is in trouble, as with a 5xx."""
+
+
 @dataclass(frozen=True)
 class ToolCall:
     """One function call the model asked for.
@@ -55,6 +60,9 @@ class Reply:
     tool_calls: list[ToolCall] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     finish_reason: str | None = None
+    # How long the call waited for a failing endpoint before this reply (an outage's pause:
+    # the agent's wall-time limit does not count it).
+    waited_s: float = 0.0
 
     def as_message(self) -> dict[str, Any]:
         """The assistant message to append to the conversation for the next turn."""
@@ -107,7 +115,7 @@ def parse_stream(lines: Iterable[str]) -> Reply:
             done = True
             break
         if event == "error":
-            raise BadReply(f"error event mid-stream: {error_text(data)}")
+            raise ErrorReply(f"error event mid-stream: {error_text(data)}")
         try:
             chunk = json.loads(data)
         except ValueError:
@@ -126,7 +134,7 @@ def parse_stream(lines: Iterable[str]) -> Reply:
         finish_reason = choice.get("finish_reason") or finish_reason
     # Without [DONE] or a finish reason the connection was cut: the reply may be partial.
     if not done and finish_reason is None:
-        raise BadReply("stream ended before the reply was complete")
+        raise ErrorReply("stream ended before the reply was complete")
     return Reply(
         content="".join(content) or None,
         tool_calls=[
@@ -220,7 +228,7 @@ def _raise_on_error(body: Any) -> None:
     if not isinstance(body, dict):
         raise BadReply(f"reply is not a JSON object: {excerpt(json.dumps(body))}")
     if body.get("error"):
-        raise BadReply(f"error in reply: {error_text(body['error'])}")
+        raise ErrorReply(f"error in reply: {error_text(body['error'])}")
 
 
 def error_text(error: Any) -> str:

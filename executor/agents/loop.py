@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from executor.agents.llm import LLMClient
+from executor.agents.llm import LLMClient, WaitListener
 from executor.agents.llm_reply import Reply, ToolCall, Usage
 from executor.agents.tools import SCHEMAS, AskHuman, Environment, Finish, run_tool, truncate
 from executor.config.defaults import EVENT_OUTPUT_CHARS, LOOP_REPEATS
@@ -71,9 +71,12 @@ class Agent:
     on_turn: Callable[[Turn], None] = lambda turn: None
     cost: Callable[[Usage], float | None] = lambda usage: None
     over_budget: Callable[[], str | None] = lambda: None  # a daily budget reached, and how
+    # Hears about waits for a failing model endpoint (the task's card) and may stop them.
+    waiting: WaitListener | None = None
     usage: Usage = field(default_factory=Usage)
     turns: int = 0
     started: float = field(default_factory=time.monotonic)
+    paused_s: float = 0.0  # waited out model outages: not the agent's time
     _last_call: str | None = None
     _repeats: int = 0
     _warned: bool = False
@@ -91,7 +94,8 @@ class Agent:
     def _turn(self) -> None:
         for text in self.between_turns():
             self.messages.append({"role": "user", "content": text})
-        reply = self.llm.complete(self.messages, SCHEMAS, "auto")
+        reply = self.llm.complete(self.messages, SCHEMAS, "auto", waiting=self.waiting)
+        self.paused_s += reply.waited_s
         self.turns += 1
         self.usage += reply.usage
         self.messages.append(reply.as_message())
@@ -159,6 +163,6 @@ class Agent:
         budget = self.over_budget()
         if budget is not None:
             raise NeedsHuman(budget)
-        elapsed = time.monotonic() - self.started
+        elapsed = time.monotonic() - self.started - self.paused_s
         if elapsed >= limits.max_wall_minutes * 60:
             raise NeedsHuman(f"time limit reached ({limits.max_wall_minutes:g} minutes)")

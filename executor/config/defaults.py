@@ -52,3 +52,24 @@ PLANNER_MAX_BAD_ANSWERS = 3
 # A plan whose planner has not answered in this long is planned again by another worker (its
 # executor died): planning writes nothing but its answer, so a second run is harmless.
 PLANNER_STALE_S = 15 * 60
+
+# --- the model endpoint (executor/agents/llm.py); nightcrew.yaml and the environment may
+# set the first three (model_outage_minutes, model_idle_timeout_s, model_timeout_s).
+
+# How long a task waits for a model endpoint that keeps failing (5xx, 429, timeouts, refused
+# connections) before it parks for a person: providers' outages last minutes, and twenty
+# tasks in flight should not all die in one.
+MODEL_OUTAGE_WINDOW_S = 30 * 60.0
+# A streamed reply that sends no byte for this long is hung (a live stream sends tokens or
+# keep-alive comments every few seconds).
+MODEL_IDLE_TIMEOUT_S = 60.0
+# A reply that is not streamed arrives only when generation ends; slow local models need
+# minutes, so only this long in all counts as hung.
+MODEL_REQUEST_TIMEOUT_S = 180.0
+# A wait shorter than this (one failure, retried at once) is not news: no event, no card edit.
+MODEL_WAIT_NOTICE_S = 2.0
+# How often a call waiting for the model looks for a cancel or a shutdown.
+MODEL_WAIT_TICK_S = 1.0
+# Replies that are not usable completions (garbage, the wrong shape) from an endpoint that is
+# up: retried this many times, then the task parks. Not an outage: it says nothing of others.
+MODEL_BAD_REPLY_ATTEMPTS = 5

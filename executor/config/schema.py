@@ -25,6 +25,11 @@ from pydantic import (
 from pydantic import model_validator as _model_validator
 
 from executor.config import crontime
+from executor.config.defaults import (
+    MODEL_IDLE_TIMEOUT_S,
+    MODEL_OUTAGE_WINDOW_S,
+    MODEL_REQUEST_TIMEOUT_S,
+)
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +282,20 @@ class Config(_Strict):
     model: str | None = None
     base_url: str | None = None  # the OpenAI-compatible endpoint (OPENAI_BASE_URL wins)
     stream: bool = False  # stream completions (some gateways answer faster, or only so)
+    # The model endpoint failing (5xx, 429, timeouts, refused connections): tasks wait this
+    # long for it (one probe request at a time), then park for a person with their work kept.
+    # 0: park at the first failure. NIGHTCREW_MODEL_OUTAGE_MINUTES wins.
+    model_outage_minutes: Annotated[float, Field(ge=0), _within(7 * 24 * 60)] = (
+        MODEL_OUTAGE_WINDOW_S / 60
+    )
+    # A hung request: streamed, no byte for this long; not streamed, no complete answer in
+    # this long (NIGHTCREW_MODEL_IDLE_TIMEOUT_S, NIGHTCREW_MODEL_TIMEOUT_S win).
+    model_idle_timeout_s: Annotated[float, _within(3600, 1, "a stream needs a moment")] = (
+        MODEL_IDLE_TIMEOUT_S
+    )
+    model_timeout_s: Annotated[float, _within(86_400, 1, "a model needs time to answer")] = (
+        MODEL_REQUEST_TIMEOUT_S
+    )
     digest: Digest = Digest()
     budgets: Budgets = Budgets()
     prices: dict[str, Price] = {}  # model -> price; adds to and overrides the built-in table

@@ -32,6 +32,16 @@ class Settings(BaseSettings):
     # The Slack HTTP server (HTTP mode's /slack/events, and /healthz) of `up` and `bot`.
     host: str = Field("127.0.0.1", validation_alias="NIGHTCREW_HOST")
     port: int = Field(3000, ge=0, le=65535, validation_alias="NIGHTCREW_PORT")
+    # The model endpoint's outage window and timeouts; unset: nightcrew.yaml's (see there).
+    model_outage_minutes: float | None = Field(
+        None, ge=0, le=7 * 24 * 60, validation_alias="NIGHTCREW_MODEL_OUTAGE_MINUTES"
+    )
+    model_idle_timeout_s: float | None = Field(
+        None, ge=1, le=3600, validation_alias="NIGHTCREW_MODEL_IDLE_TIMEOUT_S"
+    )
+    model_timeout_s: float | None = Field(
+        None, ge=1, le=86_400, validation_alias="NIGHTCREW_MODEL_TIMEOUT_S"
+    )
 
     # /healthz and /metrics of `up`, `bot` and `executor`; unset or 0: no admin port.
     admin_port: int | None = Field(None, ge=0, le=65535, validation_alias="NIGHTCREW_ADMIN_PORT")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func
@@ -43,6 +43,10 @@ LLM_SECONDS = Histogram(
     "One model request, retries included.",
     ["outcome"],  # ok | unavailable | rejected
     buckets=LLM_BUCKETS,
+)
+LLM_WAITING = Gauge(
+    "nightcrew_llm_waiting_calls",
+    "Model calls waiting for a failing endpoint (an outage) in this process.",
 )
 TOKENS = Counter("nightcrew_llm_tokens", "Tokens charged to tasks.", ["kind"])  # prompt|completion
 COST = Counter("nightcrew_llm_cost_usd", "Model cost charged to tasks, in US dollars.")

@@ -35,6 +35,7 @@ from executor.git import commit_text, merge, workspace
 from executor.git.workspace import Collected, Workspace
 from executor.monitoring import metrics
 from executor.pipeline import stages
+from executor.pipeline.model_wait import ShowModelWait
 from executor.pipeline.watch import Watch
 from executor.sandbox.container import Sandbox, prepare_workspace
 from executor.sandbox.warm import SANDBOX_ENV, SandboxSpec, WarmPool, discard
@@ -131,7 +132,11 @@ class TaskJob:
                 self.move(State.REVIEWING)
                 diff = workspace.diff_text(ws, collected.head_commit)
                 verdict, usage = stages.review(
-                    self.llm, prompt=self.task.prompt, diff=diff, checks=checks
+                    self.llm,
+                    prompt=self.task.prompt,
+                    diff=diff,
+                    checks=checks,
+                    waiting=self.model_wait,
                 )
                 self.account(usage)
                 self.record("review", verdict.model_dump())
@@ -209,6 +214,11 @@ class TaskJob:
             }
         self.record("proof", proof)
         return proof
+
+    @property
+    def model_wait(self) -> ShowModelWait:
+        """Shows this task's waits for a failing model on its card and in `ls`."""
+        return ShowModelWait(self.engine, self.task_id, self.worker_id, self.watch)
 
     @property
     def canonical(self) -> Path:
@@ -484,6 +494,7 @@ class TaskJob:
             on_turn=on_turn,
             cost=lambda usage: cost_usd(model, usage, self.books.prices),
             over_budget=lambda: self.over_budget,
+            waiting=self.model_wait,
         )
 
     # --- sandbox and hand-back -----------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from executor.agents.llm import LLMClient
+from executor.agents.llm import LLMClient, WaitListener
 from executor.agents.loop import render
 from executor.agents.tools import truncate
 from executor.config.defaults import CHECK_OUTPUT_TAIL_CHARS, REVIEW_DIFF_CHARS
@@ -152,7 +152,12 @@ REVIEW_TOOL = {
 
 
 def review(
-    llm: LLMClient, *, prompt: str, diff: str, checks: list[CheckResult]
+    llm: LLMClient,
+    *,
+    prompt: str,
+    diff: str,
+    checks: list[CheckResult],
+    waiting: WaitListener | None = None,
 ) -> tuple[Verdict, Any]:
     """Ask the model for a verdict on the diff; returns it and the call's usage. A reply that
     is not a usable verdict is sent back once; a second failure is a `needs_discussion`."""
@@ -176,7 +181,7 @@ def review(
     usage = None
     problem = ""
     for _ in range(2):
-        reply = llm.complete(messages, [REVIEW_TOOL], choice)
+        reply = llm.complete(messages, [REVIEW_TOOL], choice, waiting=waiting)
         usage = reply.usage if usage is None else usage + reply.usage
         call = next((c for c in reply.tool_calls if c.name == "submit_review"), None)
         try:

@@ -20,7 +20,7 @@ import docker
 from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
-from executor.agents.llm import LLMClient
+from executor.agents.llm import LLMClient, ModelOutage
 from executor.agents.llm_reply import Usage
 from executor.agents.loop import Cancelled
 from executor.agents.planner import PlanUnusable
@@ -343,6 +343,15 @@ class Worker:
             if merging:  # people cannot cancel a merge; treat it as a stop, not a verdict
                 return Outcome(State.MERGING, str(stop)), {}
             return Outcome(State.CANCELLED, str(stop)), {}
+        except ModelOutage as exc:  # the model stayed away for the whole outage window
+            log.warning("task parked: %s", exc)
+            if merging:
+                return Outcome(State.AWAITING_APPROVAL, f"not merged: {exc}; approve again"), {}
+            return Outcome(
+                State.NEEDS_INPUT,
+                f"the model is unavailable: {exc}. The work so far is kept on the branch;"
+                " reply or retry to continue",
+            ), {}
         except Exception as exc:  # anything at all: the task must not stay claimed forever
             log.exception("task failed")
             if merging:  # parked back for approval: approving again retries the merge
