@@ -17,6 +17,7 @@ from storage.errors import Conflict
 from storage.lifecycle import WORKING, State, check_transition
 from storage.models import Outbox, Plan, Task, utcnow
 from storage.tasks import notify, record, transition
+from storage.wakeup import announce
 
 
 def claim_next(
@@ -276,4 +277,5 @@ def release(
     released = session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
     if released:
         record(session, task_id, "released", {"reason": reason, "by": by or worker_id})
+        announce(session)
     return released
