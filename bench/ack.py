@@ -65,8 +65,9 @@ def bot_process(
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """`nightcrew bot --http` as its own process, as it runs in production: the clients and
     the emulator here do not share its interpreter."""
-    subprocess.run(["git", "init", "-q", str(root / "repo")], check=True)
-    (root / "nightcrew.yaml").write_text(f"repos:\n  api: {{path: {root / 'repo'}}}\n")
+    if not (root / "nightcrew.yaml").exists():  # else the caller's (bench/dispatch.py)
+        subprocess.run(["git", "init", "-q", str(root / "repo")], check=True)
+        (root / "nightcrew.yaml").write_text(f"repos:\n  api: {{path: {root / 'repo'}}}\n")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
