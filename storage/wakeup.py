@@ -104,27 +104,36 @@ def ring_local(folder: Path) -> int:
 
 
 class Bell:
-    """What idle workers wait on: `ring` wakes every waiter at once. A worker notes `rung`
-    before it looks for work and passes it to `wait`, so a ring in between is not lost."""
+    """What idle workers wait on. A worker notes `rung` before it looks for work and passes
+    it to `wait`, so a ring in between is not lost. One ring (one queued piece of work) wakes
+    one waiter: the others would only race it to the same claim; `ring(everyone=True)` wakes
+    them all (stopping)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self.rung = 0
         self.waiters = 0  # workers waiting now
 
-    def ring(self) -> None:
+    def ring(self, *, everyone: bool = False) -> None:
         with self._cond:
             self.rung += 1
-            self._cond.notify_all()
+            if everyone:
+                self._cond.notify_all()
+            else:
+                self._cond.notify()
 
     def wait(self, seen: int, timeout: float) -> bool:
-        """Wait until rung after `seen` or `timeout` passed; True if rung."""
+        """Wait until woken by a ring after `seen` (at once if one came already) or until
+        `timeout`; True if rung."""
         with self._cond:
+            if self.rung != seen:
+                return True
             self.waiters += 1
             try:
-                return self._cond.wait_for(lambda: self.rung != seen, timeout)
+                self._cond.wait(timeout)
             finally:
                 self.waiters -= 1
+            return self.rung != seen
 
 
 @contextmanager
@@ -148,7 +157,7 @@ def listen(engine: Engine, stop: threading.Event) -> Iterator[Bell]:
     finally:
         done.set()
         thread.join(timeout=5)
-        bell.ring()
+        bell.ring(everyone=True)
 
 
 def _open_fifo(folder: Path) -> tuple[int, Path]:
@@ -182,7 +191,7 @@ def _listen_fifo(
         with contextlib.suppress(OSError):
             path.unlink()
         os.close(fd)
-        bell.ring()  # stopping: waiting workers look at their stop event now
+        bell.ring(everyone=True)  # stopping: waiting workers look at their stop event now
 
 
 def _listen_postgres(
@@ -195,11 +204,11 @@ def _listen_postgres(
         try:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(f"LISTEN {CHANNEL}")
-                bell.ring()  # anything queued while we were not listening: look now
+                bell.ring(everyone=True)  # queued while we were not listening: look now
                 while not done.is_set() and not stop.is_set():
                     for _ in conn.notifies(timeout=_LISTEN_TICK_S):
                         bell.ring()
         except psycopg.Error:
             log.warning("listening for queued work failed; polling until it is back", exc_info=True)
             done.wait(_RECONNECT_S)
-    bell.ring()  # stopping: waiting workers look at their stop event now
+    bell.ring(everyone=True)  # stopping: waiting workers look at their stop event now

@@ -105,6 +105,9 @@ class Worker:
                     break
                 self.idle(rung)
                 continue
+            if self.bell is not None and self.bell.waiters:
+                self.bell.ring()  # one wake can stand for several tasks: pass it on
+
             self.perform(task)
             done += 1
         return done
