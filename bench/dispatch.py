@@ -1,6 +1,6 @@
 """Dispatch latency: from claim, and as a person feels it, to the agent's first model request.
 
-    uv run python bench/dispatch.py [--tasks 20] [--e2e 10] [--database-url URL]
+    uv run python bench/dispatch.py [--tasks 20] [--e2e 10] [--postgres]
 
 Needs a Docker engine and the sandbox image (sandbox/build-image.sh). Each task's agent
 finishes at once. Two measurements:
@@ -11,7 +11,7 @@ finishes at once. Two measurements:
    `nightcrew add` (the CLI process) and from sending a signed `/agent add` to a
    `nightcrew bot --http` process, to the agent's first model request; one task at a time,
    the executor idle again before the next. Goal: median under 0.3 s. SQLite by default;
-   `--database-url` (a fresh PostgreSQL database) for LISTEN/NOTIFY."""
+   `--postgres`: a fresh database on NIGHTCREW_TEST_PG_URL's server (LISTEN/NOTIFY)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ack import bot_process, signed
 from bench.repo import make_repo
+from bench.scale_out import drop_database, fresh_database
 from executor.agents.llm import LLMClient
 from executor.config.schema import Config, RepoConfig
 from executor.runner.fleet import connect_docker, new_executor_id
@@ -203,7 +204,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=20)
     parser.add_argument("--e2e", type=int, default=10, help="tasks per end-to-end measurement")
-    parser.add_argument("--database-url", help="end to end on this (fresh) database")
+    parser.add_argument("--postgres", action="store_true", help="end to end on PostgreSQL")
     args = parser.parse_args()
     ensure_image(connect_docker())
     if args.tasks:
@@ -213,11 +214,17 @@ def main() -> None:
             "(goal: median < 500 ms)"
         )
     if args.e2e:
-        where = "PostgreSQL" if args.database_url else "SQLite"
-        for source, latencies in measure_end_to_end(args.e2e, args.database_url).items():
+        name, url = fresh_database() if args.postgres else (None, None)
+        try:
+            measured = measure_end_to_end(args.e2e, url)
+        finally:
+            if name:
+                drop_database(name)
+        for source, latencies in measured.items():
             print(
-                f"{source} -> first LLM request, idle executor, {where} "
-                f"({len(latencies)} tasks): {summary(latencies)} (goal: median < 300 ms)"
+                f"{source} -> first LLM request, idle executor, "
+                f"{'PostgreSQL' if url else 'SQLite'} ({len(latencies)} tasks): "
+                f"{summary(latencies)} (goal: median < 300 ms)"
             )
 
 
