@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from sqlmodel import col, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -133,12 +134,11 @@ def end_to_end(
             time.sleep(0.002)
         latencies.append(llm.received_at[seen] - began)
         while True:  # parked: the worker is idle again
+            parked = [State.AWAITING_APPROVAL, State.FAILED]
             with transaction(engine) as s:
-                open_tasks = s.query(Task).filter(
-                    Task.state.notin_([State.AWAITING_APPROVAL, State.FAILED])  # type: ignore[attr-defined]
-                )
-                if open_tasks.count() == 0:
-                    break
+                busy = s.exec(select(Task.id).where(col(Task.state).not_in(parked))).first()
+            if busy is None:
+                break
             time.sleep(0.05)
         time.sleep(0.5)  # its next, empty, claim is done: the worker waits on its bell
     engine.dispose()
