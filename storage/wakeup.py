@@ -76,7 +76,8 @@ def wake_folder(database: str | None) -> Path | None:
 
 def ring_local(folder: Path) -> int:
     """One byte into every FIFO in `folder` (never blocking); how many executors were rung.
-    A FIFO with no reader is a crashed executor's: removed."""
+    A FIFO with no reader is a crashed executor's: removed. Anything else there (a link, a
+    plain file) is left alone and gets nothing."""
     try:
         names = os.listdir(folder)
     except OSError:
@@ -84,14 +85,18 @@ def ring_local(folder: Path) -> int:
     rung = 0
     for name in names:
         path = folder / name
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        if not name.endswith(".fifo"):
+            continue
+        try:  # never through a link, and only into a FIFO: no byte lands in anything else
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except OSError as exc:
             if exc.errno == errno.ENXIO:  # nobody reads it any more
                 with contextlib.suppress(OSError):
                     path.unlink()
             continue
         try:
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                continue
             os.write(fd, b"\0")
             rung += 1
         except BlockingIOError:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import Engine, insert
 
 from executor.runner.worker import Worker
 from storage import wakeup
+from storage.db import make_engine
 from storage.lifecycle import State
 from storage.models import Task, utcnow
 from tests.llm_server import ScriptedLLM, reply, tool_call
@@ -81,3 +83,21 @@ def test_a_missed_wake_is_made_up_by_the_poll(engine: Engine, make_worker: RunWo
                 message="the poll to find the task",
             )
             assert bell.rung == rung  # found by polling: nothing rang
+
+
+def test_the_wake_folder_writes_into_fifos_only(tmp_path: Path) -> None:
+    """Whoever plants a link or a file among the FIFOs gets no byte written through it."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'nightcrew.db'}")
+    folder = wakeup.wake_folder(engine.url.database)
+    assert folder is not None
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    stop = threading.Event()
+    with wakeup.listen(engine, stop) as bell:
+        (folder / "planted.fifo").symlink_to(victim)
+        (folder / "plain.fifo").write_text("")
+        rung = bell.rung
+        add_task(engine)
+        wait_for(lambda: bell.rung > rung, timeout=10, message="the executor's own FIFO rung")
+    assert victim.read_text() == "keep me" and (folder / "plain.fifo").read_text() == ""
+    engine.dispose()

@@ -98,7 +98,7 @@ class Worker:
                 task = self.claim()
             except Exception:  # the database is away: wait and try again, don't die
                 log.exception("%s: claiming failed; retrying", self.worker_id)
-                self.stop.wait(self.idle_poll_s)
+                self.stop.wait(IDLE_POLL_S)
                 continue
             if task is None:
                 if drain:
@@ -107,7 +107,6 @@ class Worker:
                 continue
             if self.bell is not None and self.bell.waiters:
                 self.bell.ring()  # one wake can stand for several tasks: pass it on
-
             self.perform(task)
             done += 1
         return done
