@@ -156,7 +156,12 @@ def report(url: str, count: int) -> None:
         f"claim latency (queued -> claimed): p50 {statistics.median(latencies) * 1000:.0f} ms, "
         f"p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms (goal: p99 <= 200 ms)"
     )
-    print(f"throughput: {len(parked_at) / span:.1f} tasks/s (first queued to last done)")
+    created = [t.created_at.timestamp() for t in tasks.values()]
+    arrival = (len(created) - 1) / (max(created) - first) if len(created) > 1 else float("nan")
+    print(
+        f"throughput: {len(parked_at) / span:.1f} tasks/s (first queued to last done); "
+        f"queued at {arrival:.1f} tasks/s (a busy machine slows the queuing process too)"
+    )
     print(f"double claims: {double} (must be 0); lost tasks: {lost} (must be 0)")
 
 
