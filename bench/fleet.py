@@ -78,9 +78,11 @@ def main() -> None:
                 log=lambda _: None,
             )
             makespan = time.monotonic() - started
+            ended = time.time()
         with transaction(engine) as s:
             parked = list_tasks(s, states=[State.AWAITING_APPROVAL])
             phases = _phases(s, [t.id for t in parked if t.id is not None])
+            first_claim, last_parked = _span(s, [t.id for t in parked if t.id is not None])
     ideal = args.tasks * args.turns * args.delay / args.concurrency
     print(f"tasks: {done} run, {len(parked)} awaiting approval")
     print(
@@ -89,6 +91,25 @@ def main() -> None:
         f"ratio {makespan / ideal:.2f} (goal: 1.15 or less)"
     )
     print("median per task: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
+    start_up = first_claim - (ended - makespan)
+    print(
+        f"of the makespan: start-up to the first claim {start_up:.1f} s (sweep, images, spares), "
+        f"first claim to last parked {last_parked - first_claim:.1f} s "
+        f"(ratio {(last_parked - first_claim) / ideal:.2f}), "
+        f"last parked to the executor's return {ended - last_parked:.1f} s (spares removed)"
+    )
+
+
+def _span(session: Any, ids: list[int]) -> tuple[float, float]:
+    """(first claim, last parked), as epoch seconds from the tasks' events."""
+    claims, parks = [], []
+    for task_id in ids:
+        for e in events(session, task_id):
+            if e.kind == "state" and e.payload["to"] == "preparing":
+                claims.append(e.created_at.timestamp())
+            if e.kind == "state" and e.payload["to"] == "awaiting_approval":
+                parks.append(e.created_at.timestamp())
+    return min(claims), max(parks)
 
 
 def _phases(session: Any, ids: list[int]) -> dict[str, float]:

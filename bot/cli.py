@@ -504,6 +504,7 @@ def _run_executor(concurrency: int, *, drain: bool) -> None:
             concurrency=concurrency,
             drain=drain,
             heartbeat_timeout_s=env.heartbeat_timeout_s,
+            idle_poll_s=env.idle_poll_s,
             log=out.print,
             reload_config=ConfigWatch(env.config_path, cfg),
         )

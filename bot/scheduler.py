@@ -5,7 +5,7 @@ APScheduler only decides *when* to look; *what* to send is decided from the data
 (`digest.send_due`, `schedules.fire_due`), so a job that runs late, twice, or in two
 processes at once sends nothing twice. Schedules are polled (they are added at run time, by
 any process): a firing is at most `POLL_S` late; the poll also retries a digest whose run
-failed."""
+failed. Old Slack delivery keys are forgotten here too (`PRUNE_S`), off every ack's path."""
 
 from __future__ import annotations
 
@@ -21,11 +21,14 @@ from bot import schedules
 from bot.slack import digest_send as digest
 from executor.config import crontime
 from executor.config.schema import Config
+from storage import deliveries
+from storage.db import transaction, writer_turn
 from storage.models import utcnow
 
 log = logging.getLogger(__name__)
 
 POLL_S = 20.0  # scheduled tasks: crons have minute resolution; a third of one is close enough
+PRUNE_S = 3600.0  # Slack delivery keys are kept a day (storage.deliveries.KEEP): hourly is plenty
 
 
 @dataclass
@@ -61,9 +64,15 @@ class Scheduler:
             log.info("schedule %s fired: task %s", one.schedule_id, one.task_id)
         return fired
 
+    def prune_deliveries(self) -> int:
+        """Forget Slack delivery keys older than a day, in the writers' turn (SQLite: acks
+        queue behind it without sleeping)."""
+        with writer_turn(self.engine), transaction(self.engine) as session:
+            return deliveries.prune(session, self.clock())
+
     def start(self) -> None:
         """Start the background thread: a catch-up tick now, the digest at its cron times,
-        scheduled tasks every `poll_s` seconds."""
+        scheduled tasks every `poll_s` seconds, old delivery keys pruned hourly."""
         cfg = self.config().digest
         aps = BackgroundScheduler(timezone=cfg.timezone)
         common = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
@@ -82,6 +91,14 @@ class Scheduler:
             "interval",
             seconds=self.poll_s,
             id="poll",
+            next_run_time=datetime.now(UTC),
+            **common,
+        )
+        aps.add_job(
+            self._safely(self.prune_deliveries),
+            "interval",
+            seconds=PRUNE_S,
+            id="prune",
             next_run_time=datetime.now(UTC),
             **common,
         )

@@ -11,8 +11,9 @@ share paths), so a crash between any two steps cannot start a task early or twic
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from functools import cache
 
-from sqlalchemy import ColumnElement, and_, delete, exists, insert, select
+from sqlalchemy import ColumnElement, Select, and_, delete, exists, insert, select
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
@@ -35,6 +36,10 @@ class BadDependency(StorageError):
     """`--after` named something a task cannot wait for; nothing was written."""
 
 
+# The claim's conditions are built once (`cache`): every idle worker asks for them on every
+# look at the queue, and composing them (an aliased correlated subquery) cost more CPU than
+# the database spent running them.
+@cache
 def unmerged_prerequisite() -> ColumnElement[bool]:
     """True for a task (the `task` table in the enclosing query) with a prerequisite that is
     not merged yet: the claim's and settle's one definition of "must still wait"."""
@@ -46,6 +51,7 @@ def unmerged_prerequisite() -> ColumnElement[bool]:
     )
 
 
+@cache
 def _dead_prerequisite() -> ColumnElement[bool]:
     return exists(
         select(1)
@@ -161,27 +167,35 @@ def settle(session: Session) -> int:
       needs_input, saying which, and what the person can do;
     - queued (re-queued by a retry or a reply) with a prerequisite not merged -> waiting."""
     moved = 0
-    ready = select(Task.id).where(
-        col(Task.state) == State.WAITING, ~unmerged_prerequisite(), ~_dead_prerequisite()
-    )
+    ready, stuck, requeued = _settle_queries()
     for tid in list(session.execute(ready).scalars()):
         moved += _move(session, tid, State.QUEUED, "its prerequisites are merged", State.WAITING)
-    stuck = select(Task.id, Task.state).where(
-        _dead_prerequisite(),
-        (col(Task.state) == State.WAITING)
-        | and_(col(Task.state) == State.MERGING, col(Task.worker_id).is_(None)),
-    )
     for tid, state in list(session.execute(stuck).all()):
         dead = [p for p in prerequisites(session, tid) if State(p.state) in DEAD]
         why = "; ".join(f"prerequisite #{p.id} {p.state}" for p in dead)
         reason = f"{why}: {RUN_ANYWAY_HINT} on the current base, or cancel it"
         moved += _move(session, tid, State.NEEDS_INPUT, reason, State(state))
-    requeued = select(Task.id).where(col(Task.state) == State.QUEUED, unmerged_prerequisite())
     for tid in list(session.execute(requeued).scalars()):
         pending = [p.id for p in prerequisites(session, tid) if p.state is not State.MERGED]
         reason = f"waits for {ids_text([p for p in pending if p is not None])} to merge"
         moved += _move(session, tid, State.WAITING, reason, State.QUEUED)
     return moved
+
+
+@cache
+def _settle_queries() -> tuple[Select[tuple[int]], Select[tuple[int, State]], Select[tuple[int]]]:
+    """settle's three looks: waiting and ready; parked behind a dead prerequisite; queued
+    but behind an unmerged one."""
+    ready = select(col(Task.id)).where(
+        col(Task.state) == State.WAITING, ~unmerged_prerequisite(), ~_dead_prerequisite()
+    )
+    stuck = select(col(Task.id), col(Task.state)).where(
+        _dead_prerequisite(),
+        (col(Task.state) == State.WAITING)
+        | and_(col(Task.state) == State.MERGING, col(Task.worker_id).is_(None)),
+    )
+    requeued = select(col(Task.id)).where(col(Task.state) == State.QUEUED, unmerged_prerequisite())
+    return ready, stuck, requeued
 
 
 def _move(session: Session, task_id: int, to: State, reason: str, src: State) -> int:
@@ -194,6 +208,7 @@ def _move(session: Session, task_id: int, to: State, reason: str, src: State) ->
     return 1
 
 
+@cache
 def exclusive_running() -> ColumnElement[bool]:
     """True for a task (the `task` table in the enclosing query) that shares paths with a
     task of its plan that holds a worker now: it must not start beside it."""

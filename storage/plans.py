@@ -16,6 +16,7 @@ from storage.lifecycle import State
 from storage.models import Outbox, Plan, Task, TaskDependency, TaskExclusion, utcnow
 from storage.plan_draft import PlanDraft, paths_overlap
 from storage.tasks import create_task, record, transition
+from storage.wakeup import announce
 
 # --- plans -------------------------------------------------------------------------------
 
@@ -183,6 +184,7 @@ def request_plan(
     session.add(plan)
     session.flush()
     refresh_card(session, plan)
+    announce(session)  # an executor plans it
     return plan
 
 
@@ -277,4 +279,5 @@ def replan(session: Session, plan_id: int, feedback: str) -> Plan:
         raise Conflict(f"plan {plan_id} is {plan.status}; only a proposed plan can be re-planned")
     plan = get_plan(session, plan_id)
     refresh_card(session, plan)
+    announce(session)  # an executor plans it again
     return plan

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, false, func, null, or_, update
+from sqlalchemy import ColumnElement, String, and_, bindparam, case, false, func, null, or_, update
 from sqlmodel import Session, col, select
 
 from storage.defaults import HEARTBEAT_TIMEOUT_S, MAX_ATTEMPTS
@@ -17,6 +18,7 @@ from storage.errors import Conflict
 from storage.lifecycle import WORKING, State, check_transition
 from storage.models import Outbox, Plan, Task, utcnow
 from storage.tasks import notify, record, transition
+from storage.wakeup import announce
 
 
 def claim_next(
@@ -39,7 +41,34 @@ def claim_next(
     PostgreSQL `FOR UPDATE SKIP LOCKED` lets claimers pass each other's locked rows, and a
     plan's claims take turns on the plan's row (`_plan_turn`)."""
     check_transition(State.QUEUED, State.PREPARING)
-    now = utcnow()
+    stmt = _claim_statement(tuple(exclude_repos), tuple(hold_repos))
+    params = {"worker": worker_id, "now": utcnow()}
+    if session.get_bind().dialect.name == "postgresql":
+        task = _claim_in_turn(session, stmt, params)
+    else:
+        options = {"populate_existing": True}
+        task = session.execute(stmt, params, execution_options=options).scalar()
+    if task is None:
+        return None
+    assert task.id is not None
+    if task.state is State.MERGING:
+        record(session, task.id, "merge_claimed", {"by": worker_id, "attempt": task.attempts})
+        return task
+    payload = {"from": "queued", "to": "preparing", "by": worker_id, "attempt": task.attempts}
+    record(session, task.id, "state", payload)
+    notify(session, task, "state", payload)
+    if task.plan_id is not None and task.channel:  # the plan's card shows it started
+        session.add(Outbox(kind="plan", payload={"plan_id": task.plan_id}))
+    return task
+
+
+@lru_cache(maxsize=64)
+def _claim_statement(exclude_repos: tuple[str, ...], hold_repos: tuple[str, ...]) -> Any:
+    """The claim's one statement, built once per (capped, held) repos: every idle worker
+    runs it on every look at the queue, and composing it cost more CPU than running it.
+    Parameters: `worker`, `now`."""
+    worker = bindparam("worker", type_=String())
+    now = bindparam("now", type_=Task.__table__.c.updated_at.type)  # type: ignore[attr-defined]
     waiting_merge = and_(
         col(Task.state) == State.MERGING, col(Task.worker_id).is_(None), ~unmerged_prerequisite()
     )
@@ -63,8 +92,8 @@ def claim_next(
         .where(col(Task.id) == pick, claimable)
         .values(
             state=case((col(Task.state) == State.QUEUED, State.PREPARING), else_=col(Task.state)),
-            worker_id=worker_id,
-            executor=worker_id,
+            worker_id=worker,
+            executor=worker,
             heartbeat_at=now,
             attempts=col(Task.attempts) + 1,
             started_at=func.coalesce(col(Task.started_at), now),
@@ -73,30 +102,18 @@ def claim_next(
         )
         .returning(Task)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        task = _claim_in_turn(session, stmt)
-    else:
-        task = session.execute(stmt, execution_options={"populate_existing": True}).scalar()
-    if task is None:
-        return None
-    assert task.id is not None
-    if task.state is State.MERGING:
-        record(session, task.id, "merge_claimed", {"by": worker_id, "attempt": task.attempts})
-        return task
-    payload = {"from": "queued", "to": "preparing", "by": worker_id, "attempt": task.attempts}
-    record(session, task.id, "state", payload)
-    notify(session, task, "state", payload)
-    if task.plan_id is not None and task.channel:  # the plan's card shows it started
-        session.add(Outbox(kind="plan", payload={"plan_id": task.plan_id}))
-    return task
+    return stmt
 
 
-def _claim_in_turn(session: Session, stmt: Any, tries: int = 3) -> Task | None:
+def _claim_in_turn(
+    session: Session, stmt: Any, params: dict[str, Any], tries: int = 3
+) -> Task | None:
     """PostgreSQL: the claim in a savepoint, undone if a task of its plan that shares its
     paths started meanwhile (`_plan_turn`); then the next pick no longer offers that one."""
     for _ in range(tries):
         turn = session.begin_nested()
-        task = session.execute(stmt, execution_options={"populate_existing": True}).scalar()
+        options = {"populate_existing": True}
+        task = session.execute(stmt, params, execution_options=options).scalar()
         if task is None or _plan_turn(session, task):
             turn.commit()
             return task
@@ -276,4 +293,5 @@ def release(
     released = session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
     if released:
         record(session, task_id, "released", {"reason": reason, "by": by or worker_id})
+        announce(session)
     return released

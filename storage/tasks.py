@@ -14,6 +14,7 @@ from sqlmodel import Session, col, select
 from storage.errors import Conflict, TaskNotFound
 from storage.lifecycle import CLOSED, WORKING, State, check_transition
 from storage.models import Nudge, Outbox, Priority, Task, TaskEvent, utcnow
+from storage.wakeup import announce
 
 
 def slugify(text: str, max_len: int = 40) -> str:
@@ -68,6 +69,7 @@ def create_task(
         conn.execute(
             _INSERT_OUTBOX, {"task_id": task_id, "kind": "card", "payload": {}, "created_at": now}
         )
+    announce(session)  # idle executors claim it when this commits
     # Handed back as a clean persistent object, as a flush would have left it.
     task = Task(id=task_id, branch=branch, **values)
     make_transient_to_detached(task)
@@ -149,6 +151,8 @@ def transition(
     notify(session, updated, "state", payload)
     if updated.plan_id is not None and updated.channel:  # the plan's card shows progress
         session.add(Outbox(kind="plan", payload={"plan_id": updated.plan_id}))
+    if to in (State.QUEUED, State.MERGING):  # a worker's to take (a merge: unclaimed)
+        announce(session)
     return updated
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from executor.config.defaults import IDLE_POLL_S
 from storage.db import sqlite_url
 from storage.defaults import HEARTBEAT_TIMEOUT_S
 
@@ -25,6 +26,8 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(
         HEARTBEAT_TIMEOUT_S, gt=0, validation_alias="NIGHTCREW_HEARTBEAT_TIMEOUT_S"
     )
+    # How often an idle worker looks for work even without a wake-up (storage.wakeup).
+    idle_poll_s: float = Field(IDLE_POLL_S, gt=0, le=3600, validation_alias="NIGHTCREW_IDLE_POLL_S")
 
     # Every server a process opens has a host and a port, here and as options of `up`, `bot`
     # and `executor` (`--host`, `--admin-port`, …; docs/CLI.md). Loopback by default; the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections.abc import Callable
@@ -11,11 +12,13 @@ from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
 from executor.agents.llm import LLMClient
+from executor.config.defaults import IDLE_POLL_S
 from executor.config.schema import Config
 from executor.runner.fleet import connect_docker, new_executor_id, remove_dead_sandboxes
 from executor.runner.worker import Worker
 from executor.sandbox.image import ensure_image
 from executor.sandbox.warm import SandboxSpec, WarmPool
+from storage import wakeup
 from storage.db import transaction
 from storage.defaults import HEARTBEAT_TIMEOUT_S
 from storage.lifecycle import State
@@ -34,9 +37,11 @@ def run_executor(
     heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
     log: Callable[[str], None] = print,
     reload_config: Callable[[], Config] | None = None,
+    idle_poll_s: float = IDLE_POLL_S,
 ) -> int:
     """Run workers until stopped (SIGINT/SIGTERM) or, with `drain`, until the queue is empty.
-    Returns how many tasks were performed."""
+    Idle workers wake when work is queued (storage.wakeup) and poll every `idle_poll_s`
+    anyway. Returns how many tasks were performed."""
     stop = stop or threading.Event()
     client = connect_docker()
     executor_id = new_executor_id(engine)
@@ -51,6 +56,7 @@ def run_executor(
     # One HTTP client for all workers (httpx clients are thread-safe): eight would cost
     # start-up time on TLS contexts alone.
     llm = make_llm()
+    stack = contextlib.ExitStack()  # the wake-up listener, once started
     # A spare per worker: workers that finish together find their next sandboxes started.
     sandboxes = WarmPool(
         client,
@@ -60,6 +66,7 @@ def run_executor(
         demand=lambda: _waiting(engine),
     )
     try:
+        bell = stack.enter_context(wakeup.listen(engine, stop))
         sandboxes.fill({SandboxSpec.of(repo, llm.base_url) for repo in config.repos.values()})
         workers = [
             Worker(
@@ -74,6 +81,8 @@ def run_executor(
                 heartbeat_timeout_s=heartbeat_timeout_s,
                 sandboxes=sandboxes,
                 reload=reload_config,
+                bell=bell,
+                idle_poll_s=idle_poll_s,
             )
             for n in range(concurrency)
         ]
@@ -89,6 +98,7 @@ def run_executor(
         for thread in threads:
             thread.join()
     finally:
+        stack.close()  # no longer listening
         sandboxes.close()  # spares not taken, and used ones still being removed
         llm.close()
     return sum(counts)

@@ -50,6 +50,7 @@ from storage.plan_draft import PlanDraft
 from storage.plans import claim_planning, draft_of, finish_planning, planning_due
 from storage.queue import claim_next, reap_stale, release, show_waiting
 from storage.tasks import events, transition
+from storage.wakeup import Bell
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,10 @@ class Worker:
     clock: Callable[[], datetime] = utcnow  # budgets' "today"; injected in tests
     sandboxes: WarmPool | None = None  # shared by the executor's workers; none: no spares
     reload: Callable[[], Config] | None = None  # the config as the file says now (ConfigWatch)
+    # Rung when work is queued (storage.wakeup): an idle worker waits on it, polling every
+    # `idle_poll_s` anyway; none: it only polls.
+    bell: Bell | None = None
+    idle_poll_s: float = IDLE_POLL_S
     _next_maintenance: float = 0.0
     # One client per forge repo, kept so its conditional GETs (ETags) are reused.
     forges: forge_sync.Forges = field(default_factory=lambda: forge_sync.Forges())
@@ -88,6 +93,7 @@ class Worker:
         done = 0
         while not self.stop.is_set():
             self.maintain()
+            rung = self.bell.rung if self.bell else 0  # a ring from now on is not missed
             try:
                 if self.plan_once():
                     continue
@@ -99,11 +105,21 @@ class Worker:
             if task is None:
                 if drain:
                     break
-                self.stop.wait(IDLE_POLL_S)
+                self.idle(rung)
                 continue
+            if self.bell is not None and self.bell.waiters:
+                self.bell.ring()  # one wake can stand for several tasks: pass it on
             self.perform(task)
             done += 1
         return done
+
+    def idle(self, rung: int) -> None:
+        """Wait for work: until the bell rings (work was queued since `rung`), the poll
+        interval passes, or the executor stops (it rings the bell too)."""
+        if self.bell is None:
+            self.stop.wait(self.idle_poll_s)
+        elif not self.stop.is_set():
+            self.bell.wait(rung, self.idle_poll_s)
 
     def plan_once(self) -> bool:
         """Plan one requested plan (from Slack), if any: the planner's sandbox and model run
