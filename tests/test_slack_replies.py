@@ -41,8 +41,10 @@ def app(engine: Engine, env: SlackEnv, tmp_path: Path) -> App:
 
 
 def nudge_texts(engine: Engine) -> list[str]:
+    """The notes as the agent would read them: those still waiting for their files left out."""
     with transaction(engine) as session:
-        return [n.text for n in session.exec(select(Nudge).order_by(Nudge.id)).all()]
+        found = session.exec(select(Nudge).where(Nudge.files_pending == False).order_by(Nudge.id))  # noqa: E712
+        return [n.text for n in found.all()]
 
 
 def start_task(slack: SlackEmulator, engine: Engine, url: str) -> str:
