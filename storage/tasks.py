@@ -221,11 +221,7 @@ def nudges(session: Session, task_id: int, *, pending_only: bool = False) -> Seq
 
 
 def take_nudges(
-    session: Session,
-    task_id: int,
-    *,
-    files_wait_s: float = NUDGE_FILES_WAIT_S,
-    now: datetime | None = None,
+    session: Session, task_id: int, *, files_wait_s: float = NUDGE_FILES_WAIT_S
 ) -> list[Nudge]:
     """The task's unconsumed nudges, marked consumed (the agent has now been told), in the
     order they were sent, up to the first one whose files are still being fetched: it and
@@ -235,7 +231,7 @@ def take_nudges(
     racing this either lands first and is what the agent reads, or finds the nudge taken."""
     query = _live(select(Nudge).where(Nudge.task_id == task_id))
     rows = list(session.exec(query.order_by(col(Nudge.id)).with_for_update()).all())
-    now = now or utcnow()
+    now = utcnow()
     taken: list[Nudge] = []
     for nudge in rows:
         if nudge.files_pending:
