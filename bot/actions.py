@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import Session, col
@@ -270,12 +271,19 @@ def nudge(
     source: str = "cli",
     slack_ts: str | None = None,
     attachments: str = "",
+    files: list[dict[str, Any]] | None = None,
 ) -> Outcome:
     """Steer a task. Working or queued: the agent reads it at its next turn. Waiting or
     failed: it starts a revision round (the task is queued again, with the nudge).
     `attachments`: files that came with the note (`bot.slack.replies.files_note`), kept
-    after it; the note itself may then be empty, and only the note counts for its limit."""
-    if attachments.strip():
+    after it; the note itself may then be empty, and only the note counts for its limit.
+    `files`: a Slack reply's files not fetched yet (`storage.nudge_files.refs`): the agent
+    takes the note once their content joins it (`storage.tasks.complete_nudge_files`)."""
+    if files:
+        text = clean(text).strip()
+        if len(text) > MAX_PROMPT_CHARS:
+            clean_text(text, what="nudge")  # raises, saying the limit
+    elif attachments.strip():
         typed = clean(text).strip()
         if len(typed) > MAX_PROMPT_CHARS:
             clean_text(typed, what="nudge")  # raises, saying the limit
@@ -289,7 +297,9 @@ def nudge(
     if state is State.MERGING:
         raise ActionError(f"task {task_id} is merging; too late to steer it")
     _refuse_if_landed(task, "a nudge")
-    add_nudge(session, task_id, text=text, author=actor, source=source, slack_ts=slack_ts)
+    add_nudge(
+        session, task_id, text=text, author=actor, source=source, slack_ts=slack_ts, files=files
+    )
     if state in WAITING or state is State.FAILED:
         task = transition(
             session,

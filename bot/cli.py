@@ -712,7 +712,7 @@ def show(
         with transaction(engine()) as session:
             task = get_task(session, tid)
             log = events(session, tid)
-            taken = nudges(session, tid)
+            taken = [n for n in nudges(session, tid) if n.deleted_at is None]  # not taken back
         proof = next((e.payload for e in reversed(log) if e.kind == "proof"), None)
         runs, times = render.claims(log), render.time_split(log)
         if as_json:

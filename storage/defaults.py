@@ -25,3 +25,8 @@ MAX_PLAN_TASK_PATHS = 20
 
 # Prerequisites one task may name (`--after`).
 MAX_PREREQUISITES = 20
+
+# A reply's files are fetched within seconds of its ack; a nudge still waiting for them after
+# this lost its fetcher (the bot died and is not back): its agent gets the reply without the
+# files, and a note saying so, rather than waiting on Slack for ever.
+NUDGE_FILES_WAIT_S = 120.0

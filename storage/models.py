@@ -204,7 +204,8 @@ class TaskEvent(SQLModel, table=True):
 
 
 class Nudge(SQLModel, table=True):
-    """Steering text for a task; the agent consumes unconsumed nudges at its next turn."""
+    """Steering text for a task; the agent consumes unconsumed nudges at its next turn (but
+    not one whose files are still being fetched, nor one whose reply was deleted)."""
 
     # One nudge per Slack reply, even when two HTTP workers take redeliveries of it at once.
     __table_args__ = (Index("uq_nudge_task_slack_ts", "task_id", "slack_ts", unique=True),)
@@ -217,6 +218,11 @@ class Nudge(SQLModel, table=True):
     slack_ts: str | None = None  # the reply's ts, so the bot can react to it
     created_at: datetime = _ts(nullable=False)
     consumed_at: datetime | None = _ts()
+    # A Slack reply's files as Slack described them (untrusted data: ids, names, sizes, types,
+    # addresses), written with the reply before the ack; their content is fetched after it.
+    files: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    files_pending: bool = False  # not yet fetched: the agent does not take it (storage.tasks)
+    deleted_at: datetime | None = _ts()  # the reply was deleted in Slack before the agent read it
 
 
 class Charge(SQLModel, table=True):

@@ -291,6 +291,20 @@ def queue_reaction(
     session.add(Outbox(task_id=task_id, kind="react", payload=payload))
 
 
+def drop_reactions(session: Session, task_id: int, ts: str) -> None:
+    """Message `ts` was deleted: its reactions not yet added never will be (settled)."""
+    rows = session.execute(
+        select(Outbox).where(
+            col(Outbox.task_id) == task_id,
+            col(Outbox.kind) == "react",
+            col(Outbox.delivered_at).is_(None),
+        )
+    )
+    for row in rows.scalars().all():
+        if row.payload.get("ts") == ts:
+            mark_delivered(session, row.id or 0)
+
+
 def queue_file(session: Session, task_id: int, *, what: str, event_id: int) -> None:
     """Share a file in the task's thread: `what` is "diff" (the whole patch of diff event
     `event_id`) or "interdiff" (what changed since the approval, of proof event `event_id`)."""

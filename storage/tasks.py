@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, bindparam, insert, update
 from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, col, select
 
+from storage import nudge_files
+from storage.defaults import NUDGE_FILES_WAIT_S
 from storage.errors import Conflict, TaskNotFound
 from storage.lifecycle import CLOSED, WORKING, State, check_transition
 from storage.models import Nudge, Outbox, Priority, Task, TaskEvent, utcnow
@@ -189,53 +192,141 @@ def add_nudge(
     author: str,
     source: str = "cli",
     slack_ts: str | None = None,
+    files: list[dict[str, Any]] | None = None,
 ) -> Nudge:
-    nudge = Nudge(task_id=task_id, text=text, author=author, source=source, slack_ts=slack_ts)
+    """A nudge; with `files` (a Slack reply's, see `nudge_files.refs`) it waits for their
+    content (`complete_nudge_files`) before the agent takes it."""
+    nudge = Nudge(
+        task_id=task_id,
+        text=text,
+        author=author,
+        source=source,
+        slack_ts=slack_ts,
+        files=files or None,
+        files_pending=bool(files),
+    )
     session.add(nudge)
     session.flush()
-    record(session, task_id, "nudge", {"id": nudge.id, "by": author, "text": text})
+    payload: dict[str, Any] = {"id": nudge.id, "by": author, "text": text}
+    if files:
+        payload["files"] = [nudge_files.name(f) for f in files]
+    record(session, task_id, "nudge", payload)
     return nudge
 
 
+def _live(query: Any) -> Any:
+    return query.where(col(Nudge.consumed_at).is_(None), col(Nudge.deleted_at).is_(None))
+
+
 def nudges(session: Session, task_id: int, *, pending_only: bool = False) -> Sequence[Nudge]:
+    """The task's nudges; `pending_only`: those the agent would take now (unread, not
+    deleted, files not being fetched)."""
     query = select(Nudge).where(Nudge.task_id == task_id).order_by(col(Nudge.id))
     if pending_only:
-        query = query.where(col(Nudge.consumed_at).is_(None))
+        query = _live(query).where(col(Nudge.files_pending).is_(False))
     return session.exec(query).all()
 
 
-def take_nudges(session: Session, task_id: int) -> list[Nudge]:
-    """The task's unconsumed nudges, marked consumed (the agent has now been told). Their
-    rows are locked while read (PostgreSQL), so an edit racing this either lands first and
-    is what the agent reads, or finds the nudge taken (`edit_nudge`)."""
-    query = (
-        select(Nudge)
-        .where(Nudge.task_id == task_id, col(Nudge.consumed_at).is_(None))
-        .order_by(col(Nudge.id))
-        .with_for_update()
-    )
-    pending = list(session.exec(query).all())
+def take_nudges(
+    session: Session, task_id: int, *, files_wait_s: float = NUDGE_FILES_WAIT_S
+) -> list[Nudge]:
+    """The task's unconsumed nudges, marked consumed (the agent has now been told), in the
+    order they were sent, up to the first one whose files are still being fetched: it and
+    what came after it wait for the next turn. One waiting longer than `files_wait_s` lost
+    its fetcher: it is taken with a note that its files could not be read, and its author
+    is told in the thread. Rows are locked while read (PostgreSQL), so an edit or a fetch
+    racing this either lands first and is what the agent reads, or finds the nudge taken."""
+    query = _live(select(Nudge).where(Nudge.task_id == task_id))
+    rows = list(session.exec(query.order_by(col(Nudge.id)).with_for_update()).all())
     now = utcnow()
-    for nudge in pending:
+    taken: list[Nudge] = []
+    for nudge in rows:
+        if nudge.files_pending:
+            if nudge.created_at > now - timedelta(seconds=files_wait_s):
+                break
+            _give_up_files(session, nudge)
         nudge.consumed_at = now
         session.add(nudge)
-    if pending:
-        record(session, task_id, "nudges_taken", {"ids": [n.id for n in pending]})
-    return pending
+        taken.append(nudge)
+    if taken:
+        record(session, task_id, "nudges_taken", {"ids": [n.id for n in taken]})
+    return taken
+
+
+def _give_up_files(session: Session, nudge: Nudge) -> None:
+    files = nudge.files or []
+    nudge.text = "\n\n".join(filter(None, [nudge.text.strip(), nudge_files.missed_note(files)]))
+    nudge.files_pending = False
+    names = [nudge_files.name(f) for f in files]
+    record(session, nudge.task_id, "nudge_files_missed", {"id": nudge.id, "files": names})
+    task = session.get(Task, nudge.task_id)
+    if task is not None:
+        notify(session, task, "note", {"files_missed": {"author": nudge.author, "files": names}})
+
+
+def complete_nudge_files(session: Session, nudge_id: int, note: str) -> bool:
+    """The fetched files of a nudge (`note`: their content as the agent reads it) join its
+    text, after whatever it says now (an edit may have replaced it); False if the agent took
+    it first, the reply was deleted, or another fetch completed it."""
+    query = _live(select(Nudge).where(col(Nudge.id) == nudge_id, col(Nudge.files_pending)))
+    nudge = session.exec(query.with_for_update()).first()
+    if nudge is None:
+        return False
+    nudge.text = "\n\n".join(filter(None, [nudge.text.strip(), note.strip()]))
+    nudge.files_pending = False
+    session.add(nudge)
+    names = [nudge_files.name(f) for f in nudge.files or []]
+    record(session, nudge.task_id, "nudge_files", {"id": nudge_id, "files": names})
+    return True
+
+
+def awaiting_files(session: Session, *, before: datetime) -> list[tuple[int, str, str, str]]:
+    """Nudges written before `before` whose files were never fetched (their fetcher died),
+    with where to answer: (nudge id, author, channel, thread ts)."""
+    query = _live(
+        select(Nudge.id, Nudge.author, Task.channel, Task.thread_ts)
+        .join(Task, col(Task.id) == col(Nudge.task_id))
+        .where(col(Nudge.files_pending), col(Nudge.created_at) < before)
+    )
+    return [(i, a, c or "", t or "") for i, a, c, t in session.exec(query.order_by(col(Nudge.id)))]
 
 
 def edit_nudge(session: Session, nudge_id: int, text: str, *, by: str) -> bool:
     """Replace a nudge's text if the agent has not taken it yet (one conditional UPDATE, so
-    a racing `take_nudges` and this agree on which text the agent read); False if taken."""
-    done = session.execute(
-        update(Nudge)
-        .where(col(Nudge.id) == nudge_id, col(Nudge.consumed_at).is_(None))
-        .values(text=text)
-    )
+    a racing `take_nudges` and this agree on which text the agent read); False if taken.
+    Files still being fetched join the new text when they come."""
+    done = session.execute(_live(update(Nudge).where(col(Nudge.id) == nudge_id)).values(text=text))
     if not done.rowcount:  # type: ignore[attr-defined]
         return False
     nudge = session.get(Nudge, nudge_id)
     assert nudge is not None
     session.refresh(nudge)
     record(session, nudge.task_id, "nudge_edited", {"id": nudge_id, "by": by, "text": text})
+    return True
+
+
+def withdraw_nudge(session: Session, nudge_id: int) -> bool:
+    """The reply behind a nudge was deleted: unless the agent has read it, it never will,
+    and its words leave the task's log (the person took them back). False if already read."""
+    done = session.execute(
+        _live(update(Nudge).where(col(Nudge.id) == nudge_id)).values(
+            deleted_at=utcnow(), text="", files=None, files_pending=False
+        )
+    )
+    if not done.rowcount:  # type: ignore[attr-defined]
+        return False
+    nudge = session.get(Nudge, nudge_id)
+    assert nudge is not None
+    session.refresh(nudge)
+    said = session.exec(
+        select(TaskEvent).where(
+            TaskEvent.task_id == nudge.task_id,
+            col(TaskEvent.kind).in_(("nudge", "nudge_edited")),
+        )
+    ).all()
+    for event in said:
+        if event.payload.get("id") == nudge_id:
+            event.payload = {**event.payload, "text": "(deleted in Slack)", "files": []}
+            session.add(event)
+    record(session, nudge.task_id, "nudge_deleted", {"id": nudge_id, "by": nudge.author})
     return True

@@ -1,24 +1,29 @@
 """Every kind of reply in a task's thread, against the Slack emulator over signed HTTP, with
 Slack's own payload shapes (tests/slack_samples: thread_broadcast, file_share,
-message_changed): what becomes the note the agent reads, and what the person is told when
-nightcrew cannot use a reply. The attacks on files are in tests/hostile/test_reply_files.py."""
+message_changed, message_deleted): what becomes the note the agent reads (the agent's own
+read is `take_nudges`, as the executor calls it), and what the person is told when
+nightcrew cannot use a reply. The attacks on files are in tests/hostile/test_reply_files.py;
+a bot killed between a file reply's ack and its fetch in tests/test_slack_reply_restart.py."""
 
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from slack_bolt import App
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlmodel import select
 
-from bot.slack.app import SlackEnv, build_app
+from bot.slack import pending_files
+from bot.slack.app import SlackEnv, build_app, files_client
 from bot.slack.notifier import Notifier
 from bot.slack.run import http_mode
 from executor.config.schema import Config, RepoConfig
 from storage.db import transaction
-from storage.models import Nudge, TaskEvent
+from storage.defaults import NUDGE_FILES_WAIT_S
+from storage.models import Nudge, TaskEvent, utcnow
 from storage.tasks import take_nudges
 from tests.llm_server import ScriptedLLM, reply, tool_call
 from tests.slack_emulator import SlackEmulator, slash_command
@@ -41,8 +46,10 @@ def app(engine: Engine, env: SlackEnv, tmp_path: Path) -> App:
 
 
 def nudge_texts(engine: Engine) -> list[str]:
+    """The notes as the agent would read them: those still waiting for their files left out."""
     with transaction(engine) as session:
-        return [n.text for n in session.exec(select(Nudge).order_by(Nudge.id)).all()]
+        found = session.exec(select(Nudge).where(Nudge.files_pending == False).order_by(Nudge.id))  # noqa: E712
+        return [n.text for n in found.all()]
 
 
 def start_task(slack: SlackEmulator, engine: Engine, url: str) -> str:
@@ -221,6 +228,11 @@ def test_a_broadcast_reply_and_a_text_file_reach_the_model_at_its_next_turn(
             shared = slack.share_file_as_user("C111", REQUESTER, "the trace", log, thread_ts=thread)
             slack.post_to_app(url, shared)
             wait_for(lambda: len(nudge_texts(engine)) == 2, 10, "both replies stored")
+            (regret,) = slack.post_as_user(
+                "C111", REQUESTER, "drop the users table", thread_ts=thread
+            )
+            slack.post_to_app(url, regret)
+            slack.post_to_app(url, slack.delete_as_user("C111", regret["event"]["ts"]))
             running.join(120)
     assert len(llm.requests) == 2
     news = [m["content"] for m in llm.requests[1]["messages"] if m["role"] == "user"]
@@ -228,3 +240,113 @@ def test_a_broadcast_reply_and_a_text_file_reach_the_model_at_its_next_turn(
     assert f"Message from {REQUESTER}" in told_model and "also log it" in told_model
     assert "the trace" in told_model and "KeyError: 'user_id' at calc.py:2" in told_model
     assert 'File "err.log"' in told_model
+    assert "drop the users table" not in str(llm.requests), "a deleted reply reached the model"
+
+
+def taken(engine: Engine) -> list[str]:
+    """What the agent reads at its next turn (the executor's own call)."""
+    with transaction(engine) as session:
+        return [n.text for n in take_nudges(session, 1)]
+
+
+def test_a_reply_waiting_for_its_files_holds_back_what_follows_and_keeps_an_edit(
+    slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier
+) -> None:
+    thread = start_task(slack, engine, url)
+    held = slack.hold("file_download")  # Slack is slow to serve the file
+    files = [("spec.txt", b"the spec v2", "text/plain")]
+    shared = slack.share_file_as_user("C111", REQUESTER, "use v1", files, thread_ts=thread)
+    slack.post_to_app(url, shared)  # acked: the reply is written, its file not read yet
+    with transaction(engine) as session:
+        (nudge,) = session.exec(select(Nudge)).all()
+    assert nudge.files_pending and nudge.text == "use v1"
+    assert [f["name"] for f in nudge.files or []] == ["spec.txt"]
+    (plain,) = slack.post_as_user("C111", REQUESTER, "and keep it short", thread_ts=thread)
+    slack.post_to_app(url, plain)
+    slack.post_to_app(url, slack.edit_as_user("C111", shared["event"]["ts"], "use v2"))
+    assert taken(engine) == [], "a reply whose files are being fetched (or one after it) taken"
+    held.set()
+    wait_for(lambda: len(nudge_texts(engine)) == 2, 10, "the file joining its reply")
+    first, second = taken(engine)
+    assert first.startswith('use v2\n\nFile "spec.txt"') and "\nthe spec v2\n" in first
+    assert second == "and keep it short"
+    assert len(slack.calls("file_download")) == 1
+
+
+def test_a_reply_whose_files_never_come_reaches_the_agent_after_the_bound_with_a_note(
+    slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier, env: SlackEnv
+) -> None:
+    thread = start_task(slack, engine, url)
+    held = slack.hold("file_download")  # the file host hangs
+    files = [("err.log", b"KeyError at line 2", "text/plain")]
+    shared = slack.share_file_as_user("C111", REQUESTER, "the trace", files, thread_ts=thread)
+    slack.post_to_app(url, shared)
+    assert taken(engine) == []
+    with transaction(engine) as session:  # the reply came longer ago than the bound
+        session.execute(
+            update(Nudge).values(created_at=utcnow() - timedelta(seconds=NUDGE_FILES_WAIT_S + 1))
+        )
+    (text,) = taken(engine)
+    assert text == (
+        'the trace\n\nFile "err.log" (18 bytes, text/plain) was attached but not passed on: '
+        "nightcrew could not fetch it from Slack in time."
+    )
+    note = slack.wait_until(
+        lambda: [m for m in slack.messages("C111") if "could not fetch" in m.text],
+        what="the note to the person in the thread",
+    )[0]
+    assert note.thread_ts == thread and f"<@{REQUESTER}>" in note.text and "`err.log`" in note.text
+    held.set()  # the file comes after all: the agent has read the reply, nothing joins it
+    client = files_client(SlackEnv(env.bot_token, api_url=env.api_url))
+    assert pending_files.recover(engine, client, cap=CAP, older_than_s=0) == 0
+    with transaction(engine) as session:
+        (nudge,) = session.exec(select(Nudge)).all()
+    assert nudge.text == text and "KeyError" not in nudge.text
+
+
+def test_a_deleted_reply_never_reaches_the_agent_and_one_it_read_is_answered(
+    slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier
+) -> None:
+    thread = start_task(slack, engine, url)
+    (oops,) = slack.post_as_user("C111", REQUESTER, "delete prod", thread_ts=thread)
+    slack.post_to_app(url, oops)
+    slack.post_to_app(url, slack.delete_as_user("C111", oops["event"]["ts"]))
+    assert "withdrawn" in told(slack, REQUESTER)
+    slack.post_to_app(url, oops, retry_num=1)  # Slack sends the first event again: still gone
+    # A reply with a file, deleted (its thread kept: a tombstone) while its file is fetched.
+    held = slack.hold("file_download")
+    files = [("plan.txt", b"step 1: delete prod", "text/plain")]
+    shared = slack.share_file_as_user("C111", REQUESTER, "do this", files, thread_ts=thread)
+    slack.post_to_app(url, shared)
+    slack.post_to_app(url, slack.tombstone_as_user("C111", shared["event"]["ts"]))
+    assert "withdrawn" in told(slack, REQUESTER, 2)
+    held.set()
+    slack.wait_until(
+        lambda: [c for c in slack.calls("file_download") if c.status == 200],
+        what="the held download",
+    )
+    assert taken(engine) == []
+    with transaction(engine) as session:
+        nudges = session.exec(select(Nudge).order_by(Nudge.id)).all()
+        logged = session.exec(select(TaskEvent).where(TaskEvent.kind == "nudge")).all()
+    assert [(n.text, n.deleted_at is not None) for n in nudges] == [("", True), ("", True)]
+    assert all("delete prod" not in str(e.payload) for e in logged), "the words stay in the log"
+    # Read by the agent, then deleted: the person learns it is too late.
+    (late,) = slack.post_as_user("C111", REQUESTER, "use sqlite", thread_ts=thread)
+    slack.post_to_app(url, late)
+    assert taken(engine) == ["use sqlite"]
+    slack.post_to_app(url, slack.delete_as_user("C111", late["event"]["ts"]))
+    assert "had already read your reply when you deleted it" in told(slack, REQUESTER, 3)
+    # No ✅ on a withdrawn reply (the agent never had it); the one it read gets it.
+    slack.wait_until(
+        lambda: any(
+            c.params.get("name") == "white_check_mark" for c in slack.calls("reactions.add")
+        ),
+        what="the ✅ on the reply the agent read",
+    )
+    checked = [
+        c.params["timestamp"]
+        for c in slack.calls("reactions.add")
+        if c.params.get("name") == "white_check_mark"
+    ]
+    assert checked == [late["event"]["ts"]]

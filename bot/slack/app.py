@@ -81,6 +81,14 @@ def notifier_client(env: SlackEnv) -> WebClient:
     return WebClient(token=env.bot_token, base_url=env.api_url, retry_handlers=[], timeout=30)
 
 
+def files_client(env: SlackEnv) -> WebClient:
+    """The client that fetches replies' files the bot did not finish before a restart
+    (`pending_files`): reads only, so the SDK may retry what Slack rate-limits."""
+    return WebClient(
+        token=env.bot_token, base_url=env.api_url, retry_handlers=[RateLimitErrorRetryHandler()]
+    )
+
+
 Health = Callable[[], tuple[str, dict[str, Any]]]
 
 

@@ -242,6 +242,20 @@ def card_moved(task: Task, why: str) -> str:
     )
 
 
+SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,20}")
+
+
+def files_missed(task: Task, author: str, files: Sequence[str]) -> str:
+    """The thread's note when the agent took a reply without its files: nightcrew could not
+    fetch them in time (the bot was down). `files` are names people chose: escaped, cut."""
+    who = f"<@{author}> " if SLACK_USER.fullmatch(author) else ""
+    names = ", ".join(f"`{escape(str(name)[:80])}`" for name in list(files)[:10]) or "its files"
+    return (
+        f":warning: {who}Task {task.id}'s agent got your reply without {names}: nightcrew "
+        "could not fetch them from Slack in time. Send them again in a new reply if it needs them."
+    )
+
+
 def task_list(tasks: Sequence[Task], heading: str) -> list[Block]:
     if not tasks:
         return [section(f"{heading}: none")]

@@ -29,7 +29,7 @@ from storage.lifecycle import IllegalTransition
 from storage.models import Nudge, Plan, Task, TaskEvent, utcnow
 from storage.queue import waiting_by_repo
 from storage.schedules import list_schedules
-from storage.tasks import edit_nudge, get_task, record
+from storage.tasks import edit_nudge, get_task, record, withdraw_nudge
 from storage.text import clean
 
 # What a person can get wrong; each becomes an ephemeral message and changes nothing.
@@ -57,13 +57,16 @@ def thread_reply(
     user: str,
     text: str,
     attachments: str = "",
+    files: list[dict[str, Any]] | None = None,
 ) -> Outcome | str | None:
     """A person's reply in a thread: a nudge (Outcome) if it is a task's thread and theirs to
     steer, a hint (str) if that task cannot take one or it is not theirs, None if it is not a
     task's thread or seen before (Slack redelivers events it thinks we missed).
-    `attachments`: the reply's files as the agent gets them (`replies.files_note`)."""
+    `attachments`: the reply's files as the agent gets them (`replies.files_note`); `files`:
+    its files not fetched yet (`nudge_files.refs`), a task's only: a plan's thread gets None,
+    and the files are read before planning again (`listeners`)."""
     try:
-        return _thread_reply(engine, config, channel, thread_ts, ts, user, text, attachments)
+        return _thread_reply(engine, config, channel, thread_ts, ts, user, text, attachments, files)
     except IntegrityError:  # the same reply taken at once by another worker process: it has it
         return None
 
@@ -83,10 +86,13 @@ def _thread_reply(
     user: str,
     text: str,
     attachments: str,
+    files: list[dict[str, Any]] | None,
 ) -> Outcome | str | None:
     with writing(engine) as session:
         task = _task_of_thread(session, channel, thread_ts)
         if task is None or task.id is None:
+            if files:
+                return None
             note = "\n\n".join(filter(None, [text.strip(), attachments]))
             return _plan_reply(session, config, channel, thread_ts, user, note)
         if session.exec(
@@ -106,6 +112,7 @@ def _thread_reply(
                 source="slack",
                 slack_ts=ts,
                 attachments=attachments,
+                files=files,
             )
         except USER_ERRORS as exc:
             return f"{exc}. Start a new task with `/agent add …`."
@@ -184,6 +191,35 @@ def edited_reply(
     return thread_reply(
         engine, config, reply.channel, reply.thread_ts, reply.ts, reply.user, reply.text
     )
+
+
+GONE_BEFORE = "your deleted reply was withdrawn: task {task}'s agent will not see it"
+SEEN_BEFORE = (
+    "task {task}'s agent had already read your reply when you deleted it; to take it back, "
+    "send a new reply saying so"
+)
+
+
+def deleted_reply(engine: Engine, reply: replies.Reply) -> tuple[str, str, str] | None:
+    """A reply deleted in Slack (found by its channel and ts: Slack's event need not name the
+    thread). Not read by the agent yet: its nudge is withdrawn. Read already: its author is
+    told. What to tell whom as (author, thread ts, text), or None when it was no nudge."""
+    with writing(engine) as session:
+        found = session.exec(
+            select(Nudge, Task)
+            .join(Task, col(Task.id) == col(Nudge.task_id))
+            .where(Task.channel == reply.channel, Nudge.slack_ts == reply.ts)
+        ).first()
+        if found is None:
+            return None
+        nudge, task = found
+        if nudge.id is None or nudge.deleted_at is not None:
+            return None
+        where = (nudge.author, task.thread_ts or "")
+        if withdraw_nudge(session, nudge.id):
+            outbox.drop_reactions(session, nudge.task_id, reply.ts)
+            return *where, GONE_BEFORE.format(task=nudge.task_id)
+        return *where, SEEN_BEFORE.format(task=nudge.task_id)
 
 
 def unusable_reply(engine: Engine, reply: replies.Reply) -> str | None:

@@ -16,10 +16,11 @@ from sqlmodel import Session, col, select
 
 from bot import actions
 from bot.links import Signer
-from bot.slack import access, blocks, plan_listeners, replies, reply_files
+from bot.slack import access, blocks, pending_files, plan_listeners, replies, reply_files
 from bot.slack.handle import (
     USER_ERRORS,
     bot_in_thread,
+    deleted_reply,
     delivery_key,
     edited_reply,
     is_task_thread,
@@ -33,6 +34,7 @@ from bot.slack.handle import (
     writing,
 )
 from executor.config.schema import Config
+from storage import nudge_files
 from storage.models import TaskEvent
 from storage.tasks import get_task, list_tasks
 
@@ -223,13 +225,25 @@ def register(
         ack()  # an event's ack carries nothing; the write below is what matters
         reply = replies.classify(event, own_bot_id=context.bot_id, own_user=context.bot_user_id)
         answer: Any = None
-        if reply.kind == "reply" and reply.files:
-            context["files"] = True  # fetched after the ack (a Slack call), then written
-            return
         if reply.kind == "reply":
+            # A reply with files is written now with what Slack said of them; their content
+            # is fetched after the ack (a Slack call) and joins it (`_take_files`).
+            refs = nudge_files.refs(reply.files) if reply.files else None
             answer = thread_reply(
-                engine, config(), reply.channel, reply.thread_ts, reply.ts, reply.user, reply.text
+                engine,
+                config(),
+                reply.channel,
+                reply.thread_ts,
+                reply.ts,
+                reply.user,
+                reply.text,
+                files=refs,
             )
+            context["files"] = bool(refs) and not isinstance(answer, str)
+        elif reply.kind == "deleted":
+            told = deleted_reply(engine, reply)
+            if told is not None:
+                context["reply_user"], context["reply_thread"], answer = told
         elif reply.kind == "edit":
             try:
                 answer = edited_reply(engine, config(), reply)
@@ -249,14 +263,23 @@ def register(
             where = event.get("message") or event  # an edit's thread is in its message
             client.chat_postEphemeral(
                 channel=event["channel"],
-                user=where["user"],
-                thread_ts=where.get("thread_ts"),
+                user=context.get("reply_user") or where["user"],
+                thread_ts=context.get("reply_thread") or where.get("thread_ts"),
                 text=context["reply"],
             )
 
     def _take_files(event: dict[str, Any], context: BoltContext, client: WebClient) -> None:
-        """A reply with files: fetched (text files up to the cap), then a nudge like any."""
+        """A reply with files: in a task's thread its nudge is written already and waits for
+        them (fetched here, text files up to the cap); in a plan's they are fetched, then it
+        is planned again with them."""
         reply = replies.classify(event, own_bot_id=context.bot_id, own_user=context.bot_user_id)
+        if is_task_thread(engine, reply.channel, reply.thread_ts):
+            told = pending_files.complete_reply(
+                engine, client, reply.channel, reply.ts, cap=file_max_bytes
+            )
+            if told:
+                context["reply"] = blocks.escape(told)
+            return
         cfg = config()
         ours, refusal = may_steer(engine, cfg, reply.channel, reply.thread_ts, reply.user)
         if not ours or refusal:

@@ -256,12 +256,18 @@ class Notifier:
         self._last_edit[task.id] = time.monotonic()
 
     def _note(self, row: Outbox, task: Task) -> None:
-        """A short line in the task's thread: why a fresh card was posted."""
+        """A short line in the task's thread: why a fresh card was posted, or that the agent
+        took a reply without its files."""
         assert row.id is not None and task.channel
         if task.thread_ts is None:
             self._settle(lambda s: outbox.give_up(s, row.id, error="no thread"))
             return
-        line = blocks.card_moved(task, str(row.payload.get("card_moved") or ""))
+        missed = row.payload.get("files_missed")
+        if isinstance(missed, dict):
+            author, files = str(missed.get("author") or ""), missed.get("files") or []
+            line = blocks.files_missed(task, author, files)
+        else:
+            line = blocks.card_moved(task, str(row.payload.get("card_moved") or ""))
         self._post_once(row, task.channel, thread_ts=task.thread_ts, text=line)
         self._sent(row)
         self._settle(lambda s: outbox.mark_delivered(s, row.id))
@@ -497,7 +503,8 @@ class Notifier:
             with self._transaction() as session:
                 nudge = session.get(Nudge, nudge_id)
                 taken = nudge is None or nudge.consumed_at is not None
-            if not taken and State(task.state) in CLOSED:  # no agent will read it now: moot
+                withdrawn = nudge is not None and nudge.deleted_at is not None
+            if withdrawn or (not taken and State(task.state) in CLOSED):  # nobody reads it: moot
                 self._settle(lambda s: outbox.mark_delivered(s, row.id))
                 return
             if not taken:  # the agent reads nudges between turns; look again shortly

@@ -20,7 +20,7 @@ STEERING = {None, "", "thread_broadcast", "file_share", "me_message"}
 QUIET = {"message_deleted", "message_replied", "channel_join", "channel_leave", "group_join"}
 MAX_FILES = 5  # files read per reply; more are named, not read
 
-Kind = Literal["reply", "edit", "bot", "unusable", "ignore"]
+Kind = Literal["reply", "edit", "deleted", "bot", "unusable", "ignore"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ def classify(event: dict[str, Any], *, own_bot_id: str | None, own_user: str | N
     channel = event.get("channel") or ""
     if subtype == "message_changed":
         return _edit(event, channel, own_bot_id=own_bot_id, own_user=own_user)
+    if subtype == "message_deleted":
+        return _deleted(channel, event.get("deleted_ts"), event.get("previous_message"))
     thread, ts = event.get("thread_ts") or "", event.get("ts") or ""
     if not thread or thread == ts or subtype in QUIET or event.get("hidden"):
         return Reply("ignore")
@@ -63,6 +65,8 @@ def _edit(
 ) -> Reply:
     message = event.get("message") or {}
     before = event.get("previous_message") or {}
+    if message.get("subtype") == "tombstone":  # deleted, its thread kept: Slack's placeholder
+        return _deleted(channel, message.get("ts"), before)
     thread, ts = message.get("thread_ts") or "", message.get("ts") or ""
     user = message.get("user") or ""
     if not thread or thread == ts or not user or message.get("bot_id"):
@@ -82,6 +86,22 @@ def _edit(
         text=text,
         previous_text=previous,
         subtype="message_changed",
+    )
+
+
+def _deleted(channel: str, ts: object, before: object) -> Reply:
+    """A message deleted in a channel: `message_deleted` names it by `deleted_ts` (its
+    `previous_message`, when sent, may say more); the caller finds it by channel and ts."""
+    if not isinstance(ts, str) or not ts:
+        return Reply("ignore")
+    previous = before if isinstance(before, dict) else {}
+    return Reply(
+        "deleted",
+        channel=channel,
+        thread_ts=str(previous.get("thread_ts") or ""),
+        ts=ts,
+        user=str(previous.get("user") or ""),
+        subtype="message_deleted",
     )
 
 

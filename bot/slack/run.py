@@ -19,7 +19,8 @@ from slack_bolt.adapter.socket_mode import SocketModeHandler
 from sqlalchemy import Engine
 
 from bot.links import Signer
-from bot.slack.app import SlackEnv, build_app, notifier_client, wsgi_app
+from bot.slack import pending_files
+from bot.slack.app import SlackEnv, build_app, files_client, notifier_client, wsgi_app
 from bot.slack.http_server import http_workers
 from bot.slack.notifier import Notifier, Tunables
 from executor.config.schema import Config
@@ -39,6 +40,28 @@ def notifier_thread(
     thread.start()
     try:
         yield notifier
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+@contextmanager
+def recovering_files(
+    engine: Engine, env: SlackEnv, every_s: float = pending_files.RECOVER_EVERY_S
+) -> Iterator[None]:
+    """The thread that fetches the files of replies written before a restart (or whose
+    fetch failed) and never completed: at once, then every `every_s` seconds."""
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=pending_files.keep_recovering,
+        args=(engine, files_client(env), stop),
+        kwargs={"cap": env.file_max_bytes, "every_s": every_s},
+        name="reply-files",
+        daemon=True,
+    )
+    thread.start()
+    try:
+        yield
     finally:
         stop.set()
         thread.join(timeout=10)
@@ -109,12 +132,13 @@ def run_bot(
     signer: Signer | None = None,
     tunables: Tunables | None = None,
 ) -> None:
-    """Run the bot and the notifier (with `tunables`) until `stop` is set. HTTP mode serves
+    """Run the bot, the notifier (with `tunables`) and the reply files' recovery
+    (`pending_files`) until `stop` is set. HTTP mode serves
     from `workers` child processes (bot/slack/http_server.py); the notifier runs here, once.
     The scheduler (digest, scheduled tasks) is started beside it by the composition root
     (bot/cli.py). HTTP mode listens on `host`:`port`, or on `listener` when the caller bound
     it already."""
-    with notifier_thread(engine, env, tunables, signer=signer):
+    with notifier_thread(engine, env, tunables, signer=signer), recovering_files(engine, env):
         if http or not env.app_token:
             if not env.signing_secret:
                 raise ValueError("HTTP mode needs SLACK_SIGNING_SECRET")

@@ -186,7 +186,13 @@ def task_detail(
     if nudges:
         parts.append(Text("\nnudges", style="bold"))
         for n in nudges:
-            status = "taken" if n.consumed_at else "pending"
+            status = (
+                "taken"
+                if n.consumed_at
+                else "waiting for its files"
+                if n.files_pending
+                else "pending"
+            )
             parts.append(plain(f"  [{status}] {n.author}: {n.text}"))
     if events:
         parts.append(Text("\nrecent events (nightcrew log for all)", style="bold"))

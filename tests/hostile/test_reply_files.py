@@ -15,13 +15,19 @@ from typing import Any
 import pytest
 from slack_bolt import App
 from sqlalchemy import Engine
-from sqlmodel import select
+from sqlmodel import col, select
 
-from bot.slack.app import SlackEnv, build_app
+from bot import actions
+from bot.slack import pending_files
+from bot.slack.app import SlackEnv, build_app, files_client
+from bot.slack.handle import thread_reply
 from bot.slack.notifier import Notifier
 from executor.config.schema import Config, RepoConfig
+from storage import nudge_files
 from storage.db import transaction
+from storage.lifecycle import State
 from storage.models import Nudge
+from storage.tasks import transition
 from tests.slack_emulator import SlackEmulator, slash_command
 from tests.slack_fixtures import card_of
 from tests.waiting import wait_for
@@ -71,8 +77,10 @@ def app(engine: Engine, env: SlackEnv, tmp_path: Path) -> App:
 
 
 def nudges(engine: Engine) -> list[str]:
+    """The notes as the agent would read them (their files fetched, or given up on)."""
     with transaction(engine) as session:
-        return [n.text for n in session.exec(select(Nudge).order_by(Nudge.id)).all()]
+        found = session.exec(select(Nudge).where(col(Nudge.files_pending).is_(False)))
+        return [n.text for n in sorted(found.all(), key=lambda n: n.id or 0)]
 
 
 def test_a_file_pointing_away_from_slack_is_never_fetched_with_the_token(
@@ -135,3 +143,32 @@ def test_a_stub_resolved_elsewhere_and_a_redirect_are_not_followed(
     assert "Slack answered HTTP 302" in nudges(engine)[1]
     assert [c.token for c in slack.calls("file_download")] == [slack.bot_token]  # Slack's own
     assert trap.seen == []
+
+
+def test_files_fetched_again_after_a_restart_go_to_slack_only(
+    slack: SlackEmulator, engine: Engine, env: SlackEnv, tmp_path: Path, trap: Trap
+) -> None:
+    """A reply's file objects wait in the database between the ack and their fetch; the
+    fetch a restarted bot makes from them checks every address as the first one would."""
+    config = Config(repos={"api": RepoConfig(path=tmp_path)}, channels={"C111": "api"})
+    with transaction(engine) as session:
+        actions.add(session, repo="api", prompt="fix it", requester=REQUESTER, channel="C111")
+        transition(session, 1, State.PREPARING, actor="w", thread_ts="100.1")
+    away = f"http://files.slack.com@127.0.0.1:{trap.port}/b.txt"
+    event = slack.share_file_as_user(
+        "C111",
+        REQUESTER,
+        "see file",
+        [("b.txt", b"text", "text/plain")],
+        thread_ts="100.1",
+        url_private_download=away,
+        url_private=away,
+    )["event"]
+    # What the ack path writes: the reply with Slack's words for its files, nothing fetched.
+    refs = nudge_files.refs(event["files"])
+    thread_reply(engine, config, "C111", "100.1", event["ts"], REQUESTER, "see file", files=refs)
+    assert nudges(engine) == []  # the agent does not get it yet
+    assert pending_files.recover(engine, files_client(env), cap=1000, older_than_s=0) == 1
+    (text,) = nudges(engine)
+    assert "its address is not Slack's file host, so it was not fetched" in text
+    assert trap.seen == [] and slack.calls("file_download") == []

@@ -161,7 +161,8 @@ class SlackEmulator:
     def hold(self, method: str) -> threading.Event:
         """The next call of `method` takes effect at once, but its answer waits until the
         returned event is set (at most a minute): time to kill the app after Slack accepted
-        its call and before it could learn so. `calls()` shows the call on arrival."""
+        its call and before it could learn so. `calls()` shows the call on arrival.
+        `file_download` holds the next download of a reply's file the same way."""
         release = threading.Event()
         with self._changed:
             self._faults[method].append(Fault(hold=release))
@@ -201,6 +202,8 @@ class SlackEmulator:
         redirect to the sign-in page). Every download is recorded as a `file_download` call."""
         token = authorization.removeprefix("Bearer ").strip() or None
         with self._changed:
+            queue = self._faults.get("file_download")
+            held = queue.popleft().hold if queue else None
             data = self.workspace.files.download(path)
             allowed = token in self.tokens and not (token or "").startswith("xapp-")
             status = 200 if data is not None and allowed else (302 if not allowed else 404)
@@ -208,6 +211,8 @@ class SlackEmulator:
                 Call("file_download", {"path": path}, token, time.monotonic(), status, None)
             )
             self._changed.notify_all()
+        if held is not None:
+            held.wait(60)  # outside the lock: the rest of Slack keeps answering
         if status == 200 and self.workspace.files.redirect_to:
             return Reply(302, b"", "text/html", {"Location": self.workspace.files.redirect_to})
         if status == 302:
@@ -394,6 +399,29 @@ class SlackEmulator:
             text=text,
             previous_text=previous,
             files=snapshot.files,
+        )
+
+    def delete_as_user(self, channel: str, ts: str) -> dict[str, Any]:
+        """The author of message `ts` deletes it: gone from the channel, and the
+        `message_deleted` event returned (with the message as it was)."""
+        with self._changed:
+            message = self.workspace.messages.pop((channel, ts))
+            self._changed.notify_all()
+        return payloads.message_deleted(
+            channel, ts=ts, thread_ts=message.thread_ts, user=message.user, text=message.text
+        )
+
+    def tombstone_as_user(self, channel: str, ts: str) -> dict[str, Any]:
+        """Message `ts` is deleted while its thread stays: Slack leaves a placeholder and
+        sends `message_changed` with a `tombstone` message."""
+        with self._changed:
+            message = self.workspace.messages[channel, ts]
+            previous = message.text
+            message.text = payloads.TOMBSTONE_TEXT
+            self._changed.notify_all()
+            snapshot = copy.deepcopy(message)
+        return payloads.tombstone(
+            channel, ts=ts, thread_ts=snapshot.thread_ts, user=snapshot.user, text=previous
         )
 
     def _own_response_urls(self, payload: dict[str, Any]) -> dict[str, Any]:

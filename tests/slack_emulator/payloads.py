@@ -213,6 +213,40 @@ def message_changed(
     return body
 
 
+def message_deleted(
+    channel: str, *, ts: str, thread_ts: str | None, user: str, text: str
+) -> dict[str, Any]:
+    """A deletion (event_message_deleted.json, Slack's documented example): `deleted_ts`
+    names the message; `previous_message` (in Slack's type for the event, not the example)
+    is the message as it was."""
+    body = _event_callback("event_message_deleted.json", BOT_USER_ID)
+    event = body["event"]
+    now = new_ts()
+    event.update(channel=channel, ts=now, event_ts=now, deleted_ts=ts)
+    previous: dict[str, Any] = {"type": "message", "user": user, "text": text, "ts": ts}
+    if thread_ts is not None:
+        previous["thread_ts"] = thread_ts
+    event["previous_message"] = previous
+    return body
+
+
+TOMBSTONE_TEXT = "This message was deleted."
+
+
+def tombstone(
+    channel: str, *, ts: str, thread_ts: str | None, user: str, text: str
+) -> dict[str, Any]:
+    """A deleted message whose thread stays: a `message_changed` (its sample) whose message
+    is Slack's placeholder (`subtype: tombstone`, by USLACKBOT; see SOURCES.md)."""
+    body = message_changed(
+        channel, ts=ts, thread_ts=thread_ts, user=user, text=TOMBSTONE_TEXT, previous_text=text
+    )
+    message = body["event"]["message"]
+    message.update(subtype="tombstone", user="USLACKBOT", hidden=True)
+    message.pop("edited", None)
+    return body
+
+
 def block_action(
     action_id: str,
     value: str | None = None,
