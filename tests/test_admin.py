@@ -26,7 +26,7 @@ from executor.monitoring.admin import serve_admin
 from storage.db import make_engine, transaction
 from storage.lifecycle import State
 from storage.models import Outbox, Task, utcnow
-from tests.llm_server import ScriptedLLM, reply, tool_call
+from tests.llm_server import Fault, ScriptedLLM, reply, tool_call
 from tests.slack_emulator import SlackEmulator
 from tests.slack_fixtures import slack_env
 from tests.worker_fixtures import RunWorker, add_task, task, wait_for
@@ -91,23 +91,29 @@ def test_metrics_after_a_task_ran_through_a_worker(
     assert delta("nightcrew_llm_cost_usd_total") == pytest.approx(0.0012 + 0.00048)
 
 
-def test_a_failed_task_and_a_model_that_is_down(
+def test_a_model_that_is_down_parks_and_one_that_answers_garbage_fails(
     engine: Engine, admin: str, make_worker: RunWorker
 ) -> None:
     before = scrape(admin)
-    task_id = add_task(engine)
+    down = add_task(engine)
     with ScriptedLLM([]) as llm:  # an empty script answers 500 to everything
         make_worker(llm).work(drain=True)
-    assert task(engine, task_id).state is State.FAILED
+    assert task(engine, down).state is State.NEEDS_INPUT  # an outage parks, work kept
+    garbage = add_task(engine)
+    with ScriptedLLM([Fault(200, body="<html>not a completion</html>")] * 10) as llm:
+        make_worker(llm).work(drain=True)
+    assert task(engine, garbage).state is State.FAILED
     after = scrape(admin)
 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
+    assert delta("nightcrew_tasks_finished_total", state="needs_input") == 1
     assert delta("nightcrew_tasks_failed_total") == 1
     assert delta("nightcrew_tasks_finished_total", state="failed") == 1
-    assert delta("nightcrew_llm_request_seconds_count", outcome="unavailable") == 1
+    assert delta("nightcrew_llm_request_seconds_count", outcome="unavailable") >= 1
     assert delta("nightcrew_llm_request_seconds_count", outcome="ok") == 0
+    assert value(after, "nightcrew_tasks", state="needs_input") == 1
     assert value(after, "nightcrew_tasks", state="failed") == 1
 
 

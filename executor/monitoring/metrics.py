@@ -50,6 +50,15 @@ LLM_WAITING = Gauge(
 )
 TOKENS = Counter("nightcrew_llm_tokens", "Tokens charged to tasks.", ["kind"])  # prompt|completion
 COST = Counter("nightcrew_llm_cost_usd", "Model cost charged to tasks, in US dollars.")
+
+
+def count_charge(tokens_in: int, tokens_out: int, usd: float | None) -> None:
+    """One charge to the ledger (a task's turns, an external agent's run, a planner run)."""
+    TOKENS.labels("prompt").inc(tokens_in)
+    TOKENS.labels("completion").inc(tokens_out)
+    COST.inc(usd or 0)
+
+
 SLACK_LAG = Histogram(
     "nightcrew_slack_delivery_lag_seconds",
     "From an outbox row being written to Slack accepting it.",

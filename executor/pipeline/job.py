@@ -443,9 +443,7 @@ class TaskJob:
                     "cost_usd": str(used.cost_usd) if used.cost_usd is not None else None,
                 },
             )
-            metrics.TOKENS.labels("prompt").inc(used.tokens_in)
-            metrics.TOKENS.labels("completion").inc(used.tokens_out)
-            metrics.COST.inc((nanos or 0) / NANOS_PER_USD)
+            metrics.count_charge(used.tokens_in, used.tokens_out, (nanos or 0) / NANOS_PER_USD)
             if books.budgets.any:
                 _, budgets = books.today(s)
                 self.over_budget = crossed(budgets, current.repo)
@@ -609,9 +607,9 @@ class TaskJob:
             cost_nanos=nanos,
             at=books.clock(),
         )
-        metrics.TOKENS.labels("prompt").inc(usage.prompt_tokens)
-        metrics.TOKENS.labels("completion").inc(usage.completion_tokens)
-        metrics.COST.inc((nanos or 0) / NANOS_PER_USD)
+        metrics.count_charge(
+            usage.prompt_tokens, usage.completion_tokens, (nanos or 0) / NANOS_PER_USD
+        )
         if books.budgets.any:
             _, budgets = books.today(session)
             self.over_budget = crossed(budgets, current.repo)

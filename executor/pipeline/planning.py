@@ -109,7 +109,5 @@ def charge(
         cost_nanos=nanos,
         at=books.clock(),
     )
-    metrics.TOKENS.labels("prompt").inc(usage.prompt_tokens)
-    metrics.TOKENS.labels("completion").inc(usage.completion_tokens)
-    metrics.COST.inc((nanos or 0) / NANOS_PER_USD)
+    metrics.count_charge(usage.prompt_tokens, usage.completion_tokens, (nanos or 0) / NANOS_PER_USD)
     return nanos
