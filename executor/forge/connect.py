@@ -11,8 +11,6 @@ from urllib.parse import urlsplit
 
 from executor.config.schema import Config, RepoConfig
 from executor.forge.base import Forge
-from executor.forge.github import GitHub
-from executor.forge.gitlab import GitLab
 
 
 class NoToken(Exception):
@@ -25,6 +23,11 @@ def forge_for(repo: RepoConfig, environ: Mapping[str, str] | None = None) -> For
     token = (os.environ if environ is None else environ).get(merge.forge_token_env)
     if not token:
         raise NoToken(f"{merge.forge_token_env} is not set: the {merge.forge} token")
+    # Here, not at the top: every CLI command imports this module (issue URLs), and the
+    # clients bring httpx, a good part of a command's start-up time.
+    from executor.forge.github import GitHub
+    from executor.forge.gitlab import GitLab
+
     kind = GitHub if merge.forge == "github" else GitLab
     return kind(merge.forge_api, merge.project, token)
 
