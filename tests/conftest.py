@@ -36,16 +36,27 @@ def need(what: str, why: str) -> None:
     pytest.skip(f"{what} unavailable: {why}")
 
 
+# Tests using these fixtures run one after another on one worker, as without xdist:
+# `agent_image` runs real external agents (aider, Codex CLI, Claude Code), process trees heavy
+# on CPU and memory whose time limits two such runs side by side overshoot.
+ONE_WORKER_FIXTURES = {"agent_image"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`--dist loadgroup`, pyproject's addopts) tests are handed to the
     workers one by one. Tests using a fixture shared by a module or class (a built image, a
     browser, a model server, one sandbox) all run on one worker: the fixture is made as often
     as without xdist, and never twice at the same time (an image under one fixed tag, two
-    model servers on two cores). A test may name its own group: `pytest.mark.xdist_group`."""
+    model servers on two cores); so do tests using ONE_WORKER_FIXTURES. A test may name its own
+    group: `pytest.mark.xdist_group`."""
     for item in items:
         if item.get_closest_marker("xdist_group"):
             continue
         info = getattr(item, "_fixtureinfo", None)
+        heavy = sorted(set(info.names_closure if info else ()) & ONE_WORKER_FIXTURES)
+        if heavy:
+            item.add_marker(pytest.mark.xdist_group(heavy[0]))
+            continue
         shared = sorted(
             f"{Path(d.func.__code__.co_filename).relative_to(config.rootpath)}::{d.argname}"
             for chain in (info.name2fixturedefs.values() if info else ())
