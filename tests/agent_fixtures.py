@@ -10,6 +10,7 @@ import pytest
 from executor.sandbox.agent_image import build_agents_image
 from executor.sandbox.container import SandboxError
 from tests.conftest import need
+from tests.docker_fixtures import one_at_a_time
 
 AGENTS = ["aider", "codex", "claude-code"]
 
@@ -17,7 +18,8 @@ AGENTS = ["aider", "codex", "claude-code"]
 @pytest.fixture(scope="session")
 def agent_image(docker_client: docker.DockerClient, sandbox_image: str) -> str:
     try:
-        return build_agents_image(docker_client, AGENTS, base=sandbox_image)
+        with one_at_a_time("agent-image"):  # one worker builds it, the others reuse it
+            return build_agents_image(docker_client, AGENTS, base=sandbox_image)
     except SandboxError as exc:
         need("agent image", str(exc))
         raise

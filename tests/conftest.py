@@ -18,6 +18,9 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN_URL = os.environ.get(
     "NIGHTCREW_TEST_PG_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
 )
+# Processes the tests start serve their task pages on any free port, not the default 8780: the
+# tests run side by side (pytest-xdist), and two bots on one fixed port would collide.
+os.environ.setdefault("NIGHTCREW_WEB_PORT", "0")
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test",
     "GIT_AUTHOR_EMAIL": "test@example.com",
@@ -31,6 +34,37 @@ def need(what: str, why: str) -> None:
     if IN_CI:
         pytest.fail(f"{what} is required in CI but unavailable: {why}")
     pytest.skip(f"{what} unavailable: {why}")
+
+
+# Tests using these fixtures run one after another on one worker, as without xdist:
+# `agent_image` runs real external agents (aider, Codex CLI, Claude Code), process trees heavy
+# on CPU and memory whose time limits two such runs side by side overshoot.
+ONE_WORKER_FIXTURES = {"agent_image"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`--dist loadgroup`, pyproject's addopts) tests are handed to the
+    workers one by one. Tests using a fixture shared by a module or class (a built image, a
+    browser, a model server, one sandbox) all run on one worker: the fixture is made as often
+    as without xdist, and never twice at the same time (an image under one fixed tag, two
+    model servers on two cores); so do tests using ONE_WORKER_FIXTURES. A test may name its own
+    group: `pytest.mark.xdist_group`."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        heavy = sorted(set(info.names_closure if info else ()) & ONE_WORKER_FIXTURES)
+        if heavy:
+            item.add_marker(pytest.mark.xdist_group(heavy[0]))
+            continue
+        shared = sorted(
+            f"{Path(d.func.__code__.co_filename).relative_to(config.rootpath)}::{d.argname}"
+            for chain in (info.name2fixturedefs.values() if info else ())
+            for d in chain
+            if d.scope in ("module", "class", "package")
+        )
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
 
 
 @pytest.fixture(scope="session")

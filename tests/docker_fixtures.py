@@ -5,11 +5,14 @@ image the tests skip on a laptop and fail in CI (see `need`)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +51,28 @@ def docker_client() -> Iterator[docker.DockerClient]:
     client.close()
 
 
+@contextmanager
+def one_at_a_time(name: str) -> Iterator[None]:
+    """A lock shared by every test process on this machine (pytest-xdist's workers, other
+    runs): what builds an image under a fixed tag builds it once, not once per worker."""
+    with open(Path(tempfile.gettempdir()) / f"nightcrew-tests-{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def sandbox_image(docker_client: docker.DockerClient) -> str:
     """The default sandbox image, built registry-free by sandbox/build-image.sh if missing
     or built from another recipe (about a minute, once per machine), else from the
-    Dockerfile where a registry is up."""
+    Dockerfile where a registry is up. One test process builds it; the others wait for it."""
+    with one_at_a_time("sandbox-image"):
+        return _sandbox_image(docker_client)
+
+
+def _sandbox_image(docker_client: docker.DockerClient) -> str:
     state = freshness(docker_client, DEFAULT_IMAGE)
     if state.present and not state.stale:
         return DEFAULT_IMAGE

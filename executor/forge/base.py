@@ -6,9 +6,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, Self
 
-from executor.forge.http import ForgeError
+from executor.config.redact import redact
 
 PRState = Literal["open", "closed", "merged"]
+
+
+class ForgeError(Exception):
+    """The forge could not be reached or answered with an error; the text is scrubbed. Here,
+    not in http.py, so what only matches issue URLs (every CLI command) needs no httpx."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(redact(message))
+        self.status = status
 
 
 class Refused(ForgeError):

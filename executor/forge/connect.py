@@ -7,13 +7,10 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from executor.config.schema import Config, RepoConfig
-
-if TYPE_CHECKING:  # the clients (httpx) load when a forge is used: `nightcrew add` starts sooner
-    from executor.forge.base import Forge
+from executor.forge.base import Forge
 
 
 class NoToken(Exception):
@@ -26,6 +23,8 @@ def forge_for(repo: RepoConfig, environ: Mapping[str, str] | None = None) -> For
     token = (os.environ if environ is None else environ).get(merge.forge_token_env)
     if not token:
         raise NoToken(f"{merge.forge_token_env} is not set: the {merge.forge} token")
+    # Here, not at the top: every CLI command imports this module (issue URLs), and the
+    # clients bring httpx, a good part of a command's start-up time.
     from executor.forge.github import GitHub
     from executor.forge.gitlab import GitLab
 

@@ -22,7 +22,8 @@ from tenacity import (
     stop_after_delay,
 )
 
-from executor.config.redact import redact, register_secret
+from executor.config.redact import register_secret
+from executor.forge.base import ForgeError
 
 SERVER_RETRIES = 4  # a 5xx or a dropped connection: tried this many times in all
 BACKOFF_S = 0.5  # first wait after a 5xx; doubles, at most MAX_BACKOFF_S
@@ -34,14 +35,6 @@ RATE_LIMIT_PATIENCE_S = 15 * 60
 MAX_SINGLE_WAIT_S = 5 * 60
 TIMEOUT_S = 30.0
 CACHE_ENTRIES = 512  # conditional GETs remembered per client
-
-
-class ForgeError(Exception):
-    """The forge could not be reached or answered with an error; the text is scrubbed."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(redact(message))
-        self.status = status
 
 
 class RateLimited(ForgeError):
