@@ -230,6 +230,30 @@ def test_a_stopped_sandbox_is_reported_and_started_again(make_sandbox: MakeSandb
     assert (after.exit_code, after.output) == (0, "kept\n")
 
 
+def test_frozen_pauses_everything_inside_and_retries_a_pause_that_fails(
+    make_sandbox: MakeSandbox,
+) -> None:
+    sandbox = make_sandbox()
+    with sandbox.frozen():
+        sandbox.container.reload()
+        assert sandbox.container.status == "paused"  # nothing in it can race the copy
+    sandbox.container.reload()
+    assert sandbox.container.status == "running"
+    # A pause the engine refuses at first (here: the container is stopped, a 409) is tried
+    # again: started again meanwhile, the second or third try freezes it.
+    sandbox.container.stop(timeout=0)
+    restarter = threading.Timer(0.3, sandbox.container.start)
+    restarter.start()
+    with sandbox.frozen():
+        sandbox.container.reload()
+        assert sandbox.container.status == "paused"
+    restarter.join()
+    # One that keeps failing is an error, as before.
+    sandbox.container.stop(timeout=0)
+    with pytest.raises(docker.errors.APIError), sandbox.frozen():
+        pytest.fail("frozen() yielded without a pause")
+
+
 def test_kill_during_a_long_command(make_sandbox: MakeSandbox) -> None:
     sandbox = make_sandbox()
     results: list[ExecResult] = []

@@ -535,12 +535,9 @@ class TaskJob:
         self.note_egress(sandbox)
         text = commit_text.work_message(self.task_id, self.task.prompt, summary)
         workspace.commit_leftovers(exec_in(sandbox), ws, text)
-        sandbox.container.pause()
-        try:
+        with sandbox.frozen():
             self.checkpointed = workspace.collect(ws)
             return self.checkpointed
-        finally:
-            sandbox.container.unpause()
 
     def hand_back(self, ws: Workspace, sandbox: Sandbox) -> Collected:
         """Whatever happened: commit what is left and bring the branch home. The sandbox is

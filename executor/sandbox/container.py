@@ -22,7 +22,7 @@ import secrets
 import shlex
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
@@ -33,6 +33,7 @@ from typing import Any
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 from docker.models.containers import Container
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from executor.config.schema import DEFAULT_IMAGE, Limits
 from executor.git import quota
@@ -60,6 +61,7 @@ MAX_OUTPUT_BYTES = 1_000_000
 # Past its timeout the command's own `timeout` should have ended it; this much later the host
 # restarts the container. Covers the engine's 2 s wait for output of detached processes.
 HOST_GRACE_S = 5.0
+PAUSE_ATTEMPTS = 4  # a pause the runtime fails under load is tried again, then the error stands
 
 
 class _Folder:
@@ -361,6 +363,26 @@ class Sandbox:
         found = re.search(r"^session (\d+)$", result.output, re.MULTILINE)
         self.agent_session = int(found.group(1)) if found else None
         return result
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The container paused (cgroup freezer) for the duration, so nothing in it races a
+        copy of its files. On a loaded host the runtime sometimes fails a pause ("OCI runtime
+        pause failed"): tried a few times before the error stands."""
+        for attempt in Retrying(
+            retry=retry_if_exception_type(APIError),
+            stop=stop_after_attempt(PAUSE_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.25, max=2),
+            reraise=True,
+        ):
+            with attempt:
+                self.container.reload()
+                if self.container.status != "paused":
+                    self.container.pause()
+        try:
+            yield
+        finally:
+            self.container.unpause()
 
     def release_session(self) -> None:
         """The spawned session no longer survives: the next command's cleanup ends it."""
