@@ -10,6 +10,7 @@ so no block goes untested unseen."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -130,6 +131,26 @@ def user_env(tmp: Path) -> dict[str, str]:
     return env
 
 
+def run_block(text: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """One block in bash, in a session of its own: a block that times out takes whatever it
+    started with it (a `log --follow` left behind would outlive the test)."""
+    with subprocess.Popen(
+        ["bash", "-e", "-c", text],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as block:
+        try:
+            out, err = block.communicate(timeout=BLOCK_TIMEOUT_S)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(block.pid, signal.SIGKILL)
+        return subprocess.CompletedProcess(block.args, block.returncode, out, err)
+
+
 def test_the_quick_start_runs_as_written(tmp_path: Path, sandbox_image: str) -> None:
     assert sandbox_image  # built from the current recipe, as `doctor --fix` would
     repo = tmp_path / "your-repo"
@@ -162,14 +183,7 @@ def test_the_quick_start_runs_as_written(tmp_path: Path, sandbox_image: str) -> 
                     )
                     continue
                 where = tmp_path / "cwd"
-                done = subprocess.run(
-                    ["bash", "-e", "-c", f"{text}\npwd > {where}"],
-                    cwd=cwd,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=BLOCK_TIMEOUT_S,
-                )
+                done = run_block(f"{text}\npwd > {where}", cwd, env)
                 said = (tmp_path / "up.log").read_text() if up else ""
                 assert done.returncode == 0, (text, done.stdout, done.stderr, said)
                 outputs.append(done.stdout + done.stderr)
