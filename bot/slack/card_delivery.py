@@ -1,8 +1,9 @@
 """Cards in Slack: a task's card posted (its ts becomes the task's thread) or edited to show
 the task as it is now, at most one edit per task every few seconds (newer card rows replace
-a waiting one); a plan's card the same way. A card Slack will no longer let us edit is
-posted afresh, in its thread, or as a new thread when the old one is gone, the task re-bound
-to it, and a short note in the thread says why."""
+a waiting one); a plan's card the same way (a newer pending plan row makes an older one
+moot). A card Slack will no longer let us edit, a task's or a plan's, is posted afresh, in
+its thread, or as a new thread when the old one is gone, the task or plan re-bound to it
+(`card_ts`, or a new `thread_ts`), and a short note in the thread says why."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from sqlmodel import col, select
 from bot.slack import blocks
 from bot.slack.delivery import Delivery
 from bot.slack.exactly_once import post_once
-from bot.slack.plan_blocks import plan_card
+from bot.slack.plan_blocks import plan_card, plan_card_moved
 from bot.slack.retry_policy import Permanent, card_gone, edit_refused
 from storage import outbox
 from storage.models import Outbox, Plan, Task
@@ -168,6 +169,67 @@ class Cards:
             d.sent(row)
             d.settle(posted)
             return
-        d.call(d.client.chat_update, channel=channel, ts=plan.thread_ts, text=text, blocks=card)
+        try:
+            d.call(
+                d.client.chat_update,
+                channel=channel,
+                ts=plan.card_ts or plan.thread_ts,
+                text=text,
+                blocks=card,
+            )
+        except Permanent as exc:
+            if not edit_refused(str(exc)):
+                raise
+            self._repost_plan(row, plan, text, card, str(exc))
+            return
+        d.sent(row)
+        d.delivered(row)
+
+    def _repost_plan(
+        self, row: Outbox, plan: Plan, text: str, card: list[blocks.Block], why: str
+    ) -> None:
+        """As `_repost`, for a plan's card: a fresh one in the plan's thread (or as a new
+        thread when the old root is gone), the plan re-bound to it, a note saying why."""
+        d = self.d
+        assert row.id is not None and plan.id is not None and plan.channel and plan.thread_ts
+        plan_id, thread_ts = plan.id, plan.thread_ts
+        gone = card_gone(why, in_thread=plan.card_ts is not None)
+        log.warning(
+            "plan %s: its card cannot be edited (%s); posting a fresh one %s",
+            plan_id,
+            why,
+            "as a new thread" if gone else "in its thread",
+        )
+        where = {} if gone else {"thread_ts": thread_ts}
+        ts, adopted = post_once(d, row, plan.channel, text=text, blocks=card, **where)
+
+        def moved(session: Any) -> None:
+            outbox.plan_card_moved(
+                session,
+                row.id,
+                plan_id,
+                thread_ts=ts if gone else thread_ts,
+                card_ts=None if gone else ts,
+                why=why,
+            )
+            if adopted:  # it shows the plan as it was then: edit it to now
+                session.add(Outbox(kind="plan", payload={"plan_id": plan_id}))
+
+        d.sent(row)
+        d.settle(moved)
+
+    def plan_note(self, row: Outbox) -> None:
+        """A short line in the plan's thread: why a fresh plan card was posted."""
+        d = self.d
+        assert row.id is not None
+        with d.transaction() as session:
+            plan = session.get(Plan, int(row.payload.get("plan_id") or 0))
+            if plan is not None:
+                session.expunge(plan)
+        if plan is None or not plan.channel or plan.thread_ts is None:
+            d.give_up(row, "no plan thread")
+            return
+        line = plan_card_moved(plan, str(row.payload.get("card_moved") or ""))
+        post_once(d, row, plan.channel, thread_ts=plan.thread_ts, text=line)
         d.sent(row)
         d.delivered(row)

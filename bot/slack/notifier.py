@@ -1,6 +1,6 @@
 """Delivers the outbox to Slack: claims due rows and hands each to its kind's delivery
-(task cards and plan cards: card_delivery.py; milestones, reactions and messages of their
-own such as the digest: here; diff files: file_share.py).
+(task and plan cards, and the notes on re-posted ones: card_delivery.py; milestones,
+reactions and messages of their own such as the digest: here; diff files: file_share.py).
 
 Exactly once per row: the SDK's own retries are off (a resent post whose answer was lost
 would appear twice); each row is claimed under a lease and settled in the transaction that
@@ -88,7 +88,7 @@ class Notifier:
             task = session.get(Task, row.task_id) if row.task_id else None
             if task is not None:
                 session.expunge(task)
-        if row.kind in ("post", "plan"):  # not about one task: the digest, a plan's card
+        if row.kind in ("post", "plan", "plan_note"):  # not about one task: the digest, plans
             task = None
         elif task is None or not task.channel:
             d.give_up(row, "no task or channel")
@@ -96,6 +96,8 @@ class Notifier:
         try:
             if task is None and row.kind == "plan":
                 self._cards.plan(row)
+            elif task is None and row.kind == "plan_note":
+                self._cards.plan_note(row)
             elif task is None:
                 self._post(row)
             elif row.kind == "card":
