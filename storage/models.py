@@ -83,7 +83,8 @@ class Task(SQLModel, table=True):
     channel: str | None = None
     thread_ts: str | None = None
     # The card when it is not the thread's root: a fresh card posted in the thread because
-    # the first could no longer be edited (bot/slack/notifier.py). None: the root is the card.
+    # the first could no longer be edited (bot/slack/card_delivery.py). None: the root is
+    # the card.
     card_ts: str | None = None
     # Why the task is in its current state (question, limit hit, failure), shown to people.
     reason: str | None = Field(default=None, sa_type=Text)
@@ -165,7 +166,10 @@ class Plan(SQLModel, table=True):
     requester: str
     source: str = "cli"
     channel: str | None = None
-    thread_ts: str | None = None  # the plan card's ts in Slack
+    thread_ts: str | None = None  # the plan card's ts in Slack: the plan's thread
+    # A fresh plan card posted in that thread when the first could no longer be edited
+    # (bot/slack/card_delivery.py). None: the thread's root is the card.
+    card_ts: str | None = None
     error: str | None = Field(default=None, sa_type=Text)  # why the planner's answer failed
     feedback: str | None = Field(default=None, sa_type=Text)  # a re-plan's request
     note: str | None = Field(default=None, sa_type=Text)  # e.g. over today's budget

@@ -16,7 +16,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
-from storage.models import Outbox, Task, utcnow
+from storage.models import Outbox, Plan, Task, utcnow
 
 # Rows that post in a task's thread: they go out in the order they were written, so a
 # rate-limited or failing one holds back the later ones of its task (never overtaken).
@@ -91,6 +91,28 @@ def claim_due(
     return claimed
 
 
+def renew(session: Session, row: Outbox, *, lease_s: float, now: datetime | None = None) -> bool:
+    """Extend our lease on `row` if it is still ours: unsettled, and nobody claimed it since
+    (its lease is the one we hold). False: the lease ran out while earlier rows of the batch
+    were sent, and another notifier took the row over; it is theirs now, and sending it too
+    would post it twice. Checked before each row, and again just before a post goes out."""
+    now = now or utcnow()
+    lease = now + timedelta(seconds=lease_s)
+    won = session.execute(
+        update(Outbox)
+        .where(
+            col(Outbox.id) == row.id,
+            col(Outbox.delivered_at).is_(None),
+            col(Outbox.next_attempt_at) == row.next_attempt_at,
+        )
+        .values(next_attempt_at=lease)
+    )
+    if won.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    row.next_attempt_at = lease
+    return True
+
+
 def mark_delivered(session: Session, row_id: int) -> None:
     session.execute(
         update(Outbox)
@@ -110,6 +132,19 @@ def card_moved(
         update(Task).where(col(Task.id) == task_id).values(thread_ts=thread_ts, card_ts=card_ts)
     )
     session.add(Outbox(task_id=task_id, kind="note", payload={"card_moved": why}))
+    mark_delivered(session, row_id)
+
+
+def plan_card_moved(
+    session: Session, row_id: int, plan_id: int, *, thread_ts: str, card_ts: str | None, why: str
+) -> None:
+    """`card_moved` for a plan's card: later edits go to the fresh card (`card_ts`, None
+    when it is the root of a new thread `thread_ts`), replies in `thread_ts` re-plan, and a
+    `plan_note` row says why there; the row is settled."""
+    session.execute(
+        update(Plan).where(col(Plan.id) == plan_id).values(thread_ts=thread_ts, card_ts=card_ts)
+    )
+    session.add(Outbox(kind="plan_note", payload={"plan_id": plan_id, "card_moved": why}))
     mark_delivered(session, row_id)
 
 

@@ -40,6 +40,29 @@ def test_a_leased_row_is_claimed_by_one_notifier_until_the_lease_ends(engine: En
         assert [r.id for r in outbox.claim_due(session, lease_s=30, now=later)] == [row.id]
 
 
+def test_a_row_taken_over_after_its_lease_ran_out_is_no_longer_the_first_claimers(
+    engine: Engine,
+) -> None:
+    # A batch's lease can run out while its earlier rows are sent (pacing, slow calls): the
+    # late rows are then claimed again by another notifier, and only that one may send them.
+    _task_with_cards(engine, 1)
+    with transaction(engine) as session:
+        (first,) = outbox.claim_due(session, lease_s=30)
+        session.expunge(first)
+    later = utcnow() + timedelta(seconds=31)
+    with transaction(engine) as session:
+        (second,) = outbox.claim_due(session, lease_s=30, now=later)
+        session.expunge(second)
+    with transaction(engine) as session:
+        assert not outbox.renew(session, first, lease_s=30)  # the first notifier skips it
+        assert outbox.renew(session, second, lease_s=30)  # the second holds it, renewed
+        assert outbox.renew(session, second, lease_s=30)  # as often as it needs to
+    with transaction(engine) as session:
+        assert second.id is not None
+        outbox.mark_delivered(session, second.id)
+        assert not outbox.renew(session, second, lease_s=30)  # settled: nobody's to send
+
+
 def test_settling_rows(engine: Engine) -> None:
     task_id = _task_with_cards(engine, 1)
     with transaction(engine) as session:

@@ -1,6 +1,7 @@
 """Plans and dependencies in Slack, against the emulator: `/agent plan` posts a plan card
 that an executor's answer fills in, Queue all (only for the requester or an approver, once),
-progress on the card, a reply re-plans, `--after`, and Run anyway on a parked dependent."""
+progress on the card, a reply re-plans, `--after`, and Run anyway on a parked dependent; a
+plan card Slack will no longer edit is posted afresh and kept up to date there."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from bot.slack.notifier import Notifier
 from bot.slack.plan_blocks import DISCARD, EDIT, PLAN_BLOCK, PLAN_INPUT, QUEUE_ALL
 from bot.slack.run import http_mode
 from executor.config.schema import Config, RepoConfig
+from storage import outbox
 from storage.db import transaction
 from storage.dependencies import settle
 from storage.lifecycle import State
@@ -55,7 +57,7 @@ def plan_card(slack: SlackEmulator, engine: Engine, contains: str) -> Message:
             plan = s.exec(select(Plan)).first()
         if plan is None or plan.thread_ts is None:
             return None
-        card = slack.message("C111", plan.thread_ts)
+        card = slack.message("C111", plan.card_ts or plan.thread_ts)  # a fresh one, if posted
         return card if contains in card.all_text else None
 
     return slack.wait_until(posted, what=f"the plan card with {contains!r}")
@@ -124,6 +126,70 @@ def test_a_reply_on_the_plan_card_plans_again_with_that_note(
     with transaction(engine) as s:
         slack.wait_until(lambda: get_plan(s, 1).status == "requested", what="the re-plan")
         assert get_plan(s, 1).feedback == f"{REQUESTER}: make it smaller"
+    plan_card(slack, engine, "Planning")
+
+
+def _plan(engine: Engine) -> Plan:
+    with transaction(engine) as s:
+        return get_plan(s, 1)
+
+
+def _settled(engine: Engine) -> bool:
+    with transaction(engine) as s:
+        return not outbox.pending(s)
+
+
+def test_a_plan_card_slack_will_not_edit_is_posted_again_in_its_thread_and_kept_up_to_date(
+    slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier
+) -> None:
+    slack.post_to_app(url, slash_command("plan add subtraction", user_id=REQUESTER))
+    plan_by_executor(engine, FOUR)
+    old = plan_card(slack, engine, "add sub() to calc.py")
+    slack.post_to_app(url, block_action(QUEUE_ALL, user=REQUESTER, message=old.to_api()))
+    plan_card(slack, engine, "#3")
+    slack.wait_until(lambda: _settled(engine), what="the outbox to drain")
+    slack.refuse_update("C111", old.ts, "cant_update_message")
+    edited = slack.message("C111", old.ts).edits
+    with transaction(engine) as s:  # progress: the plan card is edited
+        claim_next(s, "w1")
+    fresh = plan_card(slack, engine, "preparing")
+    assert fresh.ts == _plan(engine).card_ts and fresh.ts != old.ts
+    assert fresh.thread_ts == old.ts and _plan(engine).thread_ts == old.ts  # same thread
+    slack.wait_until(lambda: _settled(engine), what="the note")
+    replies = [m for m in slack.thread("C111", old.ts) if m.ts != old.ts and m.ts != fresh.ts]
+    (note,) = [m for m in replies if m.user == slack.bot_user_id]
+    assert "Plan 1's card could no longer be edited" in note.text
+    assert "cant_update_message" in note.text and "fresh one above" in note.text
+    # Later progress edits the fresh card; nothing more is posted, the old one left alone.
+    with transaction(engine) as s:
+        transition(s, 1, State.RUNNING)
+        transition(s, 1, State.AWAITING_APPROVAL)
+    card = plan_card(slack, engine, "awaiting approval")
+    assert card.ts == fresh.ts and card.edits > fresh.edits
+    slack.wait_until(lambda: _settled(engine), what="the outbox to drain")
+    assert slack.message("C111", old.ts).edits == edited
+    assert len([m for m in slack.thread("C111", old.ts) if m.user == slack.bot_user_id]) == 3
+
+
+def test_a_deleted_plan_card_is_posted_as_a_new_thread_where_a_reply_plans_again(
+    slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier
+) -> None:
+    slack.post_to_app(url, slash_command("plan add subtraction", user_id=REQUESTER))
+    old = plan_card(slack, engine, "Planning")
+    slack.wait_until(lambda: _settled(engine), what="the outbox to drain")
+    slack.refuse_update("C111", old.ts, "message_not_found")
+    plan_by_executor(engine, FOUR)  # the proposal: an edit of the card
+    card = plan_card(slack, engine, "add sub() to calc.py")
+    plan = _plan(engine)
+    assert card.ts == plan.thread_ts != old.ts and plan.card_ts is None
+    assert card.thread_ts is None and card.action_ids == [QUEUE_ALL, EDIT, DISCARD]
+    slack.wait_until(lambda: _settled(engine), what="the note")
+    (note,) = [m for m in slack.thread("C111", card.ts) if m.ts != card.ts]
+    assert "message_not_found" in note.text and "reply here to plan again" in note.text
+    (event,) = slack.post_as_user("C111", REQUESTER, "make it smaller", thread_ts=card.ts)
+    slack.post_to_app(url, event)
+    slack.wait_until(lambda: _plan(engine).status == "requested", what="the re-plan")
+    assert _plan(engine).feedback == f"{REQUESTER}: make it smaller"
     plan_card(slack, engine, "Planning")
 
 
