@@ -6,7 +6,7 @@ per turn, divided by the ideal (total model time / C).
 Needs a Docker engine and the sandbox image (sandbox/build-image.sh). Each task's agent makes
 `turns` model calls (bash, ..., finish), each answered after `delay` seconds; checks and
 review are off, so what the ratio shows is nightcrew's own overhead per task (claim, clone,
-sandbox, hand-back, records). Goal: 1.15 or less."""
+sandbox, hand-back, records). Goal: 1.10 or less."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def main() -> None:
     print(
         f"makespan {makespan:.1f} s, ideal {ideal:.1f} s "
         f"({args.tasks} tasks x {args.turns} turns x {args.delay:g} s / {args.concurrency}): "
-        f"ratio {makespan / ideal:.2f} (goal: 1.15 or less)"
+        f"ratio {makespan / ideal:.2f} (goal: 1.10 or less)"
     )
     print("median per task: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
     start_up = first_claim - (ended - makespan)
