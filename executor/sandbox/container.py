@@ -354,8 +354,10 @@ class Sandbox:
         the one way past the cleanup."""
         launch = (
             f"setsid sh -c {shlex.quote(command)} </dev/null >/dev/null 2>&1 & p=$!; "
-            # Wait until it leads its own session (or is gone), and say which session.
-            "for i in $(seq 200); do read -r l < /proc/$p/stat 2>/dev/null || break; "
+            # Wait until it leads its own session (or is gone), and say which session. Up to
+            # 10 s: on a loaded host 2 s was not always enough, and an agent not known to
+            # lead its session is ended by the next command's cleanup as a stray process.
+            "for i in $(seq 1000); do read -r l < /proc/$p/stat 2>/dev/null || break; "
             'set -- ${l##*) }; [ "$4" = "$p" ] && { echo "session $p"; break; }; '
             "sleep 0.01; done"
         )
