@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import docker
 import pytest
 from sqlalchemy import Engine
 
-from executor.runner.fleet import installation_id, remove_dead_sandboxes
+from executor.git import quota
+from executor.runner.fleet import installation_id, remove_dead_sandboxes, remove_stray_workspaces
 from executor.sandbox.container import Sandbox
 from storage.db import make_engine, transaction
 from storage.queue import claim_next
@@ -63,6 +65,35 @@ def test_only_this_installations_dead_executors_lose_their_sandboxes(
     finally:
         for box in boxes.values():
             box.remove()
+
+
+def test_a_sandbox_folder_no_container_names_is_removed_at_start(
+    docker_client: docker.DockerClient, sandbox_image: str, tmp_path: Path
+) -> None:
+    # A kill -9 between making a spare's folder (a loop-mounted image as root) and starting
+    # its container leaves a folder no container sweep can find: the next start removes it.
+    root, hours_ago = tmp_path / "sandboxes", time.time() - 2 * 3600
+    root.mkdir()
+    stray, fresh = root / "stray", root / "fresh"
+    quota.make_folder(stray, 64 * 1024**2)
+    fresh.mkdir()  # made just now: maybe another executor of this home is about to use it
+    live = Sandbox.start(
+        docker_client,
+        task_id="1",
+        executor_id="sweep-test",
+        workspace=root / "live",
+        own_workspace=True,
+        image=sandbox_image,
+    )
+    try:
+        for folder in (stray, root / "live"):
+            os.utime(folder, (hours_ago, hours_ago))
+        assert remove_stray_workspaces(docker_client, root) == [stray]
+        assert not stray.exists() and not quota.image_of(stray).exists()
+        assert (root / "live").is_dir() and fresh.is_dir()  # named by its container; new
+        assert remove_stray_workspaces(docker_client, root) == []
+    finally:
+        live.remove()
 
 
 def test_each_database_has_its_own_installation_id(tmp_path: Path) -> None:

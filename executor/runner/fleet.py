@@ -6,7 +6,9 @@ import hashlib
 import os
 import secrets
 import socket
+import time
 from datetime import timedelta
+from pathlib import Path
 from weakref import WeakKeyDictionary
 
 import docker
@@ -15,7 +17,15 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, select
 
-from executor.sandbox.container import LABEL, LABEL_EXECUTOR, SandboxError, remove_orphans
+from executor.git.workspace import WorkspaceError
+from executor.git.workspace import remove as remove_workspace
+from executor.sandbox.container import (
+    LABEL,
+    LABEL_EXECUTOR,
+    LABEL_WORKSPACE,
+    SandboxError,
+    remove_orphans,
+)
 from storage.db import reading, transaction
 from storage.defaults import HEARTBEAT_TIMEOUT_S
 from storage.lifecycle import WORKING
@@ -99,6 +109,41 @@ def remove_dead_sandboxes(
             continue  # idle on this host: its spares are its own
         before = None if gone else now - grace
         removed += remove_orphans(client, executor_id=executor_id, created_before=before)
+    return removed
+
+
+def remove_stray_workspaces(
+    client: docker.DockerClient, root: Path, *, grace: timedelta = ORPHAN_GRACE
+) -> list[Path]:
+    """Sandbox folders under `root` (an executor's `<home>/sandboxes`) that no container names
+    and that nothing touched for `grace`: a kill -9 between making a folder (a loop-mounted
+    image of up to `limits.disk`) and starting its container, or between removing the
+    container and its folder, leaves one that no container sweep can find. Run at start; the
+    grace spares a folder another executor sharing this home is about to use."""
+    if not root.is_dir():
+        return []
+    named = {
+        container.labels.get(LABEL_WORKSPACE)
+        for container in client.containers.list(
+            all=True, filters={"label": LABEL}, ignore_removed=True
+        )
+    }
+    cutoff = time.time() - grace.total_seconds()
+    removed: list[Path] = []
+    for folder in sorted(root.iterdir()):
+        if (
+            folder.is_symlink()
+            or not folder.is_dir()
+            or named & {str(folder), str(folder.resolve())}
+        ):
+            continue
+        if folder.stat().st_mtime > cutoff:  # made (or written at its top) within the grace
+            continue
+        try:
+            remove_workspace(folder)
+        except WorkspaceError:
+            continue  # still busy: the next start tries again
+        removed.append(folder)
     return removed
 
 

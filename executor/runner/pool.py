@@ -14,7 +14,12 @@ from sqlmodel import col, select
 from executor.agents.llm import LLMClient
 from executor.config.defaults import IDLE_POLL_S
 from executor.config.schema import Config
-from executor.runner.fleet import connect_docker, new_executor_id, remove_dead_sandboxes
+from executor.runner.fleet import (
+    connect_docker,
+    new_executor_id,
+    remove_dead_sandboxes,
+    remove_stray_workspaces,
+)
 from executor.runner.worker import Worker
 from executor.sandbox.image import ensure_image
 from executor.sandbox.warm import SandboxSpec, WarmPool
@@ -47,6 +52,8 @@ def run_executor(
     executor_id = new_executor_id(engine)
     for name in remove_dead_sandboxes(client, engine, timeout_s=heartbeat_timeout_s):
         log(f"removed leftover sandbox {name}")
+    for folder in remove_stray_workspaces(client, home / "sandboxes"):
+        log(f"removed leftover sandbox folder {folder.name}")
     for image in sorted({repo.image for repo in config.repos.values()}):
         ensure_image(client, image)
     if threading.current_thread() is threading.main_thread():
