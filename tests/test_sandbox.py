@@ -291,7 +291,9 @@ def test_remove_orphans_removes_only_the_executors_sandboxes(
         assert sorted(remove_orphans_of(docker_client, executor_id=crashed)) == sorted(
             s.name for s in left
         )
-        mine = docker_client.containers.list(all=True, filters={"label": LABEL})
+        mine = docker_client.containers.list(
+            all=True, filters={"label": LABEL}, ignore_removed=True
+        )
         assert kept.name in [c.name for c in mine]
         assert not [c for c in mine if c.labels.get(LABEL_EXECUTOR) == crashed]
         stranger.reload()  # still there

@@ -121,4 +121,7 @@ def our_sandboxes(client: docker.DockerClient, engine: Engine) -> list:
 
 
 def containers_of(client: docker.DockerClient, executor_id: str) -> list:
-    return client.containers.list(all=True, filters={"label": f"nightcrew.executor={executor_id}"})
+    # A spare removed between the list and its inspect is no error: it is simply not there.
+    return client.containers.list(
+        all=True, filters={"label": f"nightcrew.executor={executor_id}"}, ignore_removed=True
+    )
