@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Engine
 
 from executor.git import quota
+from executor.git.workspace import remove as remove_workspace
 from executor.runner.fleet import installation_id, remove_dead_sandboxes, remove_stray_workspaces
 from executor.sandbox.container import Sandbox
 from storage.db import make_engine, transaction
@@ -94,6 +95,7 @@ def test_a_sandbox_folder_no_container_names_is_removed_at_start(
         assert remove_stray_workspaces(docker_client, root) == []
     finally:
         live.remove()
+        remove_workspace(root / "live")  # as the warm pool does once its container is gone
 
 
 def test_each_database_has_its_own_installation_id(tmp_path: Path) -> None:
