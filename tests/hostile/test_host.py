@@ -58,7 +58,8 @@ def test_processes_that_escape_a_command_die_with_it_and_the_work_is_kept(
         bash("timeout 1000 sleep 1004 & setsid sleep 1005 & sleep 60"),
         bash(
             # Under load the daemon may be killed before its first line: no file is 0 lines.
-            "a=$(cat junk.txt 2>/dev/null | wc -l); sleep 1; b=$(cat junk.txt 2>/dev/null | wc -l); "
+            "a=$(cat junk.txt 2>/dev/null | wc -l); sleep 1; "
+            "b=$(cat junk.txt 2>/dev/null | wc -l); "
             "ps -eo args | grep -c '^sleep 100'; echo $((b - a))"
         ),
         finish(),
