@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -70,23 +70,23 @@ def test_only_queued_tasks_are_claimed(engine: Engine) -> None:
 
 
 def _run_claimers(db_url: str, workers: list[str]) -> dict[str, list[int]]:
-    start_at = time.time() + 3.0  # both processes are imported and waiting by then
     script = Path(__file__).with_name("claimer.py")
-    procs = {
-        w: subprocess.Popen(
-            [sys.executable, str(script), db_url, w, str(start_at)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=Path(__file__).parent.parent,
-        )
-        for w in workers
-    }
-    results = {}
-    for w, proc in procs.items():
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-        results[w] = json.loads(out)
+    with tempfile.TemporaryDirectory() as barrier:
+        procs = {
+            w: subprocess.Popen(
+                [sys.executable, str(script), db_url, w, barrier, str(len(workers))],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=Path(__file__).parent.parent,
+            )
+            for w in workers
+        }
+        results = {}
+        for w, proc in procs.items():
+            out, err = proc.communicate(timeout=180)
+            assert proc.returncode == 0, err
+            results[w] = json.loads(out)
     return results
 
 
