@@ -9,6 +9,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import yaml
 from sqlmodel import select
 
@@ -82,6 +83,17 @@ def test_nightcrew_bot_over_http_serves_from_worker_processes_and_posts_each_car
                     )
                 )
             assert all(a.status == 200 and "queued task" in a.text for a in answers)
+            # The worker processes' front (bot/slack/asgi.py): what is not Slack's is refused.
+            command = slash_command("add never queued")
+            assert slack.post_to_app(url, command, forge=True).status == 401
+            assert slack.post_to_app(url, command, stale=True).status == 401
+            broken = slack.post_to_app(url, body="{not json", content_type="application/json")
+            assert (broken.status, broken.text) == (400, "malformed request")
+            huge = httpx.post(url, content=b"x" * (2 * 1024**2), timeout=30)
+            assert huge.status_code == 413
+            assert httpx.get(url, timeout=10).status_code == 404  # Slack only POSTs
+            health = httpx.get(url.replace("/slack/events", "/healthz"), timeout=10)
+            assert health.status_code == 200 and health.json()["role"] == "bot", health.text
             cards = slack.wait_until(
                 lambda: len(slack.messages("C111")) >= COMMANDS and slack.messages("C111"),
                 timeout=60,

@@ -2,7 +2,9 @@
 
 One interpreter serving every request holds the GIL for all of them: under a burst of slash
 commands the acks queue behind each other and behind thread switches. Worker processes
-share the listening socket instead (`gthread` workers: keep-alive, a few threads each). The
+share the listening socket instead. Each is a uvicorn worker (C HTTP parser, uvloop, keep-
+alive) in front of Bolt (`asgi.py`): gunicorn's own threaded workers parsed HTTP in Python,
+which cost about as much CPU per ack as the ack's own work. The
 notifier is not here: it stays in the `nightcrew bot` process that starts this server as a
 child, so it runs exactly once however many workers there are.
 
@@ -25,9 +27,10 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from gunicorn.app.base import BaseApplication
+from uvicorn_worker import UvicornWorker
 
 PARENT_ENV = "NIGHTCREW_BOT_PID"  # the process whose death stops this server
 THREADS = 4  # per worker: enough to overlap a database wait, few enough to keep the GIL calm
@@ -39,7 +42,8 @@ def application() -> Callable[..., Any]:
     leave SQLite's WAL checkpoints (and their fsync) to the `nightcrew bot` process: one
     inside an ack's write turn made every ack behind it wait for the disk."""
     from bot.links import Signer
-    from bot.slack.app import SlackEnv, build_app, wsgi_app
+    from bot.slack.app import SlackEnv, build_app
+    from bot.slack.asgi import asgi_app
     from executor.config.schema import Config, load_config
     from executor.config.settings import Settings
     from executor.monitoring.admin import health
@@ -57,7 +61,15 @@ def application() -> Callable[..., Any]:
     engine = make_engine(settings.db_url, create=False, autocheckpoint=False)
     signer = Signer.from_settings(settings)  # page links in `/agent review` and the App Home
     app = build_app(engine, config, env, signer=signer)
-    return wsgi_app(app, health=lambda: health(engine, "bot"))
+    return asgi_app(app, health=lambda: health(engine, "bot"), threads=THREADS)
+
+
+class _Worker(UvicornWorker):  # type: ignore[misc]
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "off",
+    }
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -93,8 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         {
             "bind": args.bind,
             "workers": args.workers,
-            "worker_class": "gthread",
-            "threads": THREADS,
+            "worker_class": _Worker,
             "keepalive": KEEPALIVE_S,
             "backlog": 512,
             "graceful_timeout": 10,
