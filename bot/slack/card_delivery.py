@@ -52,22 +52,51 @@ class Cards:
         if time.monotonic() < wait:  # coalesce: the row waits, newer ones replace it
             d.defer(row, wait - time.monotonic())
             return
-        try:
-            d.call(
-                d.client.chat_update,
-                channel=task.channel,
-                ts=task.card_ts or task.thread_ts,
-                text=text,
-                blocks=card,
-            )
-        except Permanent as exc:
-            if not edit_refused(str(exc)):
-                raise
-            self._repost(row, task, text, card, str(exc))
+        refused = self._edit(task.channel, task.card_ts or task.thread_ts, text, card)
+        if refused is not None:
+            self._repost(row, task, text, card, refused)
             return
         d.sent(row)
         self._last_edit[task.id] = time.monotonic()
         d.delivered(row)
+
+    def _edit(
+        self, channel: str, ts: str | None, text: str, card: list[blocks.Block]
+    ) -> str | None:
+        """Edit a card in place; Slack's reason when it will not let us any more (the
+        caller posts a fresh one), else None. Other refusals raise as any call's do."""
+        try:
+            self.d.call(self.d.client.chat_update, channel=channel, ts=ts, text=text, blocks=card)
+        except Permanent as exc:
+            if not edit_refused(str(exc)):
+                raise
+            return str(exc)
+        return None
+
+    def _post_afresh(
+        self,
+        row: Outbox,
+        what: str,
+        channel: str,
+        thread_ts: str,
+        in_thread: bool,
+        text: str,
+        card: list[blocks.Block],
+        why: str,
+    ) -> tuple[str, bool, bool]:
+        """Post a fresh card for `what` ("task 4", "plan 2") in its thread, or as a new
+        thread when the old root is gone; (its ts, whether an earlier post was adopted,
+        whether it started a new thread)."""
+        gone = card_gone(why, in_thread=in_thread)
+        log.warning(
+            "%s: its card cannot be edited (%s); posting a fresh one %s",
+            what,
+            why,
+            "as a new thread" if gone else "in its thread",
+        )
+        where = {} if gone else {"thread_ts": thread_ts}
+        ts, adopted = post_once(self.d, row, channel, text=text, blocks=card, **where)
+        return ts, adopted, gone
 
     def _repost(
         self, row: Outbox, task: Task, text: str, card: list[blocks.Block], why: str
@@ -77,15 +106,16 @@ class Cards:
         and is not found), re-bind the task to it, and say why in the thread."""
         d = self.d
         assert row.id is not None and task.id is not None and task.channel and task.thread_ts
-        gone = card_gone(why, in_thread=task.card_ts is not None)
-        log.warning(
-            "task %s: its card cannot be edited (%s); posting a fresh one %s",
-            task.id,
+        ts, adopted, gone = self._post_afresh(
+            row,
+            f"task {task.id}",
+            task.channel,
+            task.thread_ts,
+            task.card_ts is not None,
+            text,
+            card,
             why,
-            "as a new thread" if gone else "in its thread",
         )
-        where = {} if gone else {"thread_ts": task.thread_ts}
-        ts, adopted = post_once(d, row, task.channel, text=text, blocks=card, **where)
 
         def moved(session: Any) -> None:
             outbox.card_moved(
@@ -175,18 +205,9 @@ class Cards:
             d.sent(row)
             d.settle(posted)
             return
-        try:
-            d.call(
-                d.client.chat_update,
-                channel=channel,
-                ts=plan.card_ts or plan.thread_ts,
-                text=text,
-                blocks=card,
-            )
-        except Permanent as exc:
-            if not edit_refused(str(exc)):
-                raise
-            self._repost_plan(row, plan, text, card, str(exc))
+        refused = self._edit(channel, plan.card_ts or plan.thread_ts, text, card)
+        if refused is not None:
+            self._repost_plan(row, plan, text, card, refused)
             return
         d.sent(row)
         d.delivered(row)
@@ -199,15 +220,16 @@ class Cards:
         d = self.d
         assert row.id is not None and plan.id is not None and plan.channel and plan.thread_ts
         plan_id, thread_ts = plan.id, plan.thread_ts
-        gone = card_gone(why, in_thread=plan.card_ts is not None)
-        log.warning(
-            "plan %s: its card cannot be edited (%s); posting a fresh one %s",
-            plan_id,
+        ts, adopted, gone = self._post_afresh(
+            row,
+            f"plan {plan_id}",
+            plan.channel,
+            thread_ts,
+            plan.card_ts is not None,
+            text,
+            card,
             why,
-            "as a new thread" if gone else "in its thread",
         )
-        where = {} if gone else {"thread_ts": thread_ts}
-        ts, adopted = post_once(d, row, plan.channel, text=text, blocks=card, **where)
 
         def moved(session: Any) -> None:
             outbox.plan_card_moved(
