@@ -226,9 +226,22 @@ def test_a_token_limit_kills_aider_mid_run(
     # agent is killed instead of waited for, and the task parks with the reason.
     first = reply(content="Let me read test_calc.py first.", usage=(1500, 80))
     with ScriptedLLM([first, hang(60)]) as llm:
-        started = time.monotonic()
+        hung_at: list[float] = []  # when the hanging second request came in
+
+        def watch() -> None:
+            while not hung_at and len(llm.requests) < 2:
+                time.sleep(0.05)
+            hung_at.append(time.monotonic())
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         make_worker(llm, repo_options=options, max_tokens=1000).work(drain=True)
-        assert time.monotonic() - started < 45, "the agent was stopped, not waited for"
+        done_at = time.monotonic()
+        hung_at.append(done_at)  # ends the watch if the request never came
+        watcher.join(5)
+        # Timed from the hanging request, not the start: the image's start and aider's own
+        # start-up take tens of seconds on a loaded machine. Waited for, it would be 60 s.
+        assert done_at - hung_at[0] < 40, "the agent was stopped, not waited for"
     stopped = task(engine, task_id)
     assert stopped.state is State.NEEDS_INPUT
     assert stopped.reason == "token limit reached (1,580 of 1,000)"
