@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import docker
 import pytest
 from sqlmodel import col, select
 
+from executor.runner.fleet import remove_stray_workspaces
 from executor.sandbox.container import LABEL_EXECUTOR
 from storage.db import make_engine, transaction
 from storage.lifecycle import State
@@ -65,6 +67,12 @@ class FleetModel:
             command = f"sleep 1.5 && echo {n} > out-{n}.txt"
             step = reply(tool_call("bash", {"command": command}))
         step.serve(h, request)
+
+
+def mounts() -> list[str]:
+    """Mount points of this host (Linux: /proc/self/mountinfo's fifth field)."""
+    with open("/proc/self/mountinfo") as info:
+        return [line.split()[4] for line in info]
 
 
 def task_number(request: dict[str, Any]) -> int:
@@ -239,6 +247,13 @@ def test_two_executors_and_a_bot_run_40_tasks_once_through_a_sigkill(
                 proc.send_signal(signal.SIGTERM)
         outputs = [proc.communicate(timeout=60)[0] for proc in procs]
         llm.stop()
+        # The killed executor is not started again here; what its next start would remove
+        # (a folder it made in the very instant of the kill, no container naming it) goes
+        # the same way now, or its loop mount outlives the test.
+        remove_stray_workspaces(
+            docker_client, tmp_path / "exec-a" / "sandboxes", grace=timedelta(0)
+        )
+    assert not [m for m in mounts() if m.startswith(str(tmp_path))], "a sandbox left mounted"
     survivor_out = outputs[2]
     assert survivor.returncode == 0, survivor_out
 
