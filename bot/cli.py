@@ -757,7 +757,7 @@ def plan(
     from bot import plans as plan_actions
     from bot.terminal import plans as plan_render
     from executor.agents.llm import DEFAULT_BASE_URL, LLMClient
-    from executor.agents.planner import PlanUnusable
+    from executor.agents.planner import Meter, PlanUnusable
     from executor.costs.budget import Books
     from executor.costs.plan_estimate import estimate_nanos, over_budget, planning_refused
     from executor.pipeline.planning import charge as charge_planning
@@ -790,24 +790,27 @@ def plan(
         llm = LLMClient(
             base_url=base_url, api_key=env.openai_api_key, model=model, **model_waits(cfg, env)
         )
+        meter = Meter()  # what the planner's model calls used, however its run ends
         try:
-            with llm:
-                planned = plan_spec(
-                    client=connect_docker(),
-                    llm=llm,
-                    home=env.home,
-                    repo_name=name,
-                    repo=cfg.repos[name],
-                    spec=text,
-                    executor_id=new_executor_id(engine()),
-                )
-        except PlanUnusable as exc:
-            with transaction(engine()) as session:  # no plan, but the calls were made
-                charge_planning(
-                    session, books, repo=name, plan_id=None, model=model, usage=exc.usage
-                )
-            raise ActionError(str(exc)) from None
-        except SandboxError as exc:
+            try:
+                with llm:
+                    planned = plan_spec(
+                        client=connect_docker(),
+                        llm=llm,
+                        home=env.home,
+                        repo_name=name,
+                        repo=cfg.repos[name],
+                        spec=text,
+                        executor_id=new_executor_id(engine()),
+                        meter=meter,
+                    )
+            except BaseException:  # no plan (unusable, a crash, Ctrl-C), but the calls were made
+                with transaction(engine()) as session:
+                    charge_planning(
+                        session, books, repo=name, plan_id=None, model=model, usage=meter.usage
+                    )
+                raise
+        except (PlanUnusable, SandboxError) as exc:
             raise ActionError(str(exc)) from None
         with transaction(engine()) as session:
             made = create_plan(
