@@ -712,11 +712,17 @@ def show(
         with transaction(engine()) as session:
             task = get_task(session, tid)
             log = events(session, tid)
-            taken = [n for n in nudges(session, tid) if n.deleted_at is None]  # not taken back
+            every = nudges(session, tid)
+        taken = [n for n in every if n.deleted_at is None]  # not taken back
         proof = next((e.payload for e in reversed(log) if e.kind == "proof"), None)
         runs, times = render.claims(log), render.time_split(log)
-        if as_json:
-            out.json(records.detail(task, taken, log[-10:], proof=proof, runs=runs, times=times))
+        if as_json:  # withdrawn nudges too, flagged (their words are gone)
+            edits = records.nudge_edits(log)
+            out.json(
+                records.detail(
+                    task, every, log[-10:], proof=proof, runs=runs, times=times, edits=edits
+                )
+            )
         else:
             out.print(
                 render.task_detail(task, taken, log[-10:], proof=proof, runs=runs, times=times)
