@@ -712,11 +712,17 @@ def show(
         with transaction(engine()) as session:
             task = get_task(session, tid)
             log = events(session, tid)
-            taken = [n for n in nudges(session, tid) if n.deleted_at is None]  # not taken back
+            every = nudges(session, tid)
+        taken = [n for n in every if n.deleted_at is None]  # not taken back
         proof = next((e.payload for e in reversed(log) if e.kind == "proof"), None)
         runs, times = render.claims(log), render.time_split(log)
-        if as_json:
-            out.json(records.detail(task, taken, log[-10:], proof=proof, runs=runs, times=times))
+        if as_json:  # withdrawn nudges too, flagged (their words are gone)
+            edits = records.nudge_edits(log)
+            out.json(
+                records.detail(
+                    task, every, log[-10:], proof=proof, runs=runs, times=times, edits=edits
+                )
+            )
         else:
             out.print(
                 render.task_detail(task, taken, log[-10:], proof=proof, runs=runs, times=times)
@@ -757,7 +763,7 @@ def plan(
     from bot import plans as plan_actions
     from bot.terminal import plans as plan_render
     from executor.agents.llm import DEFAULT_BASE_URL, LLMClient
-    from executor.agents.planner import PlanUnusable
+    from executor.agents.planner import Meter, PlanUnusable
     from executor.costs.budget import Books
     from executor.costs.plan_estimate import estimate_nanos, over_budget, planning_refused
     from executor.pipeline.planning import charge as charge_planning
@@ -790,24 +796,27 @@ def plan(
         llm = LLMClient(
             base_url=base_url, api_key=env.openai_api_key, model=model, **model_waits(cfg, env)
         )
+        meter = Meter()  # what the planner's model calls used, however its run ends
         try:
-            with llm:
-                planned = plan_spec(
-                    client=connect_docker(),
-                    llm=llm,
-                    home=env.home,
-                    repo_name=name,
-                    repo=cfg.repos[name],
-                    spec=text,
-                    executor_id=new_executor_id(engine()),
-                )
-        except PlanUnusable as exc:
-            with transaction(engine()) as session:  # no plan, but the calls were made
-                charge_planning(
-                    session, books, repo=name, plan_id=None, model=model, usage=exc.usage
-                )
-            raise ActionError(str(exc)) from None
-        except SandboxError as exc:
+            try:
+                with llm:
+                    planned = plan_spec(
+                        client=connect_docker(),
+                        llm=llm,
+                        home=env.home,
+                        repo_name=name,
+                        repo=cfg.repos[name],
+                        spec=text,
+                        executor_id=new_executor_id(engine()),
+                        meter=meter,
+                    )
+            except BaseException:  # no plan (unusable, a crash, Ctrl-C), but the calls were made
+                with transaction(engine()) as session:
+                    charge_planning(
+                        session, books, repo=name, plan_id=None, model=model, usage=meter.usage
+                    )
+                raise
+        except (PlanUnusable, SandboxError) as exc:
             raise ActionError(str(exc)) from None
         with transaction(engine()) as session:
             made = create_plan(

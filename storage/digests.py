@@ -15,7 +15,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
 from storage.lifecycle import WORKING, State
-from storage.models import Charge, DigestRun, DigestSubscriber, Outbox, Task, TaskEvent, utcnow
+from storage.models import (
+    Charge,
+    DigestRun,
+    DigestSubscriber,
+    Outbox,
+    Plan,
+    Task,
+    TaskEvent,
+    utcnow,
+)
 
 PROMPT_CHARS = 200  # a digest line shows the start of a prompt; the rest stays in the DB
 OPEN = frozenset({*WORKING, State.WAITING, State.QUEUED, State.NEEDS_INPUT})
@@ -70,7 +79,10 @@ class DigestData:
 
     @property
     def empty(self) -> bool:
-        return not (self.awaiting or self.merged or self.failed or self.open or self.totals.tasks)
+        """Nothing to tell: no task listed or touched, and no model call paid for (a planner
+        run alone still spent money)."""
+        listed = self.awaiting or self.merged or self.failed or self.open
+        return not (listed or self.totals.tasks or self.totals.tokens)
 
 
 def collect(
@@ -134,7 +146,10 @@ def collect(
 def _spent(
     session: Session, since: datetime, until: datetime, requester: str | None
 ) -> tuple[int, int, int]:
-    """Tokens, exact cost and unpriced tokens of the model calls made in (since, until]."""
+    """Tokens, exact cost and unpriced tokens of the model calls made in (since, until].
+    `requester`: the calls of their tasks and of the planner runs of their plans (a planner's
+    charge names its plan and no task); a run that made no plan names neither, so only the
+    channel digest counts it."""
     tokens = Charge.tokens_in + Charge.tokens_out
     query = select(
         func.coalesce(func.sum(tokens), 0),
@@ -142,8 +157,10 @@ def _spent(
         func.coalesce(func.sum(case((col(Charge.cost_nanos).is_(None), tokens), else_=0)), 0),
     ).where(col(Charge.at) > since, col(Charge.at) <= until)
     if requester:
-        query = query.join(Task, col(Task.id) == Charge.task_id).where(
-            col(Task.requester) == requester
+        query = (
+            query.outerjoin(Task, col(Task.id) == Charge.task_id)
+            .outerjoin(Plan, and_(col(Charge.task_id).is_(None), col(Plan.id) == Charge.plan_id))
+            .where(or_(col(Task.requester) == requester, col(Plan.requester) == requester))
         )
     n_tokens, nanos, unpriced = session.connection().execute(query).one()
     return int(n_tokens), int(nanos), int(unpriced)

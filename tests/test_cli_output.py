@@ -130,6 +130,45 @@ def test_json_output_has_the_documented_fields(git_repo: Path, home: Path) -> No
     assert json.loads(run(git_repo, home, "repos", "--json").stdout)[0]["name"] == "app"
 
 
+def test_show_json_gives_each_nudge_its_files_edit_and_withdrawal(
+    git_repo: Path, home: Path
+) -> None:
+    from storage import nudge_files
+    from storage.tasks import complete_nudge_files, edit_nudge, withdraw_nudge
+    from tests.slack_samples import load_json
+
+    run(git_repo, home, "add", "fix the parser")
+    shared = load_json("event_message_file_share.json")["event"]["files"]  # Slack's own shape
+    engine = make_engine(sqlite_url(home))
+    with transaction(engine) as s:
+        actions.nudge(s, 1, "keep the API", actor=getpass.getuser())
+        actions.nudge(
+            s, 1, "see the log", actor="U2", source="slack", slack_ts="1.1",
+            files=nudge_files.refs(shared),
+        )  # fmt: skip
+        actions.nudge(s, 1, "wrong task, sorry", actor="U2", source="slack", slack_ts="1.2")
+    with transaction(engine) as s:
+        assert edit_nudge(s, 2, "see the screenshot", by="U2")  # edited in Slack
+        assert withdraw_nudge(s, 3)  # deleted in Slack before the agent read it
+    before = json.loads(run(git_repo, home, "show", "1", "--json").stdout)["nudges"]
+    with transaction(engine) as s:
+        assert complete_nudge_files(s, 2, 'File "file.png" is an image: not shown.')
+    engine.dispose()
+    shown = run(git_repo, home, "show", "1", "--json")
+    assert shown.returncode == 0, shown.stderr
+    plain, screenshot, withdrawn = json.loads(shown.stdout)["nudges"]
+    assert plain["id"] == 1 and plain["source"] == "cli" and plain["files"] == []
+    assert not (plain["edited"] or plain["withdrawn"] or plain["files_pending"])
+    assert (plain["edited_at"], plain["withdrawn_at"]) == (None, None)
+    assert screenshot["source"] == "slack" and screenshot["edited"]
+    assert screenshot["edited_at"] and screenshot["edited_at"] >= screenshot["at"]
+    assert screenshot["files"] == [{"name": "file.png", "type": "image/png", "size": 92582}]
+    assert before[1]["files_pending"] and not screenshot["files_pending"]
+    assert screenshot["text"] == 'see the screenshot\n\nFile "file.png" is an image: not shown.'
+    assert withdrawn["withdrawn"] and withdrawn["withdrawn_at"] and not withdrawn["taken"]
+    assert (withdrawn["text"], withdrawn["files"]) == ("", [])  # the words were taken back
+
+
 def test_ls_filters_combine(git_repo: Path, home: Path) -> None:
     run(git_repo, home, "add", "mine on app")
     add_as(home, "app", "theirs on app", "U2")

@@ -20,6 +20,8 @@ from storage.db import make_engine, transaction
 from storage.digests import collect
 from storage.lifecycle import State
 from storage.models import Charge, DigestRun, Outbox
+from storage.plans import request_plan
+from storage.spend import charge, charge_planner
 from tests.digest_fixtures import config, posts, put_task
 from tests.waiting import wait_for
 
@@ -175,6 +177,48 @@ def test_subscribers_get_their_own_tasks_by_dm(engine: Engine, tmp_path: Path) -
     with transaction(engine) as s:
         assert digests.unsubscribe(s, "U111") and not digests.unsubscribe(s, "U111")
     assert digest.send_due(engine, cfg, DAY2 + timedelta(days=1)) == []
+
+
+def test_a_persons_digest_counts_the_planning_of_their_plans(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # A planner run's calls name its plan and no task: the DM digest of the person who asked
+    # for the plan counts them, as the channel digest and the budgets do.
+    hour = timedelta(hours=1)
+    usd_1 = 1_000_000_000
+    with transaction(engine) as s:
+        theirs = request_plan(s, repo="api", spec="split the parser", requester="U222")
+        mine = request_plan(s, repo="api", spec="bump deps", requester="U111")
+        task = put_task(s, State.RUNNING, DAY1 + hour, requester="U222")
+        charge(s, task, model="m", tokens_in=10, tokens_out=0, cost_nanos=usd_1, at=DAY1 + hour)
+        for plan, tokens, cost in ((theirs, 200, usd_1 * 2), (mine, 3000, usd_1 * 4)):
+            charge_planner(
+                s, repo="api", plan_id=plan.id, model="m", tokens_in=tokens, tokens_out=0,
+                cost_nanos=cost, at=DAY1 + hour * 2,
+            )  # fmt: skip
+        charge_planner(  # a re-plan, priceless, and a run that made no plan (nobody's)
+            s, repo="api", plan_id=theirs.id, model="x", tokens_in=0, tokens_out=7,
+            cost_nanos=None, at=DAY1 + hour * 3,
+        )  # fmt: skip
+        charge_planner(
+            s, repo="api", plan_id=None, model="m", tokens_in=1, tokens_out=0,
+            cost_nanos=usd_1 * 8, at=DAY1 + hour * 3,
+        )  # fmt: skip
+        assert digests.subscribe(s, "U111") and digests.subscribe(s, "U222")
+    with transaction(engine) as s:
+        everyone = collect(s, DAY1, DAY2)
+        theirs_seen = collect(s, DAY1, DAY2, requester="U222")
+        mine_seen = collect(s, DAY1, DAY2, requester="U111")
+    assert (everyone.totals.tokens, everyone.totals.cost_nanos) == (3218, usd_1 * 15)
+    assert theirs_seen.totals.tokens == 217 and theirs_seen.totals.unpriced_tokens == 7
+    assert theirs_seen.totals.cost_nanos == usd_1 * 3  # their task's call and their plan's
+    # U111 has no task at all: planning alone is worth a digest, and it says what it cost.
+    assert (mine_seen.totals.tokens, mine_seen.totals.cost_nanos) == (3000, usd_1 * 4)
+    assert not mine_seen.empty
+    sent = digest.send_due(engine, config(tmp_path, channels=()), DAY2)
+    assert [one.target for one in sent] == ["U111", "U222"]
+    text = str(posts(engine)[0].payload["blocks"])
+    assert "nothing happened" not in text and "3,000 tokens" in text and "$4.00" in text
 
 
 def test_two_schedulers_on_one_database_send_each_digest_once(

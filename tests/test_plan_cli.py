@@ -105,6 +105,24 @@ def test_the_planners_model_calls_are_charged_to_todays_spend(cli: Cli, model) -
     assert spent_today(cli) == {"usd": 15.0, "nanos": 15_000_000_000, "unpriced_tokens": 0}
 
 
+def test_a_planner_crash_still_charges_the_calls_it_made(cli: Cli, model) -> None:
+    """A bug in planning (here a RecursionError from an answer nested too deep for the JSON
+    decoder) ends the command with its traceback; the model calls made before it are paid
+    for, so they are on the ledger all the same."""
+    from tests.test_plan_run import TOO_DEEP
+
+    (cli.repo / "nightcrew.yaml").write_text(PRICED)
+    usage = (1_000_000, 100_000)  # $3 a call
+    llm = model(
+        reply(tool_call("read_file", {"path": "calc.py"}), usage=usage),
+        reply(content=TOO_DEEP, usage=usage),
+    )
+    with pytest.raises(RecursionError):
+        cli("plan", "add subtraction to calc")
+    assert len(llm.requests) == 2
+    assert spent_today(cli) == {"usd": 6.0, "nanos": 6_000_000_000, "unpriced_tokens": 0}
+
+
 def test_a_spent_budget_refuses_a_new_plan_before_the_planner_runs(cli: Cli, model) -> None:
     (cli.repo / "nightcrew.yaml").write_text(PRICED + "budgets: {daily_usd: 5}\n")
     usage = (1_000_000, 400_000)  # $6 of a $5 day

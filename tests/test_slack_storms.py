@@ -14,12 +14,10 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
-from slack_bolt import App
 from sqlalchemy import Engine
 from sqlmodel import select
 
 from bot.slack import blocks
-from bot.slack.app import SlackEnv, build_app
 from bot.slack.notifier import Notifier
 from bot.slack.run import notifier_thread
 from bot.terminal.doctor import check_deliveries
@@ -29,6 +27,8 @@ from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import Task, TaskEvent
 from storage.tasks import create_task, events, get_task, notify, record, transition
+from tests.conftest import git
+from tests.llm_server import ScriptedLLM, reply, tool_call
 from tests.slack_emulator import (
     Call,
     Message,
@@ -37,18 +37,13 @@ from tests.slack_emulator import (
     block_action,
     slash_command,
 )
-from tests.slack_fixtures import FAST, card_of, slack_env, to_awaiting_approval
+from tests.slack_fixtures import FAST, card_of, serve_http, slack_env
 from tests.waiting import wait_for
+from tests.worker_fixtures import RunWorker
 
 REQUESTER = "U111"
 CHANNEL = "C111"
 STORM_S = 60.0
-
-
-@pytest.fixture
-def app(engine: Engine, env: SlackEnv, tmp_path: Path) -> App:
-    config = Config(repos={"api": RepoConfig(path=tmp_path)}, channels={CHANNEL: "api"})
-    return build_app(engine, lambda: config, env)
 
 
 def _settled(engine: Engine) -> bool:
@@ -245,42 +240,60 @@ def test_a_row_younger_than_the_maximum_age_is_kept_through_many_429s(
 
 
 def test_a_card_slack_will_not_edit_is_posted_again_in_its_thread_and_its_approve_merges(
-    slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier
+    slack: SlackEmulator,
+    engine: Engine,
+    notifier: Notifier,
+    make_worker: RunWorker,
+    project: Path,
 ) -> None:
-    slack.post_to_app(url, slash_command("fix the tests", user_id=REQUESTER))
-    old = card_of(slack, engine)
-    to_awaiting_approval(engine)
-    wait_for(lambda: any("ready for review" in m.text for m in slack.messages()), 10, "review")
-    wait_for(lambda: _settled(engine), 10, "the outbox to drain")
-    slack.refuse_update(CHANNEL, old.ts, "cant_update_message")
-    edited = slack.message(CHANNEL, old.ts).edits
-    with transaction(engine) as session:  # anything that edits the card: a progress refresh
-        outbox.request_card(session, 1)
+    # A real task: a worker runs it in its sandbox against the scripted model and parks it
+    # with its proof; the fresh card's Approve then has a real merge to make.
+    config = Config(repos={"app": RepoConfig(path=project)}, channels={CHANNEL: "app"})
+    fix = {"path": "calc.py", "old_text": "return a - b", "new_text": "return a + b"}
+    script = [reply(tool_call("edit_file", fix)), reply(tool_call("finish", {"summary": "fixed"}))]
+    with serve_http(engine, slack, config) as url:
+        slack.post_to_app(url, slash_command("fix add() in calc.py", user_id=REQUESTER))
+        old = card_of(slack, engine)
+        with ScriptedLLM(script) as llm:
+            assert make_worker(llm).work(drain=True) == 1
+        assert _task(engine, 1).state is State.AWAITING_APPROVAL, _task(engine, 1).reason
+        wait_for(lambda: any("ready for review" in m.text for m in slack.messages()), 10, "review")
+        wait_for(lambda: _settled(engine), 10, "the outbox to drain")
+        slack.refuse_update(CHANNEL, old.ts, "cant_update_message")
+        edited = slack.message(CHANNEL, old.ts).edits
+        with transaction(engine) as session:  # anything that edits the card: a progress refresh
+            outbox.request_card(session, 1)
 
-    def fresh_card() -> Message | None:
-        task = _task(engine, 1)
-        return slack.message(CHANNEL, task.card_ts) if task.card_ts else None
+        def fresh_card() -> Message | None:
+            task = _task(engine, 1)
+            return slack.message(CHANNEL, task.card_ts) if task.card_ts else None
 
-    card = wait_for(fresh_card, 10, "a fresh card")
-    assert card.thread_ts == old.ts and blocks.APPROVE in card.action_ids
-    wait_for(lambda: _settled(engine), 10, "the note")
-    note = _replies(slack, _task(engine, 1))[-1]
-    assert "could no longer be edited" in note.text and "cant_update_message" in note.text
-    assert _task(engine, 1).thread_ts == old.ts  # the thread stays where people talk
+        card = wait_for(fresh_card, 10, "a fresh card")
+        assert card.thread_ts == old.ts and blocks.APPROVE in card.action_ids
+        wait_for(lambda: _settled(engine), 10, "the note")
+        note = _replies(slack, _task(engine, 1))[-1]
+        assert "could no longer be edited" in note.text and "cant_update_message" in note.text
+        assert _task(engine, 1).thread_ts == old.ts  # the thread stays where people talk
 
-    home = slack.post_to_app(
-        url, dict(app_mention("x"), event={"type": "app_home_opened", "user": REQUESTER})
-    )
-    assert home.status == 200
-    view = slack.wait_until(lambda: slack.home(REQUESTER), what="the App Home")
-    assert "Waiting for your approval" in str(view) and blocks.APPROVE in str(view)
+        home = slack.post_to_app(
+            url, dict(app_mention("x"), event={"type": "app_home_opened", "user": REQUESTER})
+        )
+        assert home.status == 200
+        view = slack.wait_until(lambda: slack.home(REQUESTER), what="the App Home")
+        assert "Waiting for your approval" in str(view) and blocks.APPROVE in str(view)
 
-    click = block_action(blocks.APPROVE, user=REQUESTER, message=card.to_api())
-    assert slack.post_to_app(url, click).status == 200
-    wait_for(lambda: _task(engine, 1).state is State.MERGING, 10, "the approval")
-    assert _task(engine, 1).approved_by == REQUESTER
+        click = block_action(blocks.APPROVE, user=REQUESTER, message=card.to_api())
+        assert slack.post_to_app(url, click).status == 200
+        wait_for(lambda: _task(engine, 1).state is State.MERGING, 10, "the approval")
+        with ScriptedLLM([]) as llm:  # the merge: a worker claims it and lands it
+            assert make_worker(llm).work(drain=True) == 1
+    merged = _task(engine, 1)
+    assert merged.state is State.MERGED, merged.reason
+    assert merged.approved_by == REQUESTER
+    assert git(project, "rev-parse", "main") == merged.merge_commit
+    assert "return a + b" in git(project, "show", "main:calc.py")  # the agent's change landed
     slack.wait_until(
-        lambda: "merging" in slack.message(CHANNEL, card.ts).all_text, what="fresh card: merging"
+        lambda: "merged" in slack.message(CHANNEL, card.ts).all_text, what="fresh card: merged"
     )
     assert slack.message(CHANNEL, old.ts).edits == edited  # the old one is left alone
 

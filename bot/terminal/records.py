@@ -13,6 +13,7 @@ from typing import Any
 from executor.config.redact import redact
 from executor.config.schema import Config
 from executor.costs.budget import ALL, Budget, Day
+from storage import nudge_files
 from storage.digests import DigestData, DigestTask
 from storage.lifecycle import State
 from storage.models import Nudge, Priority, Task, TaskEvent
@@ -78,12 +79,42 @@ def event(e: TaskEvent) -> dict[str, Any]:
     }
 
 
-def nudge(n: Nudge) -> dict[str, Any]:
+def nudge(n: Nudge, edited_at: datetime | None = None) -> dict[str, Any]:
+    """A nudge; `edited_at`: when its text was last replaced (its `nudge_edited` events).
+    A withdrawn one (its Slack reply deleted before the agent read it) keeps no words."""
     return {
+        "id": n.id,
         "author": n.author,
+        "source": n.source,
         "text": clean(n.text),
         "at": when(n.created_at),
         "taken": n.consumed_at is not None,
+        "files": [nudge_file(f) for f in n.files or []],
+        "files_pending": n.files_pending,
+        "edited": edited_at is not None,
+        "edited_at": when(edited_at),
+        "withdrawn": n.deleted_at is not None,
+        "withdrawn_at": when(n.deleted_at),
+    }
+
+
+def nudge_file(ref: dict[str, Any]) -> dict[str, Any]:
+    """A reply's file as Slack described it (untrusted): its name, type and size only; its
+    content, once fetched, is in the nudge's text."""
+    kind = ref.get("mimetype") or ref.get("filetype")
+    return {
+        "name": clean(nudge_files.name(ref)),
+        "type": clean(str(kind)) if kind else None,
+        "size": nudge_files.size(ref),
+    }
+
+
+def nudge_edits(events: Sequence[TaskEvent]) -> dict[int, datetime]:
+    """When each nudge was last edited, from the task's events (oldest first)."""
+    return {
+        e.payload["id"]: e.created_at
+        for e in events
+        if e.kind == "nudge_edited" and isinstance(e.payload.get("id"), int)
     }
 
 
@@ -95,14 +126,17 @@ def detail(
     proof: dict | None,
     runs: Sequence[str],
     times: dict[str, float | None],
+    edits: dict[int, datetime] | None = None,
 ) -> dict[str, Any]:
-    """`show --json`: the task, its time split, proof pack, nudges and recent events."""
+    """`show --json`: the task, its time split, proof pack, nudges (withdrawn ones too,
+    flagged; `edits` from `nudge_edits`) and recent events."""
+    edits = edits or {}
     return {
         **task(t),
         **times,
         "runs": list(runs),
         "proof": proof,
-        "nudges": [nudge(n) for n in nudges],
+        "nudges": [nudge(n, edits.get(n.id or 0)) for n in nudges],
         "events": [event(e) for e in events],
     }
 

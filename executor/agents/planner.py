@@ -75,13 +75,26 @@ class Planned:
 
 
 @dataclass
+class Meter:
+    """What a planner run's model calls used so far, added to as each answer arrives. The
+    caller holds it, so it knows what to charge however the run ends: a plan, an unusable
+    answer, or a crash nobody foresaw."""
+
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
 class Planner:
     llm: LLMClient
     env: Environment
     max_turns: int = PLANNER_MAX_TURNS
     max_bad_answers: int = PLANNER_MAX_BAD_ANSWERS
     options: dict[str, Any] = field(default_factory=dict)  # e.g. max_tokens for small models
-    usage: Usage = field(default_factory=Usage)
+    meter: Meter = field(default_factory=Meter)
+
+    @property
+    def usage(self) -> Usage:
+        return self.meter.usage
 
     def propose(
         self,
@@ -113,7 +126,7 @@ class Planner:
                 reply = self.llm.complete(messages, TOOLS, "auto", options=self.options)
             except LLMError as exc:
                 raise PlanUnusable(f"the planner's model failed: {exc}", self.usage) from None
-            self.usage += reply.usage
+            self.meter.usage += reply.usage
             messages.append(reply.as_message())
             if not reply.tool_calls:
                 answer = _json_in(reply.content or "")

@@ -3,7 +3,8 @@
 The checkout is made on the host from the canonical repo (as the clean room's is), mounted
 read-only in a sandbox without network; the planner's commands run there, never on the host.
 The sandbox and the checkout are removed whatever happens. What the planner's model calls
-cost is charged to the spend ledger (`charge`), whether it made a plan or not."""
+cost is charged to the spend ledger (`charge`), whether it made a plan or not: the caller
+passes a `Meter` and charges what it holds, however the run ended."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from sqlmodel import Session
 
 from executor.agents.llm import LLMClient
 from executor.agents.llm_reply import Usage
-from executor.agents.planner import Planned, Planner, PlanUnusable
+from executor.agents.planner import Meter, Planned, Planner, PlanUnusable
 from executor.config.defaults import PLANNER_MAX_TURNS
 from executor.config.schema import RepoConfig
 from executor.costs.budget import Books
@@ -47,8 +48,11 @@ def plan_spec(
     author: str = "the requester",
     max_turns: int = PLANNER_MAX_TURNS,
     options: dict[str, Any] | None = None,
+    meter: Meter | None = None,
 ) -> Planned:
-    """The plan for `spec`, or PlanUnusable saying why (git, Docker and the model included)."""
+    """The plan for `spec`, or PlanUnusable saying why (git, Docker and the model included).
+    `meter`: the model calls' usage as they are made, for the caller to charge whatever this
+    raises (an unexpected error carries no usage of its own)."""
     folder = workspace.private_dir(home / "plans") / secrets.token_hex(8)
     folder.mkdir()
     sandbox: Sandbox | None = None
@@ -68,7 +72,9 @@ def plan_spec(
             env=SANDBOX_ENV,
             read_only_workspace=True,
         )
-        run = Planner(llm, sandbox, max_turns=max_turns, options=dict(options or {}))
+        run = Planner(
+            llm, sandbox, max_turns=max_turns, options=dict(options or {}), meter=meter or Meter()
+        )
         return run.propose(
             spec, repo=repo_name, previous=previous, feedback=feedback, author=author
         )

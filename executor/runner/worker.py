@@ -21,9 +21,8 @@ from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
 from executor.agents.llm import LLMClient, ModelOutage
-from executor.agents.llm_reply import Usage
 from executor.agents.loop import Cancelled
-from executor.agents.planner import PlanUnusable
+from executor.agents.planner import Meter, PlanUnusable
 from executor.config.defaults import IDLE_POLL_S, PLANNER_STALE_S
 from executor.config.schema import Config, RepoConfig
 from executor.costs.budget import WAITING, Books, held
@@ -134,7 +133,7 @@ class Worker:
         assert plan.id is not None
         draft: PlanDraft | None = None
         error: str | None = None
-        usage = Usage()
+        meter = Meter()  # what the model calls used, however the run ends: all of it is charged
         repo = self.config.repos.get(plan.repo)
         try:
             if repo is None:
@@ -157,16 +156,22 @@ class Worker:
                 executor_id=self.executor_id,
                 previous=previous,
                 feedback=plan.feedback,
+                meter=meter,
             )
-            draft, usage = planned.draft, planned.usage
+            draft = planned.draft
         except PlanUnusable as exc:
-            error, usage = str(exc), exc.usage
+            error = str(exc)
         except Exception as exc:  # a bug in planning must not kill the worker
             log.exception("%s: planning plan %s failed", self.worker_id, plan.id)
             error = f"planning failed: {type(exc).__name__}: {exc}"
         with transaction(self.engine) as s:
             charge_planning(
-                s, self.books, repo=plan.repo, plan_id=plan.id, model=self.llm.model, usage=usage
+                s,
+                self.books,
+                repo=plan.repo,
+                plan_id=plan.id,
+                model=self.llm.model,
+                usage=meter.usage,
             )
             note = None
             if draft is not None and repo is not None:  # said on the card, before queueing
