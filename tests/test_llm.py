@@ -319,6 +319,28 @@ def test_base_url_without_scheme_is_refused() -> None:
         LLMClient(base_url="localhost:8080/v1", api_key=None, model="m")
 
 
+DEEP = '{"a":' * 100_000 + "1" + "}" * 100_000  # deeper than Python's JSON decoder recurses
+
+
+@both
+def test_arguments_nested_too_deep_are_an_error_for_the_agent_not_a_crash(
+    connect: Connect,
+) -> None:
+    """A hostile or broken model's arguments `{"a":{"a":…` 100,000 deep: json.loads raises
+    RecursionError, which no `except ValueError` catches; the call must come back as bad
+    arguments like any other malformed JSON."""
+    with ScriptedLLM([reply(tool_call("bash", DEEP, id="deep"))]) as llm:
+        (deep,) = connect(llm).complete(USER, tools=[BASH]).tool_calls
+    assert deep.arguments is None
+    assert deep.error == "arguments are not valid JSON: JSON nested too deeply"
+
+
+def test_a_body_nested_too_deep_is_a_bad_reply_and_retried(connect: Connect) -> None:
+    with ScriptedLLM([Fault(200, body=DEEP), reply(content="ok")]) as llm:
+        assert connect(llm).complete(USER).content == "ok"
+    assert len(llm.requests) == 2
+
+
 def test_body_that_is_not_json_is_retried(connect: Connect) -> None:
     with ScriptedLLM([Fault(200, body="<html>gateway</html>"), reply(content="ok")]) as llm:
         assert connect(llm).complete(USER).content == "ok"

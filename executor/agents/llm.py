@@ -21,7 +21,6 @@ Tool-call arguments that are not a JSON object do not raise: the `ToolCall` carr
 from __future__ import annotations
 
 import email.utils
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from executor.agents import untrusted_json
 from executor.agents.gate import Gate, WindowOver
 from executor.agents.llm_reply import (
     BadReply,
@@ -431,7 +431,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 def _json(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        return untrusted_json.loads(body)
     except ValueError:
         raise BadReply(f"body is not JSON: {excerpt(body.decode(errors='replace'))}") from None
 

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from executor.agents import untrusted_json
+
 
 class BadReply(Exception):
     """The server answered, but not with a usable completion (an error chunk mid-stream,
@@ -117,7 +119,7 @@ def parse_stream(lines: Iterable[str]) -> Reply:
         if event == "error":
             raise ErrorReply(f"error event mid-stream: {error_text(data)}")
         try:
-            chunk = json.loads(data)
+            chunk = untrusted_json.loads(data)
         except ValueError:
             raise BadReply(f"chunk is not JSON: {excerpt(data)}") from None
         _raise_on_error(chunk)
@@ -199,7 +201,7 @@ def _tool_call(call_id: str | None, name: str | None, arguments: Any) -> ToolCal
         raw = json.dumps(arguments)
         return _checked(call_id, name, raw, arguments)
     try:
-        parsed = json.loads(arguments)
+        parsed = untrusted_json.loads(arguments)
     except ValueError as exc:
         error = f"arguments are not valid JSON: {exc}"
         return ToolCall(call_id, name, None, arguments, error)
@@ -235,7 +237,7 @@ def error_text(error: Any) -> str:
     """The message of an OpenAI-style error, whatever shape it came in."""
     if isinstance(error, str):
         try:
-            error = json.loads(error)
+            error = untrusted_json.loads(error)
         except ValueError:
             return excerpt(error)
     if isinstance(error, dict) and "error" in error:

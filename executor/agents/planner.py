@@ -10,13 +10,13 @@ crash, never half a plan."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
+from executor.agents import untrusted_json
 from executor.agents.llm import LLMClient, LLMError
 from executor.agents.llm_reply import ToolCall, Usage
 from executor.agents.loop import render
@@ -188,7 +188,7 @@ def _json_in(text: str) -> Any:
         if start < 0 or end <= start:
             continue
         try:
-            return json.loads(candidate[start : end + 1])
+            return untrusted_json.loads(candidate[start : end + 1])
         except ValueError:
             continue
     return None

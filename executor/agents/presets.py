@@ -11,12 +11,13 @@ sandbox/agents/install-agents.sh; the flags below are those versions'."""
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+
+from executor.agents import untrusted_json
 
 PROMPT_FILE = "/tmp/nightcrew-prompt.txt"
 NO_KEY = "nightcrew-no-key"  # some clients refuse to start without one; local models need none
@@ -187,7 +188,7 @@ def _json(line: str) -> dict | None:
     if not line.startswith("{"):
         return None
     try:
-        value = json.loads(line)
+        value = untrusted_json.loads(line)
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
