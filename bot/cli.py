@@ -716,8 +716,8 @@ def show(
         taken = [n for n in every if n.deleted_at is None]  # not taken back
         proof = next((e.payload for e in reversed(log) if e.kind == "proof"), None)
         runs, times = render.claims(log), render.time_split(log)
+        edits = records.nudge_edits(log)
         if as_json:  # withdrawn nudges too, flagged (their words are gone)
-            edits = records.nudge_edits(log)
             out.json(
                 records.detail(
                     task, every, log[-10:], proof=proof, runs=runs, times=times, edits=edits
@@ -725,7 +725,9 @@ def show(
             )
         else:
             out.print(
-                render.task_detail(task, taken, log[-10:], proof=proof, runs=runs, times=times)
+                render.task_detail(
+                    task, taken, log[-10:], proof=proof, runs=runs, times=times, edited=edits
+                )
             )
         if with_diff:
             _print_diff(task)

@@ -167,6 +167,11 @@ def test_show_json_gives_each_nudge_its_files_edit_and_withdrawal(
     assert screenshot["text"] == 'see the screenshot\n\nFile "file.png" is an image: not shown.'
     assert withdrawn["withdrawn"] and withdrawn["withdrawn_at"] and not withdrawn["taken"]
     assert (withdrawn["text"], withdrawn["files"]) == ("", [])  # the words were taken back
+    # A person reading `show` sees the same: the edit, the file, and nothing withdrawn.
+    human = run(git_repo, home, "show", "1").stdout
+    assert "[pending] U2 (edited): see the screenshot" in human
+    assert "    files: file.png" in human
+    assert "wrong task" not in human and "keep the API" in human
 
 
 def test_ls_filters_combine(git_repo: Path, home: Path) -> None:

@@ -7,7 +7,7 @@ an older release may have stored (an escape sequence would clear the screen or f
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -20,6 +20,7 @@ from executor.config.redact import redact
 from executor.config.schema import Config
 from executor.costs.budget import ALL, WAITING, Budget, Day
 from executor.costs.pricing import cost_text, usd
+from storage import nudge_files
 from storage.digests import DigestData
 from storage.lifecycle import WORKING, State
 from storage.models import Nudge, Priority, Task, TaskEvent, utcnow
@@ -139,9 +140,11 @@ def task_detail(
     proof: dict | None = None,
     runs: Sequence[str] = (),
     times: dict[str, float | None] | None = None,
+    edited: Collection[int] = (),
 ) -> Group:
     """`runs`: who claimed the task, attempt by attempt (see `claims`); `times`: the
-    working time and the wait for approval (see `time_split`)."""
+    working time and the wait for approval (see `time_split`); `edited`: the nudges whose
+    text a person replaced in Slack."""
     times = times or {}
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -193,7 +196,11 @@ def task_detail(
                 if n.files_pending
                 else "pending"
             )
-            parts.append(plain(f"  [{status}] {n.author}: {n.text}"))
+            mark = " (edited)" if n.id in edited else ""
+            parts.append(plain(f"  [{status}] {n.author}{mark}: {n.text}"))
+            names = [clean(nudge_files.name(f)) for f in n.files or []]
+            if names:
+                parts.append(plain(f"    files: {', '.join(names)}"))
     if events:
         parts.append(Text("\nrecent events (nightcrew log for all)", style="bold"))
         parts.extend(event_line(e) for e in events)
