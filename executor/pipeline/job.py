@@ -69,6 +69,7 @@ class TaskJob:
     books: Books
     sandboxes: WarmPool
     checkpointed: Collected | None = None  # the branch as the pipeline last checked it
+    start_commit: str | None = None  # what the task's clone checked out (start_sandbox)
     # Set when a charge finds a daily budget reached; the agent stops before its next call.
     over_budget: str | None = None
     # An external agent's conversation (codex, claude-code): later runs resume it.
@@ -453,7 +454,10 @@ class TaskJob:
     def agent(self, ws: Workspace, sandbox: Sandbox, *, instruction: str | None = None) -> Agent:
         task = self.task
         messages = [
-            {"role": "system", "content": render("system", repo_instructions=_instructions(ws))},
+            {
+                "role": "system",
+                "content": render("system", repo_instructions=self._instructions(ws)),
+            },
             {
                 "role": "user",
                 "content": render(
@@ -495,15 +499,27 @@ class TaskJob:
             waiting=self.model_wait,
         )
 
+    def _instructions(self, ws: Workspace) -> str:
+        """The repo's AGENTS.md (or CLAUDE.md) as the clone checks it out: read from the
+        canonical repo, so the first model call need not wait for the clone."""
+        assert self.start_commit is not None  # set by start_sandbox
+        for name in ("AGENTS.md", "CLAUDE.md"):
+            text = workspace.read_committed_file(ws.canonical, self.start_commit, name)
+            if text:
+                return render("repo_instructions", file=name, text=text)
+        return ""
+
     # --- sandbox and hand-back -----------------------------------------------------------
 
     def start_sandbox(self) -> tuple[Workspace, Sandbox]:
         """A fresh sandbox (a warm one when ready) with a new clone of the task's branch in
-        its own workspace folder."""
+        its own workspace folder. The clone is made in the background, while the agent asks
+        the model (the prompt reads the repo's instructions from the canonical repo): the
+        sandbox's first command waits for it."""
         assert self.task.branch is not None
         sandbox = self.sandboxes.take(SandboxSpec.of(self.repo, self.llm.base_url))
         try:
-            ws = workspace.prepare(
+            ws, checkout = workspace.locate(
                 self.home,
                 self.task.repo,
                 self.repo,
@@ -511,10 +527,16 @@ class TaskJob:
                 self.task.branch,
                 into=sandbox.workspace,
             )
-            prepare_workspace(ws.path)  # the clone is the sandbox user's now
         except BaseException:
             discard(sandbox)
             raise
+        self.start_commit = checkout.start
+
+        def make_clone() -> None:
+            workspace.clone(ws, checkout)
+            prepare_workspace(ws.path)  # the clone is the sandbox user's now
+
+        sandbox.fill(make_clone)
         self.watch.attach(sandbox)
         return ws, sandbox
 
@@ -531,13 +553,14 @@ class TaskJob:
 
     def checkpoint(self, ws: Workspace, sandbox: Sandbox, summary: str | None) -> Collected:
         """Bring the work so far into the canonical repo, with the sandbox frozen so nothing
-        in it races the copy; what is left uncommitted is committed with the agent's summary."""
+        in it races the copy (thawed by its next command, if any); what is left uncommitted
+        is committed with the agent's summary."""
         self.note_egress(sandbox)
         text = commit_text.work_message(self.task_id, self.task.prompt, summary)
         workspace.commit_leftovers(exec_in(sandbox), ws, text)
-        with sandbox.frozen():
-            self.checkpointed = workspace.collect(ws)
-            return self.checkpointed
+        sandbox.freeze()  # until its next command: a task parking now is removed frozen
+        self.checkpointed = workspace.collect(ws)
+        return self.checkpointed
 
     def hand_back(self, ws: Workspace, sandbox: Sandbox) -> Collected:
         """Whatever happened: commit what is left and bring the branch home. The sandbox is
@@ -619,14 +642,6 @@ def exec_in(sandbox: Sandbox) -> workspace.Exec:
         return result.exit_code, result.output
 
     return exec_
-
-
-def _instructions(ws: Workspace) -> str:
-    for name in ("AGENTS.md", "CLAUDE.md"):
-        text = workspace.read_workspace_file(ws.path, name)
-        if text:
-            return render("repo_instructions", file=name, text=text)
-    return ""
 
 
 def _turn_payload(turn: Turn) -> dict[str, Any]:

@@ -302,6 +302,9 @@ class Worker:
         outcome, _ = self._guarded(run)
         if ws is None or sandbox is None:
             return outcome, fields  # nothing started (start_sandbox cleans up after itself)
+        if sandbox.unusable:  # it never started, or its clone failed: it ran nothing
+            self.sandboxes.retire(sandbox, lambda: discard(sandbox))
+            return outcome, fields
         if job.watch.lost:  # another worker owns the task now: its branch is not ours to write
             self.sandboxes.retire(sandbox, lambda: discard(sandbox))
             return outcome, fields
