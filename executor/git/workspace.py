@@ -84,7 +84,7 @@ __all__ = [
     "measure",
     "prepare",
     "private_dir",
-    "read_committed_file",
+    "read_committed_files",
     "read_workspace_file",
     "remove",
 ]
@@ -362,18 +362,21 @@ def read_workspace_file(workspace: Path, relpath: str, max_bytes: int = 64 * 102
         return handle.read(max_bytes).decode("utf-8", errors="replace")
 
 
-def read_committed_file(
-    repo: Path, commit: str, relpath: str, max_bytes: int = 64 * 1024
-) -> str | None:
-    """read_workspace_file() of a fresh checkout of `commit`, without the checkout: at most
-    `max_bytes` of a regular file's blob in the host-owned repo (no filter or textconv
-    runs), or None when it is missing or no regular file (a symlink, a submodule)."""
-    listed = git("ls-tree", "-z", commit, "--", relpath, cwd=repo)
-    mode, kind, blob = listed.partition("\t")[0].split() or ("", "", "")
-    if kind != "blob" or mode not in ("100644", "100755"):
-        return None
-    data = git_head("cat-file", "blob", blob, max_bytes=max_bytes, cwd=repo)
-    return data.decode("utf-8", errors="replace")
+def read_committed_files(
+    repo: Path, commit: str, relpaths: tuple[str, ...], max_bytes: int = 64 * 1024
+) -> dict[str, str]:
+    """read_workspace_file() of each of `relpaths` in a fresh checkout of `commit`, without
+    the checkout: at most `max_bytes` of each regular file's blob in the host-owned repo (no
+    filter or textconv runs); missing ones and those that are no regular file (a symlink, a
+    submodule) are left out."""
+    files = {}
+    for entry in git("ls-tree", "-z", commit, "--", *relpaths, cwd=repo).split("\0"):
+        meta, _, path = entry.partition("\t")
+        mode, kind, blob = meta.split() if path else ("", "", "")
+        if path in relpaths and kind == "blob" and mode in ("100644", "100755"):
+            data = git_head("cat-file", "blob", blob, max_bytes=max_bytes, cwd=repo)
+            files[path] = data.decode("utf-8", errors="replace")
+    return files
 
 
 def canonical_repo(home: Path, name: str, repo: RepoConfig) -> Path:

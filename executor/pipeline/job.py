@@ -99,10 +99,11 @@ class TaskJob:
         while True:
             try:
                 summary = work(feedback)
-                self.watch.check()  # a cancel that came during the last model call
             except NeedsHuman as stop:
                 return Outcome(State.NEEDS_INPUT, str(stop))
-            self.move(State.CHECKING)
+            # A cancel that came during the last model call stops it here; else, in the
+            # same write, on to checking.
+            self.watch.check(then=lambda s: self._move(s, State.CHECKING))
             collected = self.checkpoint(ws, sandbox, summary)
             checks: list[stages.CheckResult] = []
             outside = stages.out_of_scope(
@@ -197,11 +198,12 @@ class TaskJob:
         )
         proof["commit"] = collected.head_commit
         base = base or self.task.base_commit
+        diff = None
         if base:
             text, cut = merge.patch(
                 self.canonical, base, collected.head_commit, max_chars=PEOPLE_DIFF_CHARS
             )
-            self.record("diff", {"commit": collected.head_commit, "diff": text, "cut": cut})
+            diff = {"commit": collected.head_commit, "diff": text, "cut": cut}
         approved = self.task.approved_commit
         if approved and approved != collected.head_commit:
             stat, patch = merge.interdiff(
@@ -213,7 +215,10 @@ class TaskJob:
                 "diff_stat": stat,
                 "diff": patch,
             }
-        self.record("proof", proof)
+        with transaction(self.engine) as s:  # one write: the patch, then its proof
+            if diff is not None:
+                record(s, self.task_id, "diff", diff)
+            record(s, self.task_id, "proof", proof)
         return proof
 
     @property
@@ -475,10 +480,16 @@ class TaskJob:
         model = self.llm.model
 
         def between_turns() -> list[str]:
-            self.watch.check()
-            with transaction(self.engine) as s:
-                pending = take_nudges(s, self.task_id)
-                return [render("nudge", author=n.author, text=n.text) for n in pending]
+            texts: list[str] = []
+
+            def take(s: Session) -> None:  # in the heartbeat's transaction: one write
+                texts.extend(
+                    render("nudge", author=n.author, text=n.text)
+                    for n in take_nudges(s, self.task_id)
+                )
+
+            self.watch.check(then=take)
+            return texts
 
         def on_turn(turn: Turn) -> None:
             with transaction(self.engine) as s:  # one write per turn: count, cost, log, card
@@ -503,8 +514,10 @@ class TaskJob:
         """The repo's AGENTS.md (or CLAUDE.md) as the clone checks it out: read from the
         canonical repo, so the first model call need not wait for the clone."""
         assert self.start_commit is not None  # set by start_sandbox
-        for name in ("AGENTS.md", "CLAUDE.md"):
-            text = workspace.read_committed_file(ws.canonical, self.start_commit, name)
+        names = ("AGENTS.md", "CLAUDE.md")
+        files = workspace.read_committed_files(ws.canonical, self.start_commit, names)
+        for name in names:
+            text = files.get(name)
             if text:
                 return render("repo_instructions", file=name, text=text)
         return ""
@@ -579,14 +592,17 @@ class TaskJob:
 
     def move(self, to: State, **fields: Any) -> None:
         with transaction(self.engine) as s:
-            transition(
-                s,
-                self.task_id,
-                to,
-                actor=self.worker_id,
-                where=[Task.worker_id == self.worker_id],
-                **fields,
-            )
+            self._move(s, to, **fields)
+
+    def _move(self, session: Session, to: State, **fields: Any) -> None:
+        transition(
+            session,
+            self.task_id,
+            to,
+            actor=self.worker_id,
+            where=[Task.worker_id == self.worker_id],
+            **fields,
+        )
 
     def record(self, kind: str, payload: dict[str, Any]) -> None:
         with transaction(self.engine) as s:
