@@ -230,13 +230,14 @@ def test_a_stopped_sandbox_is_reported_and_started_again(make_sandbox: MakeSandb
     assert (after.exit_code, after.output) == (0, "kept\n")
 
 
-def test_frozen_pauses_everything_inside_and_retries_a_pause_that_fails(
+def test_freeze_pauses_everything_inside_until_the_next_command_and_retries_a_failed_pause(
     make_sandbox: MakeSandbox,
 ) -> None:
     sandbox = make_sandbox()
-    with sandbox.frozen():
-        sandbox.container.reload()
-        assert sandbox.container.status == "paused"  # nothing in it can race the copy
+    sandbox.freeze()
+    sandbox.container.reload()
+    assert sandbox.container.status == "paused"  # nothing in it can race the copy
+    assert run(sandbox, "echo thawed").output == "thawed\n"  # the next command thaws it
     sandbox.container.reload()
     assert sandbox.container.status == "running"
     # A pause the engine refuses at first (here: the container is stopped, a 409) is tried
@@ -244,14 +245,15 @@ def test_frozen_pauses_everything_inside_and_retries_a_pause_that_fails(
     sandbox.container.stop(timeout=0)
     restarter = threading.Timer(0.3, sandbox.container.start)
     restarter.start()
-    with sandbox.frozen():
-        sandbox.container.reload()
-        assert sandbox.container.status == "paused"
+    sandbox.freeze()
+    sandbox.container.reload()
+    assert sandbox.container.status == "paused"
     restarter.join()
+    run(sandbox, "true")
     # One that keeps failing is an error, as before.
     sandbox.container.stop(timeout=0)
-    with pytest.raises(docker.errors.APIError), sandbox.frozen():
-        pytest.fail("frozen() yielded without a pause")
+    with pytest.raises(docker.errors.APIError):
+        sandbox.freeze()
 
 
 def test_kill_during_a_long_command(make_sandbox: MakeSandbox) -> None:
