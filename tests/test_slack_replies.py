@@ -323,6 +323,7 @@ def test_a_deleted_reply_never_reaches_the_agent_and_one_it_read_is_answered(
     held.set()
     slack.wait_until(
         lambda: [c for c in slack.calls("file_download") if c.status == 200],
+        timeout=30,  # a loaded CI box
         what="the held download",
     )
     assert taken(engine) == []
