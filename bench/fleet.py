@@ -15,7 +15,11 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing import Event, Pipe, Process
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +55,27 @@ class TurnByTurn:
         reply(call).serve(h, request)
 
 
+def _serve(script: list[Any], address: Connection, stop: Event) -> None:
+    with ScriptedLLM(script) as llm:
+        address.send(llm.base_url)
+        stop.wait()
+
+
+@contextmanager
+def model_process(script: list[Any]) -> Iterator[str]:
+    """The scripted model in a process of its own, as a real model is elsewhere: in the
+    executor's interpreter its HTTP threads took the GIL from the workers it answers."""
+    ours, theirs = Pipe()
+    stop = Event()
+    server = Process(target=_serve, args=(script, theirs, stop), daemon=True)
+    server.start()
+    try:
+        yield ours.recv()
+    finally:
+        stop.set()
+        server.join(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=32)
@@ -66,13 +91,13 @@ def main() -> None:
             for i in range(args.tasks):
                 create_task(s, repo="app", prompt=f"bench {i}", requester="bench")
         script = [TurnByTurn(args.delay, args.turns)] * (args.tasks * args.turns)
-        with ScriptedLLM(script) as llm:
+        with model_process(script) as base_url:
             started = time.monotonic()
             done = run_executor(
                 engine=engine,
                 config=Config(repos={"app": repo}),
                 home=root / "home",
-                make_llm=lambda: LLMClient(base_url=llm.base_url, api_key=None, model="bench"),
+                make_llm=lambda: LLMClient(base_url=base_url, api_key=None, model="bench"),
                 concurrency=args.concurrency,
                 drain=True,
                 log=lambda _: None,
