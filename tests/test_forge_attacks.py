@@ -138,7 +138,7 @@ def test_review_comments_reach_the_agent_once_and_its_own_do_not(
     with ScriptedLLM([]) as llm:
         worker = make_worker(llm, repo_options=forge.options(review_nudges=True) | CHECKS)
         worker.maintain()
-        worker.maintenance.reset()
+        worker._next_maintenance = 0
         worker.maintain()  # the same comments again: nothing new
     with transaction(engine) as s:
         notes = [n.text for n in nudges(s, task_id)]

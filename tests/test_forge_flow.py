@@ -130,13 +130,13 @@ def test_reject_here_closes_the_pr_and_polls_are_conditional(
     with ScriptedLLM([]) as llm:
         worker = make_worker(llm, repo_options=forge.options() | CHECKS)
         worker.maintain()
-        worker.maintenance.reset()
+        worker._next_maintenance = 0
         worker.maintain()  # nothing changed: the forge answers 304
         polls = [r for r in forge.emulator.requests if r.method == "GET" and r.path.endswith("/1")]
         assert polls[-1].status == 304 and "If-None-Match" in polls[-1].headers
         with transaction(engine) as s:
             actions.reject(s, task_id, actor="U1")
-        worker.maintenance.reset()
+        worker._next_maintenance = 0
         worker.maintain()
     assert forge.pr(1)["state"] == "closed" and not forge.merged(1)
     assert task(engine, task_id).pr_state == "closed"

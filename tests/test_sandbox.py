@@ -230,14 +230,13 @@ def test_a_stopped_sandbox_is_reported_and_started_again(make_sandbox: MakeSandb
     assert (after.exit_code, after.output) == (0, "kept\n")
 
 
-def test_freeze_pauses_everything_inside_until_the_next_command_and_retries_a_failed_pause(
+def test_frozen_pauses_everything_inside_and_retries_a_pause_that_fails(
     make_sandbox: MakeSandbox,
 ) -> None:
     sandbox = make_sandbox()
-    sandbox.freeze()
-    sandbox.container.reload()
-    assert sandbox.container.status == "paused"  # nothing in it can race the copy
-    assert run(sandbox, "echo thawed").output == "thawed\n"  # the next command thaws it
+    with sandbox.frozen():
+        sandbox.container.reload()
+        assert sandbox.container.status == "paused"  # nothing in it can race the copy
     sandbox.container.reload()
     assert sandbox.container.status == "running"
     # A pause the engine refuses at first (here: the container is stopped, a 409) is tried
@@ -245,15 +244,14 @@ def test_freeze_pauses_everything_inside_until_the_next_command_and_retries_a_fa
     sandbox.container.stop(timeout=0)
     restarter = threading.Timer(0.3, sandbox.container.start)
     restarter.start()
-    sandbox.freeze()
-    sandbox.container.reload()
-    assert sandbox.container.status == "paused"
+    with sandbox.frozen():
+        sandbox.container.reload()
+        assert sandbox.container.status == "paused"
     restarter.join()
-    run(sandbox, "true")
     # One that keeps failing is an error, as before.
     sandbox.container.stop(timeout=0)
-    with pytest.raises(docker.errors.APIError):
-        sandbox.freeze()
+    with pytest.raises(docker.errors.APIError), sandbox.frozen():
+        pytest.fail("frozen() yielded without a pause")
 
 
 def test_kill_during_a_long_command(make_sandbox: MakeSandbox) -> None:

@@ -24,7 +24,6 @@ from executor.git.workspace import (
     commit_leftovers,
     diff_text,
     prepare,
-    read_committed_files,
     read_workspace_file,
     remove,
 )
@@ -338,26 +337,6 @@ def test_symlinks_are_never_followed_on_the_host(
     assert read_workspace_file(ws.path, "nope.md") is None
     assert read_workspace_file(ws.path, "src/AGENTS.md") == "be nice\n"
     assert read_workspace_file(ws.path, "./src/AGENTS.md", max_bytes=4) == "be n"
-
-
-def test_committed_instruction_files_are_read_from_the_canonical_blobs_never_through_a_link(
-    git_repo: Path, home: Path, tmp_path: Path
-) -> None:
-    """The prompt's AGENTS.md comes from the canonical repo's commit, not the checkout (the
-    clone is still being made): as read_workspace_file() reads that checkout."""
-    secret = tmp_path / "id_rsa"
-    secret.write_text("TOP SECRET KEY\n")
-    ws = prepare(home, "app", RepoConfig(path=git_repo), 14, "nightcrew/14-files")
-    run = sandbox(ws, tmp_path)
-    agent(run, f"ln -s {secret} AGENTS.md && mkdir CLAUDE.md && echo x > CLAUDE.md/f")
-    agent(run, "printf 'be nice\\n%.0s' $(seq 20000) > BIG.md && printf 'hi\\n' > NOTES.md")
-    commit_leftovers(run, ws, "leftovers")
-    head = collect(ws).head_commit
-
-    names = ("AGENTS.md", "CLAUDE.md", "NOTES.md", "nope.md")
-    assert read_committed_files(git_repo, head, names) == {"NOTES.md": "hi\n"}
-    big = read_committed_files(git_repo, head, ("BIG.md",), max_bytes=10)
-    assert big == {"BIG.md": "be nice\nbe"}  # only the first bytes are read, of 160,000
 
 
 @pytest.mark.parametrize("swap", ["bundle", "git-dir"])

@@ -29,7 +29,6 @@ host never fetches from an agent-writable repo (see executor/git/workspace.py)."
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -117,32 +116,6 @@ def git_bytes(*args: str, cwd: Path | None = None) -> bytes:
         said = result.stderr.decode("utf-8", "replace").strip()
         raise GitError(redact(f"git {' '.join(args)} (in {cwd or '.'}): {said}"))
     return result.stdout
-
-
-def git_head(*args: str, max_bytes: int, cwd: Path | None = None) -> bytes:
-    """As git_bytes(), but only the first `max_bytes` of what git writes: git is stopped
-    there, so a huge blob costs no memory."""
-    cmd = ["git"]
-    for key, value in ALWAYS.items():
-        cmd += ["-c", f"{key}={value}"]
-    with subprocess.Popen(
-        [*cmd, *args],
-        cwd=cwd,
-        env=_env(False),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    ) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
-        data = proc.stdout.read(max_bytes)
-        if len(data) == max_bytes:
-            proc.kill()  # the rest is not wanted
-        said = proc.stderr.read().decode("utf-8", "replace").strip()
-        code = proc.wait()
-    if code not in (0, -signal.SIGKILL):
-        raise GitError(redact(f"git {' '.join(args)} (in {cwd or '.'}): {said}"))
-    return data
 
 
 def _env(network: bool) -> dict[str, str]:

@@ -62,10 +62,9 @@ from pathlib import Path, PurePosixPath
 
 from executor.config.schema import RepoConfig
 from executor.git import quota
-from executor.git.safe import GitError, git, git_head, git_status
+from executor.git.safe import GitError, git
 
 __all__ = [
-    "Checkout",
     "Collected",
     "Exec",
     "GitError",
@@ -75,16 +74,13 @@ __all__ = [
     "canonical_repo",
     "checkout_commit",
     "checkout_path",
-    "clone",
     "collect",
     "commit_leftovers",
     "diff_text",
     "keep",
-    "locate",
     "measure",
     "prepare",
     "private_dir",
-    "read_committed_files",
     "read_workspace_file",
     "remove",
 ]
@@ -137,45 +133,14 @@ def prepare(
     branch itself when an earlier attempt left it in the canonical repo. It is made in
     `workspaces/task-<id>`, or in `into`, an empty folder (a sandbox's own); an earlier
     attempt's checkout is removed either way."""
-    ws, checkout = locate(home, repo_name, repo, task_id, branch, into=into)
-    clone(ws, checkout)
-    return ws
-
-
-@dataclass(frozen=True)
-class Checkout:
-    """What clone() fetches into a workspace (canonical commit → the clone's ref) and which
-    commit it checks out on the task's branch."""
-
-    refs: tuple[tuple[str, str], ...]
-    start: str
-
-
-def locate(
-    home: Path,
-    repo_name: str,
-    repo: RepoConfig,
-    task_id: int,
-    branch: str,
-    *,
-    into: Path | None = None,
-) -> tuple[Workspace, Checkout]:
-    """prepare() without the clone: the workspace-to-be (its base commit read from the
-    canonical repo) and what clone() must put in it. Fast, so the clone itself can go on in
-    the background (executor/pipeline/job.py)."""
     if not _BRANCH.fullmatch(branch) or ".." in branch:
         raise WorkspaceError(f"task {task_id}: unusable branch name {branch!r}")
     home = home.resolve()
     canonical = canonical_repo(home, repo_name, repo)
     base = repo.base_branch
-    base_tip = _tip(canonical, f"refs/heads/{base}")
-    if base_tip is None:
+    if not _has_ref(canonical, f"refs/heads/{base}"):
         raise WorkspaceError(f"repo {repo_name}: no branch {base!r} in {canonical}")
-    refs = [(base_tip, f"refs/remotes/origin/{base}")]
-    start = base_commit = base_tip
-    if (resumed := _tip(canonical, f"refs/heads/{branch}")) is not None:
-        refs.append((resumed, f"refs/remotes/origin/{branch}"))
-        start, base_commit = resumed, _merge_base(canonical, base_tip, resumed)
+    resumed = _has_ref(canonical, f"refs/heads/{branch}")
     path = checkout_path(home, task_id)
     _remove_tree(path)  # an earlier attempt's checkout; what it handed back is on the branch
     if into is None:
@@ -184,20 +149,20 @@ def locate(
         path = into.resolve()
         if not path.is_dir() or any(path.iterdir()):
             raise WorkspaceError(f"task {task_id}: {path} is not an empty folder")
-    ws = Workspace(path=path, branch=branch, base_commit=base_commit, canonical=canonical)
-    return ws, Checkout(tuple(refs), start)
 
-
-def clone(ws: Workspace, checkout: Checkout) -> None:
-    """Make the clone locate() planned: exactly the commits it read (the canonical repo may
-    have moved on since), with no remote."""
-    git("init", "--quiet", f"--initial-branch={ws.branch}", "--", str(ws.path))
-    refspecs = [f"+{commit}:{ref}" for commit, ref in checkout.refs]
+    git("init", "--quiet", f"--initial-branch={branch}", "--", str(path))
+    refspecs = [f"+refs/heads/{base}:refs/remotes/origin/{base}"]
+    if resumed:
+        refspecs.append(f"+refs/heads/{branch}:refs/remotes/origin/{branch}")
     fetch = ("fetch", "--quiet", "--tags", "--no-write-fetch-head")
-    git(*fetch, "--", str(ws.canonical), *refspecs, cwd=ws.path)
-    git("checkout", "--quiet", "-B", ws.branch, checkout.start, cwd=ws.path)
-    git("config", "user.name", AGENT_NAME, cwd=ws.path)
-    git("config", "user.email", AGENT_EMAIL, cwd=ws.path)
+    git(*fetch, "--", str(canonical), *refspecs, cwd=path)
+    base_tip = _rev(path, f"refs/remotes/origin/{base}")
+    start = _rev(path, f"refs/remotes/origin/{branch}") if resumed else base_tip
+    base_commit = _merge_base(path, base_tip, start) if resumed else base_tip
+    git("checkout", "--quiet", "-B", branch, start, cwd=path)
+    git("config", "user.name", AGENT_NAME, cwd=path)
+    git("config", "user.email", AGENT_EMAIL, cwd=path)
+    return Workspace(path=path, branch=branch, base_commit=base_commit, canonical=canonical)
 
 
 def commit_leftovers(run: Exec, ws: Workspace, message: str) -> None:
@@ -362,23 +327,6 @@ def read_workspace_file(workspace: Path, relpath: str, max_bytes: int = 64 * 102
         return handle.read(max_bytes).decode("utf-8", errors="replace")
 
 
-def read_committed_files(
-    repo: Path, commit: str, relpaths: tuple[str, ...], max_bytes: int = 64 * 1024
-) -> dict[str, str]:
-    """read_workspace_file() of each of `relpaths` in a fresh checkout of `commit`, without
-    the checkout: at most `max_bytes` of each regular file's blob in the host-owned repo (no
-    filter or textconv runs); missing ones and those that are no regular file (a symlink, a
-    submodule) are left out."""
-    files = {}
-    for entry in git("ls-tree", "-z", commit, "--", *relpaths, cwd=repo).split("\0"):
-        meta, _, path = entry.partition("\t")
-        mode, kind, blob = meta.split() if path else ("", "", "")
-        if path in relpaths and kind == "blob" and mode in ("100644", "100755"):
-            data = git_head("cat-file", "blob", blob, max_bytes=max_bytes, cwd=repo)
-            files[path] = data.decode("utf-8", errors="replace")
-    return files
-
-
 def canonical_repo(home: Path, name: str, repo: RepoConfig) -> Path:
     """The host-owned repo that keeps the truth: the user's `path:` repo, or our bare clone of
     a `url:` repo, freshly fetched."""
@@ -417,10 +365,12 @@ def _locked(lock_file: Path) -> Iterator[None]:
         yield
 
 
-def _tip(repo: Path, ref: str) -> str | None:
-    """The commit `ref` points at, or None when there is no such ref."""
-    code, out, _ = git_status("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", cwd=repo)
-    return out if code == 0 else None
+def _has_ref(repo: Path, ref: str) -> bool:
+    try:
+        git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", cwd=repo)
+    except GitError:
+        return False
+    return True
 
 
 def _rev(repo: Path, ref: str) -> str:

@@ -69,7 +69,6 @@ class TaskJob:
     books: Books
     sandboxes: WarmPool
     checkpointed: Collected | None = None  # the branch as the pipeline last checked it
-    start_commit: str | None = None  # what the task's clone checked out (start_sandbox)
     # Set when a charge finds a daily budget reached; the agent stops before its next call.
     over_budget: str | None = None
     # An external agent's conversation (codex, claude-code): later runs resume it.
@@ -99,11 +98,10 @@ class TaskJob:
         while True:
             try:
                 summary = work(feedback)
+                self.watch.check()  # a cancel that came during the last model call
             except NeedsHuman as stop:
                 return Outcome(State.NEEDS_INPUT, str(stop))
-            # A cancel that came during the last model call stops it here; else, in the
-            # same write, on to checking.
-            self.watch.check(then=lambda s: self._move(s, State.CHECKING))
+            self.move(State.CHECKING)
             collected = self.checkpoint(ws, sandbox, summary)
             checks: list[stages.CheckResult] = []
             outside = stages.out_of_scope(
@@ -198,12 +196,11 @@ class TaskJob:
         )
         proof["commit"] = collected.head_commit
         base = base or self.task.base_commit
-        diff = None
         if base:
             text, cut = merge.patch(
                 self.canonical, base, collected.head_commit, max_chars=PEOPLE_DIFF_CHARS
             )
-            diff = {"commit": collected.head_commit, "diff": text, "cut": cut}
+            self.record("diff", {"commit": collected.head_commit, "diff": text, "cut": cut})
         approved = self.task.approved_commit
         if approved and approved != collected.head_commit:
             stat, patch = merge.interdiff(
@@ -215,10 +212,7 @@ class TaskJob:
                 "diff_stat": stat,
                 "diff": patch,
             }
-        with transaction(self.engine) as s:  # one write: the patch, then its proof
-            if diff is not None:
-                record(s, self.task_id, "diff", diff)
-            record(s, self.task_id, "proof", proof)
+        self.record("proof", proof)
         return proof
 
     @property
@@ -459,10 +453,7 @@ class TaskJob:
     def agent(self, ws: Workspace, sandbox: Sandbox, *, instruction: str | None = None) -> Agent:
         task = self.task
         messages = [
-            {
-                "role": "system",
-                "content": render("system", repo_instructions=self._instructions(ws)),
-            },
+            {"role": "system", "content": render("system", repo_instructions=_instructions(ws))},
             {
                 "role": "user",
                 "content": render(
@@ -480,16 +471,10 @@ class TaskJob:
         model = self.llm.model
 
         def between_turns() -> list[str]:
-            texts: list[str] = []
-
-            def take(s: Session) -> None:  # in the heartbeat's transaction: one write
-                texts.extend(
-                    render("nudge", author=n.author, text=n.text)
-                    for n in take_nudges(s, self.task_id)
-                )
-
-            self.watch.check(then=take)
-            return texts
+            self.watch.check()
+            with transaction(self.engine) as s:
+                pending = take_nudges(s, self.task_id)
+                return [render("nudge", author=n.author, text=n.text) for n in pending]
 
         def on_turn(turn: Turn) -> None:
             with transaction(self.engine) as s:  # one write per turn: count, cost, log, card
@@ -510,29 +495,15 @@ class TaskJob:
             waiting=self.model_wait,
         )
 
-    def _instructions(self, ws: Workspace) -> str:
-        """The repo's AGENTS.md (or CLAUDE.md) as the clone checks it out: read from the
-        canonical repo, so the first model call need not wait for the clone."""
-        assert self.start_commit is not None  # set by start_sandbox
-        names = ("AGENTS.md", "CLAUDE.md")
-        files = workspace.read_committed_files(ws.canonical, self.start_commit, names)
-        for name in names:
-            text = files.get(name)
-            if text:
-                return render("repo_instructions", file=name, text=text)
-        return ""
-
     # --- sandbox and hand-back -----------------------------------------------------------
 
     def start_sandbox(self) -> tuple[Workspace, Sandbox]:
         """A fresh sandbox (a warm one when ready) with a new clone of the task's branch in
-        its own workspace folder. The clone is made in the background, while the agent asks
-        the model (the prompt reads the repo's instructions from the canonical repo): the
-        sandbox's first command waits for it."""
+        its own workspace folder."""
         assert self.task.branch is not None
         sandbox = self.sandboxes.take(SandboxSpec.of(self.repo, self.llm.base_url))
         try:
-            ws, checkout = workspace.locate(
+            ws = workspace.prepare(
                 self.home,
                 self.task.repo,
                 self.repo,
@@ -540,16 +511,10 @@ class TaskJob:
                 self.task.branch,
                 into=sandbox.workspace,
             )
+            prepare_workspace(ws.path)  # the clone is the sandbox user's now
         except BaseException:
             discard(sandbox)
             raise
-        self.start_commit = checkout.start
-
-        def make_clone() -> None:
-            workspace.clone(ws, checkout)
-            prepare_workspace(ws.path)  # the clone is the sandbox user's now
-
-        sandbox.fill(make_clone)
         self.watch.attach(sandbox)
         return ws, sandbox
 
@@ -566,14 +531,13 @@ class TaskJob:
 
     def checkpoint(self, ws: Workspace, sandbox: Sandbox, summary: str | None) -> Collected:
         """Bring the work so far into the canonical repo, with the sandbox frozen so nothing
-        in it races the copy (thawed by its next command, if any); what is left uncommitted
-        is committed with the agent's summary."""
+        in it races the copy; what is left uncommitted is committed with the agent's summary."""
         self.note_egress(sandbox)
         text = commit_text.work_message(self.task_id, self.task.prompt, summary)
         workspace.commit_leftovers(exec_in(sandbox), ws, text)
-        sandbox.freeze()  # until its next command: a task parking now is removed frozen
-        self.checkpointed = workspace.collect(ws)
-        return self.checkpointed
+        with sandbox.frozen():
+            self.checkpointed = workspace.collect(ws)
+            return self.checkpointed
 
     def hand_back(self, ws: Workspace, sandbox: Sandbox) -> Collected:
         """Whatever happened: commit what is left and bring the branch home. The sandbox is
@@ -592,17 +556,14 @@ class TaskJob:
 
     def move(self, to: State, **fields: Any) -> None:
         with transaction(self.engine) as s:
-            self._move(s, to, **fields)
-
-    def _move(self, session: Session, to: State, **fields: Any) -> None:
-        transition(
-            session,
-            self.task_id,
-            to,
-            actor=self.worker_id,
-            where=[Task.worker_id == self.worker_id],
-            **fields,
-        )
+            transition(
+                s,
+                self.task_id,
+                to,
+                actor=self.worker_id,
+                where=[Task.worker_id == self.worker_id],
+                **fields,
+            )
 
     def record(self, kind: str, payload: dict[str, Any]) -> None:
         with transaction(self.engine) as s:
@@ -658,6 +619,14 @@ def exec_in(sandbox: Sandbox) -> workspace.Exec:
         return result.exit_code, result.output
 
     return exec_
+
+
+def _instructions(ws: Workspace) -> str:
+    for name in ("AGENTS.md", "CLAUDE.md"):
+        text = workspace.read_workspace_file(ws.path, name)
+        if text:
+            return render("repo_instructions", file=name, text=text)
+    return ""
 
 
 def _turn_payload(turn: Turn) -> dict[str, Any]:

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable
 
 from sqlalchemy import Engine
-from sqlmodel import Session
 
 from executor.agents.loop import Cancelled
 from executor.config.defaults import WATCH_INTERVAL_S
@@ -45,7 +42,6 @@ class Watch(threading.Thread):
         self._sandbox: Sandbox | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._beaten = time.monotonic()  # the last beat, the watch's or the work's (check)
 
     def attach(self, sandbox: Sandbox | None) -> None:
         """The sandbox to kill on cancel; None while a kill must not interrupt (hand-back)."""
@@ -53,42 +49,29 @@ class Watch(threading.Thread):
             self._sandbox = sandbox
 
     def run(self) -> None:
-        # A beat the work did itself (check) counts: the claim is as fresh, cancels as read.
-        while not self._stop.wait(max(0.0, self._beaten + self.interval_s - time.monotonic())):
-            if time.monotonic() - self._beaten < self.interval_s:
-                continue
+        while not self._stop.wait(self.interval_s):
             try:
                 self.beat()
             except Exception:  # a database blip must not end the heartbeats for good
                 log.exception("watch of task %s: heartbeat failed; trying again", self.task_id)
 
-    def beat(self, then: Callable[[Session], object] | None = None) -> None:
-        """Renew the claim; `then`: more to write in the same transaction if the work goes on
-        (not lost, cancelled or shutting down)."""
-        self._beaten = time.monotonic()
+    def beat(self) -> None:
         with transaction(self.engine) as s:
             task = heartbeat(s, self.task_id, self.worker_id)
-            if task is None:
-                self.lost = True
-            elif task.cancel_requested_at is not None:
-                self.cancelled_by = task.cancel_requested_by or "someone"
-            if then is not None and not self._stopping:
-                then(s)
-        if self._stopping:
+        if task is None:
+            self.lost = True
+        elif task.cancel_requested_at is not None:
+            self.cancelled_by = task.cancel_requested_by or "someone"
+        if self.lost or self.cancelled_by or self.shutdown.is_set():
             with self._lock:
                 if self._sandbox is not None:
                     self._sandbox.kill()
 
-    @property
-    def _stopping(self) -> bool:
-        return self.lost or self.cancelled_by is not None or self.shutdown.is_set()
-
-    def check(self, *, beat: bool = True, then: Callable[[Session], object] | None = None) -> None:
+    def check(self, *, beat: bool = True) -> None:
         """At a safe point: raise Cancelled (or Interrupted) if the work must stop. `beat`
-        False reads only what the watch's own beats found (often, cheaply: no query). `then`
-        (with a beat): what the work does next in the database, in the beat's transaction."""
+        False reads only what the watch's own beats found (often, cheaply: no query)."""
         if beat:
-            self.beat(then)
+            self.beat()
         if self.lost:
             raise Interrupted("the worker lost its claim on the task")
         if self.cancelled_by:

@@ -20,7 +20,7 @@ from executor.runner.fleet import (
     remove_dead_sandboxes,
     remove_stray_workspaces,
 )
-from executor.runner.worker import Every, Worker
+from executor.runner.worker import Worker
 from executor.sandbox.image import ensure_image
 from executor.sandbox.warm import SandboxSpec, WarmPool
 from storage import wakeup
@@ -72,7 +72,6 @@ def run_executor(
         spares=concurrency,
         demand=lambda: _waiting(engine),
     )
-    maintenance = Every(heartbeat_timeout_s / 3)  # one worker sweeps for all, in turn
     try:
         bell = stack.enter_context(wakeup.listen(engine, stop))
         sandboxes.fill({SandboxSpec.of(repo, llm.base_url) for repo in config.repos.values()})
@@ -91,7 +90,6 @@ def run_executor(
                 reload=reload_config,
                 bell=bell,
                 idle_poll_s=idle_poll_s,
-                maintenance=maintenance,
             )
             for n in range(concurrency)
         ]

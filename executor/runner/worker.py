@@ -55,29 +55,6 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Every:
-    """Due once per `interval_s`, for whichever caller asks first: an executor's workers
-    share one, so one of them does the maintenance while the others work."""
-
-    interval_s: float
-    _next: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def due(self) -> bool:
-        with self._lock:
-            now = time.monotonic()
-            if now < self._next:
-                return False
-            self._next = now + self.interval_s
-            return True
-
-    def reset(self) -> None:
-        """Due again at once."""
-        with self._lock:
-            self._next = 0.0
-
-
-@dataclass
 class Worker:
     engine: Engine
     config: Config
@@ -95,14 +72,11 @@ class Worker:
     # `idle_poll_s` anyway; none: it only polls.
     bell: Bell | None = None
     idle_poll_s: float = IDLE_POLL_S
-    # When maintenance is due: every heartbeat_timeout_s / 3, shared by an executor's workers.
-    maintenance: Every | None = None
+    _next_maintenance: float = 0.0
     # One client per forge repo, kept so its conditional GETs (ETags) are reused.
     forges: forge_sync.Forges = field(default_factory=lambda: forge_sync.Forges())
 
     def __post_init__(self) -> None:
-        if self.maintenance is None:
-            self.maintenance = Every(self.heartbeat_timeout_s / 3)
         if self.sandboxes is None:
             root = self.home / "sandboxes"
             self.sandboxes = WarmPool(
@@ -206,9 +180,9 @@ class Worker:
         return True
 
     def maintain(self) -> None:
-        assert self.maintenance is not None
-        if not self.maintenance.due():
+        if time.monotonic() < self._next_maintenance:
             return
+        self._next_maintenance = time.monotonic() + self.heartbeat_timeout_s / 3
         try:
             with transaction(self.engine) as s:
                 reap_stale(s, timeout_s=self.heartbeat_timeout_s, max_attempts=MAX_ATTEMPTS)
@@ -333,9 +307,6 @@ class Worker:
         outcome, _ = self._guarded(run)
         if ws is None or sandbox is None:
             return outcome, fields  # nothing started (start_sandbox cleans up after itself)
-        if sandbox.unusable:  # it never started, or its clone failed: it ran nothing
-            self.sandboxes.retire(sandbox, lambda: discard(sandbox))
-            return outcome, fields
         if job.watch.lost:  # another worker owns the task now: its branch is not ours to write
             self.sandboxes.retire(sandbox, lambda: discard(sandbox))
             return outcome, fields
@@ -433,4 +404,4 @@ class Worker:
             log.exception("task %s: could not record its outcome %s", task_id, outcome.state)
 
 
-__all__ = ["Every", "Outcome", "RepoConfig", "Worker"]
+__all__ = ["Outcome", "RepoConfig", "Worker"]

@@ -22,7 +22,7 @@ import secrets
 import shlex
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
@@ -128,9 +128,6 @@ class Sandbox:
     _killed: bool = False
     _starting: threading.Thread | None = None  # a start still under way (`background`)
     _start_error: SandboxError | None = None
-    _filling: threading.Thread | None = None  # the host still filling the workspace (`fill`)
-    _fill_error: SandboxError | None = None
-    _frozen: bool = False  # paused by a checkpoint until the next command (`frozen`)
     # Variables for the external agent's process only (`spawn`), never the container's.
     agent_env: dict[str, str] = field(default_factory=dict)
     # The session of a spawned external agent: it survives the commands in between.
@@ -293,37 +290,12 @@ class Sandbox:
         except EgressError as exc:
             raise SandboxError(str(exc)) from exc
 
-    def fill(self, make: Callable[[], object]) -> None:
-        """Have the host fill the (still untouched) workspace in the background, e.g. with the
-        task's clone, while the caller asks the model: like a start under way, the first
-        command waits for it, and raises `SandboxError` if it failed."""
-
-        def run() -> None:
-            try:
-                make()
-            except Exception as exc:
-                self._fill_error = SandboxError(f"cannot prepare the workspace: {exc}")
-
-        self._filling = threading.Thread(target=run, daemon=True)
-        self._filling.start()
-
     def started(self) -> None:
-        """Wait for a start and a fill under way; `SandboxError` if either failed."""
-        for step in (self._starting, self._filling):
-            if step is not None:
-                step.join()
+        """Wait for a start under way; `SandboxError` if it failed."""
+        if self._starting is not None:
+            self._starting.join()
         if self._start_error is not None:
             raise self._start_error
-        if self._fill_error is not None:
-            raise self._fill_error
-
-    @property
-    def unusable(self) -> bool:
-        """Whether its start or its fill failed: then it never ran a command."""
-        with contextlib.suppress(SandboxError):
-            self.started()
-            return False
-        return True
 
     @property
     def name(self) -> str:
@@ -342,7 +314,6 @@ class Sandbox:
         Every process it leaves behind dies with it (a spawned agent's session excepted).
         `DiskQuotaExceeded` when it filled the workspace's disk quota."""
         self.started()
-        self._thaw()
         timeout_s = timeout_s or self.limits.command_timeout_s
         if _survivors is None:
             _survivors = "all" if self.agent_session is None else str(self.agent_session)
@@ -395,32 +366,25 @@ class Sandbox:
         self.agent_session = int(found.group(1)) if found else None
         return result
 
-    def freeze(self) -> None:
-        """Pause the container (cgroup freezer) until its next command, so nothing in it
-        races a copy of its files; a sandbox removed meanwhile (a task parking) is never
-        thawed. On a loaded host the runtime sometimes fails a pause ("OCI runtime pause
-        failed"): tried a few times before the error stands."""
-        if self._frozen:
-            return
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The container paused (cgroup freezer) for the duration, so nothing in it races a
+        copy of its files. On a loaded host the runtime sometimes fails a pause ("OCI runtime
+        pause failed"): tried a few times before the error stands."""
         for attempt in Retrying(
             retry=retry_if_exception_type(APIError),
             stop=stop_after_attempt(PAUSE_ATTEMPTS),
             wait=wait_exponential(multiplier=0.25, max=2),
             reraise=True,
         ):
-            with attempt:  # after a failure: did the runtime pause it all the same?
-                if (
-                    attempt.retry_state.attempt_number == 1
-                    or self._state().get("Paused") is not True
-                ):
+            with attempt:
+                self.container.reload()
+                if self.container.status != "paused":
                     self.container.pause()
-        self._frozen = True
-
-    def _thaw(self) -> None:
-        if self._frozen:
-            self._frozen = False
-            with contextlib.suppress(APIError):  # killed meanwhile: the command starts it again
-                self.container.unpause()
+        try:
+            yield
+        finally:
+            self.container.unpause()
 
     def release_session(self) -> None:
         """The spawned session no longer survives: the next command's cleanup ends it."""
@@ -449,9 +413,8 @@ class Sandbox:
             self.container.kill()
 
     def remove(self) -> None:
-        for step in (self._starting, self._filling):  # a start racing the removal could
-            if step is not None:  # leave it running, a fill could write after it
-                step.join()
+        if self._starting is not None:
+            self._starting.join()  # a start racing the removal could leave it running
         with contextlib.suppress(NotFound):
             self.container.remove(force=True)
         if self.egress is not None:
