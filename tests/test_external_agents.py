@@ -57,7 +57,7 @@ def test_aider_completes_a_task_through_the_allowlist_proxy(
         make_worker(llm, repo_options=options).work(drain=True)
         asked = [m["content"] for m in llm.requests[0]["messages"] if m["role"] == "user"]
     done = task(engine, task_id)
-    assert done.state is State.AWAITING_APPROVAL, done.reason
+    assert done.state is State.AWAITING_APPROVAL, told(engine, task_id)
     assert git(project, "show", f"{done.branch}:calc.py") == FIXED.strip()
     assert any("fix add() in calc.py" in text for text in asked)
     assert (done.turns, done.tokens_in, done.tokens_out) == (1, 1200, 80)
@@ -114,7 +114,7 @@ def test_a_nudge_and_request_changes_reach_aider_and_failed_checks_too(
         assert "mark it as checked" in user_text(llm.requests[3])
         assert llm.remaining == 0
     done = task(engine, task_id)
-    assert done.state is State.AWAITING_APPROVAL, done.reason
+    assert done.state is State.AWAITING_APPROVAL, told(engine, task_id)
     final = git(project, "show", f"{done.branch}:calc.py")
     assert final.startswith('"""Add two numbers."""\n# checked')
     assert done.turns == 4 and done.tokens_in == 2000
@@ -140,7 +140,7 @@ def test_codex_completes_a_task_through_the_allowlist_proxy(
         assert llm.remaining == 0
         first, second = llm.requests
     done = task(engine, task_id)
-    assert done.state is State.AWAITING_APPROVAL, done.reason
+    assert done.state is State.AWAITING_APPROVAL, told(engine, task_id)
     assert git(project, "show", f"{done.branch}:calc.py") == FIXED.strip()
     assert "fix add() in calc.py" in json.dumps(first["input"])
     outputs = [i for i in second["input"] if i.get("type") == "function_call_output"]
@@ -163,6 +163,17 @@ def test_claude_code_is_installed_and_runs_headless_in_the_image(
     assert sandbox.exec("claude --version").output.strip().endswith("(Claude Code)")
     assert sandbox.exec("aider --version").output.strip() == "aider 0.86.2"
     assert sandbox.exec("codex --version").output.strip() == "codex-cli 0.171.0"
+
+
+def told(engine: Engine, task_id: int) -> str:
+    """Why a task stopped, with the end of what its agent printed: a failing assertion on
+    an external agent's state says what the agent itself said."""
+    done = task(engine, task_id)
+    with transaction(engine) as s:
+        output = "".join(
+            e.payload.get("text", "") for e in events(s, task_id) if e.kind == "agent_output"
+        )
+    return f"{done.reason}\n--- agent output (end) ---\n{output[-3000:]}"
 
 
 def claude_side_call(body: dict) -> bool:
@@ -200,7 +211,7 @@ def test_claude_code_completes_a_task_against_a_scripted_anthropic_server(
         assert "fix add() in calc.py" in json.dumps(llm.requests[0]["messages"])
         assert llm.headers[0]["x-api-key"] == "sk-ant-scripted"
     done = task(engine, task_id)
-    assert done.state is State.AWAITING_APPROVAL, done.reason
+    assert done.state is State.AWAITING_APPROVAL, told(engine, task_id)
     assert git(project, "show", f"{done.branch}:calc.py") == FIXED.strip()
     with transaction(engine) as s:
         output = "".join(
@@ -271,7 +282,7 @@ def test_failed_checks_resume_codex_in_its_own_conversation(
         assert llm.remaining == 0
         resumed = json.dumps(llm.requests[2]["input"])
     done = task(engine, task_id)
-    assert done.state is State.AWAITING_APPROVAL, done.reason
+    assert done.state is State.AWAITING_APPROVAL, told(engine, task_id)
     assert git(project, "show", f"{done.branch}:calc.py") == FIXED.strip()
     assert "FAIL" in resumed or "failed" in resumed, "the failed checks reached codex"
     assert "return a * b" in resumed, "in the same conversation: its earlier call is there"
@@ -338,7 +349,7 @@ def test_a_rebase_conflict_is_resolved_by_the_tasks_own_agent(
     assert "conflict" in asked.lower() and "mark add() two" in asked
     assert task(engine, one).state is State.MERGED
     resolved = task(engine, two)
-    assert resolved.state is State.AWAITING_APPROVAL, resolved.reason
+    assert resolved.state is State.AWAITING_APPROVAL, told(engine, two)
     assert "approve again" in (resolved.reason or "")
     assert "# one, two" in git(project, "show", f"{resolved.branch}:calc.py")
 
@@ -363,5 +374,5 @@ def test_a_nudge_sent_while_aider_runs_reaches_it_in_a_follow_up_run(
         assert llm.remaining == 0
         assert "and document it" in user_text(llm.requests[1])
     done = task(engine, task_id)
-    assert done.state is State.AWAITING_APPROVAL, done.reason
+    assert done.state is State.AWAITING_APPROVAL, told(engine, task_id)
     assert git(project, "show", f"{done.branch}:calc.py").startswith('"""Sum."""')

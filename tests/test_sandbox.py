@@ -87,6 +87,35 @@ def test_background_processes_do_not_outlive_their_command(shared: Sandbox) -> N
     assert "sleep 302" not in run(shared, "ps -eo args").output
 
 
+def test_a_spawned_agents_tools_keep_their_own_sessions_between_polls(
+    make_sandbox: MakeSandbox,
+) -> None:
+    """An external agent (spawned) may run a tool's command in a session of its own, as
+    Codex does on a pseudo-terminal: the commands that poll the agent must not kill it (a
+    tool's command died with code 137 mid-run under load). A process that left the agent's
+    tree (a double fork, adopted by PID 1) is still ended by the next command."""
+    sandbox = make_sandbox()
+    agent = (
+        "setsid sleep 300 & echo $! > /tmp/tool; "  # the tool's command, a new session
+        "(setsid sleep 301 &) ; "  # a double fork: its parent exits, PID 1 adopts it
+        "sleep 302"  # the agent itself, still running
+    )
+    assert sandbox.spawn(agent).ok and sandbox.agent_session is not None
+
+    def alive(pattern: str) -> bool:
+        return sandbox.exec(f"pgrep -f '^sleep {pattern}$' >/dev/null").ok
+
+    wait_for(lambda: sandbox.exec("test -s /tmp/tool").ok, 10, "the tool's command")
+    for _ in range(3):  # polls, as `_follow` makes them
+        assert sandbox.exec("true").ok
+    assert alive("300"), "the agent's tool was killed by a poll"
+    assert alive("302")
+    assert not alive("301"), "a process that left the agent's tree survived"
+    sandbox.release_session()  # the agent is done: the next command ends all of it
+    sandbox.exec("true")
+    assert not alive("300") and not alive("302")
+
+
 def test_network_is_unreachable(shared: Sandbox) -> None:
     assert run(shared, "ls /sys/class/net").output.split() == ["lo"]
     connect = "import socket; socket.create_connection(('1.1.1.1', 53), timeout=3)"

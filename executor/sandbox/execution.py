@@ -12,7 +12,9 @@ from collections.abc import Iterable
 # another uid, out of reach. $0 = timeout (s), $1 = command, $2 = what survives the command:
 #   all     nothing: `kill -9 -1` (every process we may signal except this shell)
 #   none    everything that left the group (only for Sandbox.spawn, host-written)
-#   <sid>   the processes of that session (a spawned external agent, between its polls)
+#   <sid>   the processes of that session and their descendants (a spawned external agent,
+#           between its polls; its tools may run a command in a session of their own, e.g.
+#           on a pseudo-terminal); what left that tree (a double fork: PID 1 adopts it) dies
 # Only builtins after the command, so the cleanup works even while the PID limit is
 # exhausted; a fork racing the kill fails, so two rounds finish a fork bomb. /proc/<pid>/stat
 # is read from its last ")": the agent chooses its processes' names. (dash's `kill` takes no
@@ -28,11 +30,25 @@ case $keep in
 none) ;;
 all) kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null ;;
 *) for round in 1 2 3; do
+     tree=" "
+     for pass in 1 2 3 4 5 6 7 8; do
+       grew=
+       for d in /proc/[0-9]*; do
+         p=${d#/proc/}
+         case $tree in *" $p "*) continue ;; esac
+         read -r l 2>/dev/null < "$d/stat" || continue
+         set -- ${l##*) }
+         case "$4:$tree" in "$keep:"*|*" $2 "*) tree="$tree$p "; grew=1 ;; esac
+       done
+       [ -n "$grew" ] || break
+     done
      for d in /proc/[0-9]*; do
-       [ "${d#/proc/}" = "$$" ] && continue
+       p=${d#/proc/}
+       [ "$p" = "$$" ] && continue
+       case $tree in *" $p "*) continue ;; esac
        read -r l 2>/dev/null < "$d/stat" || continue
        set -- ${l##*) }
-       [ "$1" = Z ] || [ "$4" = "$keep" ] || kill -9 "${d#/proc/}" 2>/dev/null
+       [ "$1" = Z ] || kill -9 "$p" 2>/dev/null
      done
    done ;;
 esac
