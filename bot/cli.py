@@ -826,7 +826,7 @@ def plan(
             )
             assert made.id is not None
             charge_planning(
-                session, books, repo=name, plan_id=made.id, model=model, usage=planned.usage
+                session, books, repo=name, plan_id=made.id, model=model, usage=meter.usage
             )
             estimate = estimate_nanos(planned.draft, cfg.repos[name])
             note = over_budget(session, books, name, estimate)

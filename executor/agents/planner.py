@@ -59,19 +59,14 @@ TOOLS = [s for s in SCHEMAS if s["function"]["name"] in READ_TOOLS] + [SUBMIT_PL
 
 
 class PlanUnusable(Exception):
-    """The planner gave no usable plan; the message says why, for the person who asked.
-    `usage`: what the model calls made before giving up used (they are charged all the same)."""
-
-    def __init__(self, message: str, usage: Usage | None = None) -> None:
-        super().__init__(message)
-        self.usage = usage or Usage()
+    """The planner gave no usable plan; the message says why, for the person who asked
+    (what its model calls used is on the caller's `Meter`: they are charged all the same)."""
 
 
 @dataclass
 class Planned:
     draft: PlanDraft
     turns: int
-    usage: Usage
 
 
 @dataclass
@@ -90,11 +85,7 @@ class Planner:
     max_turns: int = PLANNER_MAX_TURNS
     max_bad_answers: int = PLANNER_MAX_BAD_ANSWERS
     options: dict[str, Any] = field(default_factory=dict)  # e.g. max_tokens for small models
-    meter: Meter = field(default_factory=Meter)
-
-    @property
-    def usage(self) -> Usage:
-        return self.meter.usage
+    meter: Meter = field(default_factory=Meter)  # what its model calls used, as they answer
 
     def propose(
         self,
@@ -125,7 +116,7 @@ class Planner:
             try:
                 reply = self.llm.complete(messages, TOOLS, "auto", options=self.options)
             except LLMError as exc:
-                raise PlanUnusable(f"the planner's model failed: {exc}", self.usage) from None
+                raise PlanUnusable(f"the planner's model failed: {exc}") from None
             self.meter.usage += reply.usage
             messages.append(reply.as_message())
             if not reply.tool_calls:
@@ -135,7 +126,7 @@ class Planner:
                 else:
                     draft, error = _validate(answer)
                     if draft is not None:
-                        return Planned(draft, turn, self.usage)
+                        return Planned(draft, turn)
                 bad.append(error)
                 if len(bad) >= self.max_bad_answers:
                     break
@@ -144,12 +135,12 @@ class Planner:
             for call in reply.tool_calls:
                 output, draft = self._call(call, bad)
                 if draft is not None:
-                    return Planned(draft, turn, self.usage)
+                    return Planned(draft, turn)
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": output})
             if len(bad) >= self.max_bad_answers:
                 break
         why = bad[-1] if bad else f"no plan after {self.max_turns} turns"
-        raise PlanUnusable(f"the planner's answer was unusable: {why}", self.usage)
+        raise PlanUnusable(f"the planner's answer was unusable: {why}")
 
     def _call(self, call: ToolCall, bad: list[str]) -> tuple[str, PlanDraft | None]:
         if call.error or call.arguments is None:
