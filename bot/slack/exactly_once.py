@@ -7,8 +7,9 @@ message in the channel or thread and adopts it instead of posting again."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from bot.slack.delivery import Delivery
 from bot.slack.retry_policy import Permanent, Retry
@@ -62,28 +63,21 @@ def payload(d: Delivery, row: Outbox) -> dict[str, Any]:
 def find_posted(d: Delivery, row: Outbox, channel: str, thread_ts: str | None) -> str | None:
     """The ts of the message an earlier attempt at `row` posted, or None. Errors (429 and
     the like) propagate: the row is retried later and still looks before posting."""
-    assert row.sent_at is not None
-    params: dict[str, Any] = {
-        "channel": channel,
-        "oldest": f"{(row.sent_at - LOOKBACK).timestamp():.6f}",
-        "include_all_metadata": True,  # without it Slack leaves metadata out
-        "limit": LOOKUP_PAGE,
-    }
-    method = d.client.conversations_history
+    params: dict[str, Any] = {"channel": channel, "include_all_metadata": True}
+    method = d.client.conversations_history  # include_all_metadata: else Slack omits it
     if thread_ts is not None:
         method, params["ts"] = d.client.conversations_replies, thread_ts
     want = payload(d, row)
-    for _ in range(LOOKUP_PAGES):
-        answer = d.call(method, **params)
-        for message in answer.get("messages") or []:
-            meta = message.get("metadata") or {}
-            if meta.get("event_type") == METADATA_EVENT and meta.get("event_payload") == want:
-                return str(message["ts"])
-        params["cursor"] = (answer.get("response_metadata") or {}).get("next_cursor")
-        if not params["cursor"]:
-            return None
-    log.warning("outbox row %s: not found in %s pages; posting again", row.id, LOOKUP_PAGES)
-    return None
+
+    def ours(message: dict[str, Any]) -> bool:
+        meta = message.get("metadata") or {}
+        return meta.get("event_type") == METADATA_EVENT and meta.get("event_payload") == want
+
+    found = _look_back(d, row, method, params, ours)
+    if found is False:
+        log.warning("outbox row %s: not found in %s pages; posting again", row.id, LOOKUP_PAGES)
+        return None
+    return found
 
 
 def find_shared_file(
@@ -91,19 +85,36 @@ def find_shared_file(
 ) -> str | None:
     """The ts of the thread message sharing `file_id` (an upload whose share got no
     recorded answer), or None."""
+
+    def sharing(message: dict[str, Any]) -> bool:
+        return any(f.get("id") == file_id for f in message.get("files") or [])
+
+    params = {"channel": channel, "ts": thread_ts}
+    return _look_back(d, row, d.client.conversations_replies, params, sharing) or None
+
+
+def _look_back(
+    d: Delivery,
+    row: Outbox,
+    method: Any,
+    params: dict[str, Any],
+    match: Callable[[dict[str, Any]], bool],
+) -> str | Literal[False] | None:
+    """The ts of the first message `method` lists since the row's unanswered post that
+    `match`es, page by page; None when the listing ended without one, False when the pages
+    ran out first."""
     assert row.sent_at is not None
-    params: dict[str, Any] = {
-        "channel": channel,
-        "ts": thread_ts,
+    params = {
+        **params,
         "oldest": f"{(row.sent_at - LOOKBACK).timestamp():.6f}",
         "limit": LOOKUP_PAGE,
     }
     for _ in range(LOOKUP_PAGES):
-        answer = d.call(d.client.conversations_replies, **params)
+        answer = d.call(method, **params)
         for message in answer.get("messages") or []:
-            if any(f.get("id") == file_id for f in message.get("files") or []):
+            if match(message):
                 return str(message["ts"])
         params["cursor"] = (answer.get("response_metadata") or {}).get("next_cursor")
         if not params["cursor"]:
             return None
-    return None
+    return False
