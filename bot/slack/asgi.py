@@ -35,10 +35,7 @@ def asgi_app(
     pool = ThreadPoolExecutor(threads, thread_name_prefix="bolt")
 
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        if scope["type"] != "http":  # the worker runs without lifespan events
             return
         path, method = scope.get("path"), scope.get("method")
         if health is not None and path == "/healthz":
@@ -106,13 +103,3 @@ async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes,
     headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

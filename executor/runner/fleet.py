@@ -122,11 +122,9 @@ def remove_stray_workspaces(
     grace spares a folder another executor sharing this home is about to use."""
     if not root.is_dir():
         return []
-    named = {
-        container.labels.get(LABEL_WORKSPACE)
-        for container in client.containers.list(
-            all=True, filters={"label": LABEL}, ignore_removed=True
-        )
+    named = {  # sparse, as remove_dead_sandboxes: labels only, no inspect per container
+        (c.attrs.get("Labels") or {}).get(LABEL_WORKSPACE)
+        for c in client.containers.list(all=True, sparse=True, filters={"label": LABEL})
     }
     cutoff = time.time() - grace.total_seconds()
     removed: list[Path] = []
