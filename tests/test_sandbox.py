@@ -116,6 +116,28 @@ def test_a_spawned_agents_tools_keep_their_own_sessions_between_polls(
     assert not alive("300") and not alive("302")
 
 
+def test_a_spawned_agents_new_processes_survive_a_poll_that_races_their_fork(
+    make_sandbox: MakeSandbox,
+) -> None:
+    """A process the agent forks while a poll's cleanup runs (after the cleanup listed the
+    agent's tree, before it killed what was outside it) is the agent's too: killing it made
+    `git add && git commit` in an external agent exit 137 under load."""
+    sandbox = make_sandbox()
+    agent = (
+        "end=$(( $(date +%s) + 6 )); "
+        "while [ $(date +%s) -lt $end ]; do "
+        "sh -c 'exit 0' || echo \"killed $?\" >> /tmp/deaths; "
+        "setsid sh -c 'exit 0' || echo \"killed $? (own session)\" >> /tmp/deaths; "
+        "done; echo over > /tmp/over; sleep 300"
+    )
+    assert sandbox.spawn(agent).ok and sandbox.agent_session is not None
+    polls = 0
+    while not sandbox.exec("test -e /tmp/over").ok:  # polls, as `_follow` makes them
+        polls += 1
+    deaths = sandbox.exec("cat /tmp/deaths 2>/dev/null").output
+    assert polls >= 2 and deaths == "", f"{polls} polls; {deaths}"
+
+
 def test_network_is_unreachable(shared: Sandbox) -> None:
     assert run(shared, "ls /sys/class/net").output.split() == ["lo"]
     connect = "import socket; socket.create_connection(('1.1.1.1', 53), timeout=3)"

@@ -14,7 +14,9 @@ from collections.abc import Iterable
 #   none    everything that left the group (only for Sandbox.spawn, host-written)
 #   <sid>   the processes of that session and their descendants (a spawned external agent,
 #           between its polls; its tools may run a command in a session of their own, e.g.
-#           on a pseudo-terminal); what left that tree (a double fork: PID 1 adopts it) dies
+#           on a pseudo-terminal); what left that tree (a double fork: PID 1 adopts it) dies.
+#           The kill pass checks each process again: one forked after the tree was listed
+#           (pids grow, so its parent was seen first) is the agent's too.
 # Only builtins after the command, so the cleanup works even while the PID limit is
 # exhausted; a fork racing the kill fails, so two rounds finish a fork bomb. /proc/<pid>/stat
 # is read from its last ")": the agent chooses its processes' names. (dash's `kill` takes no
@@ -48,6 +50,7 @@ all) kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null ;;
        case $tree in *" $p "*) continue ;; esac
        read -r l 2>/dev/null < "$d/stat" || continue
        set -- ${l##*) }
+       case "$4:$tree" in "$keep:"*|*" $2 "*) tree="$tree$p "; continue ;; esac
        [ "$1" = Z ] || kill -9 "$p" 2>/dev/null
      done
    done ;;
