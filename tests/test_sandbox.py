@@ -12,6 +12,8 @@ from pathlib import Path
 import docker
 import pytest
 
+from executor.agents.external import run_external
+from executor.agents.loop import NeedsHuman
 from executor.config.schema import Limits
 from executor.sandbox.container import (
     HOST_GRACE_S,
@@ -24,6 +26,7 @@ from executor.sandbox.container import (
 from executor.sandbox.container import remove_orphans as remove_orphans_of
 from executor.sandbox.execution import parse_counters
 from executor.sandbox.image import build_image, ensure_image
+from storage.models import Task
 from tests.conftest import git
 from tests.docker_fixtures import running_in
 from tests.waiting import wait_for
@@ -136,6 +139,21 @@ def test_a_spawned_agents_new_processes_survive_a_poll_that_races_their_fork(
         polls += 1
     deaths = sandbox.exec("cat /tmp/deaths 2>/dev/null").output
     assert polls >= 2 and deaths == "", f"{polls} polls; {deaths}"
+
+
+def test_quick_external_agents_are_read_by_their_exit_status(make_sandbox: MakeSandbox) -> None:
+    """An agent that ends at once, polled as it starts and as it ends: each run is read by
+    its own exit status, never as "died without an exit status" (a poll that came before
+    the agent's shell had written its pid, or between its exit file and its end, said so)."""
+    sandbox = make_sandbox()
+    task = Task(id=7, repo="app", prompt="quick", requester="U1")
+    seen: list[tuple[str, dict[str, object]]] = []
+    record = lambda _id, kind, payload: seen.append((kind, payload))  # noqa: E731
+    for _ in range(10):
+        summary = run_external(sandbox, "echo ok", task, Limits(), lambda: None, record, shown="x")
+        assert summary == "ok"
+    with pytest.raises(NeedsHuman, match="exited with code 3"):
+        run_external(sandbox, "exit 3", task, Limits(), lambda: None, record, shown="x")
 
 
 def test_network_is_unreachable(shared: Sandbox) -> None:

@@ -20,7 +20,7 @@ from executor.config.schema import Limits
 from executor.sandbox.container import Sandbox
 from storage.models import Task
 
-LOG, EXIT, PID = (f"/tmp/nightcrew-agent.{ext}" for ext in ("log", "exit", "pid"))
+LOG, EXIT = (f"/tmp/nightcrew-agent.{ext}" for ext in ("log", "exit"))
 MARK = "\n--nightcrew-exit:"
 Record = Callable[[int, str, dict[str, Any]], None]
 OnLine = Callable[[str], None]  # raises NeedsHuman to stop the agent (a limit)
@@ -64,8 +64,8 @@ def run_external(
     PROMPT_FILE first (by the host: no shell ever sees its text), `env` are the preset's
     defaults under the repo's `agent_env`. `shown` is what the log says was run."""
     assert task.id is not None
-    script = f"echo $$ > {PID}; ({command}) > {LOG} 2>&1; echo $? > {EXIT}"
-    sandbox.exec(f"rm -f {LOG} {EXIT} {PID} {PROMPT_FILE}")
+    script = f"({command}) > {LOG} 2>&1; echo $? > {EXIT}"
+    sandbox.exec(f"rm -f {LOG} {EXIT} {PROMPT_FILE}")
     if prompt is not None:
         encoded = base64.b64encode(prompt.encode()).decode()
         wrote = sandbox.exec(f"printf %s {encoded} | base64 -d > {PROMPT_FILE}")
@@ -76,6 +76,8 @@ def run_external(
     started = sandbox.spawn(script, env=env)
     if not started.ok:
         raise NeedsHuman(f"the agent command did not start: {started.output.strip()}")
+    if sandbox.agent_session is None:  # the next command's cleanup ends it as a stray
+        raise NeedsHuman("the agent command did not start in a session of its own")
     record(task.id, "agent_command", {"command": shown})  # not the filled-in secrets
     try:
         return _follow(sandbox, task, limits, check, record, on_line)
@@ -92,7 +94,14 @@ def _follow(
     on_line: OnLine | None,
 ) -> str:
     """Poll the spawned agent: stream its log into the task's events until it exits."""
-    assert task.id is not None
+    assert task.id is not None and sandbox.agent_session is not None
+    # The script's shell leads the session, so its id is known from the start (a pid file
+    # might not be written yet at the first poll). The exit file is read again after the
+    # shell is found gone: it may have written it and ended between the two looks.
+    status_of = (
+        f"cat {EXIT} 2>/dev/null || {{ kill -0 {sandbox.agent_session} 2>/dev/null && "
+        f"echo running; }} || cat {EXIT} 2>/dev/null || echo gone"
+    )
     offset, tail, partial = 0, "", ""
     deadline = time.monotonic() + limits.max_wall_minutes * 60
     while True:
@@ -102,8 +111,7 @@ def _follow(
         poll = sandbox.exec(
             f"size=$(wc -c < {LOG} 2>/dev/null || echo {offset}); "
             f"tail -c +{offset + 1} {LOG} 2>/dev/null | head -c $((size - {offset})); "
-            f"printf %s '{MARK}'; echo $size; cat {EXIT} 2>/dev/null"
-            f" || {{ kill -0 $(cat {PID}) 2>/dev/null && echo running; }} || echo gone"
+            f"printf %s '{MARK}'; echo $size; {status_of}"
         )
         chunk, _, trailer = poll.output.rpartition(MARK)
         size, _, status = trailer.strip().partition("\n")

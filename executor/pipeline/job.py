@@ -15,7 +15,6 @@ import docker
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from executor.agents.external import PID as EXTERNAL_PID
 from executor.agents.external import run_command_agent, run_external
 from executor.agents.llm import LLMClient
 from executor.agents.llm_reply import Usage
@@ -44,8 +43,6 @@ from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import Task
 from storage.tasks import nudges, record, take_nudges, transition
-
-STOP_EXTERNAL_AGENT = f"kill -KILL -- -$(cat {EXTERNAL_PID} 2>/dev/null) 2>/dev/null; true"
 
 
 @dataclass
@@ -545,7 +542,8 @@ class TaskJob:
         self.watch.attach(None)  # a late cancel must not interrupt saving the work
         with contextlib.suppress(docker.errors.APIError):
             sandbox.container.start()  # a cancel killed it; the hand-back needs it running
-        sandbox.exec(STOP_EXTERNAL_AGENT)  # one still running after its time limit
+        sandbox.release_session()  # an external agent still running after its time limit:
+        sandbox.exec("true")  # this command's cleanup ends it with every other process
         text = commit_text.work_message(self.task_id, self.task.prompt, None)
         workspace.commit_leftovers(exec_in(sandbox), ws, text)
         sandbox.remove()

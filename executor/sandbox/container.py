@@ -354,11 +354,12 @@ class Sandbox:
         the one way past the cleanup."""
         launch = (
             f"setsid sh -c {shlex.quote(command)} </dev/null >/dev/null 2>&1 & p=$!; "
-            # Wait until it leads its own session (or is gone), and say which session. Up to
-            # 10 s: on a loaded host 2 s was not always enough, and an agent not known to
-            # lead its session is ended by the next command's cleanup as a stray process.
-            "for i in $(seq 1000); do read -r l < /proc/$p/stat 2>/dev/null || break; "
-            'set -- ${l##*) }; [ "$4" = "$p" ] && { echo "session $p"; break; }; '
+            # Wait until it leads its own session, and say which session; one already gone
+            # (a quick command) had it too. Up to 10 s: on a loaded host 2 s was not always
+            # enough, and an agent not known to lead its session is ended by the next
+            # command's cleanup as a stray process.
+            'for i in $(seq 1000); do read -r l < /proc/$p/stat 2>/dev/null || { echo "session '
+            '$p"; break; }; set -- ${l##*) }; [ "$4" = "$p" ] && { echo "session $p"; break; }; '
             "sleep 0.01; done"
         )
         result = self.exec(launch, _survivors="none", _env={**(env or {}), **self.agent_env})
