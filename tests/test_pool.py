@@ -15,9 +15,10 @@ from sqlalchemy import Engine
 
 from executor.git import quota
 from executor.git.workspace import remove as remove_workspace
-from executor.runner.fleet import installation_id, remove_dead_sandboxes, remove_stray_workspaces
+from executor.runner.fleet import remove_dead_sandboxes, remove_stray_workspaces
 from executor.sandbox.container import Sandbox
 from storage.db import make_engine, transaction
+from storage.installation import installation_id
 from storage.queue import claim_next
 from storage.tasks import create_task
 

@@ -13,10 +13,10 @@ from sqlalchemy import Engine
 
 from executor.agents.llm import LLMClient
 from executor.config.schema import Config, RepoConfig
-from executor.runner.fleet import installation_id
 from executor.runner.pool import run_executor
 from executor.sandbox.container import LABEL_EXECUTOR, LABEL_WORKSPACE, remove_orphans
 from executor.sandbox.warm import SandboxSpec, WarmPool, discard
+from storage.installation import installation_id
 from storage.lifecycle import State
 from tests.llm_server import ScriptedLLM, reply, tool_call
 from tests.worker_fixtures import add_task, task, wait_for

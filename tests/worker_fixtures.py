@@ -17,10 +17,10 @@ from sqlalchemy import Engine
 from bot import actions
 from executor.agents.llm import LLMClient
 from executor.config.schema import Config, Limits, RepoConfig
-from executor.runner.fleet import installation_id
 from executor.runner.worker import Worker
 from executor.sandbox.container import LABEL_EXECUTOR
 from storage.db import transaction
+from storage.installation import installation_id
 from storage.models import Task
 from storage.tasks import get_task
 from tests.conftest import git

@@ -227,17 +227,19 @@ def milestone(task: Task, payload: dict[str, Any]) -> str | None:
     return cut(line)
 
 
-def card_moved(task: Task, why: str) -> str:
-    """The thread's note when the card was posted afresh because Slack refused to edit the
-    old one (`why`: its error); the fresh card is this thread's root or just above."""
+def card_moved(subject: str, why: str, *, fresh_root: bool, continues: str) -> str:
+    """The thread's note when a card (of `subject`: "Task 3", "Plan 2") was posted afresh
+    because Slack refused to edit the old one (`why`: its error). With `fresh_root` the old
+    thread was gone and the fresh card is this thread's root (`continues`: what happens here
+    now); otherwise the fresh card is just above."""
     said = f" (Slack said `{escape(why)}`)" if why else ""
-    if task.card_ts is None:
+    if fresh_root:
         return (
-            f":arrows_counterclockwise: Task {task.id}'s earlier card could no longer be "
-            f"edited{said}: this is a fresh one, and the task's messages continue here."
+            f":arrows_counterclockwise: {subject}'s earlier card could no longer be "
+            f"edited{said}: this is a fresh one; {continues}."
         )
     return (
-        f":arrows_counterclockwise: Task {task.id}'s card could no longer be edited{said}: "
+        f":arrows_counterclockwise: {subject}'s card could no longer be edited{said}: "
         "the fresh one above is kept up to date from now on."
     )
 

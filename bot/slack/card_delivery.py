@@ -17,7 +17,7 @@ from sqlmodel import col, select
 from bot.slack import blocks
 from bot.slack.delivery import Delivery
 from bot.slack.exactly_once import post_once
-from bot.slack.plan_blocks import plan_card, plan_card_moved
+from bot.slack.plan_blocks import plan_card
 from bot.slack.retry_policy import Permanent, card_gone, edit_refused
 from storage import outbox
 from storage.models import Outbox, Plan, Task
@@ -146,7 +146,12 @@ class Cards:
             author, files = str(missed.get("author") or ""), missed.get("files") or []
             line = blocks.files_missed(task, author, files)
         else:
-            line = blocks.card_moved(task, str(row.payload.get("card_moved") or ""))
+            line = blocks.card_moved(
+                f"Task {task.id}",
+                str(row.payload.get("card_moved") or ""),
+                fresh_root=task.card_ts is None,
+                continues="the task's messages continue here",
+            )
         post_once(d, row, task.channel, thread_ts=task.thread_ts, text=line)
         d.sent(row)
         d.delivered(row)
@@ -257,7 +262,12 @@ class Cards:
         if plan is None or not plan.channel or plan.thread_ts is None:
             d.give_up(row, "no plan thread")
             return
-        line = plan_card_moved(plan, str(row.payload.get("card_moved") or ""))
+        line = blocks.card_moved(
+            f"Plan {plan.id}",
+            str(row.payload.get("card_moved") or ""),
+            fresh_root=plan.card_ts is None,
+            continues="reply here to plan again",
+        )
         post_once(d, row, plan.channel, thread_ts=plan.thread_ts, text=line)
         d.sent(row)
         d.delivered(row)

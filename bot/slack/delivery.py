@@ -24,9 +24,9 @@ from bot.slack.notifier_tunables import Tunables
 from bot.slack.rate_gate import RateGate, gate_for, method_name
 from bot.slack.retry_policy import GiveUp, Retry, after_failure, classify
 from executor.monitoring import metrics
-from executor.runner.fleet import installation_id
 from storage import outbox
 from storage.db import transaction, writer_turn
+from storage.installation import installation_id
 from storage.models import Outbox, Task, utcnow
 from storage.tasks import record
 

@@ -152,18 +152,3 @@ def edit_modal(plan_id: int, text: str) -> Block:
             }
         ],
     }
-
-
-def plan_card_moved(plan: Plan, why: str) -> str:
-    """The plan thread's note when its card was posted afresh because Slack refused to edit
-    the old one (`why`: its error); the fresh card is this thread's root or just above."""
-    said = f" (Slack said `{escape(why)}`)" if why else ""
-    if plan.card_ts is None:
-        return (
-            f":arrows_counterclockwise: Plan {plan.id}'s earlier card could no longer be "
-            f"edited{said}: this is a fresh one; reply here to plan again."
-        )
-    return (
-        f":arrows_counterclockwise: Plan {plan.id}'s card could no longer be edited{said}: "
-        "the fresh one above is kept up to date from now on."
-    )

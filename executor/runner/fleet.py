@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import socket
 import time
 from datetime import timedelta
 from pathlib import Path
-from weakref import WeakKeyDictionary
 
 import docker
 from docker.errors import DockerException
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, select
 
 from executor.git.workspace import WorkspaceError
@@ -26,34 +23,15 @@ from executor.sandbox.container import (
     SandboxError,
     remove_orphans,
 )
-from storage.db import reading, transaction
+from storage.db import transaction
 from storage.defaults import HEARTBEAT_TIMEOUT_S
+from storage.installation import installation_id
 from storage.lifecycle import WORKING
-from storage.models import Installation, Task, utcnow
+from storage.models import Task, utcnow
 
 # Another host's executor that holds no task may be idle or dead: its sandboxes are removed
 # once this old. An idle one's spares are re-made; a task's sandbox always has a live holder.
 ORPHAN_GRACE = timedelta(hours=1)
-
-
-def installation_id(engine: Engine) -> str:
-    """This database's random id (made by its migration), so executors of other installations
-    sharing a Docker engine (or a test run) never touch each other's sandboxes. A database
-    that has none yet (not migrated) is named by a hash of its URL, as before."""
-    known = _installations.get(engine)
-    if known is None:
-        try:
-            with reading(engine) as s:
-                known = s.exec(select(Installation.id)).first()
-        except SQLAlchemyError:  # no such table: not migrated
-            known = None
-        url = engine.url.render_as_string(hide_password=True)
-        known = known or hashlib.sha256(url.encode()).hexdigest()[:8]
-        _installations[engine] = known
-    return known
-
-
-_installations: WeakKeyDictionary[Engine, str] = WeakKeyDictionary()
 
 
 def new_executor_id(engine: Engine) -> str:
