@@ -2,4 +2,5 @@
 the user actions on tasks (actions) and on scheduled tasks (schedules), the scheduler that
 fires digests and schedules in the bot process (scheduler); and the front ends themselves in
 the subpackages `slack`, `web` and `terminal`. `bot` imports `executor` and `storage`, never
-the reverse; nothing imports `cli`, and `slack` never imports `scheduler` (cli starts both)."""
+the reverse; nothing outside the `cli` package imports it, and `slack` never imports
+`scheduler` (cli starts both)."""

@@ -25,11 +25,11 @@ class Result:
 def fresh_composition() -> None:
     """The CLI caches settings, config and engine per process; each call here is a new
     'process' as far as they are concerned."""
-    from bot import cli as cli_module  # here: the CLI's imports cost seconds in other tests
+    from bot.cli import composition  # here: the CLI's imports cost seconds in other tests
 
-    if cli_module.engine.cache_info().currsize:
-        cli_module.engine().dispose()
-    for cached in (cli_module.settings, cli_module.config, cli_module.engine):
+    if composition.engine.cache_info().currsize:
+        composition.engine().dispose()
+    for cached in (composition.settings, composition.config, composition.engine):
         cached.cache_clear()
 
 

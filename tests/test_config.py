@@ -200,7 +200,7 @@ def test_the_cli_exits_2_on_a_broken_config(git_repo: Path, tmp_path: Path) -> N
 def test_the_models_waits_come_from_the_file_and_the_environment_wins(
     git_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bot.cli import model_waits
+    from bot.cli.composition import model_waits
     from executor.config.settings import Settings
 
     path = write(

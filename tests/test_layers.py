@@ -19,7 +19,17 @@ def test_tests_benches_and_ci_stay_inside_the_repository() -> None:
     assert outside_references(ROOT, ["tests", "bench", ".ci"]) == []
 
 
-def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
+# The composition root as a package whose modules import each other (as bot/cli/ is) ...
+CLI_PACKAGE = {
+    "bot/cli/__init__.py": "from bot.cli import tasks\n",
+    "bot/cli/console.py": "",
+    "bot/cli/tasks.py": "from bot.slack.app import SlackEnv\nfrom bot.cli.console import out\n",
+}
+# ... or as one module.
+CLI_MODULE = {"bot/cli.py": "from bot.slack.app import SlackEnv\n"}
+
+
+def _tree(tmp_path: Path, files: dict[str, str], cli: dict[str, str] = CLI_PACKAGE) -> Path:
     base = {
         "storage/__init__.py": "",
         "storage/db.py": "",
@@ -29,7 +39,8 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
         "executor/sandbox/__init__.py": "",
         "executor/sandbox/container.py": "from executor.config.schema import Config\n",
         "bot/__init__.py": "",
-        "bot/cli.py": "from bot.slack.app import SlackEnv\n",
+        **cli,
+        "bot/review.py": "",
         "bot/slack/__init__.py": "",
         "bot/slack/app.py": "from executor.sandbox import container\n",
     }
@@ -40,8 +51,9 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
     return tmp_path
 
 
-def test_a_clean_tree_passes(tmp_path: Path) -> None:
-    assert violations(_tree(tmp_path, {})) == []
+@pytest.mark.parametrize("cli", [CLI_PACKAGE, CLI_MODULE], ids=["package", "module"])
+def test_a_clean_tree_passes(tmp_path: Path, cli: dict[str, str]) -> None:
+    assert violations(_tree(tmp_path, {}, cli)) == []
 
 
 @pytest.mark.parametrize(
@@ -56,6 +68,14 @@ def test_a_clean_tree_passes(tmp_path: Path) -> None:
         (
             {"bot/slack/app.py": "def f():\n    from bot.cli import config\n"},
             "imports bot.cli (nothing imports the root)",
+        ),
+        (
+            {"bot/review.py": "from bot.cli.tasks import add\n"},
+            "bot.review:1 imports bot.cli.tasks (nothing imports the root)",
+        ),
+        (
+            {"bot/review.py": "def f():\n    from bot.cli import console\n"},
+            "bot.review:2 imports bot.cli.console (nothing imports the root)",
         ),
         (
             {"executor/config/schema.py": "from executor.sandbox.container import LABEL\n"},

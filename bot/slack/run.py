@@ -136,7 +136,7 @@ def run_bot(
     (`pending_files`) until `stop` is set. HTTP mode serves
     from `workers` child processes (bot/slack/http_server.py); the notifier runs here, once.
     The scheduler (digest, scheduled tasks) is started beside it by the composition root
-    (bot/cli.py). HTTP mode listens on `host`:`port`, or on `listener` when the caller bound
+    (bot/cli/serve.py). HTTP mode listens on `host`:`port`, or on `listener` when the caller bound
     it already."""
     with notifier_thread(engine, env, tunables, signer=signer), recovering_files(engine, env):
         if http or not env.app_token:

@@ -4,4 +4,5 @@ its findings linked to their lines, risk, approvals; live while the task runs) a
 review queue, riskiest first (bot/review.py). Server-rendered with Jinja2 (autoescape on;
 agent text is only ever text), a few lines of JavaScript for live updates, no build step.
 Every page is behind a signed, expiring link (bot/links.py); approving stays in Slack and
-the CLI. Served from a thread of `nightcrew up` and `nightcrew bot` (bot/cli.py)."""
+the CLI. Served from a thread of `nightcrew up` and `nightcrew bot` (`web_pages` in
+bot/cli/ports.py)."""

@@ -1,0 +1,52 @@
+"""What every command is composed from, made once per process and handed to each part:
+the settings (environment), the database engine, nightcrew.yaml, the signer of the pages'
+links, the local user the terminal acts as, and the model endpoint's waits."""
+
+from __future__ import annotations
+
+import getpass
+from functools import cache
+
+from sqlalchemy import Engine
+
+from bot.links import Signer
+from executor.config.schema import Config, load_config
+from executor.config.settings import Settings
+from storage.db import make_engine
+
+
+@cache
+def settings() -> Settings:
+    return Settings()
+
+
+@cache
+def engine() -> Engine:
+    return make_engine(settings().db_url)
+
+
+@cache
+def config() -> Config:
+    return load_config(settings().config_path)
+
+
+def local_user() -> str:
+    """The CLI acts as the local user."""
+    return f"local:{getpass.getuser()}"
+
+
+def signer() -> Signer:
+    return Signer.from_settings(settings())
+
+
+def model_waits(cfg: Config, env: Settings) -> dict[str, float]:
+    """The model endpoint's outage window and timeouts: the environment's, else the file's."""
+
+    def pick(from_env: float | None, from_file: float) -> float:
+        return from_file if from_env is None else from_env
+
+    return {
+        "outage_window": 60 * pick(env.model_outage_minutes, cfg.model_outage_minutes),
+        "idle_timeout": pick(env.model_idle_timeout_s, cfg.model_idle_timeout_s),
+        "timeout": pick(env.model_timeout_s, cfg.model_timeout_s),
+    }
