@@ -25,7 +25,7 @@ from storage.dependencies import (
 )
 from storage.lifecycle import CLOSED, WAITING, WORKING, State
 from storage.models import Priority, Task, utcnow
-from storage.tasks import add_nudge, create_task, get_task, record, transition
+from storage.tasks import REVISION_BY, add_nudge, create_task, get_task, record, transition
 from storage.text import clean
 
 
@@ -305,7 +305,7 @@ def nudge(
             session,
             task_id,
             State.QUEUED,
-            reason=f"revision requested by {actor}",
+            reason=REVISION_BY.format(actor=actor),
             actor=actor,
             finished_at=None,
             attempts=0,  # a person's go-ahead: crash retries count from here

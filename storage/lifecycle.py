@@ -53,7 +53,11 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     # or cancelled (the person chooses: run anyway, or cancel).
     S.WAITING: frozenset({S.QUEUED, S.NEEDS_INPUT, S.CANCELLED}),
     # QUEUED -> WAITING: a task re-queued (retry, reply) while a prerequisite is not merged.
-    S.QUEUED: frozenset({S.PREPARING, S.WAITING, S.CANCELLED, S.FAILED}),
+    # QUEUED -> NEEDS_INPUT, AWAITING_APPROVAL: the reply that re-queued a waiting task was
+    # deleted in Slack before any worker took it: back where it was (`storage.tasks`).
+    S.QUEUED: frozenset(
+        {S.PREPARING, S.WAITING, S.CANCELLED, S.FAILED, S.NEEDS_INPUT, S.AWAITING_APPROVAL}
+    ),
     S.PREPARING: frozenset({S.RUNNING, *_WORK_EXITS}),
     # RUNNING -> AWAITING_APPROVAL: a repo with no checks and no review parks straight away.
     S.RUNNING: frozenset({S.CHECKING, S.REVIEWING, S.AWAITING_APPROVAL, *_WORK_EXITS}),

@@ -305,6 +305,48 @@ def edit_nudge(session: Session, nudge_id: int, text: str, *, by: str) -> bool:
     return True
 
 
+REVISION_BY = "revision requested by {actor}"  # the reason of a re-queue by a nudge
+_UNDOABLE = (State.NEEDS_INPUT, State.AWAITING_APPROVAL, State.FAILED)
+
+
+def undo_requeue(session: Session, nudge_id: int) -> State | None:
+    """The withdrawn nudge `nudge_id` had queued its waiting task again (needs input,
+    awaiting approval, failed): unless a worker has taken the task or another unread nudge
+    waits for the agent, the task goes back where it was, with the reason it had there.
+    The state it went back to, or None."""
+    nudge = session.get(Nudge, nudge_id)
+    assert nudge is not None
+    task = get_task(session, nudge.task_id)
+    if task.state is not State.QUEUED:
+        return None
+    if session.exec(_live(select(Nudge.id).where(Nudge.task_id == task.id))).first():
+        return None
+    moves = session.exec(
+        select(TaskEvent)
+        .where(TaskEvent.task_id == task.id, col(TaskEvent.kind).in_(("state", "nudge")))
+        .order_by(col(TaskEvent.id).desc())
+        .limit(3)
+    ).all()
+    # Newest first: the re-queue, the nudge that caused it, the move into the waiting state.
+    if len(moves) < 3 or [e.kind for e in moves] != ["state", "nudge", "state"]:
+        return None
+    requeue, said, before = (e.payload for e in moves)
+    came_from = requeue.get("from")
+    if (
+        said.get("id") != nudge_id
+        or requeue.get("reason") != REVISION_BY.format(actor=nudge.author)
+        or came_from not in {s.value for s in _UNDOABLE}
+        or before.get("to") != came_from
+    ):
+        return None
+    back = State(came_from)
+    try:
+        transition(session, task.id, back, reason=before.get("reason"), actor=nudge.author)
+    except Conflict:  # a worker took it meanwhile: it runs without the reply
+        return None
+    return back
+
+
 def withdraw_nudge(session: Session, nudge_id: int) -> bool:
     """The reply behind a nudge was deleted: unless the agent has read it, it never will,
     and its words leave the task's log (the person took them back). False if already read."""

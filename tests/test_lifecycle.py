@@ -35,6 +35,9 @@ LEGAL_MOVES: frozenset[tuple[str, str]] = frozenset(
         ("queued", "preparing"),
         ("queued", "cancelled"),
         ("queued", "failed"),
+        # queued again by a reply that was deleted before a worker took it: back to waiting
+        ("queued", "needs_input"),
+        ("queued", "awaiting_approval"),
         ("preparing", "running"),
         ("preparing", "needs_input"),
         ("preparing", "failed"),

@@ -23,8 +23,9 @@ from bot.slack.run import http_mode
 from executor.config.schema import Config, RepoConfig
 from storage.db import transaction
 from storage.defaults import NUDGE_FILES_WAIT_S
+from storage.lifecycle import State
 from storage.models import Nudge, TaskEvent, utcnow
-from storage.tasks import take_nudges
+from storage.tasks import get_task, take_nudges, transition
 from tests.llm_server import ScriptedLLM, reply, tool_call
 from tests.slack_emulator import SlackEmulator, slash_command
 from tests.slack_emulator.payloads import thread_reply
@@ -247,6 +248,64 @@ def taken(engine: Engine) -> list[str]:
     """What the agent reads at its next turn (the executor's own call)."""
     with transaction(engine) as session:
         return [n.text for n in take_nudges(session, 1)]
+
+
+def park(engine: Engine, task_id: int, state: State, reason: str) -> None:
+    """The task ran and parked, as a worker moves it."""
+    with transaction(engine) as session:
+        for step in (State.PREPARING, State.RUNNING):
+            transition(session, task_id, step)
+        transition(session, task_id, state, reason=reason)
+
+
+def state_of(engine: Engine, task_id: int) -> tuple[State, str | None]:
+    with transaction(engine) as session:
+        task = get_task(session, task_id)
+        return State(task.state), task.reason
+
+
+@pytest.mark.parametrize("parked", [State.NEEDS_INPUT, State.AWAITING_APPROVAL])
+def test_a_deleted_reply_that_had_queued_a_parked_task_again_puts_it_back(
+    slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier, parked: State
+) -> None:
+    """A reply to a parked task queues it again; deleted before a worker took the task, the
+    task goes back to where it waited, with its reason, instead of running on nothing."""
+    thread = start_task(slack, engine, url)
+    park(engine, 1, parked, "the agent asks: which database?")
+    (oops,) = slack.post_as_user("C111", REQUESTER, "use mysql", thread_ts=thread)
+    slack.post_to_app(url, oops)
+    assert state_of(engine, 1)[0] is State.QUEUED
+    slack.post_to_app(url, slack.delete_as_user("C111", oops["event"]["ts"]))
+    said = told(slack, REQUESTER)
+    assert "withdrawn" in said and f"back to {parked.value.replace('_', ' ')}" in said
+    assert state_of(engine, 1) == (parked, "the agent asks: which database?")
+    if parked is State.AWAITING_APPROVAL:  # its card offers Approve again
+        slack.wait_until(
+            lambda: "approve" in str(slack.message("C111", thread).blocks).lower(),
+            what="the card with Approve",
+        )
+    # Two replies queued it; one deleted: the other still steers, the task stays queued.
+    (first,) = slack.post_as_user("C111", REQUESTER, "use sqlite", thread_ts=thread)
+    slack.post_to_app(url, first)
+    (second,) = slack.post_as_user("C111", REQUESTER, "and keep it small", thread_ts=thread)
+    slack.post_to_app(url, second)
+    slack.post_to_app(url, slack.delete_as_user("C111", first["event"]["ts"]))
+    assert "back to" not in told(slack, REQUESTER, 2)
+    assert state_of(engine, 1)[0] is State.QUEUED and taken(engine) == ["and keep it small"]
+
+
+def test_a_deleted_reply_leaves_a_task_a_worker_has_taken_to_its_work(
+    slack: SlackEmulator, engine: Engine, url: str, notifier: Notifier
+) -> None:
+    thread = start_task(slack, engine, url)
+    park(engine, 1, State.NEEDS_INPUT, "stuck")
+    (oops,) = slack.post_as_user("C111", REQUESTER, "use mysql", thread_ts=thread)
+    slack.post_to_app(url, oops)
+    with transaction(engine) as session:
+        transition(session, 1, State.PREPARING)  # a worker claimed it
+    slack.post_to_app(url, slack.delete_as_user("C111", oops["event"]["ts"]))
+    assert "withdrawn" in told(slack, REQUESTER) and taken(engine) == []
+    assert state_of(engine, 1)[0] is State.PREPARING
 
 
 def test_a_reply_waiting_for_its_files_holds_back_what_follows_and_keeps_an_edit(
