@@ -57,6 +57,15 @@ def test_plan_prints_the_plan_and_queue_queues_all_of_it_once(cli: Cli, model) -
     assert "plan 1 is queued, not proposed" in cli.fails("plan", "--queue", "1")
 
 
+def test_the_planner_asks_the_model_as_the_executor_does(cli: Cli, model) -> None:
+    """`stream: true` in nightcrew.yaml (a gateway that answers only so) holds for the
+    planner too, not only for the agents."""
+    (cli.repo / "nightcrew.yaml").write_text("repos:\n  app: {path: .}\nstream: true\n")
+    llm = model(reply(tool_call("submit_plan", FOUR)))
+    assert "Plan 1: add subtraction" in cli.ok("plan", "add subtraction to calc")
+    assert [r.get("stream") for r in llm.requests] == [True]
+
+
 def test_an_unusable_planner_answer_is_one_clear_error_and_no_task(cli: Cli, model) -> None:
     bad = {"title": "x", "tasks": [{"prompt": "a", "allowed_paths": ["a"], "after": [5]}]}
     model(*[reply(tool_call("submit_plan", bad))] * 3)

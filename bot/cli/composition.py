@@ -1,18 +1,22 @@
 """What every command is composed from, made once per process and handed to each part:
 the settings (environment), the database engine, nightcrew.yaml, the signer of the pages'
-links, the local user the terminal acts as, and the model endpoint's waits."""
+links, the local user the terminal acts as, and the model endpoint."""
 
 from __future__ import annotations
 
 import getpass
 from functools import cache
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
 from bot.links import Signer
-from executor.config.schema import Config, load_config
+from executor.config.schema import Config, ConfigError, load_config
 from executor.config.settings import Settings
 from storage.db import make_engine
+
+if TYPE_CHECKING:
+    from executor.agents.llm import LLMClient
 
 
 @cache
@@ -50,3 +54,24 @@ def model_waits(cfg: Config, env: Settings) -> dict[str, float]:
         "idle_timeout": pick(env.model_idle_timeout_s, cfg.model_idle_timeout_s),
         "timeout": pick(env.model_timeout_s, cfg.model_timeout_s),
     }
+
+
+def model_name(cfg: Config, env: Settings) -> str:
+    """The model the environment, else nightcrew.yaml, names; `ConfigError` when neither does."""
+    model = env.model or cfg.model
+    if not model:
+        raise ConfigError("no model: set NIGHTCREW_MODEL, or `model:` in nightcrew.yaml")
+    return model
+
+
+def llm_client(cfg: Config, env: Settings) -> LLMClient:
+    """A client of the model endpoint, the same for the executor's agents and the planner."""
+    from executor.agents.llm import DEFAULT_BASE_URL, LLMClient  # its imports: when needed
+
+    return LLMClient(
+        base_url=env.openai_base_url or cfg.base_url or DEFAULT_BASE_URL,
+        api_key=env.openai_api_key,
+        model=model_name(cfg, env),
+        stream=cfg.stream,
+        **model_waits(cfg, env),
+    )

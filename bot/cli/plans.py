@@ -8,7 +8,15 @@ from rich.markup import escape
 
 from bot import actions
 from bot.actions import ActionError
-from bot.cli.composition import config, engine, local_user, model_waits, settings, signer
+from bot.cli.composition import (
+    config,
+    engine,
+    llm_client,
+    local_user,
+    model_name,
+    settings,
+    signer,
+)
 from bot.cli.console import err, out, user_errors
 from executor.config.schema import ConfigError
 from storage.db import transaction
@@ -46,7 +54,6 @@ def plan(
     the plan; `--yes` (or later `--queue ID`) queues all of it in one go."""
     from bot import plans as plan_actions
     from bot.terminal import plans as plan_render
-    from executor.agents.llm import DEFAULT_BASE_URL, LLMClient
     from executor.agents.planner import Meter, PlanUnusable
     from executor.costs.budget import Books
     from executor.costs.plan_estimate import estimate_nanos, over_budget, planning_refused
@@ -68,18 +75,13 @@ def plan(
             name = cfg.repo_for(repo)
         except ConfigError as exc:
             raise ActionError(str(exc)) from None
-        model = env.model or cfg.model
-        if not model:
-            raise ConfigError("no model: set NIGHTCREW_MODEL, or `model:` in nightcrew.yaml")
-        base_url = env.openai_base_url or cfg.base_url or DEFAULT_BASE_URL
+        model = model_name(cfg, env)
         books = Books.of(cfg)
         with transaction(engine()) as session:
             refused = planning_refused(session, books, name)
         if refused:
             raise ActionError(refused)
-        llm = LLMClient(
-            base_url=base_url, api_key=env.openai_api_key, model=model, **model_waits(cfg, env)
-        )
+        llm = llm_client(cfg, env)
         meter = Meter()  # what the planner's model calls used, however its run ends
         try:
             try:

@@ -14,7 +14,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from bot.actions import ActionError
-from bot.cli.composition import config, engine, model_waits, settings, signer
+from bot.cli.composition import config, engine, llm_client, model_name, settings, signer
 from bot.cli.console import err, out, user_errors
 from bot.cli.ports import (
     ADMIN_HOST,
@@ -29,7 +29,7 @@ from bot.cli.ports import (
     web_pages,
 )
 from executor.config.redact import redact
-from executor.config.schema import ConfigError, ConfigWatch
+from executor.config.schema import ConfigWatch
 from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import Task
@@ -211,32 +211,18 @@ def executor(
 
 
 def _run_executor(concurrency: int, *, drain: bool) -> None:
-    from executor.agents.llm import DEFAULT_BASE_URL, LLMClient
     from executor.runner.pool import run_executor
     from executor.sandbox.container import SandboxError
 
     cfg, env = config(), settings()
-    model = env.model or cfg.model
-    if not model:
-        raise ConfigError("no model: set NIGHTCREW_MODEL, or `model:` in nightcrew.yaml")
-
-    base_url = env.openai_base_url or cfg.base_url or DEFAULT_BASE_URL
-
-    def make_llm() -> LLMClient:
-        return LLMClient(
-            base_url=base_url,
-            api_key=env.openai_api_key,
-            model=model,
-            stream=cfg.stream,
-            **model_waits(cfg, env),
-        )
+    model_name(cfg, env)  # none named: say so before anything starts
 
     try:
         done = run_executor(
             engine=engine(),
             config=cfg,
             home=env.home,
-            make_llm=make_llm,
+            make_llm=lambda: llm_client(cfg, env),
             concurrency=concurrency,
             drain=drain,
             heartbeat_timeout_s=env.heartbeat_timeout_s,
