@@ -217,7 +217,7 @@ def claim_planning(session: Session, worker_id: str, *, stale_s: float) -> Plan 
         .where(due)
         .order_by(col(Plan.id))
         .limit(1)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True, key_share=True)  # as the task claim (queue.py)
         .scalar_subquery()
     )
     stmt = (

@@ -38,7 +38,7 @@ def claim_next(
     task never starts beside a task of its plan that shares its paths and holds a worker.
 
     One statement: on SQLite the write lock (BEGIN IMMEDIATE) serialises claimers; on
-    PostgreSQL `FOR UPDATE SKIP LOCKED` lets claimers pass each other's locked rows, and a
+    PostgreSQL `FOR NO KEY UPDATE SKIP LOCKED` lets claimers pass each other's locked rows, and a
     plan's claims take turns on the plan's row (`_plan_turn`)."""
     check_transition(State.QUEUED, State.PREPARING)
     stmt = _claim_statement(tuple(exclude_repos), tuple(hold_repos))
@@ -84,7 +84,9 @@ def _claim_statement(exclude_repos: tuple[str, ...], hold_repos: tuple[str, ...]
         .where(claimable, col(Task.repo).not_in(list(exclude_repos)))
         .order_by(case((waiting_merge, 0), else_=1), col(Task.priority), col(Task.id))
         .limit(1)
-        .with_for_update(skip_locked=True)
+        # NO KEY UPDATE: a row only key-share locked (another connection writing the task's
+        # events or outbox rows, whose foreign keys lock it so) is taken, not skipped.
+        .with_for_update(skip_locked=True, key_share=True)
         .scalar_subquery()
     )
     stmt = (

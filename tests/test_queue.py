@@ -16,7 +16,7 @@ from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import Priority, Task, utcnow
 from storage.queue import claim_next, heartbeat, reap_stale
-from storage.tasks import create_task, events, get_task, transition
+from storage.tasks import create_task, events, get_task, record, transition
 from tests.waiting import wait_for
 
 LATER = timedelta(seconds=31)  # just past the default heartbeat timeout
@@ -59,6 +59,22 @@ def test_claim_marks_the_task_as_the_workers(engine: Engine) -> None:
             "by": "w7",
             "attempt": 1,
         }
+
+
+def test_a_task_is_claimed_while_another_connection_writes_its_log(engine: Engine) -> None:
+    """The notifier (another connection) recording an event of a queued task must not hide
+    the task from an idle worker's claim: on PostgreSQL the event's foreign key locks the
+    task's row (KEY SHARE), which a claim by FOR UPDATE SKIP LOCKED would skip, leaving the
+    task to the next poll."""
+    [task_id] = add(engine)
+    if engine.dialect.name == "sqlite":  # one writer at a time: nothing to pass
+        assert claim(engine) is not None
+        return
+    with transaction(engine) as notifier:
+        record(notifier, task_id, "card_updated", {})
+        notifier.flush()  # the row lock is held until this transaction ends
+        task = claim(engine)
+    assert task is not None and task.id == task_id
 
 
 def test_only_queued_tasks_are_claimed(engine: Engine) -> None:

@@ -288,6 +288,24 @@ def once(
     raise AssertionError("unreachable")
 
 
+def press(
+    engine: Engine,
+    body: dict[str, Any],
+    action: dict[str, Any],
+    act: Callable[[Session, int, str], str],
+) -> str | None:
+    """A button whose value names a task or plan id: `act(session, id, actor)` once per
+    Slack delivery (see `once`), its answer (Slack markup, the caller's to escape), or a
+    refusal; None when an earlier delivery of the same press answered already."""
+    actor = body["user"]["id"]
+    try:
+        target = actions.parse_task_id(str(action.get("value", "")))
+        reply, again = once(engine, delivery_key(body), lambda s: {"text": act(s, target, actor)})
+    except USER_ERRORS as exc:
+        return f":no_entry: {blocks.escape(str(exc))}"
+    return None if again else reply["text"]
+
+
 def delivery_key(body: dict[str, Any]) -> str | None:
     """What makes a Slack request the same request when it comes again: an event's
     `event_id`; a slash command's, click's or modal submission's `trigger_id`."""

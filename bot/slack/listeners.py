@@ -26,6 +26,7 @@ from bot.slack.handle import (
     is_task_thread,
     may_steer,
     once,
+    press,
     review_queue,
     run_command,
     thread_context,
@@ -97,30 +98,20 @@ def register(
     def decide(
         ack: Ack, action: dict[str, Any], body: dict[str, Any], context: BoltContext
     ) -> None:
-        actor = body["user"]["id"]
-
-        def act(session: Session) -> dict[str, Any]:
+        def act(session: Session, task_id: int, actor: str) -> str:
             may_act(session, task_id, actor, action["action_id"])
             if action["action_id"] == blocks.RETRY:
-                outcome = actions.retry(session, task_id, actor=actor)
-            else:
-                verb = DECIDE[action["action_id"]]
-                task = get_task(session, task_id)
-                approvers = access.approvers(config(), task)
-                options: dict[str, Any] = {"approvers": approvers}
-                repo = config().repos.get(task.repo)
-                if verb is actions.approve and repo is not None:
-                    options["base"] = repo.base_branch  # "… merges into main next"
-                outcome = verb(session, task_id, actor=actor, **options)
-            return {"text": outcome.message}
+                return actions.retry(session, task_id, actor=actor).message
+            verb = DECIDE[action["action_id"]]
+            task = get_task(session, task_id)
+            approvers = access.approvers(config(), task)
+            options: dict[str, Any] = {"approvers": approvers}
+            repo = config().repos.get(task.repo)
+            if verb is actions.approve and repo is not None:
+                options["base"] = repo.base_branch  # "… merges into main next"
+            return verb(session, task_id, actor=actor, **options).message
 
-        try:
-            task_id = actions.parse_task_id(str(action.get("value", "")))
-            reply, again = once(engine, delivery_key(body), act)
-            if not again:  # the first delivery answered already
-                context["reply"] = reply["text"]
-        except USER_ERRORS as exc:
-            context["reply"] = f":no_entry: {blocks.escape(str(exc))}"
+        context["reply"] = press(engine, body, action, act)
         ack()
 
     app.action(re.compile(f"^({'|'.join(DECIDE)}|{blocks.RETRY})$"))(

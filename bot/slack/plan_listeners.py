@@ -17,7 +17,7 @@ from sqlmodel import Session
 from bot import actions, plans
 from bot.actions import ActionError
 from bot.slack import access, blocks
-from bot.slack.handle import USER_ERRORS, delivery_key, once, writing
+from bot.slack.handle import USER_ERRORS, delivery_key, once, press, writing
 from bot.slack.plan_blocks import (
     DISCARD,
     EDIT,
@@ -41,24 +41,16 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
     def on_plan(
         ack: Ack, action: dict[str, Any], body: dict[str, Any], context: BoltContext
     ) -> None:
-        actor = body["user"]["id"]
-
-        def act(session: Session) -> dict[str, Any]:
+        def act(session: Session, plan_id: int, actor: str) -> str:
             plan = get_plan(session, plan_id)
             verb = "queue" if action["action_id"] == QUEUE_ALL else "discard"
             access.check_member(config(), actor, f"{verb} plans")
             repo = config().repos.get(plan.repo)
             approvers = repo.approvers if repo else []
             do = plans.queue_all if action["action_id"] == QUEUE_ALL else plans.discard
-            return {"text": do(session, plan_id, actor=actor, approvers=approvers)}
+            return blocks.escape(do(session, plan_id, actor=actor, approvers=approvers))
 
-        try:
-            plan_id = actions.parse_task_id(str(action.get("value", "")))
-            reply, again = once(engine, delivery_key(body), act)
-            if not again:
-                context["reply"] = blocks.escape(reply["text"])
-        except USER_ERRORS as exc:
-            context["reply"] = f":no_entry: {blocks.escape(str(exc))}"
+        context["reply"] = press(engine, body, action, act)
         ack()
 
     app.action(re.compile(f"^({QUEUE_ALL}|{DISCARD})$"))(ack=on_plan, lazy=[reply_ephemerally])
@@ -66,22 +58,14 @@ def register(app: App, engine: Engine, config: Callable[[], Config]) -> None:
     def run_anyway(
         ack: Ack, action: dict[str, Any], body: dict[str, Any], context: BoltContext
     ) -> None:
-        actor = body["user"]["id"]
-
-        def act(session: Session) -> dict[str, Any]:
+        def act(session: Session, task_id: int, actor: str) -> str:
             task = get_task(session, task_id)
             access.check_may_act(config(), task, actor, "run anyway")
             approvers = access.approvers(config(), task)
             outcome = actions.run_anyway(session, task_id, actor=actor, approvers=approvers)
-            return {"text": outcome.message}
+            return blocks.escape(outcome.message)
 
-        try:
-            task_id = actions.parse_task_id(str(action.get("value", "")))
-            reply, again = once(engine, delivery_key(body), act)
-            if not again:
-                context["reply"] = blocks.escape(reply["text"])
-        except USER_ERRORS as exc:
-            context["reply"] = f":no_entry: {blocks.escape(str(exc))}"
+        context["reply"] = press(engine, body, action, act)
         ack()
 
     app.action(blocks.RUN_ANYWAY)(ack=run_anyway, lazy=[reply_ephemerally])
