@@ -33,6 +33,12 @@ FIXED = "def add(a, b):\n    return a + b\n"
 AIDER_FIX = f"I fixed the operator.\n\ncalc.py\n```\n{FIXED}```\n"
 
 
+# What an external agent does does not depend on the database (the queue, the lifecycle and
+# crash safety are tested on both elsewhere): these tests, each tens of seconds of a real
+# agent CLI, run once, on SQLite.
+one_database = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
 def show(engine: Engine, project: Path, task_id: int) -> str:
     env = {**os.environ, "NIGHTCREW_DATABASE_URL": engine.url.render_as_string(False)}
     env.pop("NIGHTCREW_CONFIG", None)
@@ -43,6 +49,7 @@ def show(engine: Engine, project: Path, task_id: int) -> str:
     return shown.stdout
 
 
+@one_database
 def test_aider_completes_a_task_through_the_allowlist_proxy(
     engine: Engine, make_worker: RunWorker, project: Path, agent_image: str
 ) -> None:
@@ -82,6 +89,7 @@ def user_text(request: dict) -> str:
     return "\n".join(str(m["content"]) for m in request["messages"] if m["role"] == "user")
 
 
+@one_database
 def test_a_nudge_and_request_changes_reach_aider_and_failed_checks_too(
     engine: Engine, make_worker: RunWorker, project: Path, agent_image: str
 ) -> None:
@@ -120,6 +128,7 @@ def test_a_nudge_and_request_changes_reach_aider_and_failed_checks_too(
     assert done.turns == 4 and done.tokens_in == 2000
 
 
+@one_database
 def test_codex_completes_a_task_through_the_allowlist_proxy(
     engine: Engine, make_worker: RunWorker, project: Path, agent_image: str
 ) -> None:
@@ -183,6 +192,7 @@ def claude_side_call(body: dict) -> bool:
     return text == "Warmup" or "haiku" in str(body.get("model"))
 
 
+@one_database
 def test_claude_code_completes_a_task_against_a_scripted_anthropic_server(
     engine: Engine,
     make_worker: RunWorker,
@@ -227,6 +237,7 @@ def test_claude_code_completes_a_task_against_a_scripted_anthropic_server(
     assert refused == [{"host": "api.anthropic.com", "port": 443, "count": 1}]
 
 
+@one_database
 def test_a_token_limit_kills_aider_mid_run(
     engine: Engine, make_worker: RunWorker, project: Path, agent_image: str
 ) -> None:
@@ -259,6 +270,7 @@ def test_a_token_limit_kills_aider_mid_run(
     assert (stopped.tokens_in, stopped.tokens_out) == (1500, 80), "what it used is charged"
 
 
+@one_database
 def test_failed_checks_resume_codex_in_its_own_conversation(
     engine: Engine, make_worker: RunWorker, project: Path, agent_image: str
 ) -> None:
@@ -321,6 +333,7 @@ def codex_runs(command: str, summary: str = "Done."):
     ]
 
 
+@one_database
 def test_a_rebase_conflict_is_resolved_by_the_tasks_own_agent(
     engine: Engine, make_worker: RunWorker, project: Path, agent_image: str
 ) -> None:
@@ -354,6 +367,7 @@ def test_a_rebase_conflict_is_resolved_by_the_tasks_own_agent(
     assert "# one, two" in git(project, "show", f"{resolved.branch}:calc.py")
 
 
+@one_database
 def test_a_nudge_sent_while_aider_runs_reaches_it_in_a_follow_up_run(
     engine: Engine, make_worker: RunWorker, project: Path, agent_image: str
 ) -> None:
