@@ -3,6 +3,7 @@ fixture (same code, same database as a real run, fast). Registered in the root c
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,16 @@ def fresh_composition() -> None:
         composition.engine().dispose()
     for cached in (composition.settings, composition.config, composition.engine):
         cached.cache_clear()
+    forget_console_logging()
+
+
+def forget_console_logging() -> None:
+    """A command's console logging (bot/terminal/noise.py) writes to CliRunner's stderr,
+    closed once the command returns: left on the root logger, a later test's log line
+    was a "Logging error"."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "nightcrew", False)]:
+        root.removeHandler(handler)
 
 
 @dataclass
@@ -51,6 +62,7 @@ class Cli:
         from bot import cli as cli_module
 
         result = CliRunner().invoke(cli_module.app, list(args))
+        forget_console_logging()  # the "process" ended
         if result.exception and not isinstance(result.exception, SystemExit):
             raise result.exception
         return Result(result.exit_code, result.stdout, result.stderr)
