@@ -95,8 +95,12 @@ exit 0
 """
 
 
+# Each repo kind once, each on one database: the database's part (the merge's bookkeeping
+# surviving the kill) is the same for both kinds, and every run is a real kill and resume.
 @pytest.mark.parametrize(
-    ("kind", "hook"), [("path-with-origin", "pre-receive"), ("url", "post-receive")]
+    ("db_url", "kind", "hook"),
+    [("postgresql", "path-with-origin", "pre-receive"), ("sqlite", "url", "post-receive")],
+    indirect=["db_url"],
 )
 def test_a_kill_between_merge_and_push_pushes_on_resume(
     engine: Engine,
