@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -95,14 +96,10 @@ def up(
 def _bot_in_background(slack: SlackEnv, listener: socket.socket | None) -> Iterator[None]:
     """The Slack bot and notifier in threads beside the executor; they meet in the
     database, so neither calls the other."""
-    import threading
-
     from bot.scheduler import Scheduler
-    from bot.slack.run import run_bot
+    from bot.slack.run import background, run_bot
 
-    stop = threading.Event()
-
-    def serve() -> None:
+    def serve(stop: threading.Event) -> None:
         try:
             with Scheduler(engine(), config):  # the digest and scheduled tasks
                 run_bot(
@@ -118,13 +115,8 @@ def _bot_in_background(slack: SlackEnv, listener: socket.socket | None) -> Itera
         except Exception as exc:  # say so; the executor keeps running CLI-queued tasks
             err.print(f"[red]Slack bot stopped:[/red] {exc}")
 
-    thread = threading.Thread(target=serve, name="slack-bot", daemon=True)
-    thread.start()
-    try:
+    with background("slack-bot", serve):
         yield
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
 
 def bot(
@@ -144,8 +136,6 @@ def bot(
     web_port: int | None = WEB_PORT,
 ) -> None:
     """Run the Slack bot and its notifier alone (executors run elsewhere on the same DB)."""
-    import threading
-
     from bot.scheduler import Scheduler
     from bot.slack.app import SlackEnv
     from bot.slack.run import run_bot

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
 from bot.slack.delivery import Delivery
 from bot.slack.retry_policy import Permanent, Retry
@@ -73,11 +73,7 @@ def find_posted(d: Delivery, row: Outbox, channel: str, thread_ts: str | None) -
         meta = message.get("metadata") or {}
         return meta.get("event_type") == METADATA_EVENT and meta.get("event_payload") == want
 
-    found = _look_back(d, row, method, params, ours)
-    if found is False:
-        log.warning("outbox row %s: not found in %s pages; posting again", row.id, LOOKUP_PAGES)
-        return None
-    return found
+    return _look_back(d, row, method, params, ours)
 
 
 def find_shared_file(
@@ -90,7 +86,7 @@ def find_shared_file(
         return any(f.get("id") == file_id for f in message.get("files") or [])
 
     params = {"channel": channel, "ts": thread_ts}
-    return _look_back(d, row, d.client.conversations_replies, params, sharing) or None
+    return _look_back(d, row, d.client.conversations_replies, params, sharing)
 
 
 def _look_back(
@@ -99,10 +95,10 @@ def _look_back(
     method: Any,
     params: dict[str, Any],
     match: Callable[[dict[str, Any]], bool],
-) -> str | Literal[False] | None:
+) -> str | None:
     """The ts of the first message `method` lists since the row's unanswered post that
-    `match`es, page by page; None when the listing ended without one, False when the pages
-    ran out first."""
+    `match`es, page by page; None when there is none, or when the pages ran out first
+    (said in the log: the caller posts again)."""
     assert row.sent_at is not None
     params = {
         **params,
@@ -117,4 +113,5 @@ def _look_back(
         params["cursor"] = (answer.get("response_metadata") or {}).get("next_cursor")
         if not params["cursor"]:
             return None
-    return False
+    log.warning("outbox row %s: not found in %s pages; posting again", row.id, LOOKUP_PAGES)
+    return None

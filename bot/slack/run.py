@@ -31,18 +31,26 @@ DEFAULT_WORKERS = 1  # HTTP mode; more pay off with PostgreSQL and spare cores (
 
 
 @contextmanager
+def background(name: str, work: Callable[[threading.Event], object]) -> Iterator[threading.Event]:
+    """`work(stop)` in a daemon thread while the block runs; leaving it sets `stop` and gives
+    the thread 10 s to finish what it is doing (the notifier: the post it is sending)."""
+    stop = threading.Event()
+    thread = threading.Thread(target=work, args=(stop,), name=name, daemon=True)
+    thread.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+@contextmanager
 def notifier_thread(
     engine: Engine, env: SlackEnv, tunables: Tunables | None = None, signer: Signer | None = None
 ) -> Iterator[Notifier]:
     notifier = Notifier(engine, notifier_client(env), tunables or Tunables(), signer)
-    stop = threading.Event()
-    thread = threading.Thread(target=notifier.run, args=(stop,), name="notifier", daemon=True)
-    thread.start()
-    try:
+    with background("notifier", notifier.run):
         yield notifier
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
 
 @contextmanager
@@ -51,20 +59,14 @@ def recovering_files(
 ) -> Iterator[None]:
     """The thread that fetches the files of replies written before a restart (or whose
     fetch failed) and never completed: at once, then every `every_s` seconds."""
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=pending_files.keep_recovering,
-        args=(engine, files_client(env), stop),
-        kwargs={"cap": env.file_max_bytes, "every_s": every_s},
-        name="reply-files",
-        daemon=True,
-    )
-    thread.start()
-    try:
+
+    client = files_client(env)
+
+    def recover(stop: threading.Event) -> None:
+        pending_files.keep_recovering(engine, client, stop, cap=env.file_max_bytes, every_s=every_s)
+
+    with background("reply-files", recover):
         yield
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
 
 @contextmanager
