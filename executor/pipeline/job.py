@@ -542,8 +542,10 @@ class TaskJob:
         self.watch.attach(None)  # a late cancel must not interrupt saving the work
         with contextlib.suppress(docker.errors.APIError):
             sandbox.container.start()  # a cancel killed it; the hand-back needs it running
-        sandbox.release_session()  # an external agent still running after its time limit:
-        sandbox.exec("true")  # this command's cleanup ends it with every other process
+        # An external agent still running after its limit (run_external released its
+        # session): this command's cleanup ends it, with every other process, before the
+        # leftovers are committed.
+        sandbox.exec("true")
         text = commit_text.work_message(self.task_id, self.task.prompt, None)
         workspace.commit_leftovers(exec_in(sandbox), ws, text)
         sandbox.remove()
