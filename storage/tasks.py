@@ -328,7 +328,7 @@ def undo_requeue(session: Session, nudge_id: int) -> State | None:
         .limit(3)
     ).all()
     # Newest first: the re-queue, the nudge that caused it, the move into the waiting state.
-    if len(moves) < 3 or [e.kind for e in moves] != ["state", "nudge", "state"]:
+    if [e.kind for e in moves] != ["state", "nudge", "state"]:
         return None
     requeue, said, before = (e.payload for e in moves)
     came_from = requeue.get("from")
