@@ -188,10 +188,13 @@ def test_up_with_slack_turns_an_agent_add_into_a_card_that_ends_ready_for_review
             now = slack.message("C111", card.ts)
             return blocks.APPROVE in now.action_ids and "awaiting approval" in now.all_text
 
+        def replies() -> list[str]:
+            return [m.text for m in slack.thread("C111", card.ts) if m.is_reply]
+
         runner.wait("the card to offer Approve", ready)
-        replies = [m.text for m in slack.thread("C111", card.ts) if m.is_reply]
-        assert ":gear: Task 1 started working" in replies
-        assert any("is ready for review" in r for r in replies)
+        # The card's edit and the thread's reply are separate deliveries; either may land first.
+        runner.wait("the review reply", lambda: any("is ready for review" in r for r in replies()))
+        assert ":gear: Task 1 started working" in replies()
         runner.stop()
     (task,) = tasks(runner.home)
     assert (task.source, task.thread_ts, task.state) == ("slack", card.ts, State.AWAITING_APPROVAL)
