@@ -19,8 +19,8 @@ from sqlalchemy import Engine
 from bot.slack.notifier import Tunables
 from storage.db import transaction
 from storage.lifecycle import State
-from storage.queue import claim_next
 from storage.tasks import get_task, record, transition
+from tests.claiming import claim
 from tests.slack_emulator import Message, SlackEmulator
 
 if TYPE_CHECKING:  # Bolt is imported by the tests that use it, not by every test run
@@ -112,17 +112,15 @@ def card_of(slack: SlackEmulator, engine: Engine, task_id: int = 1) -> Message:
             task = get_task(session, task_id)
         return (task.channel, task.thread_ts) if task.channel and task.thread_ts else None
 
-    channel, ts = slack.wait_until(posted, what="the card's ts stored on the task")
+    channel, ts = slack.wait_until(posted, 30, what="the card's ts stored on the task")
     return slack.message(channel, ts)
 
 
 def to_awaiting_approval(engine: Engine, summary: str = "fixed it", **proof: object) -> None:
     """The next queued task through a run to awaiting approval, with a proof pack (`proof`
     overrides its fields), as a worker leaves it."""
+    task = claim(engine, running=True)
     with transaction(engine) as session:
-        task = claim_next(session, "w1")
-        assert task is not None and task.id is not None
-        transition(session, task.id, State.RUNNING, actor="w1")
         pack = {
             "diff_stat": " app.py | 2 +-",
             "files": ["app.py"],

@@ -177,7 +177,7 @@ def test_probes_and_scrapes_do_not_wait_for_a_long_write(engine: Engine, admin: 
         started = time.monotonic()
         assert httpx.get(f"{admin}/healthz", timeout=10).status_code == 200
         assert "nightcrew_tasks" in httpx.get(f"{admin}/metrics", timeout=10).text
-        assert time.monotonic() - started < 2.0, "the probe queued behind the writer"
+        assert time.monotonic() - started < 5.0, "the probe queued behind the writer (10 s)"
     finally:
         done.set()
         writer.join()

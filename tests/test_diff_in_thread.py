@@ -24,8 +24,8 @@ from storage import outbox
 from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import TaskEvent
-from storage.queue import claim_next
 from storage.tasks import get_task, record, transition
+from tests.claiming import claim
 from tests.llm_server import ScriptedLLM, reply, tool_call
 from tests.slack_emulator import SlackEmulator
 from tests.slack_fixtures import FAST, card_of
@@ -169,9 +169,8 @@ def test_each_park_after_changes_shares_the_new_diff(
     slack.wait_until(lambda: slack.uploaded("C111"), what="the first file")
     with transaction(engine) as session:  # changes requested, a new round, parked again
         transition(session, task_id, State.QUEUED, reason="changes requested", actor="U111")
+    assert claim(engine, running=True).id == task_id
     with transaction(engine) as session:
-        claim_next(session, "w1")
-        transition(session, task_id, State.RUNNING, actor="w1")
         record(session, task_id, "diff", {"commit": "d" * 40, "diff": "+second round\n", "cut": 0})
         record(session, task_id, "proof", {"commit": "d" * 40, "checks": []})
         transition(session, task_id, State.AWAITING_APPROVAL, reason="again", actor="w1")

@@ -309,14 +309,25 @@ def test_frozen_pauses_everything_inside_and_retries_a_pause_that_fails(
     sandbox.container.reload()
     assert sandbox.container.status == "running"
     # A pause the engine refuses at first (here: the container is stopped, a 409) is tried
-    # again: started again meanwhile, the second or third try freezes it.
-    sandbox.container.stop(timeout=0)
-    restarter = threading.Timer(0.3, sandbox.container.start)
-    restarter.start()
+    # again: started again before the next try, that one freezes it.
+    real_pause, tries = sandbox.container.pause, []
+
+    def refused_once() -> None:
+        tries.append(1)
+        if len(tries) == 1:
+            sandbox.container.stop(timeout=0)
+            try:
+                real_pause()  # the engine's own refusal
+            finally:
+                sandbox.container.start()
+        real_pause()
+
+    sandbox.container.pause = refused_once  # type: ignore[method-assign]
     with sandbox.frozen():
         sandbox.container.reload()
         assert sandbox.container.status == "paused"
-    restarter.join()
+    assert len(tries) == 2
+    sandbox.container.pause = real_pause  # type: ignore[method-assign]
     # One that keeps failing is an error, as before.
     sandbox.container.stop(timeout=0)
     with pytest.raises(docker.errors.APIError), sandbox.frozen():

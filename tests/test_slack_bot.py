@@ -26,6 +26,7 @@ from storage.lifecycle import State
 from storage.models import Nudge, TaskEvent
 from storage.queue import claim_next
 from storage.tasks import create_task, get_task, take_nudges, transition
+from tests.claiming import claim
 from tests.digest_fixtures import all_tasks as tasks
 from tests.slack_emulator import (
     SlackEmulator,
@@ -172,9 +173,7 @@ def test_429_and_500_still_deliver_every_message_once(
     slack.fail("chat.postMessage", status=429, retry_after=1)
     slack.fail("chat.postMessage", status=500)
     slack.post_to_app(url, slash_command("fix the tests"))
-    with transaction(engine) as session:
-        claim_next(session, "w1")
-        transition(session, 1, State.RUNNING, actor="w1")
+    claim(engine, running=True)
     card = card_of(slack, engine)
     slack.wait_until(lambda: len(slack.thread("C111", card.ts)) == 2, what="the milestone")
     assert [m.text for m in slack.messages("C111")][1:] == [":gear: Task 1 started working"]

@@ -38,9 +38,12 @@ def test_nightcrew_bot_serves_socket_mode_and_posts_the_card(
             except TimeoutError:
                 proc.terminate()
                 raise AssertionError(proc.communicate(timeout=10)[0]) from None
-            envelope = slack.send_envelope("slash_commands", slash_command("add fix the tests"))
+            # A first command in a just-started process: allow more than Slack's 3 s on a busy box.
+            envelope = slack.send_envelope(
+                "slash_commands", slash_command("add fix the tests"), timeout=10
+            )
             assert envelope.ack is not None and "queued task 1" in envelope.ack.payload["text"]
-            card = slack.wait_until(lambda: slack.messages("C111"), what="the card")[0]
+            card = slack.wait_until(lambda: slack.messages("C111"), 30, what="the card")[0]
             assert "fix the tests" in card.all_text
         finally:
             proc.terminate()

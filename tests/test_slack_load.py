@@ -24,8 +24,8 @@ from storage import outbox
 from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import Task
-from storage.queue import claim_next
 from storage.tasks import record, transition
+from tests.claiming import claim
 from tests.slack_emulator import SlackEmulator, slash_command
 from tests.slack_fixtures import slack_env
 from tests.waiting import wait_for
@@ -78,8 +78,7 @@ def run_whole_task(slack: SlackEmulator, engine: Engine, app: App) -> tuple[list
             (State.MERGING, {"approved_by": "U111"}),
             (State.MERGED, {"merge_commit": "abc123def4567890"}),
         ]
-        with transaction(engine) as session:
-            claim_next(session, "w1")
+        claim(engine)
         for state, fields in steps:
             time.sleep(EDIT_INTERVAL * 1.5)  # worst case: every change is its own edit
             with transaction(engine) as session:

@@ -11,6 +11,7 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
+import docker
 import pytest
 from slack_bolt import App
 from sqlalchemy import Engine, update
@@ -31,7 +32,7 @@ from tests.slack_emulator import SlackEmulator, slash_command
 from tests.slack_emulator.payloads import thread_reply
 from tests.slack_fixtures import card_of
 from tests.waiting import wait_for
-from tests.worker_fixtures import RunWorker
+from tests.worker_fixtures import HOLD, RunWorker, release
 
 REQUESTER, STRANGER, APPROVER = "U111", "U222", "U999"
 CAP = 2_000  # bytes: the file cap of these tests' bot
@@ -206,6 +207,8 @@ def test_a_broadcast_reply_and_a_text_file_reach_the_model_at_its_next_turn(
     notifier: Notifier,
     make_worker: RunWorker,
     project: Path,
+    docker_client: docker.DockerClient,
+    test_executor: str,
 ) -> None:
     """End to end: a real worker runs the task in Docker against the scripted model; while
     its first command runs, the requester replies twice in the task's thread ("Also send to
@@ -215,7 +218,7 @@ def test_a_broadcast_reply_and_a_text_file_reach_the_model_at_its_next_turn(
     with http_mode(app, host="127.0.0.1", port=0) as url:
         thread = start_task(slack, engine, url)
         script = [
-            reply(tool_call("bash", {"command": "sleep 6"})),
+            reply(tool_call("bash", {"command": HOLD})),
             reply(tool_call("finish", {"summary": "done"})),
         ]
         with ScriptedLLM(script) as llm:
@@ -234,6 +237,7 @@ def test_a_broadcast_reply_and_a_text_file_reach_the_model_at_its_next_turn(
             )
             slack.post_to_app(url, regret)
             slack.post_to_app(url, slack.delete_as_user("C111", regret["event"]["ts"]))
+            release(docker_client, test_executor)
             running.join(120)
     assert len(llm.requests) == 2
     news = [m["content"] for m in llm.requests[1]["messages"] if m["role"] == "user"]
@@ -377,6 +381,9 @@ def test_a_deleted_reply_never_reaches_the_agent_and_one_it_read_is_answered(
     files = [("plan.txt", b"step 1: delete prod", "text/plain")]
     shared = slack.share_file_as_user("C111", REQUESTER, "do this", files, thread_ts=thread)
     slack.post_to_app(url, shared)
+    # The fetch runs after the ack: deleted before it starts, the reply's file is never
+    # fetched at all. This is the other case.
+    slack.wait_until(lambda: slack.calls("file_download"), 30, what="the fetch under way")
     slack.post_to_app(url, slack.tombstone_as_user("C111", shared["event"]["ts"]))
     assert "withdrawn" in told(slack, REQUESTER, 2)
     held.set()

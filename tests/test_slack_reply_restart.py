@@ -14,6 +14,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+import docker
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
@@ -24,7 +25,7 @@ from tests.llm_server import ScriptedLLM, reply, tool_call
 from tests.slack_emulator import SlackEmulator, slash_command
 from tests.slack_fixtures import card_of, start_bot
 from tests.waiting import wait_for
-from tests.worker_fixtures import RunWorker
+from tests.worker_fixtures import HOLD, RunWorker, release
 
 REQUESTER = "U111"
 CONTENT = "KeyError: 'user_id' at calc.py:2 (seen once)\n"
@@ -53,6 +54,8 @@ def test_a_file_reply_acked_by_a_bot_killed_before_the_fetch_reaches_the_agent_o
     project: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    docker_client: docker.DockerClient,
+    test_executor: str,
 ) -> None:
     monkeypatch.setenv("NIGHTCREW_DATABASE_URL", db_url)
     config = tmp_path / "nightcrew.yaml"
@@ -61,7 +64,9 @@ def test_a_file_reply_acked_by_a_bot_killed_before_the_fetch_reaches_the_agent_o
     bot = start_bot(slack, home, config)
     try:
         slack.wait_connected(timeout=60)  # a cold interpreter on a busy box
-        slack.send_envelope("slash_commands", slash_command("fix add()", user_id=REQUESTER))
+        slack.send_envelope(
+            "slash_commands", slash_command("fix add()", user_id=REQUESTER), timeout=10
+        )
         thread = card_of(slack, engine).ts
         held = slack.hold("file_download")
         files = [("err.log", CONTENT.encode(), "text/plain")]
@@ -76,7 +81,7 @@ def test_a_file_reply_acked_by_a_bot_killed_before_the_fetch_reaches_the_agent_o
         assert nudge.text == "the trace" and CONTENT not in nudge.text
 
         script = [
-            reply(tool_call("bash", {"command": "sleep 25"})),
+            reply(tool_call("bash", {"command": HOLD})),
             reply(tool_call("finish", {"summary": "done"})),
         ]
         with ScriptedLLM(script) as llm:
@@ -96,6 +101,7 @@ def test_a_file_reply_acked_by_a_bot_killed_before_the_fetch_reaches_the_agent_o
 
                 wait_for(done, 20, "the restarted bot fetching the file")
             finally:
+                release(docker_client, test_executor)
                 running.join(120)
         assert len(llm.requests) == 2
         second = [m["content"] for m in llm.requests[1]["messages"] if m["role"] == "user"]

@@ -102,7 +102,7 @@ def _progress(engine: Engine, task_id: int, pause: float, stop: threading.Event)
 def _too_early(calls: list[Call]) -> list[tuple[Call, Call]]:
     """Pairs (a 429 answer, a later call of the same method) where the later call came
     inside the Retry-After it was given. A call already on its way when the 429 was sent
-    (a quarter of a second) is not counted: it could not have known."""
+    (half a second, on a loaded box) is not counted: it could not have known."""
     early = []
     for i, limited in enumerate(calls):
         if limited.status != 429 or limited.retry_after is None:
@@ -110,7 +110,7 @@ def _too_early(calls: list[Call]) -> list[tuple[Call, Call]]:
         for later in calls[i + 1 :]:
             if later.method != limited.method:
                 continue
-            if limited.at + 0.25 < later.at < limited.at + limited.retry_after - 0.05:
+            if limited.at + 0.5 < later.at < limited.at + limited.retry_after - 0.05:
                 early.append((limited, later))
     return early
 

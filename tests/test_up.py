@@ -178,7 +178,9 @@ def test_up_with_slack_turns_an_agent_add_into_a_card_that_ends_ready_for_review
         write_config(runner.config, project)
         runner.start()
         runner.wait("Socket Mode", lambda: slack.connections(), timeout=60)
-        envelope = slack.send_envelope("slash_commands", slash_command("add fix add() in calc.py"))
+        envelope = slack.send_envelope(
+            "slash_commands", slash_command("add fix add() in calc.py"), timeout=10
+        )
         assert envelope.ack is not None
         assert "queued task 1 on app" in envelope.ack.payload["text"]
         card = runner.wait("the card", lambda: slack.messages("C111"))[0]  # type: ignore[index]

@@ -30,7 +30,15 @@ from tests.llm_server import (
     slow,
     tool_call,
 )
-from tests.worker_fixtures import RunWorker, add_task, containers_of, task, wait_for
+from tests.worker_fixtures import (
+    HOLD,
+    RunWorker,
+    add_task,
+    containers_of,
+    release,
+    task,
+    wait_for,
+)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
@@ -80,11 +88,11 @@ def test_a_task_reads_edits_tests_and_finishes_on_its_branch(
 
 
 def test_a_nudge_sent_mid_task_reaches_the_model_at_its_next_turn(
-    engine: Engine, make_worker: RunWorker
+    engine: Engine, make_worker: RunWorker, docker_client: docker.DockerClient, test_executor: str
 ) -> None:
     task_id = add_task(engine)
     script = [
-        reply(tool_call("bash", {"command": "sleep 3"})),
+        reply(tool_call("bash", {"command": HOLD})),
         reply(tool_call("finish", {"summary": "done"})),
     ]
     with ScriptedLLM(script) as llm:
@@ -94,6 +102,7 @@ def test_a_nudge_sent_mid_task_reaches_the_model_at_its_next_turn(
         wait_for(lambda: len(llm.requests) == 1)
         with transaction(engine) as s:
             actions.nudge(s, task_id, "use the operator module", actor="U2")
+        release(docker_client, test_executor)
         thread.join(60)
     last_user = [m["content"] for m in llm.requests[1]["messages"] if m["role"] == "user"][-1]
     assert "Message from U2" in last_user and "use the operator module" in last_user
@@ -284,22 +293,39 @@ def test_transient_model_faults_mid_task_recover(engine: Engine, make_worker: Ru
 
 
 def test_an_external_agent_command_streams_its_output_into_the_log(
-    engine: Engine, make_worker: RunWorker, project: Path
+    engine: Engine,
+    make_worker: RunWorker,
+    project: Path,
+    docker_client: docker.DockerClient,
+    test_executor: str,
 ) -> None:
     task_id = add_task(engine, "say hello")
+    # The command goes on only once its first line is in the task's log: no race between
+    # a sleep and the host's polls.
     command = (
-        "echo starting; echo $prompt > prompt.txt; sleep 1.5; "
+        f"echo starting; echo $prompt > prompt.txt; {HOLD}; "
         "git add prompt.txt && git commit -qm 'external agent' && echo all done"
     )
     repo_options = {"agent": "command", "agent_command": command}
+
+    def output() -> list[str]:
+        with transaction(engine) as s:
+            return [e.payload["text"] for e in events(s, task_id) if e.kind == "agent_output"]
+
     with ScriptedLLM([]) as llm:  # an external agent brings its own model
-        make_worker(llm, repo_options=repo_options).work(drain=True)
+        worker = make_worker(llm, repo_options=repo_options)
+        thread = threading.Thread(target=worker.work, kwargs={"drain": True})
+        thread.start()
+        try:
+            wait_for(lambda: "starting" in "".join(output()), 30, "the first line in the log")
+        finally:
+            release(docker_client, test_executor)
+            thread.join(120)
     done = task(engine, task_id)
     assert done.state is State.AWAITING_APPROVAL, done.reason
     assert done.summary and done.summary.startswith("starting\nall done")
     assert git(project, "show", f"{done.branch}:prompt.txt") == "say hello"
-    with transaction(engine) as s:
-        chunks = [e.payload["text"] for e in events(s, task_id) if e.kind == "agent_output"]
+    chunks = output()
     assert "".join(chunks).split() == ["starting", "all", "done"]
     assert len(chunks) >= 2, "output arrived while the command ran, not only at its end"
 

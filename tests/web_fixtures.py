@@ -17,8 +17,8 @@ from bot.links import Signer
 from bot.web.app import serve_web
 from storage.db import transaction
 from storage.lifecycle import State
-from storage.queue import claim_next
 from storage.tasks import create_task, record, transition
+from tests.claiming import claim
 
 DIFF = """diff --git a/calc.py b/calc.py
 index 1111111..2222222 100644
@@ -77,10 +77,8 @@ def parked(
         task = create_task(session, repo=repo, prompt=prompt, requester=requester, channel=channel)
         assert task.id is not None
         task_id = task.id
+    assert claim(engine, running=True).id == task_id
     with transaction(engine) as session:
-        claimed = claim_next(session, "w1")
-        assert claimed is not None and claimed.id == task_id
-        transition(session, task_id, State.RUNNING, actor="w1")
         for n, turn in enumerate(turns or [], 1):
             record(session, task_id, "turn", {"turn": n, **turn})
         commit = "c0ffee" + "0" * 34
