@@ -309,42 +309,86 @@ REVISION_BY = "revision requested by {actor}"  # the reason of a re-queue by a n
 _UNDOABLE = (State.NEEDS_INPUT, State.AWAITING_APPROVAL, State.FAILED)
 
 
-def undo_requeue(session: Session, nudge_id: int) -> State | None:
-    """The withdrawn nudge `nudge_id` had queued its waiting task again (needs input,
-    awaiting approval, failed): unless a worker has taken the task or another unread nudge
-    waits for the agent, the task goes back where it was, with the reason it had there.
-    The state it went back to, or None."""
-    nudge = session.get(Nudge, nudge_id)
-    assert nudge is not None
-    task = get_task(session, nudge.task_id)
-    if task.state is not State.QUEUED:
-        return None
-    if session.exec(_live(select(Nudge.id).where(Nudge.task_id == task.id))).first():
-        return None
+def _requeue_of(
+    session: Session, nudge: Nudge
+) -> tuple[State, str | None, list[dict[str, Any]]] | None:
+    """When `nudge` queued its waiting task again: the state the task came from, the reason
+    it had there, and the state moves made since that re-queue (oldest first). None when it
+    queued nothing."""
     moves = session.exec(
         select(TaskEvent)
-        .where(TaskEvent.task_id == task.id, col(TaskEvent.kind).in_(("state", "nudge")))
-        .order_by(col(TaskEvent.id).desc())
-        .limit(3)
+        .where(TaskEvent.task_id == nudge.task_id, col(TaskEvent.kind).in_(("state", "nudge")))
+        .order_by(col(TaskEvent.id))
     ).all()
-    # Newest first: the re-queue, the nudge that caused it, the move into the waiting state.
-    if [e.kind for e in moves] != ["state", "nudge", "state"]:
+    at = next(
+        (i for i, e in enumerate(moves) if e.kind == "nudge" and e.payload.get("id") == nudge.id),
+        None,
+    )
+    # The move into the waiting state, the nudge, the re-queue it caused: in a row.
+    if at is None or at == 0 or at + 1 >= len(moves):
         return None
-    requeue, said, before = (e.payload for e in moves)
-    came_from = requeue.get("from")
+    before, requeue = moves[at - 1], moves[at + 1]
+    came_from = requeue.payload.get("from")
     if (
-        said.get("id") != nudge_id
-        or requeue.get("reason") != REVISION_BY.format(actor=nudge.author)
+        before.kind != "state"
+        or requeue.kind != "state"
+        or requeue.payload.get("reason") != REVISION_BY.format(actor=nudge.author)
         or came_from not in {s.value for s in _UNDOABLE}
-        or before.get("to") != came_from
+        or before.payload.get("to") != came_from
     ):
         return None
-    back = State(came_from)
+    since = [e.payload for e in moves[at + 2 :] if e.kind == "state"]
+    return State(came_from), before.payload.get("reason"), since
+
+
+def undo_requeue(session: Session, task_id: int) -> State | None:
+    """A reply had queued its waiting task again (needs input, awaiting approval, failed) and
+    every reply since is withdrawn: unless a worker has taken the task meanwhile, it goes
+    back where it was, with the reason it had there. The state it went back to, or None."""
+    task = get_task(session, task_id)
+    if task.state is not State.QUEUED:
+        return None
+    if session.exec(_live(select(Nudge.id).where(Nudge.task_id == task_id))).first():
+        return None
+    said = session.exec(
+        select(TaskEvent)
+        .where(TaskEvent.task_id == task_id, col(TaskEvent.kind).in_(("state", "nudge")))
+        .where(col(TaskEvent.id) < _last_move_id(session, task_id))
+        .order_by(col(TaskEvent.id).desc())
+    ).first()
+    nudge = session.get(Nudge, said.payload.get("id")) if said and said.kind == "nudge" else None
+    found = _requeue_of(session, nudge) if nudge is not None else None
+    if nudge is None or found is None or found[2]:  # not a reply's re-queue, or moved since
+        return None
+    back, reason, _ = found
     try:
-        transition(session, task.id, back, reason=before.get("reason"), actor=nudge.author)
+        transition(session, task_id, back, reason=reason, actor=nudge.author)
     except Conflict:  # a worker took it meanwhile: it runs without the reply
         return None
     return back
+
+
+def _last_move_id(session: Session, task_id: int) -> int:
+    last = session.exec(
+        select(TaskEvent.id)
+        .where(TaskEvent.task_id == task_id, TaskEvent.kind == "state")
+        .order_by(col(TaskEvent.id).desc())
+    ).first()
+    return last or 0
+
+
+def round_goes_on(session: Session, nudge_id: int) -> bool:
+    """Whether nudge `nudge_id` queued its task again and a worker has taken up the round it
+    began, still under way (not parked since): withdrawn now, it runs without the words."""
+    nudge = session.get(Nudge, nudge_id)
+    assert nudge is not None
+    found = _requeue_of(session, nudge)
+    if found is None or not found[2]:
+        return False
+    busy = {s.value for s in WORKING} | {State.QUEUED.value}  # a crash re-queues the round
+    return get_task(session, nudge.task_id).state.value in busy and all(
+        move.get("to") in busy for move in found[2]
+    )
 
 
 def withdraw_nudge(session: Session, nudge_id: int) -> bool:

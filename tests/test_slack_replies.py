@@ -26,7 +26,7 @@ from storage.db import transaction
 from storage.defaults import NUDGE_FILES_WAIT_S
 from storage.lifecycle import State
 from storage.models import Nudge, TaskEvent, utcnow
-from storage.tasks import get_task, take_nudges, transition
+from storage.tasks import get_task, nudges, take_nudges, transition
 from tests.llm_server import ScriptedLLM, reply, tool_call
 from tests.slack_emulator import SlackEmulator, slash_command
 from tests.slack_emulator.payloads import thread_reply
@@ -295,7 +295,13 @@ def test_a_deleted_reply_that_had_queued_a_parked_task_again_puts_it_back(
     slack.post_to_app(url, second)
     slack.post_to_app(url, slack.delete_as_user("C111", first["event"]["ts"]))
     assert "back to" not in told(slack, REQUESTER, 2)
-    assert state_of(engine, 1)[0] is State.QUEUED and taken(engine) == ["and keep it small"]
+    with transaction(engine) as session:
+        waiting = [n.text for n in nudges(session, 1, pending_only=True)]
+    assert state_of(engine, 1)[0] is State.QUEUED and waiting == ["and keep it small"]
+    # The other deleted too: nothing is left to work on, so the task waits again.
+    slack.post_to_app(url, slack.delete_as_user("C111", second["event"]["ts"]))
+    assert f"back to {parked.value.replace('_', ' ')}" in told(slack, REQUESTER, 3)
+    assert state_of(engine, 1) == (parked, "the agent asks: which database?")
 
 
 def test_a_deleted_reply_leaves_a_task_a_worker_has_taken_to_its_work(
@@ -308,8 +314,16 @@ def test_a_deleted_reply_leaves_a_task_a_worker_has_taken_to_its_work(
     with transaction(engine) as session:
         transition(session, 1, State.PREPARING)  # a worker claimed it
     slack.post_to_app(url, slack.delete_as_user("C111", oops["event"]["ts"]))
-    assert "withdrawn" in told(slack, REQUESTER) and taken(engine) == []
+    said = told(slack, REQUESTER)
+    assert "withdrawn" in said and taken(engine) == []
+    assert "already started the round your reply asked for" in said  # not left guessing
     assert state_of(engine, 1)[0] is State.PREPARING
+    # A reply to a task at work queues nothing: deleted, it says no more than "withdrawn".
+    (aside,) = slack.post_as_user("C111", REQUESTER, "also rename it", thread_ts=thread)
+    slack.post_to_app(url, aside)
+    slack.post_to_app(url, slack.delete_as_user("C111", aside["event"]["ts"]))
+    said = told(slack, REQUESTER, 2)
+    assert "withdrawn" in said and "already started" not in said
 
 
 def test_a_reply_waiting_for_its_files_holds_back_what_follows_and_keeps_an_edit(

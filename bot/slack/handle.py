@@ -29,7 +29,14 @@ from storage.lifecycle import IllegalTransition
 from storage.models import Nudge, Plan, Task, TaskEvent, utcnow
 from storage.queue import waiting_by_repo
 from storage.schedules import list_schedules
-from storage.tasks import edit_nudge, get_task, record, undo_requeue, withdraw_nudge
+from storage.tasks import (
+    edit_nudge,
+    get_task,
+    record,
+    round_goes_on,
+    undo_requeue,
+    withdraw_nudge,
+)
 from storage.text import clean
 
 # What a person can get wrong; each becomes an ephemeral message and changes nothing.
@@ -195,6 +202,10 @@ def edited_reply(
 
 GONE_BEFORE = "your deleted reply was withdrawn: task {task}'s agent will not see it"
 BACK_TO = "; it had queued task {task} again, so the task is back to {state}, as before it"
+GOES_ON = (
+    "; task {task} had already started the round your reply asked for and finishes it "
+    "without your words (it comes back to you when done; reply again to steer it)"
+)
 SEEN_BEFORE = (
     "task {task}'s agent had already read your reply when you deleted it; to take it back, "
     "send a new reply saying so"
@@ -220,8 +231,10 @@ def deleted_reply(engine: Engine, reply: replies.Reply) -> tuple[str, str, str] 
         if withdraw_nudge(session, nudge.id):
             outbox.drop_reactions(session, nudge.task_id, reply.ts)
             said = GONE_BEFORE.format(task=nudge.task_id)
-            if (back := undo_requeue(session, nudge.id)) is not None:
+            if (back := undo_requeue(session, nudge.task_id)) is not None:
                 said += BACK_TO.format(task=nudge.task_id, state=back.value.replace("_", " "))
+            elif round_goes_on(session, nudge.id):
+                said += GOES_ON.format(task=nudge.task_id)
             return *where, said
         return *where, SEEN_BEFORE.format(task=nudge.task_id)
 
