@@ -30,7 +30,12 @@ def fresh_composition() -> None:
 
     if composition.engine.cache_info().currsize:
         composition.engine().dispose()
-    for cached in (composition.settings, composition.config, composition.engine):
+    for cached in (
+        composition.project,
+        composition.settings,
+        composition.config,
+        composition.engine,
+    ):
         cached.cache_clear()
     forget_console_logging()
 
@@ -50,9 +55,13 @@ class Cli:
     home: Path
     monkeypatch: pytest.MonkeyPatch
 
-    def __call__(self, *args: str, cwd: Path | None = None) -> Result:
+    def __call__(self, *args: str, cwd: Path | None = None, found: bool = False) -> Result:
+        """`found`: no NIGHTCREW_HOME, so the command finds its project from `cwd`."""
         self.monkeypatch.chdir(cwd or self.repo)
-        self.monkeypatch.setenv("NIGHTCREW_HOME", str(self.home))
+        if found:
+            self.monkeypatch.delenv("NIGHTCREW_HOME", raising=False)
+        else:
+            self.monkeypatch.setenv("NIGHTCREW_HOME", str(self.home))
         self.monkeypatch.setenv("COLUMNS", "200")
         self.monkeypatch.delenv("NIGHTCREW_CONFIG", raising=False)
         self.monkeypatch.delenv("NIGHTCREW_DATABASE_URL", raising=False)

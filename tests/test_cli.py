@@ -153,13 +153,44 @@ def test_outside_a_git_repo_without_config_says_what_to_do(cli: Cli, tmp_path: P
     assert "not inside a git repository; run `nightcrew init`" in result.stderr
 
 
+def test_a_subfolder_of_the_project_uses_the_project_s_database_and_config(cli: Cli) -> None:
+    cli.ok("init")
+    config = cli.repo / "nightcrew.yaml"
+    config.write_text(config.read_text().replace("checks: []", 'checks: ["make test"]'))
+    assert "queued task 1 on app" in cli("add", "first", found=True).stdout
+    sub = cli.repo / "src" / "deep"
+    sub.mkdir(parents=True)
+    listed = cli("ls", found=True, cwd=sub)
+    assert listed.returncode == 0 and "first" in listed.stdout  # not a new empty database
+    assert "queued task 2 on app" in cli("add", "second", found=True, cwd=sub).stdout
+    assert "make test" in cli("repos", found=True, cwd=sub).stdout  # the project's checks
+    assert not (sub / ".nightcrew").exists() and not (cli.repo / "src" / ".nightcrew").exists()
+    assert (cli.repo / ".nightcrew" / "nightcrew.db").is_file()
+
+
+def test_outside_any_project_commands_say_so_and_create_nothing(cli: Cli, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for command in (["ls"], ["show", "1"], ["review"]):
+        result = cli(*command, found=True, cwd=elsewhere)
+        assert result.returncode == 1, command
+        assert "not in a nightcrew project" in result.stderr, command
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_init_writes_a_config_that_works(cli: Cli) -> None:
     out = cli.ok("init")
     assert "wrote nightcrew.yaml" in out and "wrote .env.example" in out
     assert ".nightcrew/" in (cli.repo / ".gitignore").read_text()
-    assert "already exists; use --force" in cli("init").stderr
+    assert "already exist; --force writes new ones" in cli("init").stderr
     assert cli("init").returncode == 1
-    assert cli.ok("init", "--force")
+    mine = (cli.repo / "nightcrew.yaml").read_text() + "# my own checks\n"
+    (cli.repo / "nightcrew.yaml").write_text(mine)
+    out = cli.ok("init", "--force")
+    assert "kept the old nightcrew.yaml as nightcrew.yaml.bak" in out
+    assert (cli.repo / "nightcrew.yaml.bak").read_text() == mine  # nothing of theirs lost
+    assert "kept the old nightcrew.yaml as nightcrew.yaml.bak.1" in cli.ok("init", "--force")
+    assert (cli.repo / "nightcrew.yaml.bak").read_text() == mine
     repos = cli.ok("repos")
     assert "app" in repos and "main" in repos and "no nightcrew.yaml" not in repos
     assert "queued task 1 on app" in cli.ok("add", "works with the written config")

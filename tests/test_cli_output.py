@@ -105,6 +105,10 @@ def test_add_show_and_log_never_wrap_in_a_pipe(git_repo: Path, home: Path) -> No
         assert LONG in narrow, command
         assert "\x1b" not in narrow and "…" not in narrow
         assert "state\tqueued" in narrow or command != ["show", "1"]
+    # An error is one line on stderr, the same bytes whatever the width.
+    refused = [run(git_repo, home, "nudge", "1", " ", COLUMNS=c).stderr for c in ("40", "300")]
+    assert refused[0] == refused[1] and refused[0].count("\n") == 1, refused
+    assert "the nudge is empty" in refused[0] and len(refused[0]) > 40
 
 
 def test_json_output_has_the_documented_fields(git_repo: Path, home: Path) -> None:

@@ -262,6 +262,31 @@ def test_the_merge_itself_refuses_out_of_scope_changes(
     assert task(engine, task_id).state is State.MERGED
 
 
+def test_local_edits_in_the_checked_out_base_park_the_merge_without_a_crash(
+    engine: Engine, make_worker: RunWorker, project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    task_id = add_task(engine)
+    with ScriptedLLM([edit("a - b", "a + b"), finish()]) as llm:
+        make_worker(llm).work(drain=True)
+    mine = (project / "calc.py").read_text() + "# my own edit, not committed\n"
+    (project / "calc.py").write_text(mine)
+    approve(engine, task_id)
+    with ScriptedLLM([]) as llm:
+        make_worker(llm).work(drain=True)
+    parked = task(engine, task_id)
+    assert parked.state is State.AWAITING_APPROVAL
+    assert parked.reason and "commit or stash your local changes" in parked.reason
+    assert "GitError" not in parked.reason and "LocalChanges" not in parked.reason
+    assert not [r for r in caplog.records if r.exc_info], "a person's edits logged as a crash"
+    assert (project / "calc.py").read_text() == mine  # their edit untouched
+    git(project, "checkout", "--", "calc.py")  # they put it aside and approve again
+    approve(engine, task_id)
+    with ScriptedLLM([]) as llm:
+        make_worker(llm).work(drain=True)
+    assert task(engine, task_id).state is State.MERGED
+    assert "a + b" in (project / "calc.py").read_text()
+
+
 def bash(command: str):
     return reply(tool_call("bash", {"command": command}))
 

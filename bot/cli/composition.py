@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import getpass
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
+from bot.actions import ActionError
 from bot.links import Signer
+from executor.config.project import find_project
 from executor.config.schema import Config, ConfigError, load_config
 from executor.config.settings import Settings
 from storage.db import make_engine
@@ -19,14 +22,32 @@ if TYPE_CHECKING:
     from executor.agents.llm import LLMClient
 
 
+NOT_IN_A_PROJECT = (
+    "not in a nightcrew project: no nightcrew.yaml or .nightcrew/ here or above, and not "
+    "inside a git repository; cd into your project (`nightcrew init` makes one in a repo), "
+    "or set NIGHTCREW_HOME or NIGHTCREW_DATABASE_URL"
+)
+
+
+@cache
+def project() -> Path | None:
+    """The project this command works in (`executor.config.project`), found once."""
+    return find_project(Path.cwd())
+
+
 @cache
 def settings() -> Settings:
-    return Settings()
+    return Settings.of_project(project())
 
 
 @cache
 def engine() -> Engine:
-    return make_engine(settings().db_url)
+    """The project's database. Outside any project, an error rather than a new empty
+    database in whatever folder the command ran in."""
+    env = settings()
+    if project() is None and env.database_url is None and "home" not in env.model_fields_set:
+        raise ActionError(NOT_IN_A_PROJECT)
+    return make_engine(env.db_url)
 
 
 @cache

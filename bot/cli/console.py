@@ -20,7 +20,8 @@ from storage.lifecycle import IllegalTransition
 from storage.text import clean
 
 out = Output(Console(highlight=False))  # tables and colour on a terminal, plain lines in a pipe
-err = Console(stderr=True, highlight=False)
+# Never hard-wrapped: an error is one line in a pipe or a log, whatever COLUMNS says.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @contextmanager

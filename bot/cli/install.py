@@ -11,7 +11,8 @@ import typer
 
 from bot.cli.composition import settings
 from bot.cli.console import err, out
-from executor.config.schema import DEFAULT_IMAGE, current_branch, git_root, repo_name
+from executor.config.project import git_root
+from executor.config.schema import DEFAULT_IMAGE, current_branch, repo_name
 from executor.config.template import ENV_EXAMPLE, render_config
 
 
@@ -55,7 +56,11 @@ def slack_manifest() -> None:
     out.verbatim(MANIFEST.read_text(encoding="utf-8"))  # our own file: safe anywhere
 
 
-def init(force: bool = typer.Option(False, "--force", help="Overwrite existing files.")) -> None:
+def init(
+    force: bool = typer.Option(
+        False, "--force", help="Write them again; the old ones are kept as NAME.bak."
+    ),
+) -> None:
     """Write a commented nightcrew.yaml for the current git repo, and a .env.example."""
     root = git_root(Path.cwd())
     if root is None:
@@ -66,25 +71,50 @@ def init(force: bool = typer.Option(False, "--force", help="Overwrite existing f
         target: render_config(name=repo_name(root), path=".", base=current_branch(root)),
         target.parent / ".env.example": ENV_EXAMPLE,
     }
-    existing = [str(p) for p in files if p.exists()]
+    existing = [p for p in files if p.exists()]
     if existing and not force:
+        names = ", ".join(_shown(p) for p in existing)
+        verb = "exists" if len(existing) == 1 else "exist"
         err.print(
-            f"[red]error:[/red] {', '.join(existing)} already exists; use --force to overwrite"
+            f"[red]error:[/red] {names} already {verb}; --force writes new ones and keeps "
+            "the old ones as .bak files"
         )
         raise typer.Exit(1)
     for path, text in files.items():
+        if path.exists():
+            kept = _backup(path)
+            out.print(f"kept the old {path.name} as {_shown(kept)}")
         path.write_text(text, encoding="utf-8")
-        out.print(f"wrote {path}")
+        out.print(f"wrote {_shown(path)}")
     if _ignore(root / ".gitignore", [".nightcrew/", ".env"]):
         out.print(f"added .nightcrew/ and .env to {root / '.gitignore'}")
     from bot.links import ensure_secret, secret_path
 
     ensure_secret(settings().home)  # signs the task pages' links (0600)
-    out.print(f"link secret in {secret_path(settings().home)}")
+    out.print(f"link secret in {_shown(secret_path(settings().home))}")
     out.print(
         "next: set the model in .env (see .env.example), `nightcrew doctor --fix`, "
         '`nightcrew up`, then in another terminal `nightcrew add "<what to do>"`'
     )
+
+
+def _shown(path: Path) -> str:
+    """`path` as the person sees it from where they are: relative below the working folder."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _backup(path: Path) -> Path:
+    """`path` renamed to the first free NAME.bak, NAME.bak.1, …: a second --force must not
+    lose the first one's backup."""
+    n, kept = 0, path.with_name(path.name + ".bak")
+    while kept.exists():
+        n += 1
+        kept = path.with_name(f"{path.name}.bak.{n}")
+    path.rename(kept)
+    return kept
 
 
 def _ignore(gitignore: Path, patterns: list[str]) -> bool:

@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from bot.links import Signer
 from bot.slack.listeners import register
 from executor.config.schema import Config
-from executor.config.settings import Settings
+from executor.config.settings import here
 
 log = logging.getLogger(__name__)
 SLACK_API = "https://slack.com/api/"
@@ -48,7 +48,7 @@ class SlackEnv:
             app_token=env.get("SLACK_APP_TOKEN") or None,
             signing_secret=env.get("SLACK_SIGNING_SECRET") or None,
             api_url=env.get("SLACK_API_URL") or SLACK_API,
-            file_max_bytes=Settings().slack_file_max_bytes,
+            file_max_bytes=here().slack_file_max_bytes,
         )
 
 

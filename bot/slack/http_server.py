@@ -45,14 +45,14 @@ def application() -> Callable[..., Any]:
     from bot.slack.app import SlackEnv, build_app
     from bot.slack.asgi import asgi_app
     from executor.config.schema import Config, load_config
-    from executor.config.settings import Settings
+    from executor.config.settings import here
     from executor.monitoring.admin import health
     from storage.db import make_engine
 
     env = SlackEnv.from_env()
     if env is None:
         raise RuntimeError("SLACK_BOT_TOKEN is not set")
-    settings = Settings()  # the same environment and working directory as `nightcrew bot`
+    settings = here()  # the same environment and project as `nightcrew bot`
 
     @functools.cache
     def config() -> Config:

@@ -62,7 +62,8 @@ def check_config(path: Path, *, cwd: Path | None = None) -> tuple[Result, Config
         config = load_config(path, cwd=cwd)
     except ConfigError as exc:
         fix = (
-            "correct the keys named above (`nightcrew init --force` writes a commented example)"
+            "correct the keys named above (`nightcrew init --force` writes a commented example "
+            "and keeps yours as nightcrew.yaml.bak)"
             if path.exists()
             else "run `nightcrew init` in the repo, or point NIGHTCREW_CONFIG at a nightcrew.yaml"
         )

@@ -29,6 +29,7 @@ from executor.config.defaults import (
     MODEL_OUTAGE_WINDOW_S,
     MODEL_REQUEST_TIMEOUT_S,
 )
+from executor.config.project import git_root
 
 log = logging.getLogger(__name__)
 
@@ -433,25 +434,6 @@ def _implicit_config(cwd: Path, wanted: Path) -> Config:
 def repo_name(root: Path) -> str:
     """A repo's name from its folder, safe to type in a command and to use as a YAML key."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", root.name).strip("-") or "repo"
-
-
-def git_root(path: Path) -> Path | None:
-    """The work tree around `path`, or None. Every command reads the config, and GitPython
-    costs ~0.3 s to import: an ordinary `.git` (a folder with HEAD, or a worktree's
-    `gitdir:` file) is recognised without it; anything else is left to GitPython."""
-    path = path.absolute()
-    for folder in (path, *path.parents):
-        dot_git = folder / ".git"
-        if (dot_git / "HEAD").is_file() or (
-            dot_git.is_file() and dot_git.read_text(errors="replace").startswith("gitdir:")
-        ):
-            return folder
-    from git import InvalidGitRepositoryError, NoSuchPathError, Repo
-
-    try:
-        return Path(Repo(path, search_parent_directories=True).working_dir)
-    except (InvalidGitRepositoryError, NoSuchPathError):
-        return None
 
 
 def current_branch(root: Path) -> str:

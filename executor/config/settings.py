@@ -1,13 +1,16 @@
-"""Process settings from the environment (and a `.env` file in the working directory)."""
+"""Process settings from the environment and the project's `.env` file; the project's
+`.nightcrew/` and `nightcrew.yaml` unless the environment names others."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from executor.config.defaults import IDLE_POLL_S
+from executor.config.project import CONFIG_FILE, HOME_DIR, find_project
 from storage.db import sqlite_url
 from storage.defaults import HEARTBEAT_TIMEOUT_S
 
@@ -71,3 +74,22 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or sqlite_url(self.home)
+
+    @classmethod
+    def of_project(cls, project: Path | None) -> Settings:
+        """The settings of a command that works in `project` (None: outside any, when the
+        defaults stay relative to the working directory)."""
+        if project is None:
+            return cls()
+        found = cls(_env_file=project / ".env")  # type: ignore[call-arg]
+        # Relative to where the command runs (`nightcrew.yaml`, `../../nightcrew.yaml`): what
+        # messages show; the working folder does not change during a process.
+        up = Path(os.path.relpath(project))
+        defaults = {"home": up / HOME_DIR, "config_path": up / CONFIG_FILE}
+        unset = {k: v for k, v in defaults.items() if k not in found.model_fields_set}
+        return found.model_copy(update=unset)
+
+
+def here() -> Settings:
+    """The settings of a process started in the working directory's project."""
+    return Settings.of_project(find_project(Path.cwd()))

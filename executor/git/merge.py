@@ -125,6 +125,11 @@ def make_commit(repo: Path, *, base_tip: str, head: str, policy: Policy, text: s
     return git("commit-tree", tree, *parents, "-m", text, cwd=repo, config=IDENTITY)
 
 
+class LocalChanges(GitError):
+    """The base is checked out with local edits a fast-forward would overwrite: a person's
+    to settle, not a failure of the merge."""
+
+
 def advance_base(repo: Path, *, base: str, new: str, old: str) -> None:
     """Point `base` at `new` if it still points at `old`. When the user has `base` checked out
     in this (non-bare) repo, fast-forward their working tree too, so it does not silently
@@ -138,7 +143,7 @@ def advance_base(repo: Path, *, base: str, new: str, old: str) -> None:
         except GitError as exc:
             if rev(repo, ref) != old:
                 raise BaseMoved(f"{base} moved while merging") from exc
-            raise GitError(
+            raise LocalChanges(
                 f"{base} is checked out in {repo} and could not be fast-forwarded there "
                 f"(commit or stash your local changes, then approve again): {exc}"
             ) from exc
