@@ -18,6 +18,7 @@ from storage.models import Task, utcnow
 from storage.queue import claim_next, reap_stale
 from storage.tasks import transition
 from tests.cli_fixtures import Cli, Result, fresh_composition
+from tests.web_fixtures import CHECK, parked
 
 # Their old home: other test files import them from here.
 __all__ = ["Cli", "Result", "_fresh_composition"]
@@ -259,3 +260,16 @@ def test_budget_ls_and_show_tell_spend_waiting_and_unknown_costs(cli: Cli) -> No
 
 def test_budget_without_budgets_says_how_to_set_them(cli: Cli) -> None:
     assert "no budgets set; add `budgets: {daily_usd: 20}`" in cli("budget").stderr
+
+
+def test_log_says_the_pipeline_s_steps_in_words_not_json(cli: Cli) -> None:
+    cli.ok("ls")  # the database, made as any command makes it
+    failed = {**CHECK, "command": "ruff check .", "exit_code": 1, "passed": False}
+    engine = make_engine(sqlite_url(cli.home))
+    review = {"verdict": "changes_requested", "summary": "rename x", "findings": [{"message": "x"}]}
+    parked(engine, repo="app", checks=[CHECK, failed], review=review)
+    log = cli.ok("log", "1")
+    assert "on c0ffee000000: ✓ python3 -m unittest (0.4 s)" in log  # the checks
+    assert "+2 -1 in 1 file(s); checks 1/2 passed; review changes requested; risk low" in log
+    assert "1 file(s)" in log and "`nightcrew diff` shows it" in log  # the diff, not its text
+    assert '{"commit"' not in log and "return a - b" not in log

@@ -7,7 +7,7 @@ an older release may have stored (an escape sequence would clear the screen or f
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -335,9 +335,71 @@ def event_line(event: TaskEvent, full: bool = False) -> Text:
         body = f"setup `{p.get('command')}`: {one_line(str(p.get('output', '')), cut)}"
     elif event.kind in ("agent_output", "agent_command"):
         body = str(p.get("text") or p.get("command") or "").rstrip()
+    elif event.kind in _PIPELINE:
+        body = one_line(_PIPELINE[event.kind](p), cut)
     else:
         body = one_line(json.dumps(p, ensure_ascii=False, default=str), None if full else 300)
     return Text.assemble((when, "dim"), " ", (clean(f"{event.kind:<16}"), "bold"), " ", plain(body))
+
+
+def _short(commit: object) -> str:
+    return str(commit or "?")[:12]
+
+
+def _checks_text(p: dict) -> str:
+    """`on 1a2b3c4d5e6f: ✓ pytest -q (3.1 s), ✗ ruff check . (exit 1)`; outputs: the page."""
+    said = []
+    for c in p.get("results") or p.get("checks") or []:
+        ok = c.get("exit_code") == 0 and not c.get("killed_reason")
+        how = (
+            f"{c.get('duration_s', 0):.1f} s"
+            if ok
+            else c.get("killed_reason") or (f"exit {c.get('exit_code')}")
+        )
+        said.append(f"{'✓' if ok else '✗'} {c.get('command')} ({how})")
+    return f"on {_short(p.get('commit'))}: " + (", ".join(said) or "no checks configured")
+
+
+def _review_text(p: dict) -> str:
+    findings = p.get("findings") or []
+    head = str(p.get("verdict", "?")).replace("_", " ")
+    head += f", {len(findings)} finding{'s' * (len(findings) != 1)}" if findings else ""
+    return f"{head}: {p['summary']}" if p.get("summary") else head
+
+
+def _diff_text(p: dict) -> str:
+    patch = str(p.get("diff") or "")
+    files = patch.count("\ndiff --git ") + patch.startswith("diff --git ")
+    cut = f", {p['cut']:,} characters cut" if p.get("cut") else ""
+    size = f"{files} file(s), {len(patch):,} characters{cut}"
+    return f"on {_short(p.get('commit'))}: {size} (`nightcrew diff` shows it)"
+
+
+def _proof_text(p: dict) -> str:
+    risk = p.get("risk") or {}
+    checks = p.get("checks") or []
+    passed = sum(1 for c in checks if c.get("passed"))
+    review = (p.get("review") or {}).get("verdict", "none")
+    text = (
+        f"on {_short(p.get('commit'))}: +{p.get('insertions', 0)} -{p.get('deletions', 0)} in "
+        f"{len(p.get('files') or [])} file(s); checks {passed}/{len(checks)} passed; "
+        f"review {str(review).replace('_', ' ')}; risk {risk.get('level', '?')}"
+    )
+    if p.get("since_approval"):
+        text += "; changed since it was approved"
+    return text
+
+
+_PIPELINE: dict[str, Callable[[dict], str]] = {
+    "checks": _checks_text,
+    "checks_passed": lambda p: f"all checks passed on {_short(p.get('head'))}",
+    "review": _review_text,
+    "diff": _diff_text,
+    "proof": _proof_text,
+    "merge_claimed": lambda p: f"merge taken up by {p.get('by')} (attempt {p.get('attempt')})",
+    "rebase": lambda p: str(p.get("output") or p.get("reason") or "rebased"),
+    "scope": lambda p: "changed files outside allowed_paths: " + ", ".join(p.get("outside") or []),
+}
 
 
 def _turn_text(p: dict, full: bool = False) -> str:
