@@ -96,8 +96,10 @@ def test_ls_filters(cli: Cli) -> None:
     assert "two" not in cli.ok("ls")
     assert "two" in cli.ok("ls", "--all")
     assert "one" not in cli.ok("ls", "--state", "cancelled")
-    none = cli("ls", "--state", "merged")  # in a pipe: no rows, and the note on stderr
-    assert (none.returncode, none.stdout, none.stderr.strip()) == (0, "", "no tasks")
+    none = cli("ls", "--state", "merged")  # in a pipe: the header, no rows, the note on stderr
+    assert (none.returncode, none.stderr.strip()) == (0, "no tasks")
+    assert none.stdout.count("\n") == 1 and none.stdout.startswith("ID\t")
+    assert cli("ls", "--state", "merged", "--no-header").stdout == ""
 
 
 @pytest.mark.parametrize(
@@ -167,6 +169,9 @@ def test_a_subfolder_of_the_project_uses_the_project_s_database_and_config(cli: 
     assert "make test" in cli("repos", found=True, cwd=sub).stdout  # the project's checks
     assert not (sub / ".nightcrew").exists() and not (cli.repo / "src" / ".nightcrew").exists()
     assert (cli.repo / ".nightcrew" / "nightcrew.db").is_file()
+    (cli.repo / ".gitignore").unlink()  # as if `up` ran without `init`: still no new files
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=cli.repo, capture_output=True)
+    assert ".nightcrew" not in status.stdout.decode(), status.stdout
 
 
 def test_outside_any_project_commands_say_so_and_create_nothing(cli: Cli, tmp_path: Path) -> None:

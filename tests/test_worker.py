@@ -265,7 +265,7 @@ def test_the_executor_command_drains_the_queue(
         env["OPENAI_BASE_URL"] = llm.base_url
         result = run("executor", "--drain")
     assert result.returncode == 0, result.stderr
-    assert "performed 1 task(s)" in result.stdout
+    assert "did 1 run(s) of work" in result.stdout
     shown = run("show", "1").stdout
     assert "awaiting_approval" in shown and "wrote hello.txt" in shown
     log = run("log", "1").stdout

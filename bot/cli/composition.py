@@ -47,7 +47,17 @@ def engine() -> Engine:
     env = settings()
     if project() is None and env.database_url is None and "home" not in env.model_fields_set:
         raise ActionError(NOT_IN_A_PROJECT)
+    _ignored_by_git(env.home)
     return make_engine(env.db_url)
+
+
+def _ignored_by_git(home: Path) -> None:
+    """The state folder tells git to ignore it (as a virtualenv does), so a repo where
+    `nightcrew up` ran without `init` does not show .nightcrew/ as new files."""
+    home.mkdir(parents=True, exist_ok=True)
+    marker = home / ".gitignore"
+    if not marker.exists():
+        marker.write_text("# nightcrew's state: never committed\n*\n", encoding="utf-8")
 
 
 @cache

@@ -112,7 +112,9 @@ def web_pages() -> Iterator[None]:
         except OSError as exc:
             where = (env.web_host, env.web_port)
             raise cannot_listen("the task pages", *where, WEB_OPTION, exc) from None
-        public = env.public_url or "(set NIGHTCREW_PUBLIC_URL to the address people reach)"
+        public = env.public_url or (
+            f"{signer().public_url} (set NIGHTCREW_PUBLIC_URL to the address people reach)"
+        )
         out.print(f"pages: {url}; links point at {public}", soft_wrap=True, markup=False)
         yield
 

@@ -222,4 +222,5 @@ def _run_executor(concurrency: int, *, drain: bool) -> None:
         )
     except SandboxError as exc:
         raise ActionError(str(exc)) from None
-    out.print(f"performed {done} task(s)")
+    # A run is one stint of work: a task's, a merge or a plan's, so merges count too.
+    out.print(f"did {done} run(s) of work (tasks, merges, plans)")

@@ -95,10 +95,12 @@ def ls(
     if as_json:
         out.json([records.task(t) for t in tasks])
         return
-    if not tasks:  # a message for people; a script sees no rows (stderr stays out of pipes)
+    if not tasks:  # a message for people; a script sees the header and no rows
         note = "no tasks" + ("" if all_ or states else " open (use --all to see closed ones)")
-        (out if out.terminal else err).print(note)
-        return
+        if out.terminal:
+            out.print(note)
+            return
+        err.print(note)
     out.header = not no_header
     out.print(render.task_table(tasks, prompt_width=60 if out.terminal else None))
 
