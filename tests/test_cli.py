@@ -8,10 +8,12 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import pytest
 from sqlalchemy import update
 
+from bot.links import Signer, ensure_secret
 from storage.db import make_engine, sqlite_url, transaction
 from storage.lifecycle import State
 from storage.models import Task, utcnow
@@ -63,6 +65,10 @@ def test_show_and_log_tell_the_story(cli: Cli) -> None:
     shown = cli.ok("show", "1")
     for expected in ("cancelled", "nightcrew/1-fix-the-readme", "mind the changelog", "pending"):
         assert expected in shown
+    (link,) = [line.removeprefix("page: ") for line in shown.splitlines() if "/t/1?" in line]
+    path, _, query = link.partition("?")
+    grant = Signer(ensure_secret(cli.home)).verify("task:1", dict(parse_qsl(query)))
+    assert path.endswith("/t/1") and grant is not None and grant.user.startswith("local:")
     log = cli.ok("log", "1")
     assert "created by local:" in log
     assert "nudge from local:" in log and "mind the changelog" in log

@@ -118,8 +118,8 @@ def show(
     with_diff: bool = typer.Option(False, "--diff", help="Also print the task's full diff."),
     as_json: bool = AS_JSON,
 ) -> None:
-    """Show one task: state, accounting, time spent, git refs, proof, nudges and recent
-    events. `p<id>` shows a plan and its tasks."""
+    """Show one task: state, accounting, time spent, git refs, proof, nudges, recent
+    events and its page's link. `p<id>` shows a plan and its tasks."""
     if task_id.strip().lower().startswith("p"):
         return show_plan(task_id.strip()[1:])
     with user_errors():
@@ -144,6 +144,8 @@ def show(
                     task, taken, log[-10:], proof=proof, runs=runs, times=times, edited=edits
                 )
             )
+            page = signer().task_url(tid, local_user())  # as `show p<id>` and `review` do
+            out.print(f"page: {page}", soft_wrap=True, markup=False)
         if with_diff:
             _print_diff(task)
 
