@@ -211,7 +211,10 @@ def test_help_reads_as_sentences(git_repo: Path, home: Path) -> None:
         "app; print a fix for each problem." in " ".join(doctor.split())
     )
     assert "and Slack\n" not in doctor, doctor  # the docstring's own line break
-    assert "--json" in run(git_repo, home, "ls", "--help").stdout
+    listing = run(git_repo, home, "ls", "--help", COLUMNS="200").stdout
+    assert "--json" in listing
+    # Options name what they take, not a Python type.
+    assert "--state STATE" in listing and "--repo REPO" in listing and "<" not in listing
 
 
 def test_a_terminal_gets_a_table_with_colour(git_repo: Path, home: Path) -> None:

@@ -16,6 +16,8 @@ Commands are registered here, in the order `nightcrew --help` lists them."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from bot.cli import install, plans, reports, schedules, serve, steer, tasks
@@ -32,7 +34,19 @@ app = typer.Typer(
 
 
 def main() -> None:
-    app()
+    command = typer.main.get_command(app)
+    plain_metavars(command)
+    command(prog_name="nightcrew")
+
+
+def plain_metavars(command: Any) -> None:
+    """`--repo REPO` and `PROMPT` in `--help`, as click writes them, not typer's `<str>`,
+    `<list[str]>` and `{prompt}`; a metavar a command chose itself stays."""
+    for param in command.params:
+        if not getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = (param.name or "value").rstrip("_").upper()
+    for sub in getattr(command, "commands", {}).values():
+        plain_metavars(sub)
 
 
 @app.callback()
