@@ -147,10 +147,14 @@ def test_bad_input_to_add_is_refused(cli: Cli) -> None:
     cli.ok("ls")  # creates the database so the snapshots compare
     assert "the prompt is empty" in cli.fails("add", "   ")
     assert "priority 'urgent' is not one of high, normal, low" in cli.fails(
-        "add", "x", "--priority", "urgent"
+        "add",
+        "x",
+        "--priority",
+        "urgent",
+        code=2,  # a usage error
     )
     assert "unknown repo 'nope'; known repos: app" in cli.fails("add", "x", "--repo", "nope")
-    assert "unknown state 'bogus'" in cli.fails("ls", "--state", "bogus")
+    assert "unknown state 'bogus'" in cli.fails("ls", "--state", "bogus", code=2)
     assert "the nudge is empty" in cli.fails("nudge", "1", " ")
 
 

@@ -24,11 +24,18 @@ out = Output(Console(highlight=False))  # tables and colour on a terminal, plain
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+class BadValue(ActionError):
+    """A value an option does not take: a usage error (exit 2), said in one line."""
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the errors a person can cause into one line on stderr and a non-zero exit."""
     try:
         yield
+    except BadValue as exc:
+        err.print(f"[red]error:[/red] {escape(clean(str(exc)))}")
+        raise typer.Exit(2) from None
     except ConfigError as exc:
         err.print(f"[red]config error:[/red] {escape(clean(str(exc)))}")
         raise typer.Exit(2) from None

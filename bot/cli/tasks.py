@@ -9,7 +9,7 @@ import typer
 from bot import actions
 from bot.actions import ActionError
 from bot.cli.composition import config, engine, local_user, settings, signer
-from bot.cli.console import AS_JSON, NO_HEADER, err, out, user_errors
+from bot.cli.console import AS_JSON, NO_HEADER, BadValue, err, out, user_errors
 from bot.cli.plans import show_plan
 from bot.terminal import records, render
 from executor.config.schema import ConfigError
@@ -33,7 +33,7 @@ def add(
         try:
             prio = Priority[priority.upper()]
         except KeyError:
-            raise ActionError(f"priority {priority!r} is not one of high, normal, low") from None
+            raise BadValue(f"priority {priority!r} is not one of high, normal, low") from None
         cfg = config()
         issue = actions.from_issue(cfg, prompt, repo)  # an issue URL: fetched as the prompt
         try:
@@ -110,7 +110,7 @@ def _state(text: str) -> State:
         return State(text.strip().lower().replace("-", "_"))
     except ValueError:
         names = ", ".join(s.value for s in State)
-        raise ActionError(f"unknown state {text!r}; states are: {names}") from None
+        raise BadValue(f"unknown state {text!r}; states are: {names}") from None
 
 
 def show(
