@@ -219,6 +219,7 @@ def test_up_without_a_model_says_how_to_set_one(cli: Cli, monkeypatch) -> None:
     assert result.returncode == 2
     assert "tasks: 1 queued, 1 in all" in result.stdout
     assert "no model: set NIGHTCREW_MODEL" in result.stderr
+    assert "pages:" not in result.stdout  # said before any server opened
 
 
 def test_help_lists_every_command(cli: Cli) -> None:

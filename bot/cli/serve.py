@@ -76,6 +76,7 @@ def up(
         out.print(f"database: {redact(settings().db_url)}")  # never its password
         out.print(f"repos: {', '.join(cfg.repos)}")
         out.print(f"tasks: {counts.get(State.QUEUED, 0)} queued, {sum(counts.values())} in all")
+        model_name(cfg, settings())  # none named: say so before any server opens
         slack = SlackEnv.from_env()
         with slack_listener(slack, http=False) as listener, admin_port("up"), web_pages():
             if slack is None:
