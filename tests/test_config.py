@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from executor.config.schema import ConfigError, load_config
+from executor.config.schema import ConfigError, ConfigWatch, load_config
 from executor.config.template import render_config
 
 FULL = """\
@@ -222,3 +222,17 @@ def test_the_models_waits_come_from_the_file_and_the_environment_wins(
         "idle_timeout": 20,
         "timeout": 90,
     }
+
+
+def test_a_watched_config_says_when_a_broken_edit_is_mended(
+    tmp_path: Path, git_repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "nightcrew.yaml"
+    path.write_text(f"repos:\n  app:\n    path: {git_repo}\n")
+    watch = ConfigWatch(path, load_config(path))
+    path.write_text("repos: [oops\n")
+    assert list(watch().repos) == ["app"]  # the last good one
+    assert "is not valid; keeping the previous config" in caplog.text
+    path.write_text(f"repos:\n  web:\n    path: {git_repo}\n")
+    assert list(watch().repos) == ["web"]
+    assert f"{path} is valid again; using it" in caplog.text

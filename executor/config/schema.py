@@ -370,6 +370,7 @@ class ConfigWatch:
     def __init__(self, path: Path, config: Config) -> None:
         self.path, self.config = path, config
         self._stamp = self._stat()
+        self._broken = False
 
     def __call__(self) -> Config:
         stamp = self._stat()
@@ -378,9 +379,14 @@ class ConfigWatch:
             try:
                 self.config = load_config(self.path)
             except ConfigError as exc:
+                self._broken = True
                 log.error(
                     "%s changed but is not valid; keeping the previous config: %s", self.path, exc
                 )
+            else:
+                if self._broken:  # the error above stays on screen: say it is over
+                    log.warning("%s is valid again; using it", self.path)
+                self._broken = False
         return self.config
 
     def _stat(self) -> tuple[int, int] | None:
