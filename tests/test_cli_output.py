@@ -236,3 +236,15 @@ def test_hostile_text_stays_on_its_line(git_repo: Path, home: Path) -> None:
     (task,) = json.loads(run(git_repo, home, "ls", "--json").stdout)
     assert "\x1b" not in task["prompt"] and "\x07" not in task["prompt"]
     assert "\x1b" not in run(git_repo, home, "show", "1").stdout
+
+
+def test_a_cell_with_paragraphs_is_one_line_without_empty_items() -> None:
+    from rich.table import Table
+
+    from bot.terminal.output import plain_lines
+
+    table = Table("KEY", "VALUE")
+    table.add_row("summary", "wrote the guide.\n\n CONTRIBUTING.md | 3 +++\n\t1 file changed")
+    assert list(plain_lines(table, header=False)) == [
+        "summary\twrote the guide.; CONTRIBUTING.md | 3 +++; 1 file changed"
+    ]

@@ -86,6 +86,8 @@ def plain_lines(renderable: RenderableType, *, header: bool = True) -> Iterator[
 
 
 def _cell(cell: RenderableType) -> str:
-    """A table cell on one line: its own line breaks and tabs become spaces or `; `."""
+    """A table cell on one line: its own line breaks and tabs become spaces or `; ` (blank
+    lines none: a paragraph break is no empty item)."""
     text = cell.plain if isinstance(cell, Text) else str(cell)
-    return "; ".join(text.splitlines()).replace("\t", " ")
+    lines = (line.replace("\t", " ").strip() for line in text.splitlines())
+    return "; ".join(line for line in lines if line)
