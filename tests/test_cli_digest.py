@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
+from executor.config import crontime
 from storage.db import make_engine, sqlite_url, transaction
 from storage.lifecycle import State
 from storage.models import Schedule, utcnow
@@ -19,10 +20,16 @@ def test_digest_prints_the_day_and_an_empty_one_in_one_line(cli: Cli) -> None:
     assert empty.startswith("nothing happened since") and "\n" not in empty
     engine = make_engine(sqlite_url(cli.home))
     now = utcnow()
+    # Inside the digest's window, which opened at the default cron's last 08:00 UTC: maybe
+    # only seconds ago, so the tasks are spread between then (or ten minutes ago) and now.
+    opened = crontime.latest_fire(crontime.trigger("0 8 * * *", "UTC"), now)
+    assert opened is not None
+    start = max(opened, now - timedelta(minutes=10))
+    step = (now - start) / 4
     with transaction(engine) as s:
-        put_task(s, State.AWAITING_APPROVAL, now - timedelta(minutes=9), risk="high", channel=None)
-        put_task(s, State.FAILED, now - timedelta(minutes=5), prompt="port it", reason="boom")
-        put_task(s, State.QUEUED, now - timedelta(minutes=1), prompt="write docs")
+        put_task(s, State.AWAITING_APPROVAL, start + step, risk="high", channel=None)
+        put_task(s, State.FAILED, start + 2 * step, prompt="port it", reason="boom")
+        put_task(s, State.QUEUED, start + 3 * step, prompt="write docs")
     engine.dispose()
     shown = cli.ok("digest")
     for expected in (

@@ -18,6 +18,7 @@ from bot.slack import digest_send as digest
 from bot.slack.notifier import Notifier
 from executor.config import crontime
 from executor.config.schema import Config
+from storage import digests
 from storage.db import make_engine, sqlite_url, transaction
 from storage.lifecycle import State
 from storage.models import Outbox, Schedule, Task
@@ -62,7 +63,12 @@ def a_day_of_work(engine: Engine, now: datetime) -> int:
 def test_agent_digest_answers_at_once_with_the_digest(
     slack: SlackEmulator, engine: Engine, url: str
 ) -> None:
-    a_day_of_work(engine, datetime.now(UTC))
+    now = datetime.now(UTC)
+    a_day_of_work(engine, now)
+    # "So far" runs from the last scheduled digest, six hours ago, not from today's 08:00,
+    # which may be minutes ago: the test must not depend on the hour it runs at.
+    with transaction(engine) as s:
+        assert digests.claim_run(s, "C900", now - timedelta(hours=6))
     shown = command(slack, url, "digest")
     assert "2 awaiting approval, 1 merged, 1 failed, 1 still open" in shown
     assert "risk *high*" in shown and blocks.APPROVE in shown and "checks failed" in shown
