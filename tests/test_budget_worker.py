@@ -142,8 +142,9 @@ def test_raising_the_budget_in_nightcrew_yaml_starts_the_waiting_task_without_a_
     first, second = add_task(engine, "first task"), add_task(engine, "second task")
     turn = (50_000, 25_000)  # $0.30 a turn with gpt-4.1
     options = {"budgets": {"daily_usd": 0.5}}
+    noon = Clock(datetime(2026, 6, 1, 12, 0, tzinfo=UTC))  # no midnight mid-test
     with ScriptedLLM([bash(1, turn), bash(2, turn), finish(turn)]) as llm:
-        worker = make_worker(llm, model="gpt-4.1", config_options=options)
+        worker = make_worker(llm, model="gpt-4.1", config_options=options, clock=noon)
         path = tmp_path / "nightcrew.yaml"
         path.write_text(yaml.safe_dump(worker.config.model_dump(mode="json")))
         worker.reload = ConfigWatch(path, worker.config)

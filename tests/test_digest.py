@@ -259,7 +259,11 @@ def test_two_schedulers_on_one_database_send_each_digest_once(
 def test_the_running_scheduler_catches_up_at_start_once(engine: Engine, tmp_path: Path) -> None:
     """APScheduler itself, on the real clock: the catch-up job sends the missed digest at
     start; a second start (a restart) sends nothing more."""
-    cfg = config(tmp_path, cron="0 8 * * *", timezone="UTC", channels=("C111",))
+    # Daily, twelve hours from now: the missed fire is long past and the next far off, so no
+    # real fire time can pass while the test runs (a fixed 08:00 did, at 08:00).
+    twelve = datetime.now(UTC) + timedelta(hours=12)
+    cron_text = f"{twelve.minute} {twelve.hour} * * *"
+    cfg = config(tmp_path, cron=cron_text, timezone="UTC", channels=("C111",))
     cron = crontime.trigger(cfg.digest.cron, cfg.digest.timezone)
     missed = crontime.latest_fire(cron, datetime.now(UTC))
     assert missed is not None

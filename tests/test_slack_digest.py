@@ -162,10 +162,13 @@ def test_nightcrew_bot_runs_the_scheduler(tmp_path: Path, git_repo: Path) -> Non
     )
     home = tmp_path / "home"
     engine = make_engine(sqlite_url(home))
+    # Daily at two minutes ago: missed once, caught up at start, next due tomorrow. Every
+    # minute, a bot slow to stop would fire it again at its next look, 20 s on.
+    due = datetime.now(UTC) - timedelta(minutes=2)
     with transaction(engine) as s:
         s.add(
             Schedule(
-                cron="* * * * *",
+                cron=f"{due.minute} {due.hour} * * *",
                 timezone="UTC",
                 repo="api",
                 prompt="tidy the changelog",

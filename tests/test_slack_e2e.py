@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from sqlmodel import select
 from bot.slack import blocks
 from bot.slack.notifier import Notifier
 from executor.config.schema import Budgets, Config, RepoConfig
+from storage import digests
 from storage.db import transaction
 from storage.lifecycle import State
 from storage.models import DigestSubscriber, Nudge, Priority, Schedule, Task
@@ -299,6 +300,9 @@ def test_digest_shows_the_day_and_subscribing_sets_up_the_dm(bot: Bot) -> None:
     bot.move(waiting, State.PREPARING, State.RUNNING, State.AWAITING_APPROVAL)
     bot.move(failed, State.PREPARING, State.RUNNING, State.FAILED)
     bot.move(theirs, State.PREPARING, State.RUNNING)
+    with transaction(bot.engine) as s:  # the last digests went out an hour ago, not at 08:00
+        hour_ago = datetime.now(UTC) - timedelta(hours=1)
+        assert digests.claim_run(s, "C900", hour_ago) and digests.claim_run(s, REQUESTER, hour_ago)
     shown = bot.command("digest")
     assert "1 awaiting approval, 0 merged, 1 failed, 1 still open" in shown
     assert "waiting one" in shown and "broken one" in shown and "their open one" in shown
