@@ -4,6 +4,7 @@ links, the local user the terminal acts as, and the model endpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 from functools import cache
 from pathlib import Path
@@ -54,10 +55,11 @@ def engine() -> Engine:
 def _ignored_by_git(home: Path) -> None:
     """The state folder tells git to ignore it (as a virtualenv does), so a repo where
     `nightcrew up` ran without `init` does not show .nightcrew/ as new files."""
-    home.mkdir(parents=True, exist_ok=True)
     marker = home / ".gitignore"
-    if not marker.exists():
-        marker.write_text("# nightcrew's state: never committed\n*\n", encoding="utf-8")
+    with contextlib.suppress(OSError):  # a read-only home (PostgreSQL elsewhere) is no error
+        home.mkdir(parents=True, exist_ok=True)
+        if not marker.exists():
+            marker.write_text("# nightcrew's state: never committed\n*\n", encoding="utf-8")
 
 
 @cache
