@@ -27,7 +27,9 @@ from tests.waiting import wait_for
 from tests.worker_fixtures import add_task, our_sandboxes, task
 
 HEARTBEAT_TIMEOUT_S = 2.0
-SLOW_CHECK = "sleep 4 && python3 -m unittest -q 2>&1"
+# Long enough for the test's polls (a `docker top` per sandbox) to see it on a loaded box:
+# at 4 s, one run missed the checks after the rebase entirely.
+SLOW_CHECK = "sleep 8 && python3 -m unittest -q 2>&1"
 
 
 class Executor:
@@ -136,7 +138,7 @@ def test_sigkill_at_several_points_loses_nothing_and_merges_once(
 
         # 2. Restarted: the leftover is removed, the task resumes; killed during the checks.
         ex = executor(llm.base_url)
-        wait_for(lambda: running("sleep 4"), 60, "the checks to run")
+        wait_for(lambda: running("sleep 8"), 60, "the checks to run")
         assert task(engine, task_id).state is State.CHECKING
         kill(ex)
 
@@ -161,7 +163,12 @@ def test_sigkill_at_several_points_loses_nothing_and_merges_once(
             with transaction(engine) as s:
                 return any(e.kind == "rebase" for e in events(s, task_id))
 
-        wait_for(lambda: rebased() and running("sleep 4"), 60, "the checks after the rebase")
+        def where_it_is() -> str:
+            with transaction(engine) as s:
+                kinds = [e.kind for e in events(s, task_id)][-8:]
+            return f"the checks after the rebase; task is {task(engine, task_id).state}, {kinds}"
+
+        wait_for(lambda: rebased() and running("sleep 8"), 60, where_it_is)
         kill(ex)
 
         # 5. Restarted: the merge is taken over and done once.

@@ -281,6 +281,11 @@ def test_planted_hooks_and_config_never_run_on_the_host(
     assert not (host / "pwned").exists()
     assert sorted(got.files_changed) == [".gitattributes", "work.txt"]
 
+    # The control: plain git on the host runs all three. A file whose stat matches the index
+    # is not read again (git trusts it unless the index is "racy"), so its clean filter may
+    # not run: a new mtime makes git read it, and run the filter, every time.
+    later = (ws.path / "work.txt").stat().st_mtime + 10
+    os.utime(ws.path / "work.txt", (later, later))
     subprocess.run(["git", "diff", "HEAD~1"], cwd=ws.path, capture_output=True)
     fired = set((host / "pwned").read_text().split())
     assert {"via-include", "filter-clean", "diff-external"} <= fired  # include.path was read
