@@ -57,7 +57,8 @@ def test_only_this_installations_dead_executors_lose_their_sandboxes(
     try:
         removed = remove_dead_sandboxes(docker_client, engine, alive=idle)
         assert removed == [boxes[dead].name]
-        remaining = {c.name for c in docker_client.containers.list(all=True)}
+        # Other tests remove containers meanwhile: one gone between list and inspect is none.
+        remaining = {c.name for c in docker_client.containers.list(all=True, ignore_removed=True)}
         kept = (live, foreign, idle, peer_here, peer_elsewhere)
         assert {boxes[n].name for n in kept} <= remaining
         # Once its sandboxes are older than the grace, the quiet executor elsewhere counts as

@@ -268,7 +268,7 @@ def test_without_timeout_in_the_image_the_host_enforces_the_deadline(
         assert run(sandbox, "echo alive").output == "alive\n"
     finally:
         for sandbox_container in docker_client.containers.list(
-            all=True, filters={"ancestor": image.id}
+            all=True, filters={"ancestor": image.id}, ignore_removed=True
         ):
             sandbox_container.remove(force=True)
         docker_client.images.remove(image.id, force=True)
