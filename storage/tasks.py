@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, bindparam, insert, update
 from sqlalchemy.orm import make_transient_to_detached
@@ -309,22 +309,33 @@ REVISION_BY = "revision requested by {actor}"  # the reason of a re-queue by a n
 _UNDOABLE = (State.NEEDS_INPUT, State.AWAITING_APPROVAL, State.FAILED)
 
 
-def _requeue_of(
-    session: Session, nudge: Nudge
-) -> tuple[State, str | None, list[dict[str, Any]]] | None:
-    """When `nudge` queued its waiting task again: the state the task came from, the reason
-    it had there, and the state moves made since that re-queue (oldest first). None when it
-    queued nothing."""
-    moves = session.exec(
-        select(TaskEvent)
-        .where(TaskEvent.task_id == nudge.task_id, col(TaskEvent.kind).in_(("state", "nudge")))
-        .order_by(col(TaskEvent.id))
-    ).all()
+class _Requeue(NamedTuple):
+    """A reply's re-queue of a waiting task: where the task waited, why, and the state moves
+    made since (oldest first)."""
+
+    came_from: State
+    reason: str | None
+    since: list[dict[str, Any]]
+
+
+def _moves(session: Session, task_id: int) -> list[TaskEvent]:
+    """The task's state moves and nudges, oldest first: what a re-queue is read from."""
+    return list(
+        session.exec(
+            select(TaskEvent)
+            .where(TaskEvent.task_id == task_id, col(TaskEvent.kind).in_(("state", "nudge")))
+            .order_by(col(TaskEvent.id))
+        ).all()
+    )
+
+
+def _requeue_by(moves: list[TaskEvent], nudge: Nudge) -> _Requeue | None:
+    """The re-queue `nudge` caused, read from `moves`: the move into the waiting state, the
+    nudge, the re-queue, in a row. None when it queued nothing."""
     at = next(
         (i for i, e in enumerate(moves) if e.kind == "nudge" and e.payload.get("id") == nudge.id),
         None,
     )
-    # The move into the waiting state, the nudge, the re-queue it caused: in a row.
     if at is None or at == 0 or at + 1 >= len(moves):
         return None
     before, requeue = moves[at - 1], moves[at + 1]
@@ -338,7 +349,7 @@ def _requeue_of(
     ):
         return None
     since = [e.payload for e in moves[at + 2 :] if e.kind == "state"]
-    return State(came_from), before.payload.get("reason"), since
+    return _Requeue(State(came_from), before.payload.get("reason"), since)
 
 
 def undo_requeue(session: Session, task_id: int) -> State | None:
@@ -350,31 +361,19 @@ def undo_requeue(session: Session, task_id: int) -> State | None:
         return None
     if session.exec(_live(select(Nudge.id).where(Nudge.task_id == task_id))).first():
         return None
-    said = session.exec(
-        select(TaskEvent)
-        .where(TaskEvent.task_id == task_id, col(TaskEvent.kind).in_(("state", "nudge")))
-        .where(col(TaskEvent.id) < _last_move_id(session, task_id))
-        .order_by(col(TaskEvent.id).desc())
-    ).first()
-    nudge = session.get(Nudge, said.payload.get("id")) if said and said.kind == "nudge" else None
-    found = _requeue_of(session, nudge) if nudge is not None else None
-    if nudge is None or found is None or found[2]:  # not a reply's re-queue, or moved since
+    moves = _moves(session, task_id)
+    # The task's last move is the re-queue, and the event just before it the reply's nudge.
+    last = max((i for i, e in enumerate(moves) if e.kind == "state"), default=0)
+    said = moves[last - 1] if last > 0 and moves[last - 1].kind == "nudge" else None
+    nudge = session.get(Nudge, said.payload.get("id")) if said is not None else None
+    found = _requeue_by(moves, nudge) if nudge is not None else None
+    if nudge is None or found is None:
         return None
-    back, reason, _ = found
     try:
-        transition(session, task_id, back, reason=reason, actor=nudge.author)
+        transition(session, task_id, found.came_from, reason=found.reason, actor=nudge.author)
     except Conflict:  # a worker took it meanwhile: it runs without the reply
         return None
-    return back
-
-
-def _last_move_id(session: Session, task_id: int) -> int:
-    last = session.exec(
-        select(TaskEvent.id)
-        .where(TaskEvent.task_id == task_id, TaskEvent.kind == "state")
-        .order_by(col(TaskEvent.id).desc())
-    ).first()
-    return last or 0
+    return found.came_from
 
 
 def round_goes_on(session: Session, nudge_id: int) -> bool:
@@ -382,12 +381,12 @@ def round_goes_on(session: Session, nudge_id: int) -> bool:
     began, still under way (not parked since): withdrawn now, it runs without the words."""
     nudge = session.get(Nudge, nudge_id)
     assert nudge is not None
-    found = _requeue_of(session, nudge)
-    if found is None or not found[2]:
+    found = _requeue_by(_moves(session, nudge.task_id), nudge)
+    if found is None or not found.since:
         return False
     busy = {s.value for s in WORKING} | {State.QUEUED.value}  # a crash re-queues the round
     return get_task(session, nudge.task_id).state.value in busy and all(
-        move.get("to") in busy for move in found[2]
+        move.get("to") in busy for move in found.since
     )
 
 

@@ -18,7 +18,7 @@ from storage.db import make_engine, sqlite_url, transaction
 from storage.lifecycle import State
 from storage.models import Task, utcnow
 from storage.queue import claim_next, reap_stale
-from storage.tasks import transition
+from storage.tasks import record, transition
 from tests.cli_fixtures import Cli, Result, fresh_composition
 from tests.web_fixtures import CHECK, parked
 
@@ -289,3 +289,11 @@ def test_log_says_the_pipeline_s_steps_in_words_not_json(cli: Cli) -> None:
     assert "+2 -1 in 1 file(s); checks 1/2 passed; review changes requested; risk low" in log
     assert "1 file(s)" in log and "`nightcrew diff` shows it" in log  # the diff, not its text
     assert '{"commit"' not in log and "return a - b" not in log
+    # What the model and the agent wrote stays text: no escape sequence, no markup.
+    with transaction(engine) as s:
+        said = {"verdict": "approve", "summary": "ok \x1b[2J[red]boom[/red]", "findings": []}
+        record(s, 1, "review", said)
+        record(s, 1, "scope", {"outside": ["\x1b]0;owned\x07evil.py"]})
+    log = cli.ok("log", "1")
+    assert "\x1b" not in log and "\x07" not in log
+    assert "approve: ok [2J[red]boom[/red]" in log and "allowed_paths: ]0;ownedevil.py" in log

@@ -33,15 +33,12 @@ def user_errors() -> Iterator[None]:
     """Turn the errors a person can cause into one line on stderr and a non-zero exit."""
     try:
         yield
-    except BadValue as exc:
-        err.print(f"[red]error:[/red] {escape(clean(str(exc)))}")
-        raise typer.Exit(2) from None
     except ConfigError as exc:
         err.print(f"[red]config error:[/red] {escape(clean(str(exc)))}")
         raise typer.Exit(2) from None
     except (ActionError, StorageError, IllegalTransition) as exc:  # may quote stored text
         err.print(f"[red]error:[/red] {escape(clean(str(exc)))}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(2 if isinstance(exc, BadValue) else 1) from None
 
 
 AS_JSON = typer.Option(False, "--json", help="Print JSON instead (docs/CLI.md lists the fields).")

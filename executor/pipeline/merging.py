@@ -91,7 +91,10 @@ def _merge(job: TaskJob) -> tuple[Outcome, dict[str, Any]]:
             merge.push(canonical, url_or_remote=repo.url, base=base, new=new)
         except merge.GitError as exc:  # most often the remote moved: fetch, rebase, again
             raise merge.BaseMoved(str(exc)) from exc
-    merge.advance_base(canonical, base=base, new=new, old=base_tip)
+    try:
+        merge.advance_base(canonical, base=base, new=new, old=base_tip)
+    except merge.LocalChanges as exc:  # the person's checkout: theirs to settle, no fault
+        return park(str(exc)), {}
     return _landed(job, canonical, new)
 
 

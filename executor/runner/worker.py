@@ -28,7 +28,6 @@ from executor.config.schema import Config, RepoConfig
 from executor.costs.budget import WAITING, Books, held
 from executor.costs.plan_estimate import estimate_nanos, over_budget, planning_refused
 from executor.git import workspace
-from executor.git.merge import LocalChanges
 from executor.git.workspace import Workspace, WorkspaceError
 from executor.monitoring import metrics
 from executor.pipeline import forge_sync, pull_request
@@ -374,9 +373,6 @@ class Worker:
                 f"the model is unavailable: {exc}. The work so far is kept on the branch;"
                 " reply or retry to continue",
             ), {}
-        except LocalChanges as exc:  # the person's checkout, not a fault: no traceback
-            log.warning("not merged: %s", exc)
-            return Outcome(State.AWAITING_APPROVAL, f"not merged: {exc}"), {}
         except Exception as exc:  # anything at all: the task must not stay claimed forever
             log.exception("task failed")
             if merging:  # parked back for approval: approving again retries the merge
