@@ -189,7 +189,7 @@ def test_nightcrew_bot_runs_the_scheduler(tmp_path: Path, git_repo: Path) -> Non
         finally:
             proc.terminate()
             try:
-                proc.wait(30)  # a loaded 2-core box can take a while to join the threads
+                proc.wait(90)  # a loaded 2-core box took over 30 s to join the threads once
             except subprocess.TimeoutExpired:
                 proc.kill()
                 raise
